@@ -1,0 +1,35 @@
+"""Autoencoders in pure PyTorch: a registry of variants, one interface, one training loop.
+
+Nothing here touches disk, MLflow, Prefect or a catalog; see ``tasks/`` for that.
+"""
+
+from ae_models import deep  # noqa: F401  (registers the "deep" variant)
+from ae_models.base import AEConfig, AEOutput, Autoencoder, reconstruction_error
+from ae_models.deep import DeepAutoencoder, DeepConfig
+from ae_models.registry import create_model, get_model_class, list_models, register_model
+from ae_models.runtime import resolve_precision, seed_everything, select_device
+from ae_models.serialization import load_model, save_model
+from ae_models.training import Callback, TrainConfig, TrainResult, encode_and_score, train
+
+__all__ = [
+    "AEConfig",
+    "AEOutput",
+    "Autoencoder",
+    "Callback",
+    "DeepAutoencoder",
+    "DeepConfig",
+    "TrainConfig",
+    "TrainResult",
+    "create_model",
+    "encode_and_score",
+    "get_model_class",
+    "list_models",
+    "load_model",
+    "reconstruction_error",
+    "register_model",
+    "resolve_precision",
+    "save_model",
+    "seed_everything",
+    "select_device",
+    "train",
+]
