@@ -1,0 +1,24 @@
+"""Versioned feature tables on Apache Iceberg: schema, writes, and reads for downstream models."""
+
+from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, feature_schema, latent_columns
+from feature_store.store import (
+    list_tables,
+    load_table,
+    read_features,
+    read_features_arrow,
+    table_identifier,
+    write_features,
+)
+
+__all__ = [
+    "ENTITY_KEY",
+    "EVENT_TIMESTAMP",
+    "feature_schema",
+    "latent_columns",
+    "list_tables",
+    "load_table",
+    "read_features",
+    "read_features_arrow",
+    "table_identifier",
+    "write_features",
+]
