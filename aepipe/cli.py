@@ -1,0 +1,190 @@
+"""The ``aepipe`` command line: run the pipeline, read feature tables, show where the UIs are.
+
+Problems a user can fix end in a one-line ``aepipe: error: ...`` and exit status 2, with
+nothing written; unexpected failures print one line too, and the full trace goes to a log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from aepipe import __version__
+from aepipe.settings import stores as resolve_stores
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+# flag -> dotted config key; each flag overrides the YAML file's value
+RUN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--dataset": ("dataset", str, "data set name: names the feature table and the model"),
+    "--source": ("source.path", str, "'digits' (built in) or a CSV / Parquet file or folder"),
+    "--format": ("source.format", str, "auto, csv or parquet"),
+    "--entity-id": ("source.entity_id", str, "entity id column (default: source row number)"),
+    "--timestamp": ("source.timestamp", str, "event time column (default: ingest time)"),
+    "--label": ("source.label", str, "label column, kept aside and never a model input"),
+    "--delimiter": ("source.delimiter", str, "CSV delimiter (default ',')"),
+    "--model": ("model.name", str, "autoencoder variant (default: deep)"),
+    "--code-size": ("model.code_size", int, "latent code width (default 16)"),
+    "--epochs": ("train.epochs", int, "maximum training epochs (default 100)"),
+    "--batch-size": ("train.batch_size", int, "training batch size (default 128)"),
+    "--lr": ("train.lr", float, "Adam learning rate (default 1e-3)"),
+    "--seed": ("train.seed", int, "random seed (default 0)"),
+    "--device": ("train.device", str, "auto, cpu, cuda, cuda:1 or mps (default auto)"),
+    "--contamination": ("contamination", float, "expected anomaly fraction (default 0.01)"),
+    "--registered-model": ("registered_model", str, "MLflow model name (default aepipe-<dataset>)"),
+    "--home": ("home", str, "state folder (default $AEPIPE_HOME or ./.aepipe)"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aepipe", description="Learned feature reduction with autoencoders."
+    )
+    parser.add_argument("--version", action="version", version=f"aepipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="ingest, train, register and write the feature table")
+    run.add_argument("config", nargs="?", help="YAML config file (flags override it)")
+    for flag, (key, kind, text) in RUN_FLAGS.items():
+        run.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    run.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, dotted (e.g. train.patience=5); repeatable",
+    )
+
+    feats = sub.add_parser("features", help="print rows of a feature table")
+    feats.add_argument("table", help="feature table name (the data set name)")
+    feats.add_argument(
+        "--version",
+        dest="model_version",
+        default="champion",
+        help="'champion', another alias, a version number, or 'all'",
+    )
+    feats.add_argument("--limit", type=int, default=10, help="rows to print (default 10)")
+    feats.add_argument("--home", default=None, help="state folder")
+
+    ui = sub.add_parser("ui", help="print the commands that open the Prefect and MLflow UIs")
+    ui.add_argument("--home", default=None, help="state folder")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for key, _, _ in RUN_FLAGS.values():
+        value = getattr(args, key)
+        if value is not None:
+            out[key] = value
+    for item in args.sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+class _UsageError(Exception):
+    """A malformed command line the parser itself cannot catch."""
+
+
+def _prepare_environment(home: Path) -> None:
+    """Defaults for this process only: project-local Prefect state, no telemetry."""
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tasks.config import build_config, load_config
+    from tasks.validate import validate_config
+
+    overrides = _overrides(args)
+    cfg = load_config(args.config, overrides) if args.config else build_config(_nested(overrides))
+    validate_config(cfg)  # before anything is written
+    st = resolve_stores(cfg.home)
+    _prepare_environment(st.home)
+    from flows.reduce_features import reduce_features
+
+    summary = reduce_features(cfg)
+    print()
+    print(summary.to_text())
+    return 0
+
+
+def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    from tasks.config import apply_overrides
+
+    return apply_overrides({}, overrides)
+
+
+def _features(args: argparse.Namespace) -> int:
+    from feature_store import read_features
+
+    version: str | int | None = args.model_version
+    if version == "all":
+        version = None
+    frame = read_features(args.table, version, home=args.home)
+    print(frame.head(args.limit).to_string(max_cols=12))
+    print(f"({len(frame)} rows)")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    for name, command in resolve_stores(args.home).ui_commands().items():
+        print(f"{name:8s} {command}")
+    return 0
+
+
+def _log_trace(home: Path) -> Path | None:
+    try:
+        folder = home / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "aepipe-error.log"
+        with path.open("a") as fh:
+            fh.write(traceback.format_exc())
+        return path
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aepipe`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from feature_store.store import FeatureStoreError
+    from tasks.config import ConfigError
+    from tasks.normalize import SchemaError
+
+    handlers = {"run": _run, "features": _features, "ui": _ui}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, SchemaError, FeatureStoreError, _UsageError) as err:
+        print(f"aepipe: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aepipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the one place that turns any failure into one line
+        logging.getLogger("aepipe").debug("unexpected failure", exc_info=True)
+        trace = _log_trace(resolve_stores(getattr(args, "home", None)).home)
+        where = f" (full trace in {trace})" if trace else ""
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"aepipe: error: {type(err).__name__}: {first}{where}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

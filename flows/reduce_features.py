@@ -1,0 +1,28 @@
+"""The main flow: ingest -> normalize -> train -> register -> materialize -> report."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from aepipe.settings import stores as resolve_stores
+from tasks.config import PipelineConfig
+from tasks.ingest import ingest, normalize
+from tasks.materialize import materialize
+from tasks.register import register
+from tasks.report import RunSummary, report
+from tasks.train import train
+from tasks.validate import validate_config
+
+
+@flow(name="reduce-features", log_prints=True)
+def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
+    """Turn a data set into a versioned feature table of latent codes and anomaly scores."""
+    cfg = config or PipelineConfig()
+    validate_config(cfg)
+    stores = resolve_stores(cfg.home)
+    ingested = ingest(cfg, stores)
+    data = normalize(ingested, cfg)
+    trained = train(data, cfg, stores)
+    registered = register(trained, ingested, cfg, stores)
+    written = materialize(data, trained, registered, cfg, stores)
+    return report(ingested, data, trained, registered, written, stores)

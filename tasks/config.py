@@ -1,0 +1,152 @@
+"""Pipeline configuration: one frozen pydantic model per concern, loaded from YAML or flags."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ae_models import TrainConfig
+
+BUILTIN_SOURCES = ("digits",)
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration or input problem the user can fix; its message is one line."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    """Where the data comes from and which columns play which role."""
+
+    path: str = Field("digits", description="'digits' (built in), or a CSV / Parquet file")
+    format: Literal["auto", "csv", "parquet", "builtin"] = "auto"
+    entity_id: str | None = Field(None, description="id column; default: source row number")
+    timestamp: str | None = Field(None, description="event time column; default: ingest time")
+    label: str | None = Field(None, description="kept aside, never a model input")
+    include: list[str] | None = Field(None, description="feature columns; default: all others")
+    exclude: list[str] = Field(default_factory=list)
+    delimiter: str = ","
+    na_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "?"])
+    max_levels: int = Field(20, ge=1, description="one-hot width cap per categorical column")
+
+    @property
+    def resolved_format(self) -> Literal["csv", "parquet", "builtin"]:
+        """The concrete reader for this source."""
+        if self.format != "auto":
+            return self.format
+        if self.path in BUILTIN_SOURCES:
+            return "builtin"
+        suffix = Path(self.path).suffix.lower()
+        if suffix in (".csv", ".tsv", ".txt", ".data") or self.path.endswith(".csv.gz"):
+            return "csv"
+        if suffix in (".parquet", ".pq") or Path(self.path).is_dir():
+            return "parquet"
+        raise ConfigError(
+            f"cannot tell the format of source {self.path!r} from its name; "
+            "set source.format to 'csv' or 'parquet'"
+        )
+
+
+class ModelSpec(_Frozen):
+    """Which autoencoder variant to train and its variant-specific settings."""
+
+    name: str = "deep"
+    code_size: int = Field(16, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(_Frozen):
+    """Everything one ``reduce_features`` run needs."""
+
+    dataset: str = Field("digits", description="names the feature table and the model")
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    contamination: float = Field(0.01, gt=0, lt=0.5)
+    registered_model: str | None = Field(None, description="default: aepipe-<dataset>")
+    promotion_metric: str = "test_mse"
+    home: str | None = Field(None, description="state folder; default $AEPIPE_HOME or ./.aepipe")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, v: str) -> str:
+        if not NAME_PATTERN.match(v):
+            raise ValueError(
+                f"dataset name {v!r} must start with a letter and hold only letters, digits, '_'"
+            )
+        return v
+
+    @property
+    def model_name(self) -> str:
+        """Name of the registered model in MLflow."""
+        return self.registered_model or f"aepipe-{self.dataset}"
+
+    def flat_params(self) -> dict[str, str]:
+        """Every setting flattened to ``section.key`` strings, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        parts.append(f"{where}: {e['msg']}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def build_config(data: dict[str, Any]) -> PipelineConfig:
+    """Validate a config mapping; problems become a one-line ConfigError."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a YAML config file, apply dotted-key ``overrides``, and validate."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML: {err}".splitlines()[0]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping, not {type(data).__name__}")
+    return build_config(apply_overrides(data, overrides or {}))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set ``{"model.code_size": 8}``-style dotted keys in a nested config mapping."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[leaf] = value
+    return out

@@ -1,0 +1,180 @@
+"""The fitted normalizer: raw columns in, model-ready float32 features in [0, 1] out.
+
+Fitted on the training split only and saved as a JSON spec, so scoring applies exactly the
+same transform to new raw rows. Each output column records its source column. This module
+imports only NumPy and pandas: the logged MLflow model bundles it to normalize raw rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+SPEC_VERSION = 1
+OTHER, MISSING = "__other__", "__missing__"
+
+
+class SchemaError(ValueError):
+    """Raw data does not match what the normalizer was fitted on."""
+
+
+@dataclass
+class ColumnSpec:
+    """How one source column becomes one or more output columns."""
+
+    source: str
+    kind: Literal["scaled", "numeric", "categorical", "boolean"]
+    outputs: list[str]
+    low: float = 0.0
+    high: float = 1.0
+    fill: float = 0.0
+    missing_indicator: str | None = None
+    levels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Normalizer:
+    """An ordered list of column transforms; :meth:`transform` gives the model input matrix."""
+
+    columns: list[ColumnSpec]
+    version: int = SPEC_VERSION
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Raw columns the normalizer reads."""
+        return [c.source for c in self.columns]
+
+    @property
+    def output_columns(self) -> list[str]:
+        """Normalized column names, in model-input order."""
+        return [name for c in self.columns for name in c.outputs]
+
+    @property
+    def output_sources(self) -> dict[str, str]:
+        """Map from each normalized column back to its source column."""
+        return {name: c.source for c in self.columns for name in c.outputs}
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    @classmethod
+    def fit_scaled(cls, columns: list[str], scale: float) -> Normalizer:
+        """Fixed scaling by ``scale`` (image pixels: 255, or 16 for scikit-learn's digits)."""
+        return cls([ColumnSpec(c, "scaled", [c], 0.0, float(scale)) for c in columns])
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, max_levels: int = 20) -> Normalizer:
+        """Fit on training rows: min-max numeric (median fill), top-K one-hot categorical."""
+        specs = []
+        for name in frame.columns:
+            s = frame[name]
+            if pd.api.types.is_bool_dtype(s):
+                specs.append(ColumnSpec(name, "boolean", [name]))
+            elif pd.api.types.is_numeric_dtype(s):
+                values = s.to_numpy(dtype=np.float64, na_value=np.nan)
+                finite = values[np.isfinite(values)]
+                if finite.size == 0:
+                    raise SchemaError(f"numeric column {name!r} has no finite values to fit on")
+                indicator = f"{name}__missing" if finite.size < values.size else None
+                specs.append(
+                    ColumnSpec(
+                        name,
+                        "numeric",
+                        [name] + ([indicator] if indicator else []),
+                        low=float(finite.min()),
+                        high=float(finite.max()),
+                        fill=float(np.median(finite)),
+                        missing_indicator=indicator,
+                    )
+                )
+            else:
+                counts = s.dropna().astype(str).value_counts()
+                levels = [str(v) for v in counts.index[:max_levels]]
+                outputs = [f"{name}={v}" for v in levels] + [f"{name}={OTHER}", f"{name}={MISSING}"]
+                specs.append(ColumnSpec(name, "categorical", outputs, levels=levels))
+        return cls(specs)
+
+    # -- applying --------------------------------------------------------------------------
+
+    def check_columns(self, frame: pd.DataFrame) -> None:
+        """Raise SchemaError naming the expected columns that ``frame`` lacks."""
+        missing = [c for c in self.source_columns if c not in frame.columns]
+        if missing:
+            raise SchemaError(
+                f"input is missing {len(missing)} expected column(s): {missing[:10]}"
+                + (" ..." if len(missing) > 10 else "")
+            )
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Normalized float32 matrix (rows x output columns), every value in [0, 1]."""
+        self.check_columns(frame)
+        blocks: list[np.ndarray] = []
+        for c in self.columns:
+            s = frame[c.source]
+            if c.kind in ("scaled", "numeric"):
+                if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+                    coerced = pd.to_numeric(s, errors="coerce")
+                    bad = coerced.isna() & s.notna()
+                    if bad.any():
+                        first = int(np.flatnonzero(bad.to_numpy())[0])
+                        raise SchemaError(
+                            f"column {c.source!r} has {int(bad.sum())} non-numeric values "
+                            f"(first at row {first}: {s.iloc[first]!r})"
+                        )
+                    s = coerced
+                v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+                missing = ~np.isfinite(v)
+                if c.kind == "numeric":
+                    v = np.where(missing, c.fill, v)
+                span = c.high - c.low
+                v = (v - c.low) / span if span > 0 else np.zeros_like(v)
+                if c.kind == "scaled":
+                    v = np.where(missing, 0.0, v)
+                blocks.append(np.clip(v, 0.0, 1.0)[:, None])
+                if c.missing_indicator:
+                    blocks.append(missing.astype(np.float64)[:, None])
+            elif c.kind == "boolean":
+                blocks.append(s.fillna(False).astype(bool).to_numpy(dtype=np.float64)[:, None])
+            else:
+                block = np.zeros((len(s), len(c.outputs)))
+                isna = s.isna().to_numpy()
+                text = s.astype(str).to_numpy()
+                index = {v: i for i, v in enumerate(c.levels)}
+                other = len(c.levels)
+                pos = np.array([index.get(t, other) for t in text], dtype=np.int64)
+                pos[isna] = other + 1
+                block[np.arange(len(s)), pos] = 1.0
+                blocks.append(block)
+        if not blocks:
+            return np.zeros((len(frame), 0), np.float32)
+        return np.hstack(blocks).astype(np.float32)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready spec."""
+        return {"version": self.version, "columns": [asdict(c) for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Normalizer:
+        """Rebuild from :meth:`to_dict` output; refuses unknown spec versions."""
+        if spec.get("version") != SPEC_VERSION:
+            raise SchemaError(f"normalizer spec version {spec.get('version')!r} is not supported")
+        return cls([ColumnSpec(**c) for c in spec["columns"]])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON spec to ``path``."""
+        p = Path(path)
+        p.write_text(json.dumps(self.to_dict(), indent=1))
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> Normalizer:
+        """Read a JSON spec written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,126 @@
+"""Report: one summary of the run, printed for the terminal and kept as a Prefect artifact."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
+
+from aepipe.settings import Stores, console_script, python_command
+from tasks.ingest import IngestResult, NormalizedData
+from tasks.materialize import Materialized
+from tasks.register import RegisteredModel
+from tasks.train import TrainedModel
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a ``reduce_features`` run did, in the terms a user acts on."""
+
+    dataset: str
+    rows_ingested: int
+    features_in: int
+    code_size: int
+    model_name: str
+    model_version: int
+    aliases: list[str]
+    promotion: str
+    test_mse: float
+    test_bce: float
+    best_epoch: int
+    train_seconds: float
+    device: str
+    table: str
+    rows_written: int
+    anomalies: int
+    run_id: str
+    home: str
+    warehouse: str
+    prefect_ui: str
+    mlflow_ui: str
+
+    def to_text(self) -> str:
+        """Plain-text summary for the terminal."""
+        alias = ", ".join(self.aliases)
+        return "\n".join(
+            [
+                f"aepipe: reduced {self.dataset!r} from {self.features_in} to {self.code_size} "
+                "features",
+                f"  rows ingested      {self.rows_ingested}",
+                f"  model              {self.model_name} version {self.model_version} "
+                f"(alias: {alias}; {self.promotion})",
+                f"  test recon error   MSE {self.test_mse:.5f}   BCE {self.test_bce:.5f}"
+                f"   (best epoch {self.best_epoch}, {self.train_seconds:.1f} s on {self.device})",
+                f"  feature table      aepipe.{self.table}: {self.rows_written} rows, "
+                f"{self.anomalies} flagged is_anomaly",
+                f"                     warehouse {self.warehouse}",
+                f'  read it            {python_command()} -c "from feature_store import '
+                f"read_features; print(read_features('{self.table}'))\"",
+                f"                     or: {console_script('aepipe')} features {self.table}",
+                f"  MLflow run         {self.run_id}",
+                f"  Prefect UI         {self.prefect_ui}",
+                f"  MLflow UI          {self.mlflow_ui}",
+            ]
+        )
+
+    def to_markdown(self) -> str:
+        """Markdown summary for the Prefect UI."""
+        rows = "\n".join(f"| {k} | {v} |" for k, v in asdict(self).items())
+        return f"# aepipe run: {self.dataset}\n\n| field | value |\n|---|---|\n{rows}\n"
+
+
+def summarize(
+    ingested: IngestResult,
+    data: NormalizedData,
+    trained: TrainedModel,
+    registered: RegisteredModel,
+    written: Materialized,
+    stores: Stores,
+) -> RunSummary:
+    """Collect the run's references into a :class:`RunSummary`."""
+    ui = stores.ui_commands()
+    return RunSummary(
+        dataset=written.table,
+        rows_ingested=ingested.rows,
+        features_in=len(data.features),
+        code_size=trained.code_size,
+        model_name=registered.model_name,
+        model_version=registered.version,
+        aliases=registered.aliases,
+        promotion=registered.reason,
+        test_mse=trained.metrics["test_mse"],
+        test_bce=trained.metrics["test_bce"],
+        best_epoch=int(trained.metrics["best_epoch"]),
+        train_seconds=trained.metrics["train_seconds"],
+        device=trained.device,
+        table=written.table,
+        rows_written=written.rows,
+        anomalies=written.anomalies,
+        run_id=registered.run_id,
+        home=str(stores.home),
+        warehouse=stores.warehouse,
+        prefect_ui=ui["prefect"],
+        mlflow_ui=ui["mlflow"],
+    )
+
+
+@task(name="report")
+def report(
+    ingested: IngestResult,
+    data: NormalizedData,
+    trained: TrainedModel,
+    registered: RegisteredModel,
+    written: Materialized,
+    stores: Stores,
+) -> RunSummary:
+    """Prefect task: :func:`summarize`, plus a markdown artifact on the flow run."""
+    summary = summarize(ingested, data, trained, registered, written, stores)
+    if FlowRunContext.get() is not None:
+        create_markdown_artifact(
+            summary.to_markdown(),
+            key=f"aepipe-{summary.dataset.replace('_', '-').lower()}-run",
+            description="aepipe run summary",
+        )
+    return summary

@@ -1,0 +1,151 @@
+"""Train: fit the configured autoencoder on the normalized training split, measure it, save it."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+import ae_models
+from aepipe.settings import Stores
+from tasks.config import ConfigError, PipelineConfig
+from tasks.ingest import SPLIT, NormalizedData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Reference to a trained model folder (weights + JSON) and what training measured."""
+
+    model_dir: str
+    model: str
+    code_size: int
+    threshold: float
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    device: str
+    precision: str
+
+
+def load_split_matrices(data: NormalizedData) -> dict[str, np.ndarray]:
+    """Feature matrix (float32) per split of a normalized dataset."""
+    table = pq.read_table(data.path, columns=[SPLIT, *data.features])
+    splits = table.column(SPLIT).to_numpy(zero_copy_only=False)
+    matrix = np.column_stack(
+        [table.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
+    )
+    return {s: matrix[splits == s] for s in ("train", "val", "test")}
+
+
+def build_model(cfg: PipelineConfig, input_dim: int) -> ae_models.Autoencoder:
+    """Create the configured variant for ``input_dim`` inputs; bad settings become ConfigError."""
+    try:
+        return ae_models.create_model(
+            cfg.model.name,
+            seed=cfg.train.seed,
+            input_dim=input_dim,
+            code_size=cfg.model.code_size,
+            **cfg.model.params,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model {cfg.model.name!r}: {err}") from None
+
+
+class _Progress:
+    """Training callback: epoch lines in the run log and a Prefect progress artifact."""
+
+    def __init__(self, epochs: int, every: int = 10) -> None:
+        self.epochs, self.every = epochs, every
+        self.artifact_id: Any = None
+        self.logger = _logger()
+        if TaskRunContext.get() is not None:
+            self.artifact_id = create_progress_artifact(
+                0.0, key="training-progress", description="Autoencoder training epochs done"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if epoch == 1 or epoch % self.every == 0 or epoch == self.epochs:
+            self.logger.info(
+                "epoch %d/%d train_loss=%.5f val_loss=%.5f lr=%.2g",
+                epoch,
+                self.epochs,
+                logs["train_loss"],
+                logs["val_loss"],
+                logs["lr"],
+            )
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, 100.0 * epoch / self.epochs)
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a Prefect run: plain logging
+        return log
+
+
+def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> TrainedModel:
+    """Train on the train split (early stopping on val), score test, save weights + config."""
+    parts = load_split_matrices(data)
+    if len(parts["train"]) == 0:
+        raise ConfigError("the training split is empty")
+    model = build_model(cfg, len(data.features))
+    result = ae_models.train(
+        model, parts["train"], parts["val"], cfg.train, callbacks=[_Progress(cfg.train.epochs)]
+    )
+    test = parts["test"] if len(parts["test"]) else parts["val"]
+    _, test_mse, test_bce = ae_models.encode_and_score(model, test)
+    _, fit_mse, _ = ae_models.encode_and_score(model, np.vstack([parts["train"], parts["val"]]))
+    threshold = float(np.quantile(fit_mse, 1.0 - cfg.contamination))
+    last = result.history[-1]
+    metrics = {
+        "test_mse": float(test_mse.mean()),
+        "test_bce": float(test_bce.mean()),
+        "best_val_loss": float(result.best_val_loss),
+        "final_train_loss": float(last["train_loss"]),
+        "best_epoch": float(result.best_epoch),
+        "epochs_run": float(len(result.history)),
+        "train_seconds": float(result.seconds),
+        "threshold": threshold,
+    }
+    stamp = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    folder = stores.models_dir / cfg.dataset / stamp
+    ae_models.save_model(
+        model,
+        folder,
+        extra={
+            "threshold": threshold,
+            "contamination": cfg.contamination,
+            "features": data.features,
+            "metrics": metrics,
+            "train": cfg.train.to_dict(),
+        },
+    )
+    (folder / "normalizer.json").write_bytes(Path(data.spec_path).read_bytes())
+    return TrainedModel(
+        str(folder),
+        cfg.model.name,
+        cfg.model.code_size,
+        threshold,
+        metrics,
+        result.history,
+        result.device,
+        result.precision,
+    )
+
+
+@task(name="train", timeout_seconds=6 * 3600)
+def train(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> TrainedModel:
+    """Prefect task: :func:`train_autoencoder`."""
+    return train_autoencoder(data, cfg, stores)

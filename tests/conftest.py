@@ -1,0 +1,53 @@
+"""Shared fixtures: a real Prefect test server, per-test stores in tmp_path, shared data sets."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before Prefect or MLflow are imported: no telemetry, Prefect state outside the user's home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="aepipe-test-prefect-"))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import pytest
+
+from aepipe.settings import Stores, stores
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real temporary Prefect server (SQLite) for every flow test in the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh aepipe home (MLflow, catalog, warehouse, data) in tmp_path."""
+    for var in ("AEPIPE_HOME", "AEPIPE_TRACKING_URI", "AEPIPE_CATALOG_URI", "AEPIPE_WAREHOUSE"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "aepipe-home"
+    return folder
+
+
+@pytest.fixture
+def tmp_stores(home: Path) -> Stores:
+    """Stores rooted at the per-test home."""
+    return stores(home)
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    """``../shared/datasets``, or a skip when this checkout has none beside it."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"shared data sets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS

@@ -1,0 +1,62 @@
+"""Pipeline configs: defaults, YAML + overrides, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
+
+
+def test_defaults_run_the_digits_demo() -> None:
+    cfg = PipelineConfig()
+    assert cfg.source.path == "digits" and cfg.source.resolved_format == "builtin"
+    assert cfg.model.name == "deep" and cfg.model_name == "aepipe-digits"
+
+
+def test_yaml_with_overrides(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: adult\nmodel:\n  code_size: 4\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path, {"train.epochs": 7, "model.params.activation": "elu"})
+    assert cfg.dataset == "adult" and cfg.model.code_size == 4
+    assert cfg.train.epochs == 7 and cfg.model.params == {"activation": "elu"}
+
+
+def test_flat_params_cover_every_section() -> None:
+    params = build_config({"train": {"epochs": 3}}).flat_params()
+    assert params["train.epochs"] == "3" and params["model.name"] == "deep"
+    assert params["source.path"] == "digits"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"modle": {}}, "modle: Extra inputs are not permitted"),
+        ({"train": {"epochs": 0}}, "epochs must be >= 1"),
+        ({"dataset": "my table"}, "dataset name 'my table' must start with a letter"),
+        ({"contamination": 0.9}, "contamination"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(data, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config(data)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)
+
+
+def test_unknown_source_format() -> None:
+    with pytest.raises(ConfigError, match="cannot tell the format"):
+        _ = build_config({"source": {"path": "data.xlsx"}}).source.resolved_format
+
+
+def test_apply_overrides_does_not_mutate_input() -> None:
+    data = {"model": {"code_size": 3}}
+    out = apply_overrides(data, {"model.code_size": 5})
+    assert data == {"model": {"code_size": 3}} and out == {"model": {"code_size": 5}}

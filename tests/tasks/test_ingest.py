@@ -1,0 +1,95 @@
+"""Ingest and normalize: digits and CSV become Parquet with roles, splits and a spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import ConfigError, build_config
+from tasks.ingest import assign_splits, ingest_source, inspect_source, normalize_dataset
+from tasks.validate import validate_config
+
+
+def test_digits_become_normalized_parquet(tmp_stores) -> None:
+    cfg = build_config({})
+    ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.rows == 1797 and len(ingested.features) == 64 and ingested.has_label
+    data = normalize_dataset(ingested, cfg)
+    table = pq.read_table(data.path)
+    assert table.num_rows == 1797
+    assert table.column_names[:4] == ["entity_id", "event_timestamp", "label", "split"]
+    assert str(table.schema.field("event_timestamp").type) == "timestamp[us, tz=UTC]"
+    values = np.column_stack([table.column(c).to_numpy() for c in data.features])
+    assert values.min() == 0.0 and values.max() == 1.0
+    assert sum(data.split_rows.values()) == 1797 and data.split_rows["train"] > 1000
+    spec = json.loads(Path(data.spec_path).read_text())
+    assert spec["version"] == 1 and len(spec["columns"]) == 64
+    assert "label" not in data.features
+
+
+def test_csv_with_roles_and_missing_values(tmp_path, tmp_stores) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text(
+        "id, when, age, city, income, y\n"
+        "a, 2024-01-01, 30, x, 10.5, 0\n"
+        "b, 2024-01-02, ?, y, 12.0, 1\n"
+        "c, 2024-01-03, 50, ?, 9.0, 0\n"
+        "d, 2024-01-04, 41, x, 11.0, 1\n"
+    )
+    cfg = build_config(
+        {
+            "dataset": "people",
+            "source": {"path": str(path), "entity_id": "id", "timestamp": "when", "label": "y"},
+            "model": {"code_size": 2},
+            "test_fraction": 0.2,
+            "val_fraction": 0.1,
+        }
+    )
+    validate_config(cfg)
+    ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.features == ["age", "city", "income"]
+    raw = pq.read_table(ingested.path).to_pandas()
+    assert raw["entity_id"].tolist() == ["a", "b", "c", "d"]
+    assert raw["event_timestamp"].iloc[1] == pd.Timestamp("2024-01-02", tz="UTC")
+    assert np.isnan(raw["age"].iloc[1])
+
+
+def test_splits_are_stable_and_seeded() -> None:
+    ids = pd.Series([str(i) for i in range(5000)])
+    a = assign_splits(ids, 0.2, 0.1, seed=0)
+    assert (a == assign_splits(ids, 0.2, 0.1, seed=0)).all()
+    assert abs((a == "test").mean() - 0.2) < 0.03 and abs((a == "val").mean() - 0.1) < 0.03
+    assert (a != assign_splits(ids, 0.2, 0.1, seed=1)).any()
+    # adding rows does not move existing ones
+    more = assign_splits(pd.Series([str(i) for i in range(6000)]), 0.2, 0.1, seed=0)
+    assert (more[:5000] == a).all()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"path": "missing.csv"}, "source file 'missing.csv' does not exist"),
+        ({"path": "{csv}", "label": "nope"}, "source.label column 'nope' is not in"),
+        ({"path": "{csv}", "exclude": ["a", "b"]}, "no feature columns left"),
+    ],
+)
+def test_inspect_source_errors(tmp_path, source, message) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n1,2\n")
+    source = {k: (v.format(csv=csv) if isinstance(v, str) else v) for k, v in source.items()}
+    with pytest.raises(ConfigError, match=message):
+        inspect_source(build_config({"source": source}).source)
+
+
+def test_duplicate_entity_ids_are_refused(tmp_path, tmp_stores) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("id,a,b\n1,1,2\n1,3,4\n")
+    cfg = build_config({"source": {"path": str(csv), "entity_id": "id"}, "model": {"code_size": 1}})
+    with pytest.raises(ConfigError, match="duplicates"):
+        ingest_source(cfg, tmp_stores)
+    assert not (tmp_stores.data_dir).exists()

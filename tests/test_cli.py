@@ -1,0 +1,77 @@
+"""The ``aepipe`` console script, as a user runs it: one-line errors, nothing written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+AEPIPE = shutil.which("aepipe", path=str(Path(sys.executable).parent)) or "aepipe"
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AEPIPE_", "PREFECT_"))}
+    base.update(env or {})
+    return subprocess.run(
+        [AEPIPE, *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "missing.csv"], "source file 'missing.csv' does not exist"),
+        (["--model", "resnet"], "unknown model 'resnet'; available: ['deep']"),
+        (["--code-size", "64"], "model.code_size 64 must be smaller than the input width (64"),
+        (["--code-size", "0"], "model.code_size: Input should be greater than or equal to 1"),
+        (["no-such-config.yaml"], "config file 'no-such-config.yaml' does not exist"),
+        (["--set", "train.epochs"], "--set expects KEY=VALUE"),
+        (["--set", "train.nope=3"], "train.nope"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args, message) -> None:
+    result = run_cli("run", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aepipe: error: ") and message in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_features_of_missing_store_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("features", "digits", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("aepipe: error: no feature store at")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_run_from_yaml_prints_summary_and_table_reads_back(tmp_path: Path) -> None:
+    result = run_cli("run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "rows ingested      1797" in out
+    assert "aepipe-digits version 1 (alias: champion" in out
+    assert "test recon error   MSE" in out
+    assert "read_features('digits')" in out
+    assert "prefect server start" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    home = tmp_path / ".aepipe"
+    assert (home / "mlflow.db").is_file() and (home / "catalog.db").is_file()
+    assert (home / "prefect").is_dir()  # the Prefect UI command shows these runs
+    assert "Traceback" not in out + result.stderr
+
+    shown = run_cli("features", "digits", "--limit", "2", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "(1797 rows)" in shown.stdout
+
+    from feature_store import read_features
+
+    frame = read_features("digits", home=home)
+    assert len(frame) == 1797 and set(frame["model_version"]) == {1}

@@ -1,0 +1,35 @@
+"""prefect.yaml: its deployments point at real flows with parameters those flows accept."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+from prefect import Flow
+from prefect.client.schemas.schedules import CronSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_flow(entrypoint: str) -> Flow:
+    path, name = entrypoint.split(":")
+    spec = importlib.util.spec_from_file_location("entry", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def test_deployments_are_valid() -> None:
+    project = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in project["deployments"]}
+    assert "reduce-features" in deployments
+    for deployment in deployments.values():
+        flow = load_flow(deployment["entrypoint"])
+        assert isinstance(flow, Flow)
+        flow.validate_parameters(deployment.get("parameters", {}))
+        for schedule in deployment.get("schedules", []):
+            CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+    reduce = deployments["reduce-features"]
+    assert reduce["schedules"][0]["cron"] == "0 2 * * *"
+    assert reduce["work_pool"]["name"] == "cpu"
