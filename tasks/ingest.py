@@ -240,13 +240,5 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     return NormalizedData(str(path), str(spec_path), len(raw), names, counts, ingested.has_label)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[1, 5])
-def ingest(cfg: PipelineConfig, stores: Stores) -> IngestResult:
-    """Prefect task: :func:`ingest_source`."""
-    return ingest_source(cfg, stores)
-
-
-@task(name="normalize")
-def normalize(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
-    """Prefect task: :func:`normalize_dataset`."""
-    return normalize_dataset(ingested, cfg)
+ingest = task(name="ingest", retries=2, retry_delay_seconds=[1, 5])(ingest_source)
+normalize = task(name="normalize")(normalize_dataset)

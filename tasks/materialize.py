@@ -14,7 +14,7 @@ from prefect import task
 import ae_models
 from aepipe.settings import Stores
 from feature_store import write_features
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, latent_columns
+from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
 from tasks.config import PipelineConfig
 from tasks.ingest import NormalizedData
 from tasks.register import RegisteredModel
@@ -43,7 +43,7 @@ def feature_batches(
     """Encode and score the normalized Parquet file batch by batch, as feature-table rows."""
     model, meta = ae_models.load_model(trained.model_dir)
     threshold = float(meta["threshold"])
-    names = latent_columns(model.config.code_size)
+    schema = feature_schema(model.config.code_size)
     scored_at = pa.scalar(datetime.now(UTC), TIMESTAMP)
     reader = pq.ParquetFile(data.path)
     for batch in reader.iter_batches(
@@ -64,20 +64,7 @@ def feature_batches(
             pa.array([registered.run_id] * n, pa.string()),
             pa.array(np.full(n, scored_at.value, np.int64)).cast(TIMESTAMP),
         ]
-        yield pa.RecordBatch.from_arrays(
-            arrays,
-            names=[
-                ENTITY_KEY,
-                EVENT_TIMESTAMP,
-                *names,
-                "recon_error",
-                "is_anomaly",
-                "model_name",
-                "model_version",
-                "run_id",
-                "scored_at",
-            ],
-        )
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def materialize_features(
@@ -108,13 +95,4 @@ def materialize_features(
     )
 
 
-@task(name="materialize", retries=2, retry_delay_seconds=[1, 5])
-def materialize(
-    data: NormalizedData,
-    trained: TrainedModel,
-    registered: RegisteredModel,
-    cfg: PipelineConfig,
-    stores: Stores,
-) -> Materialized:
-    """Prefect task: :func:`materialize_features`."""
-    return materialize_features(data, trained, registered, cfg, stores)
+materialize = task(name="materialize", retries=2, retry_delay_seconds=[1, 5])(materialize_features)

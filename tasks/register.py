@@ -158,9 +158,5 @@ def register_model(
     return RegisteredModel(run_id, experiment_id, cfg.model_name, number, [alias], promoted, reason)
 
 
-@task(name="register", retries=2, retry_delay_seconds=[2, 10])
-def register(
-    trained: TrainedModel, ingested: IngestResult, cfg: PipelineConfig, stores: Stores
-) -> RegisteredModel:
-    """Prefect task: :func:`register_model`."""
-    return register_model(trained, ingested, cfg, stores)
+# No automatic retry: a retry after a partial failure could register a second version.
+register = task(name="register")(register_model)

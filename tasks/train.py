@@ -145,7 +145,4 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
     )
 
 
-@task(name="train", timeout_seconds=6 * 3600)
-def train(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> TrainedModel:
-    """Prefect task: :func:`train_autoencoder`."""
-    return train_autoencoder(data, cfg, stores)
+train = task(name="train", timeout_seconds=6 * 3600)(train_autoencoder)
