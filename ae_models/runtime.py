@@ -29,12 +29,23 @@ def select_device(preference: str = "auto") -> torch.device:
     return device
 
 
+BF16_MIN_WIDTH = 256  # narrower models gain nothing from bf16 on the CPU; its casts cost more
+
+
 def resolve_precision(
-    precision: Precision, device: torch.device
+    precision: Precision, device: torch.device, width: int | None = None
 ) -> Literal["fp32", "bf16", "fp16"]:
-    """Concrete precision for ``device``: ``auto`` is bf16 on CUDA that supports it, else fp32."""
+    """Concrete precision for ``device``.
+
+    ``auto`` is bf16 where the hardware computes it natively (CUDA with bf16; CPUs with AMX or
+    AVX512-BF16, where it trains about 1.5x faster than fp32) and fp32 elsewhere; on the CPU
+    only for inputs at least ``BF16_MIN_WIDTH`` wide, since small matrices run slower in bf16.
+    """
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        wide = width is None or width >= BF16_MIN_WIDTH
+        if device.type == "cpu" and wide and cpu_has_fast_bf16():
             return "bf16"
         return "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
@@ -42,6 +53,18 @@ def resolve_precision(
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
     return precision
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16)."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

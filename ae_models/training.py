@@ -1,14 +1,25 @@
-"""One generic training loop for every variant: Adam, LR schedule, early stopping, callbacks."""
+"""One generic training loop for every variant.
+
+Adam (fused where the device supports it) with a one-cycle, plateau or cosine schedule,
+validation with early stopping that restores the best epoch, gradient clipping, mixed
+precision (bf16 autocast on CPUs with native bf16, bf16/fp16 on GPUs), a checkpoint after every
+epoch and exact resume, and callbacks for progress and tracking. The data stays resident as
+one tensor; each epoch is shuffled in contiguous chunks so batches are plain slices.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -19,23 +30,28 @@ from ae_models.base import Autoencoder, reconstruction_error
 from ae_models.runtime import Precision, autocast, resolve_precision, seed_everything, select_device
 
 log = logging.getLogger(__name__)
+Schedule = Literal["onecycle", "plateau", "cosine", "none"]
+CHECKPOINT = "checkpoint.pt"
+GATHER_ROWS = 16384  # rows shuffled into a contiguous block at a time
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: optimizer, schedule, stopping, device and precision, seed."""
+    """How to train: optimizer, schedule, stopping, device and precision, checkpoints, seed."""
 
     epochs: int = 100
-    batch_size: int = 128
+    batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    lr_schedule: Literal["plateau", "cosine", "none"] = "plateau"
+    lr_schedule: Schedule = "onecycle"
     patience: int = 15
     min_delta: float = 1e-5
     grad_clip: float | None = 5.0
     seed: int = 0
     device: str = "auto"
     precision: Precision = "auto"
+    checkpoint_dir: str | None = None
+    resume: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -47,9 +63,10 @@ class TrainConfig:
             raise ValueError(
                 f"patience must be >= 0 (0 disables early stopping), got {self.patience}"
             )
-        if self.lr_schedule not in ("plateau", "cosine", "none"):
+        if self.lr_schedule not in ("onecycle", "plateau", "cosine", "none"):
             raise ValueError(
-                f"lr_schedule must be 'plateau', 'cosine' or 'none', got {self.lr_schedule!r}"
+                "lr_schedule must be 'onecycle', 'plateau', 'cosine' or 'none', "
+                f"got {self.lr_schedule!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,7 +75,10 @@ class TrainConfig:
 
 
 class Callback(Protocol):
-    """Receives ``{"epoch", "train_loss", "val_loss", "lr", "seconds"}`` after every epoch."""
+    """Receives ``{"epoch", "train_loss", "val_loss", "lr", "seconds"}`` after every epoch.
+
+    Callbacks may also define ``on_train_begin(info: dict)`` and ``on_train_end(result)``.
+    """
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
 
@@ -71,9 +91,17 @@ class TrainResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    resumed_from: int = 0
     device: str = "cpu"
     precision: str = "fp32"
     seconds: float = 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        """Training throughput over the epochs run in this call."""
+        run = [h for h in self.history if h["epoch"] > self.resumed_from]
+        secs = sum(h["train_seconds"] for h in run)
+        return sum(h["rows"] for h in run) / secs if secs else 0.0
 
 
 def as_tensor(x: np.ndarray | Tensor) -> Tensor:
@@ -83,9 +111,14 @@ def as_tensor(x: np.ndarray | Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
+def _epoch_batches(x: Tensor, batch_size: int, generator: torch.Generator):
+    """Shuffled batches of ``x``: a permutation gathered in contiguous chunks, then sliced."""
+    order = torch.randperm(len(x), generator=generator)
+    chunk = max(GATHER_ROWS // batch_size, 1) * batch_size
+    for start in range(0, len(x), chunk):
+        block = x[order[start : start + chunk]]
+        for b in range(0, len(block), batch_size):
+            yield block[b : b + batch_size]
 
 
 @torch.no_grad()
@@ -94,14 +127,74 @@ def evaluate_loss(
 ) -> float:
     """Mean training objective of ``model`` over ``x`` (row-weighted), in eval mode."""
     model.eval()
-    total = 0.0
-    for idx in _batches(len(x), batch_size, None):
-        xb = x[idx].to(device, non_blocking=True)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
         with autocast(device, precision):
             out = model(xb)
             loss = model.loss(xb, out)
-        total += float(loss) * len(idx)
-    return total / max(len(x), 1)
+        total += loss.detach().double() * len(xb)
+    return float(total) / max(len(x), 1)
+
+
+def _make_optimizer(model: Autoencoder, cfg: TrainConfig, device: torch.device):
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if device.type in ("cpu", "cuda"):
+        kwargs["fused"] = True
+    try:
+        return torch.optim.Adam(model.parameters(), **kwargs)
+    except (RuntimeError, TypeError):  # fused kernels missing on this build/device
+        kwargs.pop("fused", None)
+        return torch.optim.Adam(model.parameters(), **kwargs)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    if cfg.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
+        )
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=0.5, patience=max(cfg.patience // 3, 2)
+        )
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return None
+
+
+def run_fingerprint(model: Autoencoder, cfg: TrainConfig, n_train: int) -> str:
+    """What a checkpoint must match to be resumed: model config, training config, data size."""
+    train = {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint_dir", "resume")}
+    blob = json.dumps([model.model_name, model.config.to_dict(), train, n_train], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable or not ours: start over, loudly
+        log.warning("ignoring unreadable checkpoint %s: %s", path, err)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("checkpoint %s is from another model, config or data; starting over", path)
+        return None
+    return state
+
+
+def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(*args)
 
 
 def train(
@@ -113,53 +206,89 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the weights of its best validation epoch.
 
-    Without ``x_val`` the training loss drives the schedule and early stopping.
+    Without ``x_val`` the training loss drives the schedule and early stopping. With
+    ``config.checkpoint_dir`` every epoch ends with a checkpoint there, and a later call with
+    the same model, config and data resumes after the last finished epoch; on the CPU the
+    result is the same as a run that was never interrupted.
     """
     cfg = config or TrainConfig()
     generator = seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     xt = as_tensor(x_train)
+    width = xt.shape[1] if xt.ndim == 2 else None
+    precision = resolve_precision(cfg.precision, device, width=width)
     xv = as_tensor(x_val) if x_val is not None and len(x_val) else None
     if len(xt) == 0:
         raise ValueError("cannot train on 0 rows")
+    if device.type != "cpu":
+        xt = xt.to(device)
+        xv = xv.to(device) if xv is not None else None
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler: Any = None
-    if cfg.lr_schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(cfg.patience // 3, 2)
-        )
-    elif cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-
+    steps = math.ceil(len(xt) / cfg.batch_size)
+    opt = _make_optimizer(model, cfg, device)
+    scheduler = _make_scheduler(opt, cfg, steps)
     result = TrainResult(device=str(device), precision=precision)
     best_state: dict[str, Tensor] | None = None
-    since_best = 0
+    since_best, first_epoch = 0, 1
+
+    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
+    fingerprint = run_fingerprint(model, cfg, len(xt))
+    state = _load_checkpoint(ckpt_path, fingerprint) if ckpt_path and cfg.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        best_state = state["best_state"]
+        result.history = list(state["history"])
+        result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
+        since_best, first_epoch = state["since_best"], state["epoch"] + 1
+        result.resumed_from = state["epoch"]
+        generator.set_state(state["rng_shuffle"])
+        torch.set_rng_state(state["rng_torch"])
+        log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"])
+        if state.get("finished"):
+            first_epoch = cfg.epochs + 1
+            result.stopped_early = state.get("stopped_early", False)
+
+    _call(
+        callbacks,
+        "on_train_begin",
+        {
+            "epochs": cfg.epochs,
+            "start_epoch": first_epoch,
+            "rows": len(xt),
+            "device": str(device),
+            "precision": precision,
+        },
+    )
     start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    per_step = scheduler is not None and cfg.lr_schedule == "onecycle"
+    for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        total = 0.0
-        for idx in _batches(len(xt), cfg.batch_size, generator):
-            xb = xt[idx].to(device, non_blocking=True)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for xb in _epoch_batches(xt, cfg.batch_size, generator):
             with autocast(device, precision):
                 out = model(xb)
                 loss = model.loss(xb, out)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {float(loss)} at epoch {epoch}; lower lr "
-                    f"(now {opt.param_groups[0]['lr']:g}) or check the input for extreme values"
-                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += float(loss.detach()) * len(idx)
-        train_loss = total / len(xt)
+            if per_step:
+                scheduler.step()
+            total += loss.detach().double() * len(xb)
+        train_loss = float(total) / len(xt)
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch}; lower lr (now "
+                f"{cfg.lr:g}) or check the input for extreme values"
+            )
         val_loss = (
-            evaluate_loss(model, xv, cfg.batch_size * 4, device, precision)
+            evaluate_loss(model, xv, max(cfg.batch_size, 2048), device, precision)
             if xv is not None
             else train_loss
         )
@@ -169,10 +298,10 @@ def train(
             "val_loss": val_loss,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
+            "train_seconds": train_seconds,
+            "rows": len(xt),
         }
         result.history.append(logs)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
         if val_loss < result.best_val_loss - cfg.min_delta:
             result.best_val_loss, result.best_epoch, since_best = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -180,9 +309,31 @@ def train(
             since_best += 1
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_loss)
-        elif scheduler is not None:
+        elif scheduler is not None and not per_step:
             scheduler.step()
-        if cfg.patience and since_best >= cfg.patience:
+        stop = bool(cfg.patience) and since_best >= cfg.patience
+        if ckpt_path is not None:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "best_state": best_state,
+                    "best_epoch": result.best_epoch,
+                    "best_val_loss": result.best_val_loss,
+                    "since_best": since_best,
+                    "history": result.history,
+                    "rng_shuffle": generator.get_state(),
+                    "rng_torch": torch.get_rng_state(),
+                    "finished": stop or epoch == cfg.epochs,
+                    "stopped_early": stop,
+                },
+            )
+        _call(callbacks, "on_epoch_end", epoch, logs)
+        if stop:
             result.stopped_early = True
             log.info(
                 "early stop at epoch %d (best %d, val %.5f)",
@@ -195,6 +346,7 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - start
+    _call(callbacks, "on_train_end", result)
     return result
 
 

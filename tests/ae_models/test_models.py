@@ -17,7 +17,9 @@ def test_registry_lists_and_creates_deep() -> None:
 
 
 def test_unknown_model_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'nope'; available: \['deep'"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'nope'; available: \['contractive', 'conv', 'deep'"
+    ):
         ae_models.create_model("nope", input_dim=4)
 
 

@@ -1,0 +1,292 @@
+"""``AutoencoderReducer``: the autoencoders behind a scikit-learn / PyOD style estimator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.exceptions import NotFittedError
+
+from ae_models.base import Autoencoder
+from ae_models.callbacks import ProgressBar
+from ae_models.registry import create_model, get_model_class
+from ae_models.runtime import select_device
+from ae_models.serialization import load_model, save_model
+from ae_models.training import TrainConfig, TrainResult, encode_and_score, train
+
+ESTIMATOR_FILE = "estimator.json"
+_PARAMS = (
+    "model",
+    "code_size",
+    "loss",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "validation_fraction",
+    "patience",
+    "contamination",
+    "device",
+    "precision",
+    "random_state",
+    "verbose",
+    "checkpoint_dir",
+)
+
+
+def check_array(x: Any, what: str = "X", n_features: int | None = None) -> np.ndarray:
+    """``x`` as a 2-D float32 array; a ValueError names the problem (shape, width, NaN/inf)."""
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be numeric: {err}") from None
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{what} must be 2-D (rows x features), got an array of shape {arr.shape}; "
+            "reshape a single row with x.reshape(1, -1)"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} has no rows")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{what} has {arr.shape[1]} features, but the model was fitted on {n_features}"
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{what} holds {int(bad.sum())} NaN or infinite values (first at row {row}, "
+            f"column {col})"
+        )
+    return arr
+
+
+def auto_batch_size(rows: int) -> int:
+    """About 50 steps an epoch, between 16 and 256 rows a batch (256 from 12,800 rows up)."""
+    return int(min(256, max(16, rows // 50)))
+
+
+class AutoencoderReducer:
+    """Learned dimensionality reduction and reconstruction-based anomaly scores.
+
+    ``fit(X)`` trains the named variant; ``transform`` gives latent codes,
+    ``inverse_transform`` decodes them, ``decision_function`` gives per-row reconstruction
+    errors (higher = more anomalous), ``predict`` flags rows above ``threshold_`` (the
+    ``1 - contamination`` quantile of the training scores). ``loss="auto"`` picks a sigmoid head
+    with binary cross-entropy when X lies in [0, 1], a linear head with MSE otherwise.
+    ``batch_size="auto"`` gives small data sets enough steps an epoch (:func:`auto_batch_size`).
+    Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).
+    """
+
+    def __init__(
+        self,
+        model: str = "deep",
+        code_size: int = 16,
+        loss: Literal["auto", "bce", "mse"] = "auto",
+        epochs: int = 100,
+        batch_size: int | Literal["auto"] = "auto",
+        lr: float = 3e-3,
+        lr_schedule: str = "onecycle",
+        validation_fraction: float = 0.1,
+        patience: int = 15,
+        contamination: float = 0.01,
+        device: str = "auto",
+        precision: str = "auto",
+        random_state: int = 0,
+        verbose: bool = False,
+        checkpoint_dir: str | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        self.model = model
+        self.code_size = code_size
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.contamination = contamination
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
+        self.model_kwargs = dict(model_kwargs)
+
+    # -- scikit-learn protocol -----------------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters, model keyword arguments included (for ``clone``)."""
+        return {**{p: getattr(self, p) for p in _PARAMS}, **self.model_kwargs}
+
+    def set_params(self, **params: Any) -> AutoencoderReducer:
+        """Set constructor parameters; unknown names go to the model keyword arguments."""
+        for key, value in params.items():
+            if key in _PARAMS:
+                setattr(self, key, value)
+            else:
+                self.model_kwargs[key] = value
+        return self
+
+    def __repr__(self) -> str:
+        defaults = AutoencoderReducer().get_params()
+        changed = {k: v for k, v in self.get_params().items() if defaults.get(k, object()) != v}
+        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"AutoencoderReducer({args})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                "This AutoencoderReducer instance is not fitted yet; call fit(X) first."
+            )
+
+    def _check_params(self) -> None:
+        get_model_class(self.model)  # names the available models when unknown
+        if self.loss not in ("auto", "bce", "mse"):
+            raise ValueError(f"loss must be 'auto', 'bce' or 'mse', got {self.loss!r}")
+        if not 0 < self.contamination < 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+
+    # -- fitting -------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None) -> AutoencoderReducer:
+        """Train on ``X`` (rows x features); ``y`` is ignored. Returns self."""
+        self._check_params()
+        x = check_array(X)
+        if len(x) < 2:
+            raise ValueError(f"X needs at least 2 rows to fit, got {len(x)}")
+        in_unit = bool(x.min() >= 0.0 and x.max() <= 1.0)
+        if self.loss == "bce" and not in_unit:
+            raise ValueError(
+                f"loss='bce' needs X in [0, 1], but X spans [{x.min():g}, {x.max():g}]; "
+                "scale it or use loss='mse'"
+            )
+        loss = self.loss if self.loss != "auto" else ("bce" if in_unit else "mse")
+        net = create_model(
+            self.model,
+            seed=self.random_state,
+            input_dim=x.shape[1],
+            code_size=self.code_size,
+            output="sigmoid" if loss == "bce" else "linear",
+            **self.model_kwargs,
+        )
+        rng = np.random.default_rng(self.random_state)
+        order = rng.permutation(len(x))
+        n_val = round(len(x) * self.validation_fraction)
+        n_val = n_val if len(x) - n_val >= 1 else 0
+        fit_rows, val_rows = x[order[n_val:]], x[order[:n_val]]
+        cfg = TrainConfig(
+            epochs=self.epochs,
+            batch_size=auto_batch_size(len(fit_rows))
+            if self.batch_size == "auto"
+            else int(self.batch_size),
+            lr=self.lr,
+            lr_schedule=self.lr_schedule,  # type: ignore[arg-type]
+            patience=self.patience if n_val else 0,
+            seed=self.random_state,
+            device=self.device,
+            precision=self.precision,  # type: ignore[arg-type]
+            checkpoint_dir=self.checkpoint_dir,
+        )
+        callbacks = [ProgressBar()] if self.verbose else []
+        result: TrainResult = train(net, fit_rows, val_rows if n_val else None, cfg, callbacks)
+        self.model_: Autoencoder = net
+        self.loss_ = loss
+        self.n_features_in_ = x.shape[1]
+        self.history_ = result.history
+        self.train_result_ = result
+        self.decision_scores_ = self.decision_function(x)
+        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X, y).transform(X)
+
+    # -- using a fitted model ------------------------------------------------------------
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Latent codes of ``X`` (rows x code_size, float32)."""
+        self._check_fitted()
+        codes, _, _ = encode_and_score(
+            self.model_, check_array(X, n_features=self.n_features_in_), device=self.device
+        )
+        return codes
+
+    @torch.no_grad()
+    def inverse_transform(self, Z: Any) -> np.ndarray:
+        """Reconstructions decoded from latent codes ``Z``."""
+        self._check_fitted()
+        z = check_array(Z, "Z", n_features=self.model_.config.code_size)
+        dev = select_device(self.device)
+        self.model_.to(dev).eval()
+        return self.model_.decode(torch.from_numpy(z).to(dev)).float().cpu().numpy()
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Per-row reconstruction error (mean squared error per feature): higher is more
+        anomalous."""
+        self._check_fitted()
+        x = check_array(X, n_features=self.n_features_in_)
+        _, mse, _ = encode_and_score(self.model_, x, device=self.device)
+        return mse
+
+    def predict(self, X: Any) -> np.ndarray:
+        """1 for rows whose score exceeds ``threshold_`` (anomalies), else 0."""
+        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Negative mean reconstruction loss (BCE or MSE, as trained) on ``X``: higher is
+        better."""
+        self._check_fitted()
+        x = check_array(X, n_features=self.n_features_in_)
+        _, mse, bce = encode_and_score(self.model_, x, device=self.device)
+        return -float((bce if self.loss_ == "bce" else mse).mean())
+
+    def sample(self, n: int) -> np.ndarray:
+        """``n`` new rows drawn from a fitted ``vae``."""
+        self._check_fitted()
+        sampler = getattr(self.model_, "sample", None)
+        if sampler is None:
+            raise ValueError(f"model {self.model!r} cannot sample; use model='vae'")
+        gen = torch.Generator().manual_seed(self.random_state)
+        return sampler(n, generator=gen).float().cpu().numpy()
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights (state dict) and JSON configs to the folder ``path``; no pickle."""
+        self._check_fitted()
+        folder = save_model(self.model_, path)
+        state = {
+            "params": self.get_params(),
+            "loss_": self.loss_,
+            "n_features_in_": self.n_features_in_,
+            "threshold_": self.threshold_,
+            "history_": self.history_,
+        }
+        (folder / ESTIMATOR_FILE).write_text(json.dumps(state, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> AutoencoderReducer:
+        """Rebuild an estimator written by :meth:`save` (weights load with weights_only)."""
+        folder = Path(path)
+        if not (folder / ESTIMATOR_FILE).is_file():
+            raise FileNotFoundError(f"no saved AutoencoderReducer in {str(folder)!r}")
+        state = json.loads((folder / ESTIMATOR_FILE).read_text())
+        est = cls(**state["params"])
+        est.model_, _ = load_model(folder)
+        est.loss_ = state["loss_"]
+        est.n_features_in_ = state["n_features_in_"]
+        est.threshold_ = state["threshold_"]
+        est.history_ = state["history_"]
+        return est

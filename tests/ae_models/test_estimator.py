@@ -1,0 +1,128 @@
+"""AutoencoderReducer behaves like a scikit-learn transformer and a PyOD detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ae_models import AutoencoderReducer
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    data = load_digits()
+    return data.data.astype(np.float32) / 16.0, data.target
+
+
+@pytest.fixture(scope="module")
+def fitted(digits) -> AutoencoderReducer:
+    x, _ = digits
+    return AutoencoderReducer(code_size=8, epochs=30, batch_size=64, contamination=0.05).fit(x)
+
+
+def test_fit_learns_and_sets_attributes(fitted, digits) -> None:
+    x, _ = digits
+    assert fitted.loss_ == "bce" and fitted.n_features_in_ == 64
+    assert fitted.transform(x).shape == (len(x), 8)
+    assert fitted.inverse_transform(fitted.transform(x[:5])).shape == (5, 64)
+    scores = fitted.decision_function(x)
+    assert scores.shape == (len(x),) and (scores >= 0).all()
+    baseline = float(((x - x.mean(axis=0)) ** 2).mean())
+    assert scores.mean() < 0.5 * baseline
+    assert abs(fitted.labels_.mean() - 0.05) < 0.01
+    assert set(np.unique(fitted.predict(x))) <= {0, 1}
+    assert fitted.score(x) < 0 and len(fitted.history_) >= 1
+
+
+def test_anomalies_score_higher(fitted, digits) -> None:
+    x, _ = digits
+    rng = np.random.default_rng(0)
+    noise = rng.random((50, 64)).astype(np.float32)
+    assert np.median(fitted.decision_function(noise)) > np.quantile(
+        fitted.decision_function(x), 0.99
+    )
+    assert fitted.predict(noise).mean() > 0.9
+
+
+def test_not_fitted_and_bad_input_messages(fitted) -> None:
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        AutoencoderReducer().transform(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="X has 3 features, but the model was fitted on 64"):
+        fitted.transform(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"must be 2-D .* shape \(64,\)"):
+        fitted.transform(np.zeros(64))
+    bad = np.zeros((3, 64))
+    bad[1, 5] = np.nan
+    with pytest.raises(ValueError, match=r"1 NaN or infinite values \(first at row 1, column 5\)"):
+        fitted.decision_function(bad)
+    with pytest.raises(ValueError, match="Z has 3 features"):
+        fitted.inverse_transform(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="loss='bce' needs X in \\[0, 1\\]"):
+        AutoencoderReducer(loss="bce", epochs=1).fit(np.full((10, 4), 2.0))
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        AutoencoderReducer(model="nope").fit(np.zeros((10, 4)))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        AutoencoderReducer(code_size=1).fit(np.zeros((1, 4)))
+
+
+def test_auto_loss_is_mse_outside_unit_range(digits) -> None:
+    x, _ = digits
+    z = StandardScaler().fit_transform(x)
+    est = AutoencoderReducer(code_size=4, epochs=2).fit(z)
+    assert est.loss_ == "mse" and est.model_.config.output == "linear"
+
+
+def test_save_load_roundtrip(fitted, digits, tmp_path) -> None:
+    x, _ = digits
+    fitted.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "estimator.json",
+        "model.json",
+        "weights.pt",
+    ]
+    again = AutoencoderReducer.load(tmp_path / "m")
+    assert np.array_equal(again.transform(x[:20]), fitted.transform(x[:20]))
+    assert again.threshold_ == fitted.threshold_
+    assert np.array_equal(again.predict(x[:20]), fitted.predict(x[:20]))
+    with pytest.raises(FileNotFoundError, match="no saved AutoencoderReducer"):
+        AutoencoderReducer.load(tmp_path)
+
+
+def test_clone_and_pipeline_with_model_kwargs(digits) -> None:
+    x, y = digits
+    est = AutoencoderReducer(model="denoising", code_size=8, epochs=60, noise_level=0.2)
+    copy = clone(est)
+    assert copy.get_params()["noise_level"] == 0.2 and copy.model == "denoising"
+    pipe = make_pipeline(copy, StandardScaler(), LogisticRegression(max_iter=1000))
+    pipe.fit(x[:1400], y[:1400])
+    assert pipe.score(x[1400:], y[1400:]) > 0.8
+    assert "noise_level=0.2" in repr(est)
+
+
+def test_same_random_state_same_codes(digits) -> None:
+    x, _ = digits
+    a = AutoencoderReducer(code_size=4, epochs=2, random_state=3).fit(x)
+    b = AutoencoderReducer(code_size=4, epochs=2, random_state=3).fit(x)
+    assert np.array_equal(a.transform(x), b.transform(x))
+
+
+def test_vae_sampling(digits) -> None:
+    x, _ = digits
+    est = AutoencoderReducer(model="vae", code_size=4, epochs=2).fit(x)
+    samples = est.sample(7)
+    assert samples.shape == (7, 64) and np.isfinite(samples).all()
+    with pytest.raises(ValueError, match="cannot sample"):
+        AutoencoderReducer(code_size=4, epochs=1).fit(x).sample(2)
+
+
+def test_verbose_progress(digits, capsys) -> None:
+    x, _ = digits
+    AutoencoderReducer(code_size=4, epochs=3, verbose=True).fit(x)
+    err = capsys.readouterr().err
+    assert "epoch 3/3" in err and "train" in err
