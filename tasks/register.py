@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import ae_models
 from aepipe.settings import Stores
 from tasks.config import PipelineConfig
 from tasks.ingest import ROLE_COLUMNS, IngestResult
+from tasks.tracking import configure_mlflow
 from tasks.train import TrainedModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -35,42 +35,6 @@ class RegisteredModel:
     reason: str
 
 
-def configure_mlflow(stores: Stores) -> None:
-    """Point MLflow's tracking and registry at the configured stores."""
-    import mlflow
-
-    mlflow.set_tracking_uri(stores.tracking_uri)
-    mlflow.set_registry_uri(stores.tracking_uri)
-
-
-def ensure_experiment(name: str, stores: Stores) -> str:
-    """Experiment id for ``name``; a new local experiment keeps artifacts under the home folder."""
-    import mlflow
-
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if stores.tracking_uri.startswith("sqlite:"):
-        location = (stores.artifact_root / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def lower_is_better(metric: str) -> bool:
     """Direction of a promotion metric, from its name (errors and losses go down)."""
     return any(word in metric for word in LOWER_IS_BETTER)
@@ -88,39 +52,20 @@ def decide_promotion(metric: str, challenger: float, champion: float | None) -> 
 def register_model(
     trained: TrainedModel, ingested: IngestResult, cfg: PipelineConfig, stores: Stores
 ) -> RegisteredModel:
-    """Log params, per-epoch metrics and the pyfunc model; register a version; promote it."""
+    """Finish the training run (final metrics, pyfunc model), register a version, promote it."""
     import mlflow
-    from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     from tasks.pyfunc_model import AutoencoderPyfunc
 
-    configure_mlflow(stores)
-    client = mlflow.MlflowClient()
-    experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
+    client = configure_mlflow(stores)
     example = pq.read_table(ingested.path).slice(0, 5).to_pandas()
     example = example.drop(columns=[c for c in ROLE_COLUMNS if c in example and c != "entity_id"])
-    tags = {
-        "aepipe.source": cfg.source.path,
-        "aepipe.device": trained.device,
-        "aepipe.precision": trained.precision,
-        "aepipe.model": trained.model,
-    }
-    commit = _git_commit()
-    if commit:
-        tags["aepipe.git_commit"] = commit
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    # the run was opened by the train stage, which logged params and per-epoch losses
+    with mlflow.start_run(run_id=trained.run_id) as run:
         run_id = run.info.run_id
-        mlflow.log_params(cfg.flat_params())
-        now = int(time.time() * 1000)
-        history = [
-            Metric(key, float(row[key]), now, int(row["epoch"]))
-            for row in trained.history
-            for key in ("train_loss", "val_loss", "lr")
-        ]
-        for start in range(0, len(history), 900):
-            client.log_batch(run_id, metrics=history[start : start + 900])
+        experiment_id = run.info.experiment_id
         mlflow.log_metrics(trained.metrics)
         predictor = AutoencoderPyfunc().load_folder(trained.model_dir)
         signature = infer_signature(example, predictor.predict(None, example))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -20,6 +23,7 @@ import ae_models
 from aepipe.settings import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.ingest import SPLIT, NormalizedData
+from tasks.tracking import MlflowLogger, configure_mlflow, ensure_experiment, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class TrainedModel:
     """Reference to a trained model folder (weights + JSON) and what training measured."""
 
     model_dir: str
+    run_id: str
     model: str
     code_size: int
     threshold: float
@@ -95,15 +100,65 @@ def _logger() -> Any:
         return log
 
 
+def checkpoint_dir(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> Path:
+    """Where training checkpoints go: one folder per (data, model, training) combination, so
+    a run that was killed resumes when run again with the same settings."""
+    key = hashlib.sha256(
+        json.dumps(
+            [data.path, data.rows, cfg.model.model_dump(mode="json"), cfg.train.to_dict()],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    return stores.models_dir / cfg.dataset / "checkpoints" / key
+
+
+def start_run(cfg: PipelineConfig, stores: Stores) -> tuple[Any, str]:
+    """Open the MLflow run of this training (params and tags now, metrics as they come)."""
+    client = configure_mlflow(stores)
+    experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
+    tags = {"aepipe.source": cfg.source.path, "aepipe.model": cfg.model.name}
+    commit = git_commit()
+    if commit:
+        tags["aepipe.git_commit"] = commit
+    run = client.create_run(experiment_id, tags=tags)
+    params = list(cfg.flat_params().items())
+    from mlflow.entities import Param
+
+    for start in range(0, len(params), 100):
+        client.log_batch(
+            run.info.run_id, params=[Param(k, v) for k, v in params[start : start + 100]]
+        )
+    return client, run.info.run_id
+
+
 def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> TrainedModel:
-    """Train on the train split (early stopping on val), score test, save weights + config."""
+    """Train on the train split (early stopping on val), score test, save weights + config.
+
+    Losses go to a new MLflow run as training goes; the register stage finishes that run.
+    """
     parts = load_split_matrices(data)
     if len(parts["train"]) == 0:
         raise ConfigError("the training split is empty")
     model = build_model(cfg, len(data.features))
-    result = ae_models.train(
-        model, parts["train"], parts["val"], cfg.train, callbacks=[_Progress(cfg.train.epochs)]
-    )
+    train_cfg = cfg.train
+    if train_cfg.checkpoint_dir is None:
+        train_cfg = dataclasses.replace(
+            train_cfg, checkpoint_dir=str(checkpoint_dir(data, cfg, stores))
+        )
+    client, run_id = start_run(cfg, stores)
+    try:
+        result = ae_models.train(
+            model,
+            parts["train"],
+            parts["val"],
+            train_cfg,
+            callbacks=[_Progress(cfg.train.epochs), MlflowLogger(client, run_id)],
+        )
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_tag(run_id, "aepipe.device", result.device)
+    client.set_tag(run_id, "aepipe.precision", result.precision)
     test = parts["test"] if len(parts["test"]) else parts["val"]
     _, test_mse, test_bce = ae_models.encode_and_score(model, test)
     _, fit_mse, _ = ae_models.encode_and_score(model, np.vstack([parts["train"], parts["val"]]))
@@ -135,6 +190,7 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
     (folder / "normalizer.json").write_bytes(Path(data.spec_path).read_bytes())
     return TrainedModel(
         str(folder),
+        run_id,
         cfg.model.name,
         cfg.model.code_size,
         threshold,

@@ -27,7 +27,10 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):
     ("args", "message"),
     [
         (["--source", "missing.csv"], "source file 'missing.csv' does not exist"),
-        (["--model", "resnet"], "unknown model 'resnet'; available: ['deep']"),
+        (
+            ["--model", "resnet"],
+            "unknown model 'resnet'; available: ['contractive', 'conv', 'deep',",
+        ),
         (["--code-size", "64"], "model.code_size 64 must be smaller than the input width (64"),
         (["--code-size", "0"], "model.code_size: Input should be greater than or equal to 1"),
         (["no-such-config.yaml"], "config file 'no-such-config.yaml' does not exist"),
