@@ -45,7 +45,7 @@ def tmp_stores(home: Path) -> Stores:
     return stores(home)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """``../shared/datasets``, or a skip when this checkout has none beside it."""
     if not SHARED_DATASETS.is_dir():
