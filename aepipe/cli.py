@@ -73,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     feats.add_argument("--limit", type=int, default=10, help="rows to print (default 10)")
     feats.add_argument("--home", default=None, help="state folder")
 
+    models = sub.add_parser("models", help="list, compare and promote registered models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mlist = msub.add_parser("list", help="registered models with their champion and challenger")
+    mcompare = msub.add_parser("compare", help="a model's versions, metrics and aliases")
+    mcompare.add_argument("name", help="registered model name, e.g. aepipe-digits")
+    mpromote = msub.add_parser("promote", help="make a version the champion (recorded)")
+    mpromote.add_argument("name", help="registered model name")
+    mpromote.add_argument("version", help="version number")
+    mpromote.add_argument("--note", default="", help="why, recorded on the version")
+    for p in (mlist, mcompare, mpromote):
+        p.add_argument("--home", default=None, help="state folder")
+
     ui = sub.add_parser("ui", help="print the commands that open the Prefect and MLflow UIs")
     ui.add_argument("--home", default=None, help="state folder")
     return parser
@@ -98,10 +110,11 @@ class _UsageError(Exception):
     """A malformed command line the parser itself cannot catch."""
 
 
-def _prepare_environment(home: Path) -> None:
+def _prepare_environment(home: Path, create: bool = True) -> None:
     """Defaults for this process only: project-local Prefect state, no telemetry."""
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    if create:
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -143,6 +156,22 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from tasks.register import compare_versions, list_registered, promote_manually
+
+    st = resolve_stores(args.home)
+    _prepare_environment(st.home, create=False)
+    if args.models_command == "list":
+        table = list_registered(st)
+        print(table.to_string(index=False) if len(table) else "no registered models")
+    elif args.models_command == "compare":
+        table = compare_versions(args.name, st)
+        print(table.to_string(index=False, max_colwidth=70, float_format=lambda v: f"{v:.5g}"))
+    else:
+        print(promote_manually(args.name, args.version, st, note=args.note))
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     for name, command in resolve_stores(args.home).ui_commands().items():
         print(f"{name:8s} {command}")
@@ -168,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.config import ConfigError
     from tasks.normalize import SchemaError
 
-    handlers = {"run": _run, "features": _features, "ui": _ui}
+    handlers = {"run": _run, "features": _features, "models": _models, "ui": _ui}
     try:
         return handlers[args.command](args)
     except (ConfigError, SchemaError, FeatureStoreError, _UsageError) as err:

@@ -23,6 +23,6 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     ingested = ingest(cfg, stores)
     data = normalize(ingested, cfg)
     trained = train(data, cfg, stores)
-    registered = register(trained, ingested, cfg, stores)
+    registered = register(trained, ingested, data, cfg, stores)
     written = materialize(data, trained, registered, cfg, stores)
     return report(ingested, data, trained, registered, written, stores)

@@ -74,7 +74,10 @@ class PipelineConfig(_Frozen):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     contamination: float = Field(0.01, gt=0, lt=0.5)
     registered_model: str | None = Field(None, description="default: aepipe-<dataset>")
-    promotion_metric: str = "test_mse"
+    promotion_metric: str = Field(
+        "eval_mse", description="eval_mse (both models scored on the test split) or a run metric"
+    )
+    promotion_direction: Literal["auto", "min", "max"] = "auto"
     home: str | None = Field(None, description="state folder; default $AEPIPE_HOME or ./.aepipe")
 
     @field_validator("dataset")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -40,6 +41,7 @@ class RunSummary:
     warehouse: str
     prefect_ui: str
     mlflow_ui: str
+    pictures: list[str]
 
     def to_text(self) -> str:
         """Plain-text summary for the terminal."""
@@ -59,7 +61,8 @@ class RunSummary:
                 f'  read it            {python_command()} -c "from feature_store import '
                 f"read_features; print(read_features('{self.table}'))\"",
                 f"                     or: {console_script('aepipe')} features {self.table}",
-                f"  MLflow run         {self.run_id}",
+                f"  MLflow run         {self.run_id} ({len(self.pictures)} pictures under "
+                "artifacts/plots)",
                 f"  Prefect UI         {self.prefect_ui}",
                 f"  MLflow UI          {self.mlflow_ui}",
             ]
@@ -67,8 +70,17 @@ class RunSummary:
 
     def to_markdown(self) -> str:
         """Markdown summary for the Prefect UI."""
-        rows = "\n".join(f"| {k} | {v} |" for k, v in asdict(self).items())
-        return f"# aepipe run: {self.dataset}\n\n| field | value |\n|---|---|\n{rows}\n"
+        fields = {k: v for k, v in asdict(self).items() if k != "pictures"}
+        rows = "\n".join(f"| {k} | {v} |" for k, v in fields.items())
+        pictures = "\n".join(
+            f"- [{Path(p).stem.replace('_', ' ')}]({Path(p).as_uri()}) (MLflow run "
+            f"{self.run_id}, artifact `plots/{Path(p).name}`)"
+            for p in self.pictures
+        )
+        return (
+            f"# aepipe run: {self.dataset}\n\n| field | value |\n|---|---|\n{rows}\n\n"
+            f"## Pictures\n\n{pictures or 'none'}\n"
+        )
 
 
 def summarize(
@@ -103,6 +115,7 @@ def summarize(
         warehouse=stores.warehouse,
         prefect_ui=ui["prefect"],
         mlflow_ui=ui["mlflow"],
+        pictures=sorted(str(p) for p in Path(trained.plots_dir).glob("*.png")),
     )
 
 

@@ -21,8 +21,10 @@ from prefect.logging import get_run_logger
 
 import ae_models
 from aepipe.settings import Stores
+from tasks import plots
 from tasks.config import ConfigError, PipelineConfig
-from tasks.ingest import SPLIT, NormalizedData
+from tasks.evaluate import anomaly_metrics, code_metrics, is_anomaly_label, is_classification_label
+from tasks.ingest import LABEL, SPLIT, NormalizedData
 from tasks.tracking import MlflowLogger, configure_mlflow, ensure_experiment, git_commit
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class TrainedModel:
     """Reference to a trained model folder (weights + JSON) and what training measured."""
 
     model_dir: str
+    plots_dir: str
     run_id: str
     model: str
     code_size: int
@@ -51,6 +54,46 @@ def load_split_matrices(data: NormalizedData) -> dict[str, np.ndarray]:
         [table.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
     )
     return {s: matrix[splits == s] for s in ("train", "val", "test")}
+
+
+def load_split_labels(data: NormalizedData) -> dict[str, np.ndarray]:
+    """Label per split of a normalized dataset that kept one (never a model input)."""
+    table = pq.read_table(data.path, columns=[SPLIT, LABEL])
+    splits = table.column(SPLIT).to_numpy(zero_copy_only=False)
+    y = table.column(LABEL).to_numpy(zero_copy_only=False)
+    return {s: y[splits == s] for s in ("train", "val", "test")}
+
+
+def draw_pictures(
+    folder: Path,
+    history: list[dict[str, float]],
+    model: ae_models.Autoencoder,
+    x_eval: np.ndarray,
+    z_eval: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    threshold: float,
+) -> list[Path]:
+    """Loss curves, code histogram and projection, score histogram and (for images) a grid
+    of originals over reconstructions, as PNG files in ``folder``."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = [
+        plots.loss_curves(history, folder / "loss_curves.png"),
+        plots.code_histogram(z_eval, folder / "code_activations.png"),
+        plots.code_projection(z_eval, labels, folder / "code_projection.png"),
+        plots.score_histogram(scores, threshold, folder / "recon_scores.png"),
+    ]
+    with torch.no_grad():
+        recon = model.eval()(torch.from_numpy(x_eval[:2000])).recon.float().numpy()
+    grid = plots.reconstruction_grid(
+        x_eval[:2000],
+        recon,
+        labels[:2000] if labels is not None else None,
+        folder / "reconstructions.png",
+    )
+    return made + ([grid] if grid else [])
 
 
 def build_model(cfg: PipelineConfig, input_dim: int) -> ae_models.Autoencoder:
@@ -159,9 +202,9 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         raise
     client.set_tag(run_id, "aepipe.device", result.device)
     client.set_tag(run_id, "aepipe.precision", result.precision)
-    test = parts["test"] if len(parts["test"]) else parts["val"]
-    _, test_mse, test_bce = ae_models.encode_and_score(model, test)
-    _, fit_mse, _ = ae_models.encode_and_score(model, np.vstack([parts["train"], parts["val"]]))
+    eval_split = "test" if len(parts["test"]) else "val"
+    z_test, test_mse, test_bce = ae_models.encode_and_score(model, parts[eval_split])
+    z_fit, fit_mse, _ = ae_models.encode_and_score(model, np.vstack([parts["train"], parts["val"]]))
     threshold = float(np.quantile(fit_mse, 1.0 - cfg.contamination))
     last = result.history[-1]
     metrics = {
@@ -174,6 +217,13 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         "train_seconds": float(result.seconds),
         "threshold": threshold,
     }
+    labels = load_split_labels(data) if data.has_label else None
+    if labels is not None:
+        y_fit = np.concatenate([labels["train"], labels["val"]])
+        if is_classification_label(y_fit):
+            metrics.update(code_metrics(z_fit, y_fit, z_test, labels[eval_split]))
+        if is_anomaly_label(labels[eval_split]):
+            metrics.update(anomaly_metrics(test_mse, labels[eval_split]))
     stamp = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     folder = stores.models_dir / cfg.dataset / stamp
     ae_models.save_model(
@@ -188,8 +238,20 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         },
     )
     (folder / "normalizer.json").write_bytes(Path(data.spec_path).read_bytes())
+    plots_dir = folder.with_name(f"{folder.name}-plots")
+    draw_pictures(
+        plots_dir,
+        result.history,
+        model,
+        parts[eval_split],
+        z_test,
+        test_mse,
+        labels[eval_split] if labels is not None else None,
+        threshold,
+    )
     return TrainedModel(
         str(folder),
+        str(plots_dir),
         run_id,
         cfg.model.name,
         cfg.model.code_size,

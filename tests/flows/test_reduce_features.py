@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from aepipe.settings import stores
 from feature_store import read_features
 from flows.reduce_features import reduce_features
-from tasks.config import build_config
+from tasks.config import ConfigError, build_config
+from tasks.register import compare_versions, list_registered, promote_manually
 
 pytestmark = pytest.mark.slow
 
@@ -18,34 +24,30 @@ def config(home, epochs: int):
         {
             "home": str(home),
             "model": {"code_size": 8},
-            "train": {"epochs": epochs, "batch_size": 64, "patience": 0},
+            "train": {"epochs": epochs, "batch_size": 64, "patience": 0, "lr": 3e-3},
         }
     )
 
 
-@pytest.fixture
-def two_runs(prefect_server, home):
+@pytest.fixture(scope="module")
+def two_runs(prefect_server, tmp_path_factory):
     """Two runs on the same data: a short one, then a longer (better) one."""
+    home = tmp_path_factory.mktemp("two-runs")
     first = reduce_features(config(home, epochs=2))
     second = reduce_features(config(home, epochs=25))
-    return first, second
+    return home, first, second
 
 
-def test_feature_table_and_registry_after_two_runs(two_runs, home, tmp_stores) -> None:
-    import mlflow
-
-    first, second = two_runs
+def test_feature_table_after_two_runs(two_runs) -> None:
+    home, first, second = two_runs
     assert (first.model_version, second.model_version) == (1, 2)
     assert first.rows_ingested == 1797 and first.rows_written == 1797
-    assert first.aliases == ["champion"] and second.aliases == ["champion"]
     assert second.test_mse < first.test_mse
 
     v1 = read_features("digits", 1, home=home)
     v2 = read_features("digits", 2, home=home)
-    champion = read_features("digits", home=home)  # default: the champion
     assert len(v1) == len(v2) == 1797
     assert not v1["entity_id"].duplicated().any() and not v2["entity_id"].duplicated().any()
-    assert set(champion["model_version"]) == {2}
     assert len(read_features("digits", None, home=home)) == 2 * 1797
 
     expected = [
@@ -68,28 +70,99 @@ def test_feature_table_and_registry_after_two_runs(two_runs, home, tmp_stores) -
     # the threshold is the training-score quantile, so a small share is flagged
     assert 0 < v2["is_anomaly"].sum() < 0.05 * len(v2)
 
-    client = mlflow.MlflowClient(tmp_stores.tracking_uri, tmp_stores.tracking_uri)
+
+def test_better_challenger_is_promoted_and_recorded(two_runs) -> None:
+    import mlflow
+
+    home, first, second = two_runs
+    st = stores(home)
+    assert first.aliases == ["champion"] and second.aliases == ["champion"]
+    assert set(read_features("digits", home=home)["model_version"]) == {2}
+    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
     mv = client.get_model_version_by_alias("aepipe-digits", "champion")
     assert int(mv.version) == 2
     assert mv.tags["promotion.decision"] == "promoted"
+    assert mv.tags["promotion.metric"] == "eval_mse"
     assert mv.tags["promotion.champion_version"] == "1"
+    assert float(mv.tags["promotion.challenger_value"]) < float(mv.tags["promotion.champion_value"])
+    assert "beats champion's" in mv.tags["promotion.reason"]
     run = client.get_run(second.run_id)
     assert run.data.params["train.epochs"] == "25"
     assert run.data.metrics["test_mse"] == pytest.approx(second.test_mse)
+    assert run.data.metrics["codes_logreg_accuracy"] > 0.5  # digits have labels
+    assert "eval_mse" in run.data.metrics and "codes_5nn_accuracy" in run.data.metrics
+    assert run.data.tags["aepipe.precision"] in ("fp32", "bf16")
     assert len(client.get_metric_history(second.run_id, "val_loss")) == 25
+    assert run.inputs.dataset_inputs[0].dataset.name == "digits"
+    plots = {a.path for a in client.list_artifacts(second.run_id, "plots")}
+    assert plots == {
+        f"plots/{n}.png"
+        for n in (
+            "loss_curves",
+            "code_activations",
+            "code_projection",
+            "recon_scores",
+            "reconstructions",
+        )
+    }
 
 
-def test_champion_pyfunc_scores_raw_rows(two_runs, home, tmp_stores) -> None:
-    import mlflow
+def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path) -> None:
+    home, _, _ = two_runs
+    st = stores(home)
+    raw_path = next((st.data_dir / "digits").glob("*/raw.parquet"))
+    rows = tmp_path / "rows.parquet"
+    table = pq.read_table(raw_path).slice(0, 50).drop_columns(["event_timestamp", "label"])
+    pq.write_table(table, rows)
+    script = (
+        "import json, sys, mlflow, pandas as pd;"
+        f"mlflow.set_tracking_uri({st.tracking_uri!r});"
+        "m = mlflow.pyfunc.load_model('models:/aepipe-digits@champion');"
+        f"out = m.predict(pd.read_parquet({str(rows)!r}));"
+        "print(json.dumps({'ids': out['entity_id'].tolist(), 'z0': out['z_0'].tolist(),"
+        " 'err': out['recon_error'].tolist()}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    feats = read_features("digits", 2, home=home).set_index("entity_id").loc[got["ids"]]
+    assert np.allclose(got["z0"], feats["z_0"].to_numpy(), atol=1e-5)
+    assert np.allclose(got["err"], feats["recon_error"].to_numpy(), atol=1e-6)
 
-    mlflow.set_tracking_uri(tmp_stores.tracking_uri)
-    model = mlflow.pyfunc.load_model("models:/aepipe-digits@champion")
-    raw_path = next((tmp_stores.data_dir / "digits").glob("*/raw.parquet"))
-    raw = pq.read_table(raw_path).slice(0, 50).to_pandas()
-    out = model.predict(raw.drop(columns=["event_timestamp", "label"]))
-    table = read_features("digits", 2, home=home).set_index("entity_id").loc[out["entity_id"]]
-    assert np.allclose(out["z_0"].to_numpy(), table["z_0"].to_numpy(), atol=1e-5)
-    assert np.allclose(out["recon_error"].to_numpy(), table["recon_error"].to_numpy(), atol=1e-6)
+
+def test_models_list_compare_and_manual_promotion(two_runs, capsys) -> None:
+    from aepipe.cli import main
+
+    home, _, _ = two_runs
+    st = stores(home)
+    listed = list_registered(st)
+    assert listed.to_dict("records") == [
+        {"model": "aepipe-digits", "versions": 2, "champion": "2", "challenger": ""}
+    ]
+    table = compare_versions("aepipe-digits", st)
+    assert table["version"].tolist() == [1, 2]
+    assert table["aliases"].tolist() == ["", "champion"]
+    assert table.loc[1, "eval_mse"] < table.loc[0, "eval_mse"]
+
+    message = promote_manually("aepipe-digits", 1, st, note="rollback drill")
+    assert message == "aepipe-digits version 1 is now the champion (was 2)"
+    assert set(read_features("digits", home=home)["model_version"]) == {1}
+    table = compare_versions("aepipe-digits", st)
+    assert table.loc[0, "decision"] == "promoted (manual)"
+    assert table.loc[0, "reason"] == "manual promotion: rollback drill"
+    assert main(["models", "promote", "aepipe-digits", "2", "--home", str(home)]) == 0
+    assert main(["models", "compare", "aepipe-digits", "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "now the champion (was 1)" in out and "champion" in out
+
+    with pytest.raises(ConfigError, match=r"unknown registered model 'nope'; available: "):
+        compare_versions("nope", st)
+    with pytest.raises(ConfigError, match=r"has no version '7'; versions: \[1, 2\]"):
+        promote_manually("aepipe-digits", "7", st)
+    assert main(["models", "promote", "aepipe-digits", "9", "--home", str(home)]) == 2
+    assert "has no version '9'" in capsys.readouterr().err
 
 
 def test_worse_model_is_not_promoted(prefect_server, home) -> None:

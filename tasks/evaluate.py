@@ -1,0 +1,52 @@
+"""What a trained model is worth downstream: classifiers on its codes, anomaly detection."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_CLASSES = 50
+
+
+def is_classification_label(y: np.ndarray) -> bool:
+    """Labels a classifier can use: few distinct values."""
+    return len(y) > 0 and len(np.unique(y.astype(str))) <= MAX_CLASSES
+
+
+def is_anomaly_label(y: np.ndarray) -> bool:
+    """Labels that mark anomalies: 0/1 (or booleans) with both values present."""
+    try:
+        values = set(np.unique(y.astype(float)).tolist())
+    except (TypeError, ValueError):
+        return False
+    return values == {0.0, 1.0}
+
+
+def code_metrics(
+    z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray
+) -> dict[str, float]:
+    """Test accuracy of logistic regression and 5-nearest-neighbours on standardized codes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    y_train, y_test = y_train.astype(str), y_test.astype(str)
+    if len(np.unique(y_train)) < 2 or len(z_test) == 0:
+        return {}
+    scaler = StandardScaler().fit(z_train)
+    a, b = scaler.transform(z_train), scaler.transform(z_test)
+    logreg = LogisticRegression(max_iter=1000).fit(a, y_train).score(b, y_test)
+    knn = KNeighborsClassifier(n_neighbors=min(5, len(a))).fit(a, y_train).score(b, y_test)
+    return {"codes_logreg_accuracy": float(logreg), "codes_5nn_accuracy": float(knn)}
+
+
+def anomaly_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """AUROC and average precision of reconstruction scores against 0/1 anomaly labels."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = y.astype(float).astype(int)
+    if len(np.unique(y)) < 2:
+        return {}
+    return {
+        "test_auroc": float(roc_auc_score(y, scores)),
+        "test_average_precision": float(average_precision_score(y, scores)),
+    }

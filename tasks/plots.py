@@ -1,0 +1,126 @@
+"""Pictures of a trained model, for MLflow and the Prefect UI: people look at these first."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """Training and validation loss per epoch."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax.set(xlabel="epoch", ylabel="loss", title="Training and validation loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def code_histogram(codes: np.ndarray, path: Path) -> Path:
+    """Distribution of code activations over all units (a spike at 0 shows sparsity)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(codes.ravel(), bins=80, color="tab:purple")
+    zero = float(np.mean(np.abs(codes) < 1e-6))
+    ax.set(
+        xlabel="activation",
+        ylabel="count",
+        title=f"Code activations ({codes.shape[1]} units, {zero:.0%} exactly zero)",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def code_projection(codes: np.ndarray, labels: np.ndarray | None, path: Path) -> Path:
+    """The codes projected to 2-D (PCA), coloured by label when there are labels."""
+    from sklearn.decomposition import PCA
+
+    plt = _plt()
+    xy = PCA(2).fit_transform(codes) if codes.shape[1] > 2 else codes
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.5)
+    else:
+        text = labels.astype(str)
+        for value in np.unique(text):
+            mask = text == value
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.6, label=value)
+        ax.legend(markerscale=3, fontsize=7, loc="best", ncol=2)
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="Codes projected to 2-D (PCA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def score_histogram(scores: np.ndarray, threshold: float, path: Path) -> Path:
+    """Reconstruction scores with the anomaly threshold marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(scores, bins=80, color="tab:blue")
+    ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
+    flagged = float(np.mean(scores > threshold))
+    ax.set(
+        xlabel="reconstruction error (MSE)",
+        ylabel="rows",
+        title=f"Reconstruction scores ({flagged:.1%} above the threshold)",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def image_side(n_features: int) -> int | None:
+    """Side of a square grayscale image with ``n_features`` pixels, if it is one."""
+    side = math.isqrt(n_features)
+    return side if side * side == n_features and side >= 4 else None
+
+
+def reconstruction_grid(
+    originals: np.ndarray, recons: np.ndarray, labels: np.ndarray | None, path: Path
+) -> Path | None:
+    """Originals over their reconstructions, one column per class when there are labels."""
+    side = image_side(originals.shape[1])
+    if side is None:
+        return None
+    if labels is not None:
+        text = labels.astype(str)
+        picks = [int(np.flatnonzero(text == v)[0]) for v in np.unique(text)][:12]
+    else:
+        picks = list(range(min(10, len(originals))))
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(picks), figsize=(1.2 * len(picks), 2.8), squeeze=False)
+    for col, i in enumerate(picks):
+        for row, image in enumerate((originals[i], recons[i])):
+            ax = axes[row][col]
+            ax.imshow(image.reshape(side, side), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if labels is not None:
+            axes[0][col].set_title(str(labels[i]), fontsize=9)
+    axes[0][0].set_ylabel("original")
+    axes[1][0].set_ylabel("reconstruction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
