@@ -44,6 +44,7 @@ class IngestResult:
     features: list[str]
     has_label: bool
     fingerprint: str
+    content_digest: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,24 @@ def source_fingerprint(cfg: PipelineConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def content_digest(src: SourceConfig) -> str:
+    """SHA-256 of the source's bytes (every file of a folder, in order), streamed."""
+    h = hashlib.sha256()
+    if src.resolved_format == "builtin":
+        from sklearn.datasets import load_digits
+
+        h.update(np.ascontiguousarray(load_digits().data).tobytes())
+        return h.hexdigest()
+    root = Path(src.path)
+    for p in sorted(root.rglob("*")) if root.is_dir() else [root]:
+        if p.is_file():
+            h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
+            with p.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
 def _read_frame(src: SourceConfig, info: SourceInfo) -> tuple[pd.DataFrame, str | None]:
     if info.format == "builtin":
         from sklearn.datasets import load_digits
@@ -182,7 +201,8 @@ def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "raw.parquet"
     _atomic_write(table, path)
-    return IngestResult(str(path), table.num_rows, info.features, bool(label), fp)
+    digest = content_digest(src)
+    return IngestResult(str(path), table.num_rows, info.features, bool(label), fp, digest)
 
 
 def utc_timestamps(values: pd.Series) -> pa.Array:

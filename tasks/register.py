@@ -149,7 +149,10 @@ def register_model(
             # MLflow registers its local source type twice and warns that a path is ambiguous
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
             dataset = mlflow.data.from_pandas(
-                example, source=cfg.source.path, name=cfg.dataset, digest=ingested.fingerprint
+                example,
+                source=cfg.source.path,
+                name=cfg.dataset,
+                digest=ingested.content_digest[:16],
             )
         mlflow.log_input(dataset, context="training")
         signature = infer_signature(example, predictor.predict(None, example))

@@ -93,3 +93,13 @@ def test_duplicate_entity_ids_are_refused(tmp_path, tmp_stores) -> None:
     with pytest.raises(ConfigError, match="duplicates"):
         ingest_source(cfg, tmp_stores)
     assert not (tmp_stores.data_dir).exists()
+
+
+def test_content_digest_follows_the_bytes(tmp_path, tmp_stores) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    cfg = build_config({"source": {"path": str(csv)}, "model": {"code_size": 1}})
+    first = ingest_source(cfg, tmp_stores).content_digest
+    assert ingest_source(cfg, tmp_stores).content_digest == first
+    csv.write_text("a,b\n1,2\n3,5\n")
+    assert ingest_source(cfg, tmp_stores).content_digest != first
