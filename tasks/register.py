@@ -67,12 +67,17 @@ def decide_promotion(
     )
 
 
+EVAL_MAX_ROWS = 20_000
+
+
 def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFrame:
-    """Raw rows of the fixed evaluation split (the test split), as users would send them."""
+    """Raw rows of the fixed evaluation split (the test split, its first ``EVAL_MAX_ROWS``
+    rows at most), as users would send them."""
     raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP])
     splits = pq.read_table(data.path, columns=[SPLIT]).column(SPLIT).to_numpy(zero_copy_only=False)
     frame = raw.to_pandas()
     rows = frame[splits == "test"] if (splits == "test").any() else frame[splits == "val"]
+    rows = rows.head(EVAL_MAX_ROWS)
     return rows.drop(columns=[LABEL], errors="ignore").reset_index(drop=True)
 
 
