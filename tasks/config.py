@@ -26,8 +26,12 @@ class _Frozen(BaseModel):
 class SourceConfig(_Frozen):
     """Where the data comes from and which columns play which role."""
 
-    path: str = Field("digits", description="'digits' (built in), or a CSV / Parquet file")
-    format: Literal["auto", "csv", "parquet", "builtin"] = "auto"
+    path: str = Field(
+        "digits",
+        description="'digits' (built in), a CSV / Parquet file, a Parquet or image folder, "
+        "an IDX file or an NPZ file",
+    )
+    format: Literal["auto", "csv", "parquet", "images", "idx", "npz", "builtin"] = "auto"
     entity_id: str | None = Field(None, description="id column; default: source row number")
     timestamp: str | None = Field(None, description="event time column; default: ingest time")
     label: str | None = Field(None, description="kept aside, never a model input")
@@ -36,22 +40,45 @@ class SourceConfig(_Frozen):
     delimiter: str = ","
     na_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "?"])
     max_levels: int = Field(20, ge=1, description="one-hot width cap per categorical column")
+    image_size: tuple[int, int] | None = Field(
+        None, description="(height, width) to resize images to; default: keep, all alike"
+    )
+    image_mode: Literal["auto", "L", "RGB"] = "auto"
+    labels_path: str | None = Field(None, description="IDX labels file (default: MNIST sibling)")
+    max_quarantine_fraction: float = Field(
+        0.01, ge=0, le=1, description="fail when more of the rows than this are quarantined"
+    )
 
     @property
-    def resolved_format(self) -> Literal["csv", "parquet", "builtin"]:
+    def resolved_format(self) -> Literal["csv", "parquet", "images", "idx", "npz", "builtin"]:
         """The concrete reader for this source."""
         if self.format != "auto":
             return self.format
         if self.path in BUILTIN_SOURCES:
             return "builtin"
-        suffix = Path(self.path).suffix.lower()
-        if suffix in (".csv", ".tsv", ".txt", ".data") or self.path.endswith(".csv.gz"):
+        path = Path(self.path)
+        name, suffix = path.name.lower(), path.suffix.lower()
+        if suffix in (".csv", ".tsv", ".txt", ".data") or name.endswith(".csv.gz"):
             return "csv"
-        if suffix in (".parquet", ".pq") or Path(self.path).is_dir():
+        if suffix in (".parquet", ".pq"):
             return "parquet"
+        if suffix == ".npz":
+            return "npz"
+        if ".idx" in name or "-ubyte" in name:
+            return "idx"
+        if not path.exists():
+            raise ConfigError(f"source {self.path!r} does not exist")
+        if path.is_dir():
+            from tasks.readers import IMAGE_SUFFIXES
+
+            files = [p for p in path.rglob("*") if p.is_file()]
+            if any(p.suffix.lower() in (".parquet", ".pq") for p in files):
+                return "parquet"
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+                return "images"
         raise ConfigError(
-            f"cannot tell the format of source {self.path!r} from its name; "
-            "set source.format to 'csv' or 'parquet'"
+            f"cannot tell the format of source {self.path!r} from its name; set source.format "
+            "to 'csv', 'parquet', 'images', 'idx' or 'npz'"
         )
 
 

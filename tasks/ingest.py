@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from aepipe.settings import Stores
+from tasks import readers
 from tasks.config import ConfigError, PipelineConfig, SourceConfig
 from tasks.normalize import Normalizer, SchemaError
 
@@ -45,6 +46,9 @@ class IngestResult:
     has_label: bool
     fingerprint: str
     content_digest: str
+    pixel_scale: float | None = None
+    quarantined: int = 0
+    quarantine_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,41 @@ class NormalizedData:
     has_label: bool
 
 
+ARRAY_FORMATS = ("images", "idx", "npz")
+
+
+def _array_columns(src: SourceConfig, fmt: str) -> list[str]:
+    """Columns an array source will have (``label`` last when it has labels), read cheaply."""
+    path = Path(src.path)
+    try:
+        if fmt == "images":
+            from PIL import Image
+
+            files = readers.list_images(path)
+            if not files:
+                raise readers.SourceReadError(f"no image files under {src.path!r}")
+            if src.image_size is not None and src.image_mode != "auto":
+                h, w = src.image_size
+                channels = 1 if src.image_mode == "L" else 3
+            else:
+                with Image.open(files[0]) as img:
+                    w, h = img.size
+                    gray = img.mode in readers.GRAY_MODES
+                h, w = src.image_size or (h, w)
+                mode = src.image_mode if src.image_mode != "auto" else ("L" if gray else "RGB")
+                channels = 1 if mode == "L" else 3
+            nested = all(len(f.relative_to(path).parts) > 1 for f in files)
+            return readers.pixel_columns((h, w, channels)) + ([LABEL] if nested else [])
+        data = (
+            readers.read_idx_source(path, src.labels_path)
+            if fmt == "idx"
+            else (readers.read_npz(path))
+        )
+    except (readers.SourceReadError, OSError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return data.columns + ([LABEL] if data.labels is not None else [])
+
+
 def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
     fmt = src.resolved_format
     if fmt == "builtin":
@@ -66,6 +105,12 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
     path = Path(src.path)
     if not path.exists():
         raise ConfigError(f"source file {src.path!r} does not exist")
+    if fmt in ARRAY_FORMATS:
+        if src.entity_id or src.timestamp or src.include is not None or src.exclude:
+            raise ConfigError(
+                f"source.entity_id/timestamp/include/exclude apply to tables, not {fmt} sources"
+            )
+        return fmt, _array_columns(src, fmt)
     if fmt == "csv":
         try:
             head = pd.read_csv(path, sep=src.delimiter, nrows=0, skipinitialspace=True)
@@ -83,7 +128,12 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
 def inspect_source(src: SourceConfig) -> SourceInfo:
     """Check a source exists and its role columns are present; no data is loaded or written."""
     fmt, columns = _source_columns(src)
-    label = "target" if fmt == "builtin" else src.label
+    if fmt == "builtin":
+        label = "target"
+    elif fmt in ARRAY_FORMATS:
+        label = LABEL if LABEL in columns else None
+    else:
+        label = src.label
     roles = {"entity_id": src.entity_id, "timestamp": src.timestamp, "label": label}
     for role, col in roles.items():
         if col is not None and col not in columns:
@@ -94,6 +144,8 @@ def inspect_source(src: SourceConfig) -> SourceInfo:
     taken = {c for c in roles.values() if c is not None}
     candidates = src.include if src.include is not None else columns
     features = [c for c in candidates if c not in taken and c not in src.exclude]
+    if fmt in ARRAY_FORMATS:
+        return SourceInfo(src.path, fmt, columns, features)
     clash = [c for c in features if c in ROLE_COLUMNS]
     if clash:
         raise ConfigError(
@@ -166,13 +218,42 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _read_array(src: SourceConfig, info: SourceInfo) -> readers.ArrayData:
+    try:
+        if info.format == "images":
+            return readers.read_image_folder(src.path, src.image_size, src.image_mode)
+        if info.format == "idx":
+            return readers.read_idx_source(src.path, src.labels_path)
+        return readers.read_npz(src.path)
+    except readers.SourceReadError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def _write_quarantine(rows: list[tuple[str, str]], folder: Path) -> Path | None:
+    path = folder / "quarantine.parquet"
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    table = pa.table({"location": [r[0] for r in rows], "reason": [r[1] for r in rows]})
+    _atomic_write(table, path)
+    return path
+
+
 def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
-    """Read the source and write it as raw Parquet with entity id, event time and label."""
+    """Read the source and write it as raw Parquet with entity id, event time and label.
+
+    Rows that cannot be read (an undecodable image, say) go to ``quarantine.parquet`` beside
+    it with their location and reason; rows in = rows written + rows quarantined.
+    """
     info = inspect_source(cfg.source)
+    src = cfg.source
+    fp = source_fingerprint(cfg)
+    folder = stores.data_dir / cfg.dataset / fp
+    if info.format in ARRAY_FORMATS:
+        return _ingest_array(cfg, info, folder, fp)
     frame, label = _read_frame(cfg.source, info)
     if len(frame) == 0:
         raise ConfigError(f"source {cfg.source.path!r} has no rows")
-    src = cfg.source
     ids = (
         frame[src.entity_id].astype(str)
         if src.entity_id
@@ -196,13 +277,50 @@ def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
         table = table.add_column(0, LABEL, pa.array(frame[label].to_numpy()))
     table = table.add_column(0, EVENT_TIMESTAMP, utc_timestamps(ts))
     table = table.add_column(0, ENTITY_ID, pa.array(ids.to_numpy(), pa.string()))
-    fp = source_fingerprint(cfg)
-    folder = stores.data_dir / cfg.dataset / fp
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "raw.parquet"
     _atomic_write(table, path)
     digest = content_digest(src)
-    return IngestResult(str(path), table.num_rows, info.features, bool(label), fp, digest)
+    scale = DIGITS_SCALE if info.format == "builtin" else None
+    return IngestResult(str(path), table.num_rows, info.features, bool(label), fp, digest, scale)
+
+
+def _ingest_array(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) -> IngestResult:
+    data = _read_array(cfg.source, info)
+    rows_in = len(data.ids) + len(data.quarantine)
+    if rows_in == 0:
+        raise ConfigError(f"source {cfg.source.path!r} has no rows")
+    folder.mkdir(parents=True, exist_ok=True)
+    quarantine = _write_quarantine(data.quarantine, folder)
+    share = len(data.quarantine) / rows_in
+    if share > cfg.source.max_quarantine_fraction:
+        raise ConfigError(
+            f"{len(data.quarantine)} of {rows_in} rows ({share:.1%}) of {cfg.source.path!r} "
+            f"were quarantined, more than source.max_quarantine_fraction "
+            f"{cfg.source.max_quarantine_fraction:.1%}; see {quarantine}"
+        )
+    if not data.ids:
+        raise ConfigError(f"no readable rows in {cfg.source.path!r}; see {quarantine}")
+    arrays = [pa.array(data.features[:, j]) for j in range(data.features.shape[1])]
+    table = pa.Table.from_arrays(arrays, names=data.columns)
+    if data.labels is not None:
+        table = table.add_column(0, LABEL, pa.array(data.labels))
+    now = pd.Series(pd.Timestamp(datetime.now(UTC)), index=range(len(data.ids)))
+    table = table.add_column(0, EVENT_TIMESTAMP, utc_timestamps(now))
+    table = table.add_column(0, ENTITY_ID, pa.array(data.ids, pa.string()))
+    path = folder / "raw.parquet"
+    _atomic_write(table, path)
+    return IngestResult(
+        str(path),
+        table.num_rows,
+        data.columns,
+        data.labels is not None,
+        fp,
+        content_digest(cfg.source),
+        data.scale,
+        len(data.quarantine),
+        str(quarantine) if quarantine else None,
+    )
 
 
 def utc_timestamps(values: pd.Series) -> pa.Array:
@@ -231,8 +349,8 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     train_rows = raw.loc[splits == "train", ingested.features]
     if len(train_rows) == 0:
         raise ConfigError(f"no rows fell in the training split ({len(raw)} rows in all)")
-    if cfg.source.resolved_format == "builtin":
-        normalizer = Normalizer.fit_scaled(ingested.features, DIGITS_SCALE)
+    if ingested.pixel_scale:
+        normalizer = Normalizer.fit_scaled(ingested.features, ingested.pixel_scale)
     else:
         try:
             normalizer = Normalizer.fit(train_rows, max_levels=cfg.source.max_levels)

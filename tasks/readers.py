@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,183 @@ def load_mnist(folder: str | Path, split: str = "train") -> tuple[np.ndarray, np
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
     x = images.reshape(len(images), -1).astype(np.float32) / 255.0
     return x, labels.astype(np.int64)
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+@dataclass
+class ArrayData:
+    """Rows read from an array source (images, IDX, NPZ), and the rows set aside.
+
+    ``features`` is rows x columns; ``ids`` are stable entity ids (relative file paths or row
+    numbers); ``quarantine`` holds ``(location, reason)`` for every row that could not be read.
+    ``scale`` is the fixed pixel scale for images (255), None for tables.
+    """
+
+    features: np.ndarray
+    ids: list[str]
+    labels: np.ndarray | None = None
+    quarantine: list[tuple[str, str]] = field(default_factory=list)
+    image_shape: tuple[int, int, int] | None = None
+    scale: float | None = None
+    columns: list[str] = field(default_factory=list)
+
+
+def pixel_columns(shape: tuple[int, int, int]) -> list[str]:
+    """Column names of flattened H x W x C pixels: ``pixel_0`` ... ``pixel_{HWC-1}``."""
+    return [f"pixel_{i}" for i in range(shape[0] * shape[1] * shape[2])]
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under ``root`` (recursively), in a stable order."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        converted = img.convert(mode)
+    if size is not None and converted.size != (size[1], size[0]):
+        converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(converted, dtype=np.uint8)
+
+
+def read_image_folder(
+    root: str | Path,
+    image_size: tuple[int, int] | None = None,
+    mode: str = "auto",
+    workers: int | None = None,
+) -> ArrayData:
+    """Decode a folder of images in parallel; class subfolder names become labels.
+
+    All images get the first readable image's mode (``auto``: grayscale if it is) and size,
+    or ``image_size`` (height, width) when given, in which case they are resized. Unreadable
+    images, and images of another size when ``image_size`` is not given, are quarantined.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, UnidentifiedImageError
+
+    base = Path(root)
+    files = list_images(base)
+    if not files:
+        raise SourceReadError(
+            f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {str(base)!r}"
+        )
+    rel = [p.relative_to(base) for p in files]
+    nested = all(len(r.parts) > 1 for r in rel)
+    quarantine: list[tuple[str, str]] = []
+    target_mode, target_size = mode, image_size
+    for p in files:  # the first readable image fixes the mode and size
+        try:
+            with Image.open(p) as probe:
+                probe_mode, (w, h) = probe.mode, probe.size
+            break
+        except (UnidentifiedImageError, OSError):
+            continue
+    else:
+        raise SourceReadError(
+            f"none of the {len(files)} image files under {str(base)!r} can be decoded"
+        )
+    if target_mode == "auto":
+        target_mode = "L" if probe_mode in GRAY_MODES else "RGB"
+    resize = target_size is not None
+    size = target_size or (h, w)
+
+    def load(p: Path) -> np.ndarray | str:
+        try:
+            arr = _decode(p, target_mode, size if resize else None)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            return f"cannot decode image: {type(err).__name__}: {err}".splitlines()[0]
+        if arr.shape[:2] != tuple(size):
+            return (
+                f"image is {arr.shape[1]}x{arr.shape[0]}, expected {size[1]}x{size[0]}; "
+                "set source.image_size to resize"
+            )
+        return arr
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        decoded = list(pool.map(load, files, chunksize=64))
+    channels = 1 if target_mode == "L" else 3
+    shape = (int(size[0]), int(size[1]), channels)
+    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    quarantine = [(str(rel[i]), decoded[i]) for i, d in enumerate(decoded) if isinstance(d, str)]
+    features = (
+        np.stack([np.asarray(decoded[i]).reshape(-1) for i in keep])
+        if keep
+        else np.zeros((0, shape[0] * shape[1] * shape[2]), np.uint8)
+    )
+    labels = np.array([rel[i].parts[0] for i in keep]) if nested else None
+    return ArrayData(
+        features,
+        [rel[i].as_posix() for i in keep],
+        labels,
+        quarantine,
+        shape,
+        255.0,
+        pixel_columns(shape),
+    )
+
+
+def read_idx_source(path: str | Path, labels_path: str | Path | None = None) -> ArrayData:
+    """Images (or a matrix) from an IDX file, with labels from a sibling labels file.
+
+    Without ``labels_path`` a MNIST-style sibling (``*-images-idx3-*`` ->
+    ``*-labels-idx1-*``) is used when it exists.
+    """
+    p = Path(path)
+    data = read_idx(p)
+    if labels_path is None and "images-idx3" in p.name:
+        sibling = p.with_name(p.name.replace("images-idx3", "labels-idx1"))
+        labels_path = sibling if sibling.exists() else None
+    labels = read_idx(labels_path) if labels_path is not None else None
+    if labels is not None and len(labels) != len(data):
+        raise SourceReadError(
+            f"{str(labels_path)!r} holds {len(labels)} labels for {len(data)} rows in {str(p)!r}"
+        )
+    if data.ndim >= 3:
+        shape = (data.shape[1], data.shape[2], data.shape[3] if data.ndim == 4 else 1)
+        scale, columns = 255.0, pixel_columns(shape)
+    else:
+        shape, scale = None, None
+        columns = [f"x_{i}" for i in range(data.shape[1] if data.ndim == 2 else 1)]
+    return ArrayData(
+        data.reshape(len(data), -1),
+        [str(i) for i in range(len(data))],
+        labels,
+        [],
+        shape,
+        scale,
+        columns,
+    )
+
+
+def read_npz(path: str | Path) -> ArrayData:
+    """Rows of the array ``X`` in an NPZ file, with ``y`` as the label when present."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if "X" not in npz.files:
+                raise SourceReadError(f"{str(p)!r} has no array 'X' (arrays: {npz.files})")
+            x = np.asarray(npz["X"])
+            y = np.asarray(npz["y"]) if "y" in npz.files else None
+    except (OSError, ValueError) as err:
+        raise SourceReadError(f"cannot read NPZ file {str(p)!r}: {err}") from None
+    if x.ndim < 2:
+        raise SourceReadError(f"'X' in {str(p)!r} must have rows and columns, shape {x.shape}")
+    if y is not None and len(y) != len(x):
+        raise SourceReadError(f"{str(p)!r}: 'y' has {len(y)} rows, 'X' has {len(x)}")
+    columns = [f"x_{i}" for i in range(int(np.prod(x.shape[1:])))]
+    return ArrayData(
+        x.reshape(len(x), -1),
+        [str(i) for i in range(len(x))],
+        y.reshape(len(y)) if y is not None else None,
+        [],
+        None,
+        None,
+        columns,
+    )

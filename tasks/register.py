@@ -145,7 +145,9 @@ def register_model(
     predictor = AutoencoderPyfunc().load_folder(trained.model_dir)
     challenger_eval = mean_score(lambda r: predictor.predict(None, r), rows)
     # the run was opened by the train stage, which logged params and per-epoch losses
-    with mlflow.start_run(run_id=trained.run_id) as run:
+    with mlflow.start_run(run_id=trained.run_id) as run, warnings.catch_warnings():
+        # pixel columns are integers; MLflow hints that integers cannot hold missing values
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         mlflow.log_metrics({**trained.metrics, EVAL_METRIC: challenger_eval})
         if Path(trained.plots_dir).is_dir():

@@ -22,6 +22,8 @@ class RunSummary:
 
     dataset: str
     rows_ingested: int
+    rows_quarantined: int
+    quarantine_path: str | None
     features_in: int
     code_size: int
     model_name: str
@@ -50,7 +52,12 @@ class RunSummary:
             [
                 f"aepipe: reduced {self.dataset!r} from {self.features_in} to {self.code_size} "
                 "features",
-                f"  rows ingested      {self.rows_ingested}",
+                f"  rows ingested      {self.rows_ingested}"
+                + (
+                    f" (+{self.rows_quarantined} quarantined: {self.quarantine_path})"
+                    if self.rows_quarantined
+                    else ""
+                ),
                 f"  model              {self.model_name} version {self.model_version} "
                 f"(alias: {alias}; {self.promotion})",
                 f"  test recon error   MSE {self.test_mse:.5f}   BCE {self.test_bce:.5f}"
@@ -96,6 +103,8 @@ def summarize(
     return RunSummary(
         dataset=written.table,
         rows_ingested=ingested.rows,
+        rows_quarantined=ingested.quarantined,
+        quarantine_path=ingested.quarantine_path,
         features_in=len(data.features),
         code_size=trained.code_size,
         model_name=registered.model_name,

@@ -171,3 +171,20 @@ def test_worse_model_is_not_promoted(prefect_server, home) -> None:
     assert good.aliases == ["champion"]
     assert worse.aliases == ["challenger"] and "does not beat" in worse.promotion
     assert set(read_features("digits", home=home)["model_version"]) == {good.model_version}
+
+
+def test_image_folder_with_the_conv_model(prefect_server, shared_datasets, home) -> None:
+    cfg = build_config(
+        {
+            "home": str(home),
+            "dataset": "mnist_sample",
+            "source": {"path": str(shared_datasets / "mnist-png-sample")},
+            "model": {"name": "conv", "code_size": 16},
+            "train": {"epochs": 3, "batch_size": 32, "patience": 0},
+        }
+    )
+    summary = reduce_features(cfg)
+    assert summary.rows_ingested == 500 and summary.rows_quarantined == 0
+    assert summary.features_in == 784 and summary.code_size == 16
+    table = read_features("mnist_sample", home=home)
+    assert len(table) == 500 and table["entity_id"].str.endswith(".png").all()

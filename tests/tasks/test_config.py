@@ -51,9 +51,20 @@ def test_missing_and_malformed_files(tmp_path) -> None:
         load_config(bad)
 
 
-def test_unknown_source_format() -> None:
+def test_source_formats_from_names(tmp_path) -> None:
+    def fmt(path) -> str:
+        return build_config({"source": {"path": str(path)}}).source.resolved_format
+
+    assert fmt("a.csv") == "csv" and fmt("a.parquet") == "parquet" and fmt("a.npz") == "npz"
+    assert fmt("train-images-idx3-ubyte.gz") == "idx"
+    (tmp_path / "pics" / "cats").mkdir(parents=True)
+    (tmp_path / "pics" / "cats" / "1.png").write_bytes(b"")
+    assert fmt(tmp_path / "pics") == "images"
+    (tmp_path / "data.xlsx").write_bytes(b"")
     with pytest.raises(ConfigError, match="cannot tell the format"):
-        _ = build_config({"source": {"path": "data.xlsx"}}).source.resolved_format
+        fmt(tmp_path / "data.xlsx")
+    with pytest.raises(ConfigError, match="does not exist"):
+        fmt(tmp_path / "missing")
 
 
 def test_apply_overrides_does_not_mutate_input() -> None:

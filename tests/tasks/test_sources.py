@@ -1,0 +1,137 @@
+"""Array sources: image folders, IDX and NPZ, with bad rows quarantined and counted."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tasks.config import ConfigError, build_config
+from tasks.ingest import ingest_source, normalize_dataset
+from tasks.readers import SourceReadError, read_idx, read_npz
+
+
+def cfg(path: Path | str, **source):
+    return build_config(
+        {"dataset": "imgs", "source": {"path": str(path), **source}, "model": {"code_size": 4}}
+    )
+
+
+def write_images(folder: Path, n: int, size=(10, 12), mode="L", classes=("a", "b")) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / classes[i % len(classes)]
+        sub.mkdir(parents=True, exist_ok=True)
+        shape = (size[0], size[1]) if mode == "L" else (size[0], size[1], 3)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(sub / f"{i}.png")
+
+
+def test_image_folder_labels_ids_and_scaling(tmp_path, tmp_stores) -> None:
+    write_images(tmp_path / "imgs", 20)
+    ingested = ingest_source(cfg(tmp_path / "imgs"), tmp_stores)
+    assert ingested.rows == 20 and ingested.quarantined == 0 and ingested.pixel_scale == 255.0
+    raw = pq.read_table(ingested.path).to_pandas()
+    assert sorted(set(raw["label"])) == ["a", "b"]
+    assert raw["entity_id"].iloc[0] == "a/0.png" and len(ingested.features) == 120
+    data = normalize_dataset(ingested, cfg(tmp_path / "imgs"))
+    table = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
+    assert table.min() >= 0 and table.max() <= 1 and table.max() > 0.9
+
+
+def test_odd_sizes_and_modes(tmp_path, tmp_stores) -> None:
+    folder = tmp_path / "imgs"
+    write_images(folder, 10, mode="RGB")
+    Image.new("CMYK", (12, 10), (0, 50, 100, 0)).save(folder / "a" / "cmyk.jpg")
+    Image.new("P", (12, 10)).save(folder / "b" / "palette.png")
+    Image.new("RGB", (30, 30)).save(folder / "a" / "big.png")
+    # without image_size the odd-sized image is quarantined (1 of 13 exceeds 1 %)
+    with pytest.raises(ConfigError, match=r"1 of 13 rows \(7.7%\).*quarantine.parquet"):
+        ingest_source(cfg(folder), tmp_stores)
+    allowed = cfg(folder, max_quarantine_fraction=0.1)
+    ingested = ingest_source(allowed, tmp_stores)
+    assert ingested.rows == 12 and ingested.quarantined == 1
+    quarantine = pq.read_table(ingested.quarantine_path).to_pylist()
+    assert quarantine == [
+        {
+            "location": "a/big.png",
+            "reason": "image is 30x30, expected 12x10; set source.image_size to resize",
+        }
+    ]
+    resized = ingest_source(cfg(folder, image_size=(10, 12)), tmp_stores)
+    assert resized.rows == 13 and resized.quarantined == 0
+    assert len(resized.features) == 10 * 12 * 3  # RGB kept from the first image
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_png_in_the_mnist_sample_is_quarantined(
+    shared_datasets, tmp_path, tmp_stores, damage
+) -> None:
+    folder = tmp_path / "sample"
+    shutil.copytree(shared_datasets / "mnist-png-sample", folder)
+    victim = sorted((folder / "3").iterdir())[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"not a png" * 10)
+    ingested = ingest_source(cfg(folder), tmp_stores)
+    assert ingested.rows == 499 and ingested.quarantined == 1
+    assert ingested.rows + ingested.quarantined == 500
+    row = pq.read_table(ingested.quarantine_path).to_pylist()[0]
+    assert row["location"] == f"3/{victim.name}" and row["reason"].startswith("cannot decode")
+    labels = pq.read_table(ingested.path, columns=["label"]).column("label").to_pylist()
+    assert sorted(set(labels)) == [str(d) for d in range(10)]
+
+
+def test_mnist_idx_rows_and_mean(shared_datasets, tmp_stores) -> None:
+    path = shared_datasets / "mnist" / "train-images-idx3-ubyte.gz"
+    config = cfg(path)
+    ingested = ingest_source(config, tmp_stores)
+    assert ingested.rows == 60000 and ingested.has_label
+    data = normalize_dataset(ingested, config)
+    x = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
+    assert abs(x.mean() - 33.318 / 255) < 1e-4
+    test = ingest_source(cfg(shared_datasets / "mnist" / "t10k-images-idx3-ubyte.gz"), tmp_stores)
+    assert test.rows == 10000
+
+
+def test_adbench_npz(shared_datasets, tmp_stores) -> None:
+    for path in sorted((shared_datasets / "adbench").glob("*.npz")):
+        ingested = ingest_source(cfg(path), tmp_stores)
+        y = np.load(path)["y"]
+        assert ingested.rows == len(y) and ingested.pixel_scale is None
+        raw = pq.read_table(ingested.path, columns=["label"]).column("label").to_numpy()
+        assert int(raw.sum()) == int(y.sum())
+
+
+def _idx(path: Path, payload: bytes, gz: bool = True) -> Path:
+    (gzip.open if gz else open)(path, "wb").write(payload)
+    return path
+
+
+def test_idx_errors_are_named(tmp_path) -> None:
+    header = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2, 3, 3)
+    good = _idx(tmp_path / "ok-images-idx3-ubyte.gz", header + bytes(18))
+    assert read_idx(good).shape == (2, 3, 3)
+    raw = _idx(tmp_path / "raw-images-idx3-ubyte", header + bytes(18), gz=False)
+    assert read_idx(raw).shape == (2, 3, 3)
+    with pytest.raises(SourceReadError, match="bad magic number"):
+        read_idx(_idx(tmp_path / "magic.idx.gz", b"\x01\x02" + header[2:] + bytes(18)))
+    with pytest.raises(SourceReadError, match="header says 18"):
+        read_idx(_idx(tmp_path / "short.idx.gz", header + bytes(5)))
+    truncated = tmp_path / "cut.idx.gz"
+    truncated.write_bytes(gzip.compress(header + bytes(18))[:-12])
+    with pytest.raises(SourceReadError, match="cannot read IDX file"):
+        read_idx(truncated)
+
+
+def test_npz_errors_are_named(tmp_path) -> None:
+    np.savez(tmp_path / "no_x.npz", A=np.zeros((2, 2)))
+    with pytest.raises(SourceReadError, match="has no array 'X'"):
+        read_npz(tmp_path / "no_x.npz")
+    np.savez(tmp_path / "bad_y.npz", X=np.zeros((3, 2)), y=np.zeros(2))
+    with pytest.raises(SourceReadError, match="'y' has 2 rows, 'X' has 3"):
+        read_npz(tmp_path / "bad_y.npz")
