@@ -82,6 +82,16 @@ class SourceConfig(_Frozen):
         )
 
 
+class NormalizeConfig(_Frozen):
+    """How numeric columns are scaled (fitted on the training split only)."""
+
+    scaling: Literal["minmax", "standard", "robust"] = "minmax"
+    columns: dict[str, Literal["minmax", "standard", "robust"]] = Field(
+        default_factory=dict, description="per-column scaling, overriding `scaling`"
+    )
+    log1p: list[str] = Field(default_factory=list, description="columns to log1p first")
+
+
 class ModelSpec(_Frozen):
     """Which autoencoder variant to train and its variant-specific settings."""
 
@@ -95,6 +105,7 @@ class PipelineConfig(_Frozen):
 
     dataset: str = Field("digits", description="names the feature table and the model")
     source: SourceConfig = Field(default_factory=SourceConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainConfig = Field(default_factory=TrainConfig)
     test_fraction: float = Field(0.2, gt=0, lt=1)

@@ -353,7 +353,13 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         normalizer = Normalizer.fit_scaled(ingested.features, ingested.pixel_scale)
     else:
         try:
-            normalizer = Normalizer.fit(train_rows, max_levels=cfg.source.max_levels)
+            normalizer = Normalizer.fit(
+                train_rows,
+                max_levels=cfg.source.max_levels,
+                scaling=cfg.normalize.scaling,
+                per_column=cfg.normalize.columns,
+                log1p=cfg.normalize.log1p,
+            )
         except SchemaError as err:
             raise ConfigError(str(err)) from None
     try:

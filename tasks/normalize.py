@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,18 @@ import pandas as pd
 log = logging.getLogger(__name__)
 SPEC_VERSION = 1
 OTHER, MISSING = "__other__", "__missing__"
+
+
+SCALERS = ("minmax", "standard", "robust")
+
+
+class ExtraColumnsWarning(UserWarning):
+    """Input columns the normalizer was not fitted on; they are ignored."""
+
+
+def signed_log1p(v: np.ndarray) -> np.ndarray:
+    """log1p that keeps the sign, so negative values stay defined."""
+    return np.sign(v) * np.log1p(np.abs(v))
 
 
 class SchemaError(ValueError):
@@ -37,6 +50,10 @@ class ColumnSpec:
     fill: float = 0.0
     missing_indicator: str | None = None
     levels: list[str] = field(default_factory=list)
+    scaler: Literal["minmax", "standard", "robust"] = "minmax"
+    center: float = 0.0
+    scale: float = 1.0
+    log1p: bool = False
 
 
 @dataclass
@@ -57,6 +74,11 @@ class Normalizer:
         return [name for c in self.columns for name in c.outputs]
 
     @property
+    def unit_range(self) -> bool:
+        """Whether every output lies in [0, 1] (then sigmoid + BCE fits; else linear + MSE)."""
+        return all(c.kind != "numeric" or c.scaler == "minmax" for c in self.columns)
+
+    @property
     def output_sources(self) -> dict[str, str]:
         """Map from each normalized column back to its source column."""
         return {name: c.source for c in self.columns for name in c.outputs}
@@ -69,8 +91,27 @@ class Normalizer:
         return cls([ColumnSpec(c, "scaled", [c], 0.0, float(scale)) for c in columns])
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, max_levels: int = 20) -> Normalizer:
-        """Fit on training rows: min-max numeric (median fill), top-K one-hot categorical."""
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        max_levels: int = 20,
+        scaling: str = "minmax",
+        per_column: dict[str, str] | None = None,
+        log1p: list[str] | tuple[str, ...] = (),
+    ) -> Normalizer:
+        """Fit on training rows.
+
+        Numeric columns: missing values filled with the median (plus a missing-indicator
+        column when any are missing), optional signed log1p, then min-max to [0, 1] (clipped
+        at scoring), standard (mean/std) or robust (median/IQR) scaling, globally or per
+        column. Text columns: one-hot of the ``max_levels`` most frequent values plus
+        ``__other__`` and ``__missing__``. Booleans: 0/1.
+        """
+        per_column = per_column or {}
+        for col, how in {"": scaling, **per_column}.items():
+            if how not in SCALERS:
+                where = f" for column {col!r}" if col else ""
+                raise SchemaError(f"unknown scaling {how!r}{where}; available: {list(SCALERS)}")
         specs = []
         for name in frame.columns:
             s = frame[name]
@@ -82,15 +123,28 @@ class Normalizer:
                 if finite.size == 0:
                     raise SchemaError(f"numeric column {name!r} has no finite values to fit on")
                 indicator = f"{name}__missing" if finite.size < values.size else None
+                use_log = name in log1p
+                t = signed_log1p(finite) if use_log else finite
+                how = per_column.get(name, scaling)
+                center, scale = 0.0, 1.0
+                if how == "standard":
+                    center, scale = float(t.mean()), float(t.std())
+                elif how == "robust":
+                    q1, med, q3 = np.percentile(t, [25, 50, 75])
+                    center, scale = float(med), float(q3 - q1) or float(t.std())
                 specs.append(
                     ColumnSpec(
                         name,
                         "numeric",
                         [name] + ([indicator] if indicator else []),
-                        low=float(finite.min()),
-                        high=float(finite.max()),
+                        low=float(t.min()),
+                        high=float(t.max()),
                         fill=float(np.median(finite)),
                         missing_indicator=indicator,
+                        scaler=how,  # type: ignore[arg-type]
+                        center=center,
+                        scale=scale if scale > 0 else 1.0,
+                        log1p=use_log,
                     )
                 )
             else:
@@ -102,18 +156,30 @@ class Normalizer:
 
     # -- applying --------------------------------------------------------------------------
 
-    def check_columns(self, frame: pd.DataFrame) -> None:
-        """Raise SchemaError naming the expected columns that ``frame`` lacks."""
+    def check_columns(self, frame: pd.DataFrame, known: tuple[str, ...] = ()) -> None:
+        """Raise SchemaError naming the expected columns that ``frame`` lacks; warn
+        (ExtraColumnsWarning) naming columns it has beyond those and ``known``."""
         missing = [c for c in self.source_columns if c not in frame.columns]
         if missing:
             raise SchemaError(
                 f"input is missing {len(missing)} expected column(s): {missing[:10]}"
                 + (" ..." if len(missing) > 10 else "")
             )
+        expected = set(self.source_columns) | set(known)
+        extra = [str(c) for c in frame.columns if c not in expected]
+        if extra:
+            warnings.warn(
+                f"ignoring {len(extra)} column(s) the normalizer was not fitted on: "
+                f"{extra[:10]}" + (" ..." if len(extra) > 10 else ""),
+                ExtraColumnsWarning,
+                stacklevel=3,
+            )
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Normalized float32 matrix (rows x output columns), every value in [0, 1]."""
-        self.check_columns(frame)
+    def transform(self, frame: pd.DataFrame, known: tuple[str, ...] = ()) -> np.ndarray:
+        """Normalized float32 matrix (rows x output columns): in [0, 1] for min-max, booleans,
+        one-hot and pixels; centred and scaled for standard and robust scaling. Columns in
+        ``known`` (ids, timestamps) are expected extras and not warned about."""
+        self.check_columns(frame, known)
         blocks: list[np.ndarray] = []
         for c in self.columns:
             s = frame[c.source]
@@ -132,11 +198,16 @@ class Normalizer:
                 missing = ~np.isfinite(v)
                 if c.kind == "numeric":
                     v = np.where(missing, c.fill, v)
-                span = c.high - c.low
-                v = (v - c.low) / span if span > 0 else np.zeros_like(v)
-                if c.kind == "scaled":
-                    v = np.where(missing, 0.0, v)
-                blocks.append(np.clip(v, 0.0, 1.0)[:, None])
+                    if c.log1p:
+                        v = signed_log1p(v)
+                if c.kind == "numeric" and c.scaler != "minmax":
+                    blocks.append(((v - c.center) / c.scale)[:, None])
+                else:
+                    span = c.high - c.low
+                    v = (v - c.low) / span if span > 0 else np.zeros_like(v)
+                    if c.kind == "scaled":
+                        v = np.where(missing, 0.0, v)
+                    blocks.append(np.clip(v, 0.0, 1.0)[:, None])
                 if c.missing_indicator:
                     blocks.append(missing.astype(np.float64)[:, None])
             elif c.kind == "boolean":

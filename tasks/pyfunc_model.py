@@ -34,7 +34,8 @@ class AutoencoderPyfunc(PythonModel):
         from ae_models import encode_and_score
 
         frame = pd.DataFrame(model_input)
-        codes, mse, _ = encode_and_score(self.model, self.normalizer.transform(frame))
+        known = ("entity_id", "event_timestamp", "label")
+        codes, mse, _ = encode_and_score(self.model, self.normalizer.transform(frame, known))
         ids = (
             frame["entity_id"].astype(str).to_numpy()
             if "entity_id" in frame.columns

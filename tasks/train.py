@@ -25,6 +25,7 @@ from tasks import plots
 from tasks.config import ConfigError, PipelineConfig
 from tasks.evaluate import anomaly_metrics, code_metrics, is_anomaly_label, is_classification_label
 from tasks.ingest import LABEL, SPLIT, NormalizedData
+from tasks.normalize import Normalizer
 from tasks.tracking import MlflowLogger, configure_mlflow, ensure_experiment, git_commit
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,20 @@ def draw_pictures(
     return made + ([grid] if grid else [])
 
 
-def build_model(cfg: PipelineConfig, input_dim: int) -> ae_models.Autoencoder:
-    """Create the configured variant for ``input_dim`` inputs; bad settings become ConfigError."""
+def build_model(
+    cfg: PipelineConfig, input_dim: int, unit_range: bool = True
+) -> ae_models.Autoencoder:
+    """Create the configured variant for ``input_dim`` inputs: a sigmoid head with BCE when the
+    normalized data lies in [0, 1], a linear head with MSE otherwise (unless ``model.params``
+    sets ``output``). Bad settings become ConfigError."""
+    params = {"output": "sigmoid" if unit_range else "linear", **cfg.model.params}
     try:
         return ae_models.create_model(
             cfg.model.name,
             seed=cfg.train.seed,
             input_dim=input_dim,
             code_size=cfg.model.code_size,
-            **cfg.model.params,
+            **params,
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model {cfg.model.name!r}: {err}") from None
@@ -182,7 +188,8 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
     parts = load_split_matrices(data)
     if len(parts["train"]) == 0:
         raise ConfigError("the training split is empty")
-    model = build_model(cfg, len(data.features))
+    unit_range = Normalizer.load(data.spec_path).unit_range
+    model = build_model(cfg, len(data.features), unit_range)
     train_cfg = cfg.train
     if train_cfg.checkpoint_dir is None:
         train_cfg = dataclasses.replace(

@@ -18,6 +18,13 @@ def validate_config(cfg: PipelineConfig) -> None:
             f"model.code_size {cfg.model.code_size} must be smaller than the input width "
             f"({width} feature columns in {cfg.source.path!r})"
         )
+    named = [*cfg.normalize.columns, *cfg.normalize.log1p]
+    unknown = [c for c in named if c not in info.features]
+    if unknown:
+        raise ConfigError(
+            f"normalize.columns/log1p name columns that are not features of "
+            f"{cfg.source.path!r}: {unknown}"
+        )
     if cfg.test_fraction + cfg.val_fraction >= 0.9:
         raise ConfigError(
             f"test_fraction {cfg.test_fraction} + val_fraction {cfg.val_fraction} leave "

@@ -103,3 +103,34 @@ def test_content_digest_follows_the_bytes(tmp_path, tmp_stores) -> None:
     assert ingest_source(cfg, tmp_stores).content_digest == first
     csv.write_text("a,b\n1,2\n3,5\n")
     assert ingest_source(cfg, tmp_stores).content_digest != first
+
+
+def test_normalize_settings_are_checked_and_applied(tmp_path, tmp_stores) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b,c\n" + "".join(f"{i},{i * i},{i % 3}\n" for i in range(40)))
+    bad = build_config(
+        {
+            "source": {"path": str(csv)},
+            "model": {"code_size": 1},
+            "normalize": {"columns": {"zz": "robust"}},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"normalize.columns/log1p name columns .*\['zz'\]"):
+        validate_config(bad)
+    cfg = build_config(
+        {
+            "source": {"path": str(csv)},
+            "model": {"code_size": 1},
+            "normalize": {"scaling": "standard", "log1p": ["b"]},
+        }
+    )
+    validate_config(cfg)
+    data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
+    values = pq.read_table(data.path, columns=["a"]).column("a").to_numpy()
+    assert values.min() < 0 < values.max()  # standardized, not squeezed into [0, 1]
+    from tasks.normalize import Normalizer
+    from tasks.train import build_model
+
+    assert not Normalizer.load(data.spec_path).unit_range
+    assert build_model(cfg, 3, unit_range=False).config.output == "linear"
+    assert build_model(cfg, 3, unit_range=True).config.output == "sigmoid"
