@@ -38,6 +38,9 @@ class SourceConfig(_Frozen):
     include: list[str] | None = Field(None, description="feature columns; default: all others")
     exclude: list[str] = Field(default_factory=list)
     delimiter: str = ","
+    quote_char: str | None = Field('"', description="CSV quote character; null for none")
+    header: bool = Field(True, description="CSV first line holds the column names")
+    skip_initial_space: bool = Field(True, description="strip spaces around CSV values")
     na_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "?"])
     max_levels: int = Field(20, ge=1, description="one-hot width cap per categorical column")
     image_size: tuple[int, int] | None = Field(

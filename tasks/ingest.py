@@ -23,7 +23,8 @@ from tasks.normalize import Normalizer, SchemaError
 
 ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT = "entity_id", "event_timestamp", "label", "split"
 ROLE_COLUMNS = (ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT)
-DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0..16
+DIGITS_SCALE = 16.0
+NORMALIZE_BATCH = 65_536  # scikit-learn's digits are 8x8 images with pixel values 0..16
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
     if fmt == "builtin":
         return fmt, [f"pixel_{r}_{c}" for r in range(8) for c in range(8)] + ["target"]
     path = Path(src.path)
-    if not path.exists():
+    if not path.exists() and not (fmt == "parquet" and any(c in src.path for c in "*?[")):
         raise ConfigError(f"source file {src.path!r} does not exist")
     if fmt in ARRAY_FORMATS:
         if src.entity_id or src.timestamp or src.include is not None or src.exclude:
@@ -113,14 +114,30 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
         return fmt, _array_columns(src, fmt)
     if fmt == "csv":
         try:
-            head = pd.read_csv(path, sep=src.delimiter, nrows=0, skipinitialspace=True)
+            head = pd.read_csv(
+                path,
+                sep=src.delimiter,
+                nrows=0 if src.header else 1,
+                header=0 if src.header else None,
+                skipinitialspace=src.skip_initial_space,
+                quotechar=src.quote_char or '"',
+                quoting=3 if src.quote_char is None else 0,
+            )
         except (pd.errors.EmptyDataError, UnicodeDecodeError, pd.errors.ParserError) as err:
-            raise ConfigError(f"cannot read CSV header of {src.path!r}: {err}") from None
-        return fmt, [str(c) for c in head.columns]
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"cannot read CSV header of {src.path!r}: {first}") from None
+        if not src.header:
+            return fmt, [f"col_{i}" for i in range(len(head.columns))]
+        return fmt, [str(c).strip() for c in head.columns]
     try:
         import pyarrow.dataset as ds
 
-        return fmt, list(ds.dataset(path, format="parquet").schema.names)
+        from tasks.tabular import parquet_files
+
+        files = parquet_files(src.path)
+        if not files:
+            raise ConfigError(f"no Parquet files match {src.path!r}")
+        return fmt, list(ds.dataset(files, format="parquet").schema.names)
     except (pa.ArrowInvalid, OSError) as err:
         raise ConfigError(f"cannot read Parquet schema of {src.path!r}: {err}") from None
 
@@ -156,6 +173,18 @@ def inspect_source(src: SourceConfig) -> SourceInfo:
     return SourceInfo(src.path, fmt, columns, features)
 
 
+def source_files(src: SourceConfig) -> list[Path]:
+    """The files a (non-built-in) source reads: the file, a folder's files, or glob matches."""
+    from tasks.tabular import parquet_files
+
+    root = Path(src.path)
+    if root.is_dir():
+        return sorted(p for p in root.rglob("*") if p.is_file())
+    if src.resolved_format == "parquet":
+        return [Path(p) for p in parquet_files(src.path)]
+    return [root]
+
+
 def source_fingerprint(cfg: PipelineConfig) -> str:
     """Stable id of the source and the ingest settings: same data and settings, same folder."""
     src = cfg.source
@@ -166,7 +195,7 @@ def source_fingerprint(cfg: PipelineConfig) -> str:
 
         h.update(f"sklearn-{sklearn.__version__}".encode())
     else:
-        for p in sorted(Path(src.path).rglob("*")) if Path(src.path).is_dir() else [Path(src.path)]:
+        for p in source_files(src):
             st = p.stat()
             h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -180,13 +209,11 @@ def content_digest(src: SourceConfig) -> str:
 
         h.update(np.ascontiguousarray(load_digits().data).tobytes())
         return h.hexdigest()
-    root = Path(src.path)
-    for p in sorted(root.rglob("*")) if root.is_dir() else [root]:
-        if p.is_file():
-            h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
-            with p.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+    for p in source_files(src):
+        h.update(p.name.encode())
+        with p.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -196,20 +223,7 @@ def _read_frame(src: SourceConfig, info: SourceInfo) -> tuple[pd.DataFrame, str 
 
         bunch = load_digits(as_frame=True)
         return bunch.frame, "target"
-    if info.format == "csv":
-        try:
-            frame = pd.read_csv(
-                src.path,
-                sep=src.delimiter,
-                skipinitialspace=True,
-                na_values=src.na_values,
-                keep_default_na=False,
-            )
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise ConfigError(f"cannot parse CSV {src.path!r}: {err}".splitlines()[0]) from None
-    else:
-        frame = pq.read_table(src.path).to_pandas()
-    return frame, src.label
+    raise ValueError(f"{info.format} sources are streamed, not read whole")
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
@@ -251,6 +265,8 @@ def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     folder = stores.data_dir / cfg.dataset / fp
     if info.format in ARRAY_FORMATS:
         return _ingest_array(cfg, info, folder, fp)
+    if info.format in ("csv", "parquet"):
+        return _ingest_table(cfg, info, folder, fp)
     frame, label = _read_frame(cfg.source, info)
     if len(frame) == 0:
         raise ConfigError(f"source {cfg.source.path!r} has no rows")
@@ -285,6 +301,90 @@ def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     return IngestResult(str(path), table.num_rows, info.features, bool(label), fp, digest, scale)
 
 
+def _check_quarantine(
+    cfg: PipelineConfig, rows_in: int, quarantined: int, where: Path | None
+) -> None:
+    if rows_in == 0:
+        raise ConfigError(f"source {cfg.source.path!r} has no rows")
+    share = quarantined / rows_in
+    if share > cfg.source.max_quarantine_fraction:
+        raise ConfigError(
+            f"{quarantined} of {rows_in} rows ({share:.1%}) of {cfg.source.path!r} were "
+            f"quarantined, more than source.max_quarantine_fraction "
+            f"{cfg.source.max_quarantine_fraction:.1%}; see {where}"
+        )
+    if quarantined == rows_in:
+        raise ConfigError(f"no usable rows in {cfg.source.path!r}; see {where}")
+
+
+def _ingest_table(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) -> IngestResult:
+    """Stream a CSV or Parquet source into raw Parquet, batch by batch."""
+    from tasks.tabular import TableReader
+
+    src = cfg.source
+    label = src.label
+    reader = TableReader(src, info.columns, info.features, label)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "raw.parquet"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    now = datetime.now(UTC)
+    writer: pq.ParquetWriter | None = None
+    quarantine: list[tuple[str, str]] = []
+    rows_out = 0
+    try:
+        for chunk in reader.chunks():
+            quarantine.extend(chunk.quarantine)
+            frame = chunk.frame
+            n = len(frame)
+            ts = frame["__ts"] if "__ts" in frame else pd.Series(pd.Timestamp(now), index=range(n))
+            arrays = {
+                ENTITY_ID: pa.array(frame["__id"].astype(str).to_numpy(), pa.string()),
+                EVENT_TIMESTAMP: utc_timestamps(ts),
+            }
+            if label:
+                arrays[LABEL] = pa.array(
+                    frame["__label"].to_numpy(dtype=object),
+                    pa.string() if src.resolved_format == "csv" else None,
+                )
+            for col in info.features:
+                kind = reader.kinds[col]
+                typ = {"num": pa.float64(), "bool": pa.bool_(), "cat": pa.string()}[kind]
+                arrays[col] = pa.array(frame[col].to_numpy(dtype=object), typ, from_pandas=True)
+            table = pa.table(arrays)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows_out += n
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"cannot read {src.path!r}: {first}") from None
+    if writer is not None:
+        writer.close()
+    quarantine = reader.ragged + quarantine
+    where = _write_quarantine(quarantine, folder)
+    rows_in = reader.rows_in + len(reader.ragged)
+    try:
+        _check_quarantine(cfg, rows_in, len(quarantine), where)
+    except ConfigError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return IngestResult(
+        str(path),
+        rows_out,
+        info.features,
+        bool(label),
+        fp,
+        content_digest(src),
+        None,
+        len(quarantine),
+        str(where) if where else None,
+    )
+
+
 def _ingest_array(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) -> IngestResult:
     data = _read_array(cfg.source, info)
     rows_in = len(data.ids) + len(data.quarantine)
@@ -292,15 +392,7 @@ def _ingest_array(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) 
         raise ConfigError(f"source {cfg.source.path!r} has no rows")
     folder.mkdir(parents=True, exist_ok=True)
     quarantine = _write_quarantine(data.quarantine, folder)
-    share = len(data.quarantine) / rows_in
-    if share > cfg.source.max_quarantine_fraction:
-        raise ConfigError(
-            f"{len(data.quarantine)} of {rows_in} rows ({share:.1%}) of {cfg.source.path!r} "
-            f"were quarantined, more than source.max_quarantine_fraction "
-            f"{cfg.source.max_quarantine_fraction:.1%}; see {quarantine}"
-        )
-    if not data.ids:
-        raise ConfigError(f"no readable rows in {cfg.source.path!r}; see {quarantine}")
+    _check_quarantine(cfg, rows_in, len(data.quarantine), quarantine)
     arrays = [pa.array(data.features[:, j]) for j in range(data.features.shape[1])]
     table = pa.Table.from_arrays(arrays, names=data.columns)
     if data.labels is not None:
@@ -342,46 +434,78 @@ def assign_splits(
 
 
 def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
-    """Fit the normalizer on the training split, transform all rows, write Parquet + JSON spec."""
-    raw_table = pq.read_table(ingested.path)
-    raw = raw_table.drop_columns([EVENT_TIMESTAMP]).to_pandas()
-    splits = assign_splits(raw[ENTITY_ID], cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
-    train_rows = raw.loc[splits == "train", ingested.features]
-    if len(train_rows) == 0:
-        raise ConfigError(f"no rows fell in the training split ({len(raw)} rows in all)")
-    if ingested.pixel_scale:
-        normalizer = Normalizer.fit_scaled(ingested.features, ingested.pixel_scale)
-    else:
-        try:
+    """Fit the normalizer on the training split, transform all rows, write Parquet + JSON spec.
+
+    Two passes over the raw Parquet in batches: the first assigns splits and keeps the
+    training rows' raw features (what fitting needs), the second transforms and writes
+    batch by batch, so memory holds the training features, not the whole table twice.
+    """
+    source = pq.ParquetFile(ingested.path)
+    features = ingested.features
+    train_parts: list[pd.DataFrame] = []
+    counts = {"train": 0, "val": 0, "test": 0}
+    for batch in source.iter_batches(batch_size=NORMALIZE_BATCH, columns=[ENTITY_ID, *features]):
+        frame = batch.to_pandas()
+        splits = assign_splits(
+            frame[ENTITY_ID], cfg.test_fraction, cfg.val_fraction, cfg.train.seed
+        )
+        for name in counts:
+            counts[name] += int((splits == name).sum())
+        train_parts.append(frame.loc[splits == "train", features])
+    rows = sum(counts.values())
+    if counts["train"] == 0:
+        raise ConfigError(f"no rows fell in the training split ({rows} rows in all)")
+    try:
+        if ingested.pixel_scale:
+            normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
+        else:
             normalizer = Normalizer.fit(
-                train_rows,
+                pd.concat(train_parts, ignore_index=True),
                 max_levels=cfg.source.max_levels,
                 scaling=cfg.normalize.scaling,
                 per_column=cfg.normalize.columns,
                 log1p=cfg.normalize.log1p,
             )
-        except SchemaError as err:
-            raise ConfigError(str(err)) from None
-    try:
-        matrix = normalizer.transform(raw[ingested.features])
     except SchemaError as err:
         raise ConfigError(str(err)) from None
-    arrays: dict[str, pa.Array] = {
-        ENTITY_ID: raw_table.column(ENTITY_ID),
-        EVENT_TIMESTAMP: raw_table.column(EVENT_TIMESTAMP),
-    }
-    if ingested.has_label:
-        arrays[LABEL] = raw_table.column(LABEL)
-    arrays[SPLIT] = pa.array(splits, pa.string())
+    del train_parts
     names = normalizer.output_columns
-    for j, name in enumerate(names):
-        arrays[name] = pa.array(matrix[:, j], pa.float32())
     folder = Path(ingested.path).parent
     path = folder / "normalized.parquet"
-    _atomic_write(pa.table(arrays), path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    keep = [ENTITY_ID, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in source.iter_batches(batch_size=NORMALIZE_BATCH):
+            table = pa.Table.from_batches([batch])
+            frame = table.select(features).to_pandas()
+            splits = assign_splits(
+                table.column(ENTITY_ID).to_pandas(),
+                cfg.test_fraction,
+                cfg.val_fraction,
+                cfg.train.seed,
+            )
+            matrix = normalizer.transform(frame)
+            arrays = {name: table.column(name) for name in keep}
+            arrays[SPLIT] = pa.array(splits, pa.string())
+            for j, name in enumerate(names):
+                arrays[name] = pa.array(matrix[:, j], pa.float32())
+            out = pa.table(arrays)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, out.schema)
+            writer.write_table(out)
+    except SchemaError as err:
+        if writer is not None:
+            writer.close()
+            writer = None
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(str(err)) from None
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, path)
     spec_path = normalizer.save(folder / "normalizer.json")
-    counts = {s: int((splits == s).sum()) for s in ("train", "val", "test")}
-    return NormalizedData(str(path), str(spec_path), len(raw), names, counts, ingested.has_label)
+    return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
 
 
 ingest = task(name="ingest", retries=2, retry_delay_seconds=[1, 5])(ingest_source)

@@ -86,13 +86,21 @@ def test_inspect_source_errors(tmp_path, source, message) -> None:
         inspect_source(build_config({"source": source}).source)
 
 
-def test_duplicate_entity_ids_are_refused(tmp_path, tmp_stores) -> None:
+def test_duplicate_entity_ids_are_quarantined(tmp_path, tmp_stores) -> None:
     csv = tmp_path / "t.csv"
-    csv.write_text("id,a,b\n1,1,2\n1,3,4\n")
-    cfg = build_config({"source": {"path": str(csv), "entity_id": "id"}, "model": {"code_size": 1}})
-    with pytest.raises(ConfigError, match="duplicates"):
+    csv.write_text("id,a,b\n1,1,2\n1,3,4\n2,5,6\n")
+    src = {"path": str(csv), "entity_id": "id"}
+    cfg = build_config({"source": src, "model": {"code_size": 1}})
+    with pytest.raises(ConfigError, match=r"1 of 3 rows \(33.3%\).*see .*quarantine.parquet"):
         ingest_source(cfg, tmp_stores)
-    assert not (tmp_stores.data_dir).exists()
+    lenient = build_config(
+        {"source": {**src, "max_quarantine_fraction": 0.5}, "model": {"code_size": 1}}
+    )
+    ingested = ingest_source(lenient, tmp_stores)
+    assert ingested.rows == 2 and ingested.quarantined == 1
+    assert pq.read_table(ingested.quarantine_path).to_pylist() == [
+        {"location": "row 1", "reason": "duplicate entity id '1'"}
+    ]
 
 
 def test_content_digest_follows_the_bytes(tmp_path, tmp_stores) -> None:
