@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -74,11 +75,12 @@ class SourceConfig(_Frozen):
         if path.is_dir():
             from tasks.readers import IMAGE_SUFFIXES
 
-            files = [p for p in path.rglob("*") if p.is_file()]
-            if any(p.suffix.lower() in (".parquet", ".pq") for p in files):
-                return "parquet"
-            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-                return "images"
+            for _, _, names in os.walk(path):  # the first data file found decides
+                suffixes = {Path(n).suffix.lower() for n in names}
+                if suffixes & {".parquet", ".pq"}:
+                    return "parquet"
+                if suffixes & IMAGE_SUFFIXES:
+                    return "images"
         raise ConfigError(
             f"cannot tell the format of source {self.path!r} from its name; set source.format "
             "to 'csv', 'parquet', 'images', 'idx' or 'npz'"

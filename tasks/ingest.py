@@ -179,7 +179,9 @@ def source_files(src: SourceConfig) -> list[Path]:
 
     root = Path(src.path)
     if root.is_dir():
-        return sorted(p for p in root.rglob("*") if p.is_file())
+        return [
+            Path(folder, n) for folder, _, names in sorted(os.walk(root)) for n in sorted(names)
+        ]
     if src.resolved_format == "parquet":
         return [Path(p) for p in parquet_files(src.path)]
     return [root]

@@ -204,15 +204,10 @@ class TableReader:
             )
             id_missing = ids.isna().to_numpy()
             flag(id_missing, lambda i: "missing entity id")
-            dup = np.zeros(n, dtype=bool)
-            for i, value in enumerate(ids.to_numpy()):
-                if id_missing[i] or bad[i]:
-                    continue
-                if value in self.seen_ids:
-                    dup[i] = True
-                else:
-                    self.seen_ids.add(value)
+            live = ~id_missing & ~bad
+            dup = live & (ids.duplicated().to_numpy() | ids.isin(self.seen_ids).to_numpy())
             flag(dup, lambda i, ids=ids: f"duplicate entity id {ids.iloc[i]!r}")
+            self.seen_ids.update(ids[live & ~dup].tolist())
             if src.timestamp:
                 ts = pd.to_datetime(frame[src.timestamp], utc=True, errors="coerce", format="mixed")
                 flag(
