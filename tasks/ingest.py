@@ -340,7 +340,7 @@ def _ingest_table(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) 
             n = len(frame)
             ts = frame["__ts"] if "__ts" in frame else pd.Series(pd.Timestamp(now), index=range(n))
             arrays = {
-                ENTITY_ID: pa.array(frame["__id"].astype(str).to_numpy(), pa.string()),
+                ENTITY_ID: pa.array(frame["__id"].to_numpy(dtype=object), pa.string()),
                 EVENT_TIMESTAMP: utc_timestamps(ts),
             }
             if label:
@@ -446,14 +446,16 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     features = ingested.features
     train_parts: list[pd.DataFrame] = []
     counts = {"train": 0, "val": 0, "test": 0}
-    for batch in source.iter_batches(batch_size=NORMALIZE_BATCH, columns=[ENTITY_ID, *features]):
+    first_pass = [ENTITY_ID] if ingested.pixel_scale else [ENTITY_ID, *features]
+    for batch in source.iter_batches(batch_size=NORMALIZE_BATCH, columns=first_pass):
         frame = batch.to_pandas()
         splits = assign_splits(
             frame[ENTITY_ID], cfg.test_fraction, cfg.val_fraction, cfg.train.seed
         )
         for name in counts:
             counts[name] += int((splits == name).sum())
-        train_parts.append(frame.loc[splits == "train", features])
+        if not ingested.pixel_scale:  # fixed pixel scaling fits on nothing
+            train_parts.append(frame.loc[splits == "train", features])
     rows = sum(counts.values())
     if counts["train"] == 0:
         raise ConfigError(f"no rows fell in the training split ({rows} rows in all)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 BATCH_ROWS = 65_536
 TYPE_SHARE = 0.8  # share of a column's first-batch values that decides its type
@@ -104,7 +105,7 @@ class TableReader:
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
 
-    def _raw_batches(self) -> Iterator[pd.DataFrame]:
+    def _raw_batches(self) -> Iterator[dict[str, pa.Array]]:
         src = self.src
         if src.resolved_format == "csv":
             batches = _csv_batches(
@@ -116,118 +117,150 @@ class TableReader:
             batches = ds.dataset(parquet_files(src.path), format="parquet").to_batches(
                 batch_size=BATCH_ROWS
             )
+        na = pa.array(list(src.na_values), pa.string())
         for batch in batches:
-            frame = batch.to_pandas()
-            if src.resolved_format == "csv":
-                frame = self._clean_text(frame)
-            yield frame
+            cols = {}
+            for name, arr in zip(batch.schema.names, batch.columns, strict=True):
+                if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+                    if src.skip_initial_space:
+                        arr = pc.utf8_trim_whitespace(arr)
+                    arr = pc.if_else(pc.is_in(arr, value_set=na), pa.scalar(None, arr.type), arr)
+                cols[name] = arr
+            yield cols
 
-    def _clean_text(self, frame: pd.DataFrame) -> pd.DataFrame:
-        na = set(self.src.na_values)
-        out = {}
-        for col in frame.columns:
-            s = frame[col].astype(object)
-            if self.src.skip_initial_space:
-                s = s.str.strip()
-            out[col] = s.where(~s.isin(na), None)
-        return pd.DataFrame(out)
-
-    def _decide_kinds(self, frame: pd.DataFrame) -> None:
+    def _decide_kinds(self, cols: dict[str, pa.Array]) -> None:
         for col in self.features:
-            s = frame[col]
-            if pd.api.types.is_bool_dtype(s):
+            arr = cols[col]
+            if pa.types.is_boolean(arr.type):
                 self.kinds[col] = "bool"
-            elif pd.api.types.is_numeric_dtype(s):
+            elif (
+                pa.types.is_integer(arr.type)
+                or pa.types.is_floating(arr.type)
+                or pa.types.is_null(arr.type)
+                or arr.null_count == len(arr)
+            ):
+                self.kinds[col] = "num"
+            elif _share(_is_bool_word(arr), arr) >= TYPE_SHARE:
+                self.kinds[col] = "bool"
+            elif _share(_is_number(arr), arr) >= TYPE_SHARE:
                 self.kinds[col] = "num"
             else:
-                text = s.dropna().astype(str)
-                if text.empty:
-                    self.kinds[col] = "num"
-                elif text.str.lower().isin(TRUE_WORDS | FALSE_WORDS).mean() >= TYPE_SHARE:
-                    self.kinds[col] = "bool"
-                elif pd.to_numeric(text, errors="coerce").notna().mean() >= TYPE_SHARE:
-                    self.kinds[col] = "num"
-                else:
-                    self.kinds[col] = "cat"
+                self.kinds[col] = "cat"
 
     def chunks(self) -> Iterator[Chunk]:
         """Typed batches of usable rows, each with the rows it set aside."""
         src = self.src
         start = 0
-        for frame in self._raw_batches():
+        for cols in self._raw_batches():
             if not self.kinds:
-                self._decide_kinds(frame)
-            n = len(frame)
+                self._decide_kinds(cols)
+            n = len(next(iter(cols.values()))) if cols else 0
             positions = np.arange(start, start + n)
             start += n
             self.rows_in += n
             rejects = _Rejects(n)
             flag = rejects.add
-            bad = rejects.bad
 
             typed: dict[str, pd.Series] = {}
             for col in self.features:
-                s = frame[col]
+                arr = orig = cols[col]
                 kind = self.kinds[col]
+                text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
                 if kind == "num":
-                    num = pd.to_numeric(s, errors="coerce").astype("float64")
-                    text_bad = (num.isna() & s.notna()).to_numpy()
-                    flag(
-                        text_bad,
-                        lambda i, c=col, s=s: f"column {c!r} has non-numeric value {s.iloc[i]!r}",
-                    )
-                    inf = np.isinf(num.to_numpy(dtype=np.float64, na_value=np.nan))
-                    flag(
-                        inf,
-                        lambda i, c=col, s=s: f"column {c!r} has a non-finite value {s.iloc[i]!r}",
-                    )
-                    typed[col] = num
-                elif kind == "bool":
-                    if pd.api.types.is_bool_dtype(s):
-                        typed[col] = s.astype("boolean")
-                    else:
-                        low = s.astype("string").str.lower()
-                        ok = low.isna() | low.isin(TRUE_WORDS | FALSE_WORDS)
+                    if text:
+                        ok = _is_number(arr)
                         flag(
-                            ~ok.to_numpy(dtype=bool),
-                            lambda i, c=col, s=s: (
-                                f"column {c!r} has non-boolean value {s.iloc[i]!r}"
+                            _mask(pc.and_(arr.is_valid(), pc.invert(ok))),
+                            lambda i, c=col, a=arr: (
+                                f"column {c!r} has non-numeric value {a[i].as_py()!r}"
                             ),
                         )
-                        typed[col] = low.isin(TRUE_WORDS).astype("boolean").where(low.notna())
+                        arr = pc.cast(pc.if_else(ok, arr, pa.scalar(None, arr.type)), pa.float64())
+                    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+                    flag(
+                        np.isinf(values),
+                        lambda i, c=col, a=orig: (
+                            f"column {c!r} has a non-finite value {a[i].as_py()!r}"
+                        ),
+                    )
+                    typed[col] = pd.Series(values, dtype="float64")
+                elif kind == "bool":
+                    if text:
+                        low = pc.utf8_lower(arr)
+                        flag(
+                            _mask(pc.and_(arr.is_valid(), pc.invert(_is_bool_word(arr)))),
+                            lambda i, c=col, a=arr: (
+                                f"column {c!r} has non-boolean value {a[i].as_py()!r}"
+                            ),
+                        )
+                        arr = pc.if_else(
+                            arr.is_valid(),
+                            pc.is_in(low, value_set=TRUE_SET),
+                            pa.scalar(None, pa.bool_()),
+                        )
+                    typed[col] = arr.to_pandas().astype("boolean")
                 else:
-                    typed[col] = s.astype("string")
+                    typed[col] = arr.cast(pa.string()).to_pandas().astype("string")
             ids = (
-                frame[src.entity_id].astype("string")
+                cols[src.entity_id].cast(pa.string()).to_pandas().astype("string")
                 if src.entity_id
                 else pd.Series(positions.astype(str), dtype="string")
             )
-            id_missing = ids.isna().to_numpy()
-            flag(id_missing, lambda i: "missing entity id")
-            live = ~id_missing & ~bad
-            dup = live & (ids.duplicated().to_numpy() | ids.isin(self.seen_ids).to_numpy())
-            flag(dup, lambda i, ids=ids: f"duplicate entity id {ids.iloc[i]!r}")
-            self.seen_ids.update(ids[live & ~dup].tolist())
+            if src.entity_id:  # row numbers are unique by construction; given ids may not be
+                id_missing = ids.isna().to_numpy()
+                flag(id_missing, lambda i: "missing entity id")
+                live = ~id_missing & ~rejects.bad
+                dup = live & (ids.duplicated().to_numpy() | ids.isin(self.seen_ids).to_numpy())
+                flag(dup, lambda i, ids=ids: f"duplicate entity id {ids.iloc[i]!r}")
+                self.seen_ids.update(ids[live & ~dup].tolist())
+            ts = None
             if src.timestamp:
-                ts = pd.to_datetime(frame[src.timestamp], utc=True, errors="coerce", format="mixed")
+                raw_ts = cols[src.timestamp].to_pandas()
+                ts = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
                 flag(
                     ts.isna().to_numpy(),
-                    lambda i, t=frame[src.timestamp]: f"timestamp {t.iloc[i]!r} cannot be parsed",
+                    lambda i, t=raw_ts: f"timestamp {t.iloc[i]!r} cannot be parsed",
                 )
-            else:
-                ts = None
             out = pd.DataFrame(typed)
             out.insert(0, "__id", ids)
             if ts is not None:
                 out.insert(1, "__ts", ts)
             if self.label:
+                label = cols[self.label]
                 out.insert(
                     len(out.columns) - len(self.features),
                     "__label",
-                    frame[self.label].astype("string")
+                    label.cast(pa.string()).to_pandas()
                     if src.resolved_format == "csv"
-                    else frame[self.label],
+                    else label.to_pandas(),
                 )
             keep = ~rejects.bad
             quarantine = [(f"row {positions[i]}", r) for i, r in sorted(rejects.reasons.items())]
             yield Chunk(out[keep].reset_index(drop=True), positions[keep], quarantine)
+
+
+NUMBER = (
+    r"^[+-]?(([0-9]+([.][0-9]*)?)|([.][0-9]+))([eE][+-]?[0-9]+)?$"
+    r"|^[+-]?(inf|infinity|nan)$"
+)
+TRUE_SET = pa.array(sorted(TRUE_WORDS), pa.string())
+BOOL_SET = pa.array(sorted(TRUE_WORDS | FALSE_WORDS), pa.string())
+
+
+def _is_number(arr: pa.Array) -> pa.Array:
+    """Boolean array: the text parses as a number (nulls give null)."""
+    return pc.match_substring_regex(arr, NUMBER, ignore_case=True)
+
+
+def _is_bool_word(arr: pa.Array) -> pa.Array:
+    return pc.is_in(pc.utf8_lower(arr), value_set=BOOL_SET)
+
+
+def _mask(arr: pa.Array) -> np.ndarray:
+    """A NumPy bool mask of an Arrow boolean array, nulls as False."""
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _share(mask: pa.Array, arr: pa.Array) -> float:
+    valid = len(arr) - arr.null_count
+    return float(pc.sum(pc.fill_null(mask, False)).as_py() or 0) / valid if valid else 0.0
