@@ -219,15 +219,6 @@ def content_digest(src: SourceConfig) -> str:
     return h.hexdigest()
 
 
-def _read_frame(src: SourceConfig, info: SourceInfo) -> tuple[pd.DataFrame, str | None]:
-    if info.format == "builtin":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits(as_frame=True)
-        return bunch.frame, "target"
-    raise ValueError(f"{info.format} sources are streamed, not read whole")
-
-
 def _atomic_write(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
@@ -235,6 +226,14 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
 
 
 def _read_array(src: SourceConfig, info: SourceInfo) -> readers.ArrayData:
+    if info.format == "builtin":  # scikit-learn's digits: 8x8 images, pixel values 0..16
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        ids = [str(i) for i in range(len(digits.target))]
+        return readers.ArrayData(
+            digits.data, ids, digits.target, [], (8, 8, 1), DIGITS_SCALE, info.features
+        )
     try:
         if info.format == "images":
             return readers.read_image_folder(src.path, src.image_size, src.image_mode)
@@ -262,45 +261,11 @@ def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     it with their location and reason; rows in = rows written + rows quarantined.
     """
     info = inspect_source(cfg.source)
-    src = cfg.source
     fp = source_fingerprint(cfg)
     folder = stores.data_dir / cfg.dataset / fp
-    if info.format in ARRAY_FORMATS:
+    if info.format in (*ARRAY_FORMATS, "builtin"):
         return _ingest_array(cfg, info, folder, fp)
-    if info.format in ("csv", "parquet"):
-        return _ingest_table(cfg, info, folder, fp)
-    frame, label = _read_frame(cfg.source, info)
-    if len(frame) == 0:
-        raise ConfigError(f"source {cfg.source.path!r} has no rows")
-    ids = (
-        frame[src.entity_id].astype(str)
-        if src.entity_id
-        else pd.Series(np.arange(len(frame)).astype(str))
-    )
-    if ids.duplicated().any():
-        dup = ids[ids.duplicated()].iloc[0]
-        raise ConfigError(f"entity id column {src.entity_id!r} has duplicates (first: {dup!r})")
-    if src.timestamp:
-        ts = pd.to_datetime(frame[src.timestamp], utc=True, errors="coerce")
-        if ts.isna().any():
-            first = int(np.flatnonzero(ts.isna().to_numpy())[0])
-            raise ConfigError(
-                f"timestamp column {src.timestamp!r} has {int(ts.isna().sum())} unparseable "
-                f"values (first at row {first}: {frame[src.timestamp].iloc[first]!r})"
-            )
-    else:
-        ts = pd.Series(pd.Timestamp(datetime.now(UTC)), index=range(len(frame)))
-    table = pa.Table.from_pandas(frame[info.features], preserve_index=False)
-    if label:
-        table = table.add_column(0, LABEL, pa.array(frame[label].to_numpy()))
-    table = table.add_column(0, EVENT_TIMESTAMP, utc_timestamps(ts))
-    table = table.add_column(0, ENTITY_ID, pa.array(ids.to_numpy(), pa.string()))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "raw.parquet"
-    _atomic_write(table, path)
-    digest = content_digest(src)
-    scale = DIGITS_SCALE if info.format == "builtin" else None
-    return IngestResult(str(path), table.num_rows, info.features, bool(label), fp, digest, scale)
+    return _ingest_table(cfg, info, folder, fp)
 
 
 def _check_quarantine(
