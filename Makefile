@@ -43,4 +43,4 @@ lock:
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .aepipe .pytest_cache .ruff_cache
+	rm -rf $(VENV) .aepipe .pytest_cache .ruff_cache .hypothesis benchmarks/out
