@@ -144,6 +144,14 @@ def register_model(
     example = rows.head(5)
     predictor = AutoencoderPyfunc().load_folder(trained.model_dir)
     challenger_eval = mean_score(lambda r: predictor.predict(None, r), rows)
+    metric = cfg.promotion_metric
+    measured = {**trained.metrics, EVAL_METRIC: challenger_eval}
+    if metric not in measured:  # checked before anything is registered
+        raise ConfigError(
+            f"promotion_metric {metric!r} is not measured for this run; use one of "
+            f"{sorted(measured)}"
+        )
+    challenger_value = float(measured[metric])
     # the run was opened by the train stage, which logged params and per-epoch losses
     with mlflow.start_run(run_id=trained.run_id) as run, warnings.catch_warnings():
         # pixel columns are integers; MLflow hints that integers cannot hold missing values
@@ -175,7 +183,6 @@ def register_model(
     version = int(mlflow.register_model(info.model_uri, cfg.model_name).version)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, str(version))
 
-    metric = cfg.promotion_metric
     current = _champion(client, cfg.model_name)
     champion_value: float | None = None
     reason_prefix = ""
@@ -189,15 +196,6 @@ def register_model(
                 champion_value = None
         else:
             champion_value = client.get_run(current.run_id).data.metrics.get(metric)
-    if metric == EVAL_METRIC:
-        challenger_value = challenger_eval
-    elif metric in trained.metrics:
-        challenger_value = float(trained.metrics[metric])
-    else:
-        raise ConfigError(
-            f"promotion_metric {metric!r} is not measured; use {EVAL_METRIC!r} or one of "
-            f"{sorted(trained.metrics)}"
-        )
     promoted, reason = decide_promotion(
         metric, challenger_value, champion_value, cfg.promotion_direction
     )

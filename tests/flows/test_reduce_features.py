@@ -188,3 +188,21 @@ def test_image_folder_with_the_conv_model(prefect_server, shared_datasets, home)
     assert summary.features_in == 784 and summary.code_size == 16
     table = read_features("mnist_sample", home=home)
     assert len(table) == 500 and table["entity_id"].str.endswith(".png").all()
+
+
+def test_unknown_promotion_metric_registers_nothing(prefect_server, home) -> None:
+    import mlflow
+
+    cfg = build_config(
+        {
+            "home": str(home),
+            "model": {"code_size": 8},
+            "train": {"epochs": 1},
+            "promotion_metric": "nonsense",
+        }
+    )
+    with pytest.raises(ConfigError, match="promotion_metric 'nonsense' is not measured"):
+        reduce_features(cfg)
+    st = stores(home)
+    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
+    assert client.search_registered_models() == []
