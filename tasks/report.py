@@ -98,9 +98,10 @@ def summarize(
     written: Materialized,
     stores: Stores,
 ) -> RunSummary:
-    """Collect the run's references into a :class:`RunSummary`."""
+    """Collect the run's references into a :class:`RunSummary`; inside a Prefect flow run it
+    is also attached to the run as a markdown artifact."""
     ui = stores.ui_commands()
-    return RunSummary(
+    summary = RunSummary(
         dataset=written.table,
         rows_ingested=ingested.rows,
         rows_quarantined=ingested.quarantined,
@@ -126,19 +127,6 @@ def summarize(
         mlflow_ui=ui["mlflow"],
         pictures=sorted(str(p) for p in Path(trained.plots_dir).glob("*.png")),
     )
-
-
-@task(name="report")
-def report(
-    ingested: IngestResult,
-    data: NormalizedData,
-    trained: TrainedModel,
-    registered: RegisteredModel,
-    written: Materialized,
-    stores: Stores,
-) -> RunSummary:
-    """Prefect task: :func:`summarize`, plus a markdown artifact on the flow run."""
-    summary = summarize(ingested, data, trained, registered, written, stores)
     if FlowRunContext.get() is not None:
         create_markdown_artifact(
             summary.to_markdown(),
@@ -146,3 +134,6 @@ def report(
             description="aepipe run summary",
         )
     return summary
+
+
+report = task(name="report")(summarize)

@@ -206,3 +206,19 @@ def test_unknown_promotion_metric_registers_nothing(prefect_server, home) -> Non
     st = stores(home)
     client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
     assert client.search_registered_models() == []
+
+
+def test_run_summary_artifact_links_the_pictures(two_runs) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    _, _, second = two_runs
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["aepipe-digits-run"]))
+        )
+    # other tests on the same Prefect server write artifacts under this key too
+    ours = [a for a in artifacts if second.run_id in (a.data or "")]
+    assert len(ours) == 1, "no run summary artifact for the second run"
+    assert "## Pictures" in ours[0].data and "code_projection.png" in ours[0].data
+    assert ours[0].type == "markdown"
