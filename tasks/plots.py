@@ -54,7 +54,10 @@ def code_projection(codes: np.ndarray, labels: np.ndarray | None, path: Path) ->
     from sklearn.decomposition import PCA
 
     plt = _plt()
-    xy = PCA(2).fit_transform(codes) if codes.shape[1] > 2 else codes
+    if codes.shape[1] > 2 and len(codes) >= 2:
+        xy = PCA(2).fit_transform(codes)
+    else:  # a 1-wide code (or a single row) is drawn along the x axis
+        xy = np.column_stack([codes[:, 0], codes[:, 1] if codes.shape[1] > 1 else 0 * codes[:, 0]])
     fig, ax = plt.subplots(figsize=(6, 5))
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.5)

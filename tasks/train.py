@@ -209,7 +209,8 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         raise
     client.set_tag(run_id, "aepipe.device", result.device)
     client.set_tag(run_id, "aepipe.precision", result.precision)
-    eval_split = "test" if len(parts["test"]) else "val"
+    # tiny data sets may have no test (or even validation) rows: measure on what there is
+    eval_split = next(s for s in ("test", "val", "train") if len(parts[s]))
     z_test, test_mse, test_bce = ae_models.encode_and_score(model, parts[eval_split])
     z_fit, fit_mse, _ = ae_models.encode_and_score(model, np.vstack([parts["train"], parts["val"]]))
     threshold = float(np.quantile(fit_mse, 1.0 - cfg.contamination))
