@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ae_models import TrainConfig
 
@@ -108,7 +115,10 @@ class ModelSpec(_Frozen):
 class PipelineConfig(_Frozen):
     """Everything one ``reduce_features`` run needs."""
 
-    dataset: str = Field("digits", description="names the feature table and the model")
+    dataset: str = Field(
+        "digits",
+        description="names the feature table and the model; default: the source file's name",
+    )
     source: SourceConfig = Field(default_factory=SourceConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -132,6 +142,17 @@ class PipelineConfig(_Frozen):
             )
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dataset(cls, data: Any) -> Any:
+        """Without a ``dataset``, name it after the source file (``sales.csv`` -> ``sales``)."""
+        if isinstance(data, dict) and "dataset" not in data:
+            source = data.get("source") or {}
+            path = source.get("path") if isinstance(source, dict) else None
+            if path and path not in BUILTIN_SOURCES:
+                data = {**data, "dataset": dataset_name_for(path)}
+        return data
+
     @property
     def model_name(self) -> str:
         """Name of the registered model in MLflow."""
@@ -150,6 +171,15 @@ class PipelineConfig(_Frozen):
 
         walk("", self.model_dump(mode="json"))
         return out
+
+
+def dataset_name_for(path: str) -> str:
+    """A valid data set name from a source path: its stem, other characters as ``_``."""
+    stem = Path(path.rstrip("/")).name
+    for suffix in (".gz", ".csv", ".tsv", ".parquet", ".pq", ".npz", ".data", ".txt"):
+        stem = stem.removesuffix(suffix)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_") or "data"
+    return name if name[0].isalpha() else f"d_{name}"
 
 
 def _one_line(err: ValidationError) -> str:

@@ -71,3 +71,15 @@ def test_apply_overrides_does_not_mutate_input() -> None:
     data = {"model": {"code_size": 3}}
     out = apply_overrides(data, {"model.code_size": 5})
     assert data == {"model": {"code_size": 3}} and out == {"model": {"code_size": 5}}
+
+
+def test_dataset_is_named_after_the_source_by_default() -> None:
+    assert build_config({}).dataset == "digits"
+    assert build_config({"source": {"path": "data/sales 2024.csv"}}).dataset == "sales_2024"
+    assert build_config({"source": {"path": "x/train-images-idx3-ubyte.gz"}}).dataset == (
+        "train_images_idx3_ubyte"
+    )
+    assert build_config({"source": {"path": "pics/"}}).dataset == "pics"
+    assert build_config({"source": {"path": "2024.parquet"}}).dataset == "d_2024"
+    named = build_config({"dataset": "mine", "source": {"path": "a.csv"}})
+    assert named.dataset == "mine" and named.model_name == "aepipe-mine"
