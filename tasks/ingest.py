@@ -89,14 +89,20 @@ def _array_columns(src: SourceConfig, fmt: str) -> list[str]:
                 channels = 1 if mode == "L" else 3
             nested = all(len(f.relative_to(path).parts) > 1 for f in files)
             return readers.pixel_columns((h, w, channels)) + ([LABEL] if nested else [])
-        data = (
-            readers.read_idx_source(path, src.labels_path)
-            if fmt == "idx"
-            else (readers.read_npz(path))
-        )
+        # headers only: the data itself is read once, by the ingest
+        if fmt == "idx":
+            _, _, columns = readers.idx_layout(readers.idx_shape(path))
+            has_labels = readers.idx_labels_path(path, src.labels_path) is not None
+        else:
+            shape, has_labels = readers.npz_x_shape(path)
+            if len(shape) < 2:
+                raise readers.SourceReadError(
+                    f"'X' in {src.path!r} must have rows and columns, shape {shape}"
+                )
+            columns = [f"x_{i}" for i in range(int(np.prod(shape[1:])))]
     except (readers.SourceReadError, OSError) as err:
         raise ConfigError(str(err).splitlines()[0]) from None
-    return data.columns + ([LABEL] if data.labels is not None else [])
+    return columns + ([LABEL] if has_labels else [])
 
 
 def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:

@@ -25,15 +25,17 @@ class SourceReadError(ValueError):
     """A source file that cannot be read as what it claims to be; the message names it."""
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Array stored in an IDX file (``.gz`` or raw), with its shape from the header."""
-    p = Path(path)
+def _read_bytes(p: Path, limit: int = -1) -> bytes:
     opener = gzip.open if p.suffix == ".gz" else open
     try:
         with opener(p, "rb") as fh:
-            data = fh.read()
+            return fh.read(limit)
     except (OSError, EOFError) as err:
         raise SourceReadError(f"cannot read IDX file {str(p)!r}: {err}") from None
+
+
+def _parse_idx_header(data: bytes, p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Data type, shape and header length from the start of an IDX file."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise SourceReadError(f"{str(p)!r} is not an IDX file (bad magic number)")
     code, ndim = data[2], data[3]
@@ -42,8 +44,20 @@ def read_idx(path: str | Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise SourceReadError(f"{str(p)!r} is truncated inside its IDX header")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = _IDX_TYPES[code]
+    return _IDX_TYPES[code], struct.unpack(f">{ndim}I", data[4:header]), header
+
+
+def idx_shape(path: str | Path) -> tuple[int, ...]:
+    """Shape an IDX file declares, read from its header alone (no data decompressed)."""
+    p = Path(path)
+    return _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)[1]
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Array stored in an IDX file (``.gz`` or raw), with its shape from the header."""
+    p = Path(path)
+    data = _read_bytes(p)
+    dtype, shape, header = _parse_idx_header(data, p)
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
         raise SourceReadError(
@@ -206,20 +220,13 @@ def read_idx_source(path: str | Path, labels_path: str | Path | None = None) -> 
     """
     p = Path(path)
     data = read_idx(p)
-    if labels_path is None and "images-idx3" in p.name:
-        sibling = p.with_name(p.name.replace("images-idx3", "labels-idx1"))
-        labels_path = sibling if sibling.exists() else None
+    labels_path = idx_labels_path(p, labels_path)
     labels = read_idx(labels_path) if labels_path is not None else None
     if labels is not None and len(labels) != len(data):
         raise SourceReadError(
             f"{str(labels_path)!r} holds {len(labels)} labels for {len(data)} rows in {str(p)!r}"
         )
-    if data.ndim >= 3:
-        shape = (data.shape[1], data.shape[2], data.shape[3] if data.ndim == 4 else 1)
-        scale, columns = 255.0, pixel_columns(shape)
-    else:
-        shape, scale = None, None
-        columns = [f"x_{i}" for i in range(data.shape[1] if data.ndim == 2 else 1)]
+    shape, scale, columns = idx_layout(data.shape)
     return ArrayData(
         data.reshape(len(data), -1),
         [str(i) for i in range(len(data))],
@@ -229,6 +236,50 @@ def read_idx_source(path: str | Path, labels_path: str | Path | None = None) -> 
         scale,
         columns,
     )
+
+
+def idx_labels_path(path: Path, labels_path: str | Path | None) -> Path | None:
+    """The labels file for an IDX images file: the one given, or a MNIST-style sibling
+    (``*-images-idx3-*`` -> ``*-labels-idx1-*``) when it exists."""
+    if labels_path is not None:
+        return Path(labels_path)
+    if "images-idx3" in path.name:
+        sibling = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+        return sibling if sibling.exists() else None
+    return None
+
+
+def idx_layout(
+    shape: tuple[int, ...],
+) -> tuple[tuple[int, int, int] | None, float | None, list[str]]:
+    """Image shape, pixel scale and column names for an IDX array of ``shape``."""
+    if len(shape) >= 3:
+        image = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)
+        return image, 255.0, pixel_columns(image)
+    return None, None, [f"x_{i}" for i in range(shape[1] if len(shape) == 2 else 1)]
+
+
+def npz_x_shape(path: str | Path) -> tuple[tuple[int, ...], bool]:
+    """Shape of ``X`` in an NPZ file and whether it has ``y``, from the array headers alone."""
+    import zipfile
+
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = {n.removesuffix(".npy") for n in zf.namelist()}
+            if "X" not in names:
+                raise SourceReadError(f"{str(p)!r} has no array 'X' (arrays: {sorted(names)})")
+            with zf.open("X.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, _ = read_header(fh)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise SourceReadError(f"cannot read NPZ file {str(p)!r}: {err}") from None
+    return tuple(shape), "y" in names
 
 
 def read_npz(path: str | Path) -> ArrayData:
