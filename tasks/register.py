@@ -73,12 +73,12 @@ EVAL_MAX_ROWS = 20_000
 def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFrame:
     """Raw rows of the fixed evaluation split (the test split, its first ``EVAL_MAX_ROWS``
     rows at most), as users would send them."""
-    raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP])
     splits = pq.read_table(data.path, columns=[SPLIT]).column(SPLIT).to_numpy(zero_copy_only=False)
-    frame = raw.to_pandas()
-    rows = frame[splits == "test"] if (splits == "test").any() else frame[splits == "val"]
-    rows = rows.head(EVAL_MAX_ROWS)
-    return rows.drop(columns=[LABEL], errors="ignore").reset_index(drop=True)
+    which = "test" if (splits == "test").any() else "val"
+    picked = np.flatnonzero(splits == which)[:EVAL_MAX_ROWS]
+    raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP])
+    rows = raw.take(picked).to_pandas()  # only the evaluation rows reach pandas
+    return rows.drop(columns=[LABEL], errors="ignore")
 
 
 def mean_score(predict: Any, rows: pd.DataFrame) -> float:
