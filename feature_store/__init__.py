@@ -1,11 +1,14 @@
 """Versioned feature tables on Apache Iceberg: schema, writes, and reads for downstream models."""
 
+from feature_store.historical import get_historical_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, feature_schema, latent_columns
 from feature_store.store import (
+    FeatureStoreError,
     list_tables,
     load_table,
     read_features,
     read_features_arrow,
+    table_history,
     table_identifier,
     write_features,
 )
@@ -13,12 +16,15 @@ from feature_store.store import (
 __all__ = [
     "ENTITY_KEY",
     "EVENT_TIMESTAMP",
+    "FeatureStoreError",
     "feature_schema",
+    "get_historical_features",
     "latent_columns",
     "list_tables",
     "load_table",
     "read_features",
     "read_features_arrow",
+    "table_history",
     "table_identifier",
     "write_features",
 ]

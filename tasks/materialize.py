@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
@@ -18,6 +19,7 @@ from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature
 from tasks.config import PipelineConfig
 from tasks.ingest import NormalizedData
 from tasks.register import RegisteredModel
+from tasks.score import feature_batch
 from tasks.train import TrainedModel
 
 BATCH_ROWS = 8192
@@ -53,18 +55,18 @@ def feature_batches(
             [batch.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
         )
         codes, mse, _ = ae_models.encode_and_score(model, x, device=trained.device)
-        n = batch.num_rows
-        arrays = [batch.column(ENTITY_KEY), batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP)]
-        arrays += [pa.array(codes[:, j], pa.float32()) for j in range(codes.shape[1])]
-        arrays += [
-            pa.array(mse, pa.float32()),
-            pa.array(mse > threshold, pa.bool_()),
-            pa.array([registered.model_name] * n, pa.string()),
-            pa.array(np.full(n, registered.version, np.int64)),
-            pa.array([registered.run_id] * n, pa.string()),
-            pa.array(np.full(n, scored_at.value, np.int64)).cast(TIMESTAMP),
-        ]
-        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+        yield feature_batch(
+            schema,
+            batch.column(ENTITY_KEY),
+            batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP),
+            codes,
+            mse,
+            threshold,
+            registered.model_name,
+            registered.version,
+            registered.run_id,
+            scored_at,
+        )
 
 
 def materialize_features(
@@ -74,21 +76,26 @@ def materialize_features(
     cfg: PipelineConfig,
     stores: Stores,
 ) -> Materialized:
-    """Write this model version's features for every row in one atomic commit."""
-    batches = list(feature_batches(data, trained, registered))
+    """Stream this model version's features for every row into one atomic commit."""
+    from feature_store import load_table
+
+    anomalies = 0
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        nonlocal anomalies
+        for batch in feature_batches(data, trained, registered):
+            anomalies += int(pc.sum(batch.column("is_anomaly")).as_py() or 0)
+            yield batch
+
     rows = write_features(
         cfg.dataset,
-        batches,
+        counted(),
         code_size=trained.code_size,
         model_name=registered.model_name,
         model_version=registered.version,
         stores=stores,
+        properties={"run_id": registered.run_id},
     )
-    anomalies = sum(
-        int(b.column("is_anomaly").to_numpy(zero_copy_only=False).sum()) for b in batches
-    )
-    from feature_store import load_table
-
     snapshot = load_table(cfg.dataset, stores).current_snapshot()
     return Materialized(
         cfg.dataset, rows, anomalies, registered.version, snapshot.snapshot_id if snapshot else None

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import time
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from feature_store import feature_schema, read_features, write_features
-from feature_store.store import FeatureStoreError, list_tables, load_table
+from feature_store import feature_schema, read_features, store, write_features
+from feature_store.store import FeatureStoreError, list_tables, load_table, table_history
 
 
-def make_batch(n: int, code_size: int, version: int, start: int = 0) -> pa.Table:
-    now = datetime.now(UTC)
+def make_batch(
+    n: int, code_size: int, version: int, start: int = 0, when: datetime | None = None
+) -> pa.Table:
+    now = when or datetime.now(UTC)
     rng = np.random.default_rng(version)
     cols: dict[str, pa.Array] = {
         "entity_id": pa.array([str(i) for i in range(start, start + n)]),
@@ -32,10 +36,20 @@ def make_batch(n: int, code_size: int, version: int, start: int = 0) -> pa.Table
     return pa.Table.from_pydict(cols, schema=feature_schema(code_size))
 
 
-def write(stores, table: pa.Table, code_size: int, version: int) -> int:
+def write(stores, table, code_size: int, version: int, mode: str = "replace") -> int:
     return write_features(
-        "t", table, code_size=code_size, model_name="m", model_version=version, stores=stores
+        "t",
+        table,
+        code_size=code_size,
+        model_name="m",
+        model_version=version,
+        stores=stores,
+        mode=mode,
     )
+
+
+def data_files(stores) -> set[str]:
+    return {str(p) for p in (stores.home / "warehouse").rglob("*.parquet")}
 
 
 def test_write_and_read_versions(tmp_stores) -> None:
@@ -108,3 +122,134 @@ def test_reading_what_is_not_there(tmp_stores) -> None:
         read_features("x", 1, home=tmp_stores)
     with pytest.raises(FeatureStoreError, match="no rows for model version 5"):
         read_features("t", 5, home=tmp_stores)
+
+
+def test_replacing_a_version_is_one_overwrite_snapshot_of_whole_files(tmp_stores) -> None:
+    write(tmp_stores, make_batch(5, 3, 1), 3, 1)
+    write(tmp_stores, make_batch(6, 3, 2), 3, 2)
+    before = load_table("t", tmp_stores).current_snapshot().snapshot_id
+    write(tmp_stores, make_batch(4, 3, 1), 3, 1)
+    snap = load_table("t", tmp_stores).current_snapshot()
+    assert snap.parent_snapshot_id == before
+    assert snap.summary.operation.value == "overwrite"
+    assert snap.summary["deleted-records"] == "5" and snap.summary["added-records"] == "4"
+    assert len(read_features("t", 2, home=tmp_stores)) == 6
+
+
+def test_append_adds_rows_and_an_empty_append_commits_nothing(tmp_stores) -> None:
+    write(tmp_stores, make_batch(5, 3, 1), 3, 1)
+    assert write(tmp_stores, make_batch(3, 3, 1, start=5), 3, 1, mode="append") == 3
+    snap = load_table("t", tmp_stores).current_snapshot().snapshot_id
+    assert write(tmp_stores, iter([]), 3, 1, mode="append") == 0
+    assert load_table("t", tmp_stores).current_snapshot().snapshot_id == snap
+    got = read_features("t", 1, home=tmp_stores)
+    assert sorted(got["entity_id"], key=int) == [str(i) for i in range(8)]
+
+
+def test_batches_stream_into_several_files_in_one_commit(tmp_stores, monkeypatch) -> None:
+    monkeypatch.setattr(store, "WRITE_BIN_BYTES", 1000)
+    batches = (make_batch(50, 3, 1, start=50 * i) for i in range(6))
+    assert write(tmp_stores, batches, 3, 1) == 300
+    tbl = load_table("t", tmp_stores)
+    assert len(tbl.history()) == 1
+    assert len(list(tbl.scan().plan_files())) >= 6
+    assert read_features("t", 1, home=tmp_stores)["entity_id"].nunique() == 300
+
+
+def test_a_failure_mid_stream_leaves_the_table_and_warehouse_as_they_were(
+    tmp_stores, monkeypatch
+) -> None:
+    write(tmp_stores, make_batch(5, 3, 1), 3, 1)
+    files = data_files(tmp_stores)
+    snap = load_table("t", tmp_stores).current_snapshot().snapshot_id
+    monkeypatch.setattr(store, "WRITE_BIN_BYTES", 1000)
+
+    def broken():
+        yield make_batch(50, 3, 1)
+        yield make_batch(50, 3, 1, start=50)
+        raise OSError("source vanished")
+
+    with pytest.raises(OSError, match="source vanished"):
+        write(tmp_stores, broken(), 3, 1)
+    assert load_table("t", tmp_stores).current_snapshot().snapshot_id == snap
+    assert data_files(tmp_stores) == files
+    assert len(read_features("t", 1, home=tmp_stores)) == 5
+
+
+def test_as_of_reads_the_table_as_it_was(tmp_stores) -> None:
+    write(tmp_stores, make_batch(5, 3, 1), 3, 1)
+    first = load_table("t", tmp_stores).current_snapshot()
+    time.sleep(0.01)
+    between = datetime.now(UTC)
+    time.sleep(0.01)
+    write(tmp_stores, make_batch(2, 3, 1), 3, 1)
+    assert len(read_features("t", 1, home=tmp_stores)) == 2
+    assert len(read_features("t", 1, as_of=between, home=tmp_stores)) == 5
+    naive = between.astimezone(UTC).replace(tzinfo=None).isoformat()
+    assert len(read_features("t", 1, as_of=naive, home=tmp_stores)) == 5
+    assert len(read_features("t", 1, as_of=first.snapshot_id, home=tmp_stores)) == 5
+    with pytest.raises(FeatureStoreError, match="did not exist yet"):
+        read_features("t", 1, as_of=datetime(2000, 1, 1, tzinfo=UTC), home=tmp_stores)
+    with pytest.raises(FeatureStoreError, match="no snapshot 12345"):
+        read_features("t", 1, as_of=12345, home=tmp_stores)
+    history = table_history("t", tmp_stores)
+    assert list(history["operation"]) == ["append", "overwrite"]
+    assert list(history["rows"]) == ["5", "2"]
+
+
+def test_columns_and_filters(tmp_stores) -> None:
+    batch = make_batch(10, 2, 1)
+    errors = pa.array(np.arange(10, dtype=np.float32) / 10)
+    write(tmp_stores, batch.set_column(4, "recon_error", errors), 2, 1)
+    got = read_features(
+        "t", 1, columns=["entity_id", "recon_error"], filter="recon_error >= 0.5", home=tmp_stores
+    )
+    assert list(got.columns) == ["entity_id", "recon_error"]
+    assert sorted(got["entity_id"], key=int) == ["5", "6", "7", "8", "9"]
+    with pytest.raises(FeatureStoreError, match="no column"):
+        read_features("t", 1, columns=["nope"], home=tmp_stores)
+    with pytest.raises(FeatureStoreError, match="cannot parse filter"):
+        read_features("t", 1, filter="recon_error >>> 1", home=tmp_stores)
+
+
+def _append_worker(home: str, worker: int, rounds: int) -> None:
+    from aepipe.settings import stores
+
+    for r in range(rounds):
+        write(
+            stores(home), make_batch(100, 2, 1, start=(worker * rounds + r) * 100), 2, 1, "append"
+        )
+
+
+def _replace_worker(home: str, version: int) -> None:
+    from aepipe.settings import stores
+
+    for _ in range(3):
+        write(stores(home), make_batch(100, 2, version), 2, version)
+
+
+def _run_all(targets: list[tuple]) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=f, args=args) for f, args in targets]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+
+
+def test_concurrent_writers_all_land(tmp_stores) -> None:
+    write(tmp_stores, make_batch(1, 2, 1, start=10**6), 2, 1)  # the table exists first
+    home = str(tmp_stores.home)
+    _run_all(
+        [
+            (_append_worker, (home, 0, 4)),
+            (_append_worker, (home, 1, 4)),
+            (_replace_worker, (home, 2)),
+            (_replace_worker, (home, 3)),
+        ]
+    )
+    appended = read_features("t", 1, home=tmp_stores)
+    assert len(appended) == 801 and appended["entity_id"].is_unique
+    assert len(read_features("t", 2, home=tmp_stores)) == 100
+    assert len(read_features("t", 3, home=tmp_stores)) == 100

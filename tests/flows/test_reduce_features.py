@@ -71,6 +71,26 @@ def test_feature_table_after_two_runs(two_runs) -> None:
     assert 0 < v2["is_anomaly"].sum() < 0.05 * len(v2)
 
 
+def test_downstream_classifier_reads_the_feature_table(two_runs) -> None:
+    import mlflow
+
+    from flows.train_downstream import train_downstream_flow
+
+    home, _, _ = two_runs
+    report = train_downstream_flow(config(home, epochs=25))
+    assert report.model_version == 2 and report.code_size == 8
+    assert list(report.accuracy) == ["latent codes", "normalized features", "PCA (8 components)"]
+    assert report.test_rows > 250 and report.train_rows > 1000
+    assert report.accuracy["normalized features"] > 0.9
+    assert report.accuracy["latent codes"] > 0.5  # chance is 0.1; 25 epochs is a short run
+    assert report.accuracy["PCA (8 components)"] > 0.75
+    st = stores(home)
+    run = mlflow.MlflowClient(st.tracking_uri).get_run(report.run_id)
+    assert run.data.metrics["accuracy_latent"] == pytest.approx(report.accuracy["latent codes"])
+    assert run.data.tags["aepipe.kind"] == "downstream"
+    assert "latent codes" in report.to_text()
+
+
 def test_better_challenger_is_promoted_and_recorded(two_runs) -> None:
     import mlflow
 

@@ -1,0 +1,24 @@
+"""Scheduled scoring: new source rows -> the champion -> appended to the feature table."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from aepipe.settings import stores as resolve_stores
+from tasks.config import PipelineConfig
+from tasks.ingest import ingest
+from tasks.score import Scored, champion, score
+from tasks.validate import validate_config
+
+
+@flow(name="score-features", log_prints=True)
+def score_features(config: PipelineConfig | None = None) -> Scored:
+    """Score the rows the champion has not seen yet and append them; says so when none are new."""
+    cfg = config or PipelineConfig()
+    validate_config(cfg)
+    stores = resolve_stores(cfg.home)
+    current = champion(cfg, stores)
+    ingested = ingest(cfg, stores)
+    scored = score(ingested, current, cfg, stores)
+    print(scored.to_text())
+    return scored

@@ -1,0 +1,26 @@
+"""Downstream check: a classifier on the feature table vs raw normalized features vs PCA."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from aepipe.settings import stores as resolve_stores
+from tasks.config import PipelineConfig
+from tasks.downstream import DownstreamReport, train_downstream
+from tasks.ingest import ingest, normalize
+from tasks.validate import validate_config
+
+
+@flow(name="train-downstream", log_prints=True)
+def train_downstream_flow(
+    config: PipelineConfig | None = None, model_version: str | int = "champion"
+) -> DownstreamReport:
+    """Fit logistic regression on the table's codes and on its two baselines; print accuracies."""
+    cfg = config or PipelineConfig()
+    validate_config(cfg)
+    stores = resolve_stores(cfg.home)
+    ingested = ingest(cfg, stores)
+    data = normalize(ingested, cfg)
+    report = train_downstream(data, cfg, stores, model_version)
+    print(report.to_text())
+    return report

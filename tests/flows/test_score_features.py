@@ -1,0 +1,104 @@
+"""Scheduled scoring end to end: new rows only, through the champion, appended; then nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_store import get_historical_features, load_table, read_features
+from flows.reduce_features import reduce_features
+from flows.score_features import score_features
+from tasks.config import ConfigError, build_config
+
+pytestmark = pytest.mark.slow
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def sales(n: int, start: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "order_id": [f"o{i}" for i in range(start, start + n)],
+            "ts": [(T0 + timedelta(hours=i)).isoformat() for i in range(start, start + n)],
+            "amount": rng.gamma(2.0, 20.0, n).round(2),
+            "items": rng.integers(1, 9, n),
+            "discount": rng.random(n).round(3),
+            "region": rng.choice(["north", "south", "east", "west"], n),
+        }
+    )
+
+
+def config(home, source, **source_roles):
+    return build_config(
+        {
+            "home": str(home),
+            "dataset": "sales",
+            "source": {"path": str(source), **source_roles},
+            "model": {"code_size": 3},
+            "train": {"epochs": 3, "batch_size": 32, "patience": 0},
+        }
+    )
+
+
+def snapshot(home) -> int:
+    from aepipe.settings import stores
+
+    return load_table("sales", stores(home)).current_snapshot().snapshot_id
+
+
+def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, tmp_path) -> None:
+    folder = tmp_path / "sales"
+    folder.mkdir()
+    sales(300, 0, 1).to_parquet(folder / "2026-03-01.parquet")
+    cfg = config(home, folder, entity_id="order_id", timestamp="ts")
+    trained = reduce_features(cfg)
+    before = snapshot(home)
+
+    nothing = score_features(cfg)
+    assert nothing.rows_written == 0 and nothing.rows_seen == 300
+    assert "no new rows" in nothing.to_text() and nothing.since is not None
+    assert snapshot(home) == before
+
+    sales(40, 300, 2).to_parquet(folder / "2026-03-14.parquet")
+    scored = score_features(cfg)
+    assert (scored.rows_seen, scored.rows_written) == (340, 40)
+    assert scored.model_version == trained.model_version
+    table = read_features("sales", home=home)
+    assert len(table) == 340 and table["entity_id"].is_unique
+    new = table[table["entity_id"].isin([f"o{i}" for i in range(300, 340)])]
+    assert len(new) == 40 and np.isfinite(new["recon_error"]).all()
+    assert new["event_timestamp"].min() == pd.Timestamp(T0 + timedelta(hours=300))
+
+    again = score_features(cfg)
+    assert again.rows_written == 0 and snapshot(home) == scored.snapshot_id
+
+    # a downstream reader joins labels to the features as they were at each moment
+    entities = pd.DataFrame(
+        {"entity_id": ["o5", "o320"], "event_timestamp": [T0 + timedelta(days=30)] * 2}
+    )
+    joined = get_historical_features(entities, "sales", home=home)
+    assert joined["z_0"].notna().all()
+
+
+def test_without_timestamps_new_rows_are_new_entity_ids(prefect_server, home, tmp_path) -> None:
+    path = tmp_path / "orders.csv"
+    sales(200, 0, 3).drop(columns=["order_id", "ts"]).to_csv(path, index=False)
+    cfg = config(home, path)
+    reduce_features(cfg)
+    assert score_features(cfg).rows_written == 0
+    more = pd.concat([sales(200, 0, 3), sales(25, 200, 4)]).drop(columns=["order_id", "ts"])
+    more.to_csv(path, index=False)
+    scored = score_features(cfg)
+    assert (scored.rows_seen, scored.rows_written) == (225, 25)
+    ids = read_features("sales", home=home)["entity_id"]
+    assert sorted(ids, key=int) == [str(i) for i in range(225)]
+
+
+def test_scoring_needs_a_champion(prefect_server, home, tmp_path) -> None:
+    path = tmp_path / "orders.csv"
+    sales(20, 0, 5).to_csv(path, index=False)
+    with pytest.raises(ConfigError, match="has no champion to score with"):
+        score_features(config(home, path))
