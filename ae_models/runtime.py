@@ -32,6 +32,11 @@ def select_device(preference: str = "auto") -> torch.device:
 BF16_MIN_WIDTH = 256  # narrower models gain nothing from bf16 on the CPU; its casts cost more
 
 
+# how scores are computed wherever they are written or served (feature table, pyfunc, the
+# training-time threshold): one rule, so a row scores the same everywhere on one machine
+SCORING_PRECISION: Precision = "auto"
+
+
 def resolve_precision(
     precision: Precision, device: torch.device, width: int | None = None
 ) -> Literal["fp32", "bf16", "fp16"]:

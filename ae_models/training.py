@@ -350,26 +350,42 @@ def train(
     return result
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_and_score(
-    model: Autoencoder, x: np.ndarray | Tensor, batch_size: int = 4096, device: str = "auto"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Latent codes, per-row MSE and per-row BCE of ``x`` (NumPy float32), in batches."""
+    model: Autoencoder,
+    x: np.ndarray | Tensor,
+    batch_size: int = 1024,
+    device: str = "auto",
+    precision: Precision = "fp32",
+    bce: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Latent codes, per-row MSE and per-row BCE of ``x`` (NumPy float32), in batches.
+
+    ``precision="auto"`` runs the network in bf16 where the hardware is fast at it (the rule of
+    :func:`~ae_models.runtime.resolve_precision`), about 3x faster on wide inputs on AMX CPUs;
+    the errors are always computed in fp32. ``bce=False`` skips the BCE (then ``None``), half
+    the cost on wide inputs when only the MSE is wanted.
+    """
     dev = select_device(device)
     model.to(dev).eval()
     xt = as_tensor(x)
-    codes, mse, bce = [], [], []
+    mode = resolve_precision(precision, dev, xt.shape[1] if xt.ndim == 2 else None)
+    codes, mse, bces = [], [], []
     for start in range(0, len(xt), batch_size):
         xb = xt[start : start + batch_size].to(dev)
-        out = model(xb)
+        with autocast(dev, mode):
+            out = model(xb)
+        recon = out.recon.float()
         codes.append(out.latent.float().cpu())
-        mse.append(reconstruction_error(xb, out.recon, "mse").cpu())
-        bce.append(reconstruction_error(xb.clamp(0, 1), out.recon, "bce").cpu())
+        mse.append(reconstruction_error(xb, recon, "mse").cpu())
+        if bce:
+            bces.append(reconstruction_error(xb.clamp(0, 1), recon, "bce").cpu())
+    k = model.config.code_size
     if not codes:
-        k = model.config.code_size
-        return np.zeros((0, k), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        empty = np.zeros(0, np.float32)
+        return np.zeros((0, k), np.float32), empty, empty if bce else None
     return (
         torch.cat(codes).numpy(),
         torch.cat(mse).numpy(),
-        torch.cat(bce).numpy(),
+        torch.cat(bces).numpy() if bce else None,
     )

@@ -134,7 +134,8 @@ def _conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=target)
 
 
-WRITE_BIN_BYTES = 64 << 20  # Arrow bytes per data file: bounds a write's memory
+ROW_GROUP_BYTES = 8 << 20  # Arrow bytes held before they are written: a write's memory
+FILE_BYTES = 256 << 20  # Arrow bytes per data file (compressed on disk: a few times less)
 COMMIT_RETRIES_PROPERTY = "commit.retry.num-retries"
 COMMIT_RETRIES = "10"  # pyiceberg retries a commit that lost a race with another writer
 
@@ -165,18 +166,113 @@ def _validated(
             yield _conform(table, target)
 
 
-def _bins(tables: Iterable[pa.Table], max_bytes: int) -> Iterator[pa.Table]:
-    """Group consecutive tables into chunks of about ``max_bytes`` (one data file each)."""
-    held: list[pa.Table] = []
-    size = 0
-    for t in tables:
-        held.append(t)
-        size += t.nbytes
-        if size >= max_bytes:
-            yield pa.concat_tables(held)
-            held, size = [], 0
-    if held:
-        yield pa.concat_tables(held)
+class _DataFiles:
+    """Rolling Parquet data files for one partition (one model version) of an Iceberg table.
+
+    Rows are buffered up to a row group (``ROW_GROUP_BYTES``) and appended to the open file,
+    which is closed at ``FILE_BYTES``; so a write holds one row group in memory however large
+    its input, and the files come out large enough for readers. The files are written with
+    Iceberg field ids and described by pyiceberg's own statistics, as its writer does.
+    """
+
+    def __init__(self, tbl: Table) -> None:
+        from pyiceberg.io.fileformat import FileFormatFactory
+        from pyiceberg.manifest import FileFormat
+        from pyiceberg.table.locations import load_location_provider
+
+        self.tbl = tbl
+        meta = tbl.metadata
+        self.schema = meta.schema()
+        self.format = FileFormat.PARQUET
+        self.model = FileFormatFactory.get(self.format)
+        self.locations = load_location_provider(meta.location, meta.properties)
+        self.write_uuid, self.counter = uuid.uuid4(), itertools.count()
+        self.files: list[Any] = []
+        self.paths: list[str] = []
+        self.partition_key: Any = None
+        self._held: list[pa.Table] = []
+        self._held_bytes = 0
+        self._writer: Any = None
+        self._output: Any = None
+        self._path = ""
+        self._file_bytes = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows (already conformed to the table schema and of one partition)."""
+        if self.partition_key is None:
+            from pyiceberg.io.pyarrow import _determine_partitions
+
+            meta = self.tbl.metadata
+            first = next(iter(_determine_partitions(meta.spec(), self.schema, table.slice(0, 1))))
+            self.partition_key = first.partition_key
+        self._held.append(table)
+        self._held_bytes += table.nbytes
+        if self._held_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        from pyiceberg.io.pyarrow import _to_requested_schema, pyarrow_to_schema
+
+        if not self._held:
+            return
+        table = pa.concat_tables(self._held)
+        self._held, self._held_bytes = [], 0
+        source_schema = pyarrow_to_schema(table.schema, name_mapping=self.schema.name_mapping)
+        batches = [
+            _to_requested_schema(
+                self.schema, source_schema, b, include_field_ids=True, format_model=self.model
+            )
+            for b in table.to_batches()
+        ]
+        if self._writer is None:
+            name = f"00000-{next(self.counter)}-{self.write_uuid}.parquet"
+            self._path = self.locations.new_data_location(name, self.partition_key)
+            self.paths.append(self._path)
+            self._output = self.tbl.io.new_output(self._path)
+            self._writer = self.model.create_writer(
+                self._output, self.schema, self.tbl.metadata.properties
+            )
+        self._writer.write(pa.Table.from_batches(batches))
+        self._file_bytes += table.nbytes
+        if self._file_bytes >= FILE_BYTES:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        from pyiceberg.manifest import DataFile, DataFileContent
+
+        stats = self._writer.close()
+        self.files.append(
+            DataFile.from_args(
+                content=DataFileContent.DATA,
+                file_path=self._path,
+                file_format=self.format,
+                partition=self.partition_key.partition,
+                file_size_in_bytes=len(self._output),
+                sort_order_id=None,
+                spec_id=self.tbl.metadata.default_spec_id,
+                equality_ids=None,
+                key_metadata=None,
+                **stats.to_serialized_dict(),
+            )
+        )
+        self._writer, self._file_bytes = None, 0
+
+    def close(self) -> list[Any]:
+        """Finish the open file; the data files written, ready for a commit."""
+        self._flush()
+        if self._writer is not None:
+            self._close_file()
+        return self.files
+
+    def remove(self) -> None:
+        """Delete every file this writer created (the write failed or did not commit)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                self.tbl.io.delete(path)
 
 
 def write_features(
@@ -192,9 +288,9 @@ def write_features(
 ) -> int:
     """Write feature rows of one model version in one atomic Iceberg commit; returns the rows.
 
-    ``batches`` is consumed as a stream: every batch is validated against the declared schema,
-    and batches are written to Parquet data files of about 64 MB as they come, so memory holds
-    one file's worth, not the input. Nothing is visible until the single commit at the end.
+    ``batches`` is consumed as a stream: every batch is validated against the declared schema
+    and appended to rolling Parquet data files as it comes, so memory holds one row group,
+    not the input. Nothing is visible until the single commit at the end.
     ``mode="replace"`` swaps the version's slice for the new rows (re-running a version never
     duplicates it); ``mode="append"`` adds rows to it (incremental scoring). A commit that loses
     a race with another writer is retried on the refreshed table, so concurrent writers all
@@ -202,7 +298,6 @@ def write_features(
     of nothing commits nothing and returns 0.
     """
     from pyiceberg.expressions import And, EqualTo
-    from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     if mode not in ("replace", "append"):
         raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
@@ -215,19 +310,15 @@ def write_features(
     catalog = get_catalog(st, create=True)
     tbl = _ensure_table(catalog, table, code_size, model_name)
     target = tbl.schema().as_arrow()
-    write_uuid, counter = uuid.uuid4(), itertools.count()
-    written: list[Any] = []
+    files = _DataFiles(tbl)
     rows = 0
     try:
-        for chunk in _bins(
-            _validated(stream, code_size, model_name, model_version, target), WRITE_BIN_BYTES
-        ):
-            written.extend(
-                _dataframe_to_data_files(tbl.metadata, chunk, tbl.io, write_uuid, counter)
-            )
+        for chunk in _validated(stream, code_size, model_name, model_version, target):
+            files.write(chunk)
             rows += chunk.num_rows
+        written = files.close()
     except BaseException:
-        _remove_files(tbl, written)
+        files.remove()
         raise
     if mode == "append" and rows == 0:
         return 0
@@ -239,14 +330,18 @@ def write_features(
         "aepipe.rows": str(rows),
         **{f"aepipe.{k}": str(v) for k, v in (properties or {}).items()},
     }
-    _commit(tbl, written, slice_filter if mode == "replace" else None, summary)
+    try:
+        _commit(tbl, written, slice_filter if mode == "replace" else None, summary)
+    except FeatureStoreError:
+        files.remove()  # the commit did not land
+        raise
     return rows
 
 
 def _commit(tbl: Table, new_files: list[Any], replace: Any, summary: dict[str, str]) -> None:
     """One snapshot: add ``new_files`` and, when ``replace`` is a filter, drop the files of that
     slice (identity partitions, so whole files); pyiceberg retries lost races on the refreshed
-    table, and the new files are removed again when the commit is known not to have landed."""
+    table. Raises FeatureStoreError when the commit is known not to have landed."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
 
     try:
@@ -265,16 +360,9 @@ def _commit(tbl: Table, new_files: list[Any], replace: Any, summary: dict[str, s
                     for f in new_files:
                         app.append_data_file(f)
     except (CommitFailedException, ValidationException) as err:
-        _remove_files(tbl, new_files)
         raise FeatureStoreError(
             f"could not commit to feature table {tbl.name()[-1]!r}: {err}; nothing was written"
         ) from err
-
-
-def _remove_files(tbl: Table, data_files: list[Any]) -> None:
-    for f in data_files:
-        with contextlib.suppress(OSError):
-            tbl.io.delete(f.file_path)
 
 
 def resolve_version(model_name: str, alias: str, tracking_uri: str) -> int:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
+from ae_models.runtime import SCORING_PRECISION
 from aepipe.settings import Stores
 from feature_store import write_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
@@ -47,14 +48,16 @@ def feature_batches(
     threshold = float(meta["threshold"])
     schema = feature_schema(model.config.code_size)
     scored_at = pa.scalar(datetime.now(UTC), TIMESTAMP)
-    reader = pq.ParquetFile(data.path)
+    reader = pq.ParquetFile(data.path, pre_buffer=False)
     for batch in reader.iter_batches(
         batch_size=batch_rows, columns=[ENTITY_KEY, EVENT_TIMESTAMP, *data.features]
     ):
         x = np.column_stack(
             [batch.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
         )
-        codes, mse, _ = ae_models.encode_and_score(model, x, device=trained.device)
+        codes, mse, _ = ae_models.encode_and_score(
+            model, x, device=trained.device, precision=SCORING_PRECISION, bce=False
+        )
         yield feature_batch(
             schema,
             batch.column(ENTITY_KEY),

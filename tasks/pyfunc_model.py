@@ -32,10 +32,12 @@ class AutoencoderPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         from ae_models import encode_and_score
+        from ae_models.runtime import SCORING_PRECISION
 
         frame = pd.DataFrame(model_input)
         known = ("entity_id", "event_timestamp", "label")
-        codes, mse, _ = encode_and_score(self.model, self.normalizer.transform(frame, known))
+        x = self.normalizer.transform(frame, known)
+        codes, mse, _ = encode_and_score(self.model, x, precision=SCORING_PRECISION, bce=False)
         ids = (
             frame["entity_id"].astype(str).to_numpy()
             if "entity_id" in frame.columns

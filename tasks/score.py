@@ -17,12 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 from prefect import task
 
 import ae_models
+from ae_models.runtime import SCORING_PRECISION
 from aepipe.settings import Stores
 from feature_store import load_table, write_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
@@ -142,18 +145,23 @@ def score_batches(
     schema = feature_schema(model.config.code_size)
     scored_at = pa.scalar(datetime.now(UTC), TIMESTAMP)
     columns = [ENTITY_KEY, EVENT_TIMESTAMP, *normalizer.source_columns]
+
+    # the ids' hash table is built once here, not once per batch
+    seen = pd.Index(keep.to_pandas()) if keep is not None and not by_time else None
+
     for batch in source.iter_batches(batch_size=batch_rows, columns=columns):
-        if keep is not None:
-            if by_time:
-                new = pc.greater(batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP), keep[0])
-            else:
-                new = pc.invert(pc.is_in(batch.column(ENTITY_KEY), value_set=keep))
-            batch = batch.filter(new)
-        n = batch.num_rows
-        if n == 0:
+        if keep is not None and by_time:
+            batch = batch.filter(pc.greater(batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP), keep[0]))
+        elif seen is not None:
+            batch = batch.filter(
+                pa.array(seen.get_indexer(batch.column(ENTITY_KEY).to_pandas()) < 0)
+            )
+        if batch.num_rows == 0:
             continue
-        x = normalizer.transform_arrow(batch)
-        codes, errors, _ = ae_models.encode_and_score(model, x, device=device)
+        x = model_input(batch, normalizer)
+        codes, errors, _ = ae_models.encode_and_score(
+            model, x, device=device, precision=SCORING_PRECISION, bce=False
+        )
         yield feature_batch(
             schema,
             batch.column(ENTITY_KEY),
@@ -166,6 +174,22 @@ def score_batches(
             champion.run_id,
             scored_at,
         )
+
+
+def model_input(batch: pa.RecordBatch, normalizer: Normalizer) -> np.ndarray | torch.Tensor:
+    """The normalized model input of a raw batch. Pixel data (every column a fixed scaling of
+    integers without nulls) takes a fast path: the columns are stacked as they are and torch
+    transposes and scales them in one pass, several times faster than going through pandas."""
+    specs = normalizer.columns
+    if specs and all(c.kind == "scaled" for c in specs):
+        cols = [batch.column(c.source) for c in specs]
+        if all(pa.types.is_integer(c.type) and c.null_count == 0 for c in cols):
+            stacked = torch.from_numpy(np.stack([c.to_numpy() for c in cols]))
+            low = torch.tensor([c.low for c in specs], dtype=torch.float32)
+            span = torch.tensor([c.high - c.low for c in specs], dtype=torch.float32)
+            inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
+            return stacked.T.contiguous().float().sub_(low).mul_(inv).clamp_(0.0, 1.0)
+    return normalizer.transform_arrow(batch)
 
 
 def feature_batch(
@@ -209,7 +233,8 @@ def score_new_rows(
 
     def counted() -> Iterator[pa.RecordBatch]:
         nonlocal anomalies
-        source = pq.ParquetFile(ingested.path)
+        # pre_buffer off: on wide files its read-ahead grows with the file (475 MB at 1M rows)
+        source = pq.ParquetFile(ingested.path, pre_buffer=False)
         for batch in score_batches(
             source, normalizer, model, float(meta["threshold"]), champion, keep, by_time
         ):

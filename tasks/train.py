@@ -20,6 +20,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 import ae_models
+from ae_models.runtime import SCORING_PRECISION
 from aepipe.settings import Stores
 from tasks import plots
 from tasks.config import ConfigError, PipelineConfig
@@ -211,8 +212,13 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
     client.set_tag(run_id, "aepipe.precision", result.precision)
     # tiny data sets may have no test (or even validation) rows: measure on what there is
     eval_split = next(s for s in ("test", "val", "train") if len(parts[s]))
-    z_test, test_mse, test_bce = ae_models.encode_and_score(model, parts[eval_split])
-    z_fit, fit_mse, _ = ae_models.encode_and_score(model, np.vstack([parts["train"], parts["val"]]))
+    # measured the way the feature table will score (SCORING_PRECISION), so the threshold fits
+    z_test, test_mse, test_bce = ae_models.encode_and_score(
+        model, parts[eval_split], precision=SCORING_PRECISION
+    )
+    z_fit, fit_mse, _ = ae_models.encode_and_score(
+        model, np.vstack([parts["train"], parts["val"]]), precision=SCORING_PRECISION, bce=False
+    )
     threshold = float(np.quantile(fit_mse, 1.0 - cfg.contamination))
     last = result.history[-1]
     metrics = {

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from feature_store import feature_schema, read_features, store, write_features
@@ -147,12 +148,16 @@ def test_append_adds_rows_and_an_empty_append_commits_nothing(tmp_stores) -> Non
 
 
 def test_batches_stream_into_several_files_in_one_commit(tmp_stores, monkeypatch) -> None:
-    monkeypatch.setattr(store, "WRITE_BIN_BYTES", 1000)
+    monkeypatch.setattr(store, "ROW_GROUP_BYTES", 1000)
+    monkeypatch.setattr(store, "FILE_BYTES", 5000)
     batches = (make_batch(50, 3, 1, start=50 * i) for i in range(6))
     assert write(tmp_stores, batches, 3, 1) == 300
     tbl = load_table("t", tmp_stores)
     assert len(tbl.history()) == 1
-    assert len(list(tbl.scan().plan_files())) >= 6
+    files = [t.file for t in tbl.scan().plan_files()]
+    assert len(files) >= 2 and sum(f.record_count for f in files) == 300
+    meta = pq.ParquetFile(files[0].file_path.removeprefix("file://")).metadata
+    assert meta.num_row_groups >= 2  # rows were appended to the open file, group by group
     assert read_features("t", 1, home=tmp_stores)["entity_id"].nunique() == 300
 
 
@@ -162,7 +167,7 @@ def test_a_failure_mid_stream_leaves_the_table_and_warehouse_as_they_were(
     write(tmp_stores, make_batch(5, 3, 1), 3, 1)
     files = data_files(tmp_stores)
     snap = load_table("t", tmp_stores).current_snapshot().snapshot_id
-    monkeypatch.setattr(store, "WRITE_BIN_BYTES", 1000)
+    monkeypatch.setattr(store, "ROW_GROUP_BYTES", 1000)
 
     def broken():
         yield make_batch(50, 3, 1)

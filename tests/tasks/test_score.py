@@ -1,0 +1,38 @@
+"""The scoring stage's pieces: the pixel fast path matches the normalizer exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks.normalize import Normalizer
+from tasks.score import model_input
+
+
+def test_pixel_fast_path_matches_the_normalizer() -> None:
+    rng = np.random.default_rng(0)
+    cols = [f"pixel_{i}" for i in range(20)]
+    pixels = rng.integers(0, 256, size=(50, 20), dtype=np.uint8)
+    batch = pa.RecordBatch.from_pydict(
+        {"entity_id": [str(i) for i in range(50)], **{c: pixels[:, j] for j, c in enumerate(cols)}}
+    )
+    norm = Normalizer.fit_scaled(cols, 255.0)
+    fast = model_input(batch, norm)
+    slow = norm.transform(pd.DataFrame(pixels, columns=cols))
+    assert fast.shape == (50, 20) and fast.dtype.is_floating_point
+    np.testing.assert_allclose(fast.numpy(), slow, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(norm.transform_arrow(batch), slow, rtol=1e-6, atol=1e-7)
+
+
+def test_nulls_and_other_columns_take_the_general_path() -> None:
+    batch = pa.RecordBatch.from_pydict(
+        {"entity_id": ["a", "b"], "p0": pa.array([3, None], pa.uint8()), "p1": [255, 0]}
+    )
+    norm = Normalizer.fit_scaled(["p0", "p1"], 255.0)
+    out = model_input(batch, norm)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, [[3 / 255, 1.0], [0.0, 0.0]], rtol=1e-6)
+    table = Normalizer.fit(pd.DataFrame({"age": [20.0, 40.0], "job": ["x", "y"]}))
+    mixed = pa.RecordBatch.from_pydict({"entity_id": ["a"], "age": [30.0], "job": ["z"]})
+    np.testing.assert_allclose(model_input(mixed, table), [[0.5, 0.0, 0.0, 1.0, 0.0]])
