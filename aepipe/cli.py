@@ -50,17 +50,28 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="ingest, train, register and write the feature table")
-    run.add_argument("config", nargs="?", help="YAML config file (flags override it)")
-    for flag, (key, kind, text) in RUN_FLAGS.items():
-        run.add_argument(flag, dest=key, type=kind, default=None, help=text)
-    run.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config key, dotted (e.g. train.patience=5); repeatable",
+    score = sub.add_parser(
+        "score", help="score new source rows with the champion and append them to the table"
     )
+    down = sub.add_parser(
+        "downstream",
+        help="fit a classifier on the feature table and on raw features and PCA; compare",
+    )
+    down.add_argument(
+        "--model-version", default="champion", help="alias or version number (default champion)"
+    )
+    for cmd in (run, score, down):
+        cmd.add_argument("config", nargs="?", help="YAML config file (flags override it)")
+        for flag, (key, kind, text) in RUN_FLAGS.items():
+            cmd.add_argument(flag, dest=key, type=kind, default=None, help=text)
+        cmd.add_argument(
+            "--set",
+            dest="sets",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any config key, dotted (e.g. train.patience=5); repeatable",
+        )
 
     feats = sub.add_parser("features", help="print rows of a feature table")
     feats.add_argument("table", help="feature table name (the data set name)")
@@ -71,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
         help="'champion', another alias, a version number, or 'all'",
     )
     feats.add_argument("--limit", type=int, default=10, help="rows to print (default 10)")
+    feats.add_argument(
+        "--as-of", default=None, help="read the table as it was: ISO time (UTC) or snapshot id"
+    )
+    feats.add_argument("--filter", default=None, help="row filter, e.g. 'recon_error > 0.05'")
+    feats.add_argument(
+        "--history", action="store_true", help="list the table's commits instead of rows"
+    )
+    feats.add_argument(
+        "--files",
+        action="store_true",
+        help="print the version's Parquet file paths (for DuckDB, polars, Spark) instead of rows",
+    )
     feats.add_argument("--home", default=None, help="state folder")
 
     models = sub.add_parser("models", help="list, compare and promote registered models")
@@ -121,20 +144,51 @@ def _prepare_environment(home: Path, create: bool = True) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> Any:
+    """The pipeline config of a run/score/downstream command, checked before anything runs."""
     from tasks.config import build_config, load_config
     from tasks.validate import validate_config
 
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides) if args.config else build_config(_nested(overrides))
     validate_config(cfg)  # before anything is written
-    st = resolve_stores(cfg.home)
-    _prepare_environment(st.home)
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _prepare_environment(resolve_stores(cfg.home).home)
     from flows.reduce_features import reduce_features
 
     summary = reduce_features(cfg)
     print()
     print(summary.to_text())
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from flows.score_features import score_features
+    from tasks.score import champion_version
+
+    champion_version(cfg, resolve_stores(cfg.home))  # no champion: say so before Prefect starts
+    _prepare_environment(resolve_stores(cfg.home).home)
+
+    scored = score_features(cfg)
+    print()
+    print(scored.to_text())
+    return 0
+
+
+def _downstream(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _prepare_environment(resolve_stores(cfg.home).home)
+    from flows.train_downstream import train_downstream_flow
+
+    version = args.model_version
+    report = train_downstream_flow(cfg, int(version) if version.isdigit() else version)
+    print()
+    print(report.to_text())
     return 0
 
 
@@ -147,10 +201,32 @@ def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
 def _features(args: argparse.Namespace) -> int:
     from feature_store import read_features
 
+    if args.history:
+        from feature_store import table_history
+
+        print(table_history(args.table, args.home).to_string(index=False))
+        return 0
     version: str | int | None = args.model_version
     if version == "all":
         version = None
-    frame = read_features(args.table, version, home=args.home)
+    as_of: str | int | None = args.as_of
+    if as_of is not None and as_of.isdigit():
+        as_of = int(as_of)
+    elif as_of is not None:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(as_of)
+        except ValueError:
+            raise _UsageError(
+                f"--as-of {as_of!r} is neither an ISO time (2026-11-23T08:00) nor a snapshot id"
+            ) from None
+    if args.files:
+        from feature_store import data_files
+
+        print("\n".join(data_files(args.table, version, as_of=as_of, home=args.home)))
+        return 0
+    frame = read_features(args.table, version, as_of=as_of, filter=args.filter, home=args.home)
     print(frame.head(args.limit).to_string(max_cols=12))
     print(f"({len(frame)} rows)")
     return 0
@@ -197,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.config import ConfigError
     from tasks.normalize import SchemaError
 
-    handlers = {"run": _run, "features": _features, "models": _models, "ui": _ui}
+    handlers = {
+        "run": _run,
+        "score": _score,
+        "downstream": _downstream,
+        "features": _features,
+        "models": _models,
+        "ui": _ui,
+    }
     try:
         return handlers[args.command](args)
     except (ConfigError, SchemaError, FeatureStoreError, _UsageError) as err:

@@ -4,6 +4,7 @@ from feature_store.historical import get_historical_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, feature_schema, latent_columns
 from feature_store.store import (
     FeatureStoreError,
+    data_files,
     list_tables,
     load_table,
     read_features,
@@ -17,6 +18,7 @@ __all__ = [
     "ENTITY_KEY",
     "EVENT_TIMESTAMP",
     "FeatureStoreError",
+    "data_files",
     "feature_schema",
     "get_historical_features",
     "latent_columns",

@@ -454,14 +454,7 @@ def read_features_arrow(
     tbl = load_table(table, st)
     row_filter: Any = AlwaysTrue()
     if model_version is not None:
-        if isinstance(model_version, str) and not model_version.isdigit():
-            model_name = tbl.properties.get(MODEL_NAME_PROPERTY)
-            if not model_name:
-                raise FeatureStoreError(f"table {table!r} does not record its registered model")
-            number = resolve_version(model_name, model_version, st.tracking_uri)
-        else:
-            number = int(model_version)
-        row_filter = EqualTo("model_version", number)
+        row_filter = EqualTo("model_version", _version_number(tbl, table, model_version, st))
     if filter is not None:
         row_filter = And(row_filter, _parse_filter(filter))
     snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
@@ -486,6 +479,38 @@ def read_features_arrow(
         ]
         result = result.drop_columns(empty)
     return result
+
+
+def data_files(
+    table: str,
+    model_version: str | int | None = "champion",
+    *,
+    as_of: AsOf | None = None,
+    home: str | os.PathLike[str] | Stores | None = None,
+) -> list[str]:
+    """Paths of the Parquet files that hold a version's rows in the current (or ``as_of``)
+    snapshot: what DuckDB, polars or Spark read directly. Take the list from here rather than
+    globbing the warehouse, which also keeps files of replaced versions for time travel."""
+    from pyiceberg.expressions import AlwaysTrue, EqualTo
+
+    st = _stores(home)
+    tbl = load_table(table, st)
+    row_filter: Any = AlwaysTrue()
+    if model_version is not None:
+        row_filter = EqualTo("model_version", _version_number(tbl, table, model_version, st))
+    snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
+    tasks = tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files()
+    return [t.file.file_path.removeprefix("file://") for t in tasks]
+
+
+def _version_number(tbl: Table, table: str, model_version: str | int, st: Stores) -> int:
+    """A version number from a number or an MLflow alias of the table's registered model."""
+    if isinstance(model_version, str) and not model_version.isdigit():
+        model_name = tbl.properties.get(MODEL_NAME_PROPERTY)
+        if not model_name:
+            raise FeatureStoreError(f"table {table!r} does not record its registered model")
+        return resolve_version(model_name, model_version, st.tracking_uri)
+    return int(model_version)
 
 
 def _parse_filter(expr: str | BooleanExpression) -> BooleanExpression:

@@ -228,7 +228,8 @@ register = task(name="register")(register_model)
 # -- the registry as users see it (`aepipe models ...`) ----------------------------------
 
 
-def _client(stores: Stores) -> Any:
+def registry_client(stores: Stores) -> Any:
+    """An MLflow client on an existing store; a ConfigError (nothing created) when absent."""
     db = stores.tracking_uri.removeprefix("sqlite:///")
     if stores.tracking_uri.startswith("sqlite:///") and not Path(db).exists():
         raise ConfigError(f"no MLflow store at {db}; run `aepipe run` first or set AEPIPE_HOME")
@@ -260,7 +261,7 @@ def _get_version(client: Any, name: str, version: str | int) -> Any:
 
 def list_registered(stores: Stores) -> pd.DataFrame:
     """One row per registered model: versions, champion, challenger."""
-    client = _client(stores)
+    client = registry_client(stores)
     rows = []
     for m in client.search_registered_models():
         aliases = m.aliases or {}
@@ -290,7 +291,7 @@ COMPARE_METRICS = (
 
 def compare_versions(name: str, stores: Stores) -> pd.DataFrame:
     """A table of a model's versions with their metrics, aliases and promotion decisions."""
-    client = _client(stores)
+    client = registry_client(stores)
     model = _get_model(client, name)
     by_version: dict[str, list[str]] = {}
     for alias, v in (model.aliases or {}).items():
@@ -313,7 +314,7 @@ def compare_versions(name: str, stores: Stores) -> pd.DataFrame:
 
 def promote_manually(name: str, version: str | int, stores: Stores, note: str = "") -> str:
     """Give ``version`` the ``champion`` alias by hand, recorded like an automatic decision."""
-    client = _client(stores)
+    client = registry_client(stores)
     mv = _get_version(client, name, version)
     current = _champion(client, name)
     if current is not None and str(current.version) == str(mv.version):

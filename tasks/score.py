@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,6 @@ from feature_store.store import FeatureStoreError
 from tasks.config import ConfigError, PipelineConfig
 from tasks.ingest import IngestResult
 from tasks.normalize import Normalizer
-from tasks.tracking import configure_mlflow
 
 SCORE_BATCH = 16_384
 CHAMPION = "champion"
@@ -76,20 +76,30 @@ class Scored:
         )
 
 
+def champion_version(cfg: PipelineConfig, stores: Stores) -> Any:
+    """The MLflow model version holding ``champion`` for the data set's registered model;
+    a ConfigError (nothing created) when there is no store, model or champion."""
+    from mlflow.exceptions import MlflowException
+
+    from tasks.register import registry_client
+
+    client = registry_client(stores)
+    try:
+        return client.get_model_version_by_alias(cfg.model_name, CHAMPION)
+    except MlflowException:
+        raise ConfigError(
+            f"registered model {cfg.model_name!r} has no champion to score with; "
+            "run `aepipe run` first"
+        ) from None
+
+
 def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
     """Find the champion of the data set's registered model and fetch its model folder
     (weights, config, normalizer spec) from MLflow into ``<home>/models/<name>/<version>``."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = configure_mlflow(stores)
+    mv = champion_version(cfg, stores)
     name = cfg.model_name
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        raise ConfigError(
-            f"registered model {name!r} has no champion to score with; run `aepipe run` first"
-        ) from None
     folder = stores.home / "models" / name / str(mv.version)
     if not (folder / "model.json").exists():
         staging = folder.with_name(f".{mv.version}.{os.getpid()}.download")

@@ -55,6 +55,13 @@ def test_features_of_missing_store_is_one_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_scoring_without_a_model_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    result = run_cli("score", "--source", "digits", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("aepipe: error: no MLflow store at")
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_run_from_yaml_prints_summary_and_table_reads_back(tmp_path: Path) -> None:
     result = run_cli("run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path)
@@ -78,3 +85,25 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(tmp_path: Path) -> No
 
     frame = read_features("digits", home=home)
     assert len(frame) == 1797 and set(frame["model_version"]) == {1}
+
+    scored = run_cli("score", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert "no new rows in the source (1797 rows" in scored.stdout
+
+    history = run_cli("features", "digits", "--history", cwd=tmp_path)
+    assert history.returncode == 0 and history.stdout.count("append") == 1
+    snapshot = history.stdout.strip().splitlines()[-1].split()[2]
+    old = run_cli(
+        "features", "digits", "--as-of", snapshot, "--filter", "recon_error >= 0", cwd=tmp_path
+    )
+    assert old.returncode == 0 and "(1797 rows)" in old.stdout
+    files = run_cli("features", "digits", "--files", cwd=tmp_path)
+    assert files.returncode == 0 and all(
+        Path(line).is_file() for line in files.stdout.strip().splitlines()
+    )
+    bad = run_cli("features", "digits", "--as-of", "yesterday", cwd=tmp_path)
+    assert bad.returncode == 2 and "--as-of 'yesterday'" in bad.stderr
+
+    down = run_cli("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert "latent codes" in down.stdout and "PCA (16 components)" in down.stdout

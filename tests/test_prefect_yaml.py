@@ -33,3 +33,6 @@ def test_deployments_are_valid() -> None:
     reduce = deployments["reduce-features"]
     assert reduce["schedules"][0]["cron"] == "0 2 * * *"
     assert reduce["work_pool"]["name"] == "cpu"
+    score = deployments["score-features"]
+    assert score["schedules"][0]["cron"] == "15 * * * *" and score["work_pool"]["name"] == "cpu"
+    assert score["parameters"] == reduce["parameters"]  # the same data set, one definition

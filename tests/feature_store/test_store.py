@@ -258,3 +258,30 @@ def test_concurrent_writers_all_land(tmp_stores) -> None:
     assert len(appended) == 801 and appended["entity_id"].is_unique
     assert len(read_features("t", 2, home=tmp_stores)) == 100
     assert len(read_features("t", 3, home=tmp_stores)) == 100
+
+
+def test_duckdb_and_polars_read_a_versions_files_directly(tmp_stores) -> None:
+    import duckdb
+    import polars as pl
+
+    from feature_store import data_files
+
+    write(tmp_stores, make_batch(5, 3, 1), 3, 1)
+    write(tmp_stores, make_batch(7, 3, 2), 3, 2)
+    write(tmp_stores, make_batch(4, 3, 1), 3, 1)  # the replaced files stay for time travel
+    files = data_files("t", 1, home=tmp_stores)
+    assert len(data_files("t", None, home=tmp_stores)) == 2 and len(files) == 1
+    counts = duckdb.sql(
+        f"select model_version, count(*) from read_parquet({files}) group by 1"
+    ).fetchall()
+    assert counts == [(1, 4)]
+    frame = pl.read_parquet(files)
+    assert frame.height == 4 and frame.schema["z_0"] == pl.Float32
+    assert (
+        len(
+            data_files(
+                "t", 1, as_of=load_table("t", tmp_stores).history()[0].snapshot_id, home=tmp_stores
+            )
+        )
+        == 1
+    )
