@@ -27,6 +27,12 @@ class ConfigError(ValueError):
     """A configuration or input problem the user can fix; its message is one line."""
 
 
+def retry_unless_config_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry what may pass (I/O), never a ConfigError, which
+    only the user can fix, so a bad source fails at once instead of after the retries."""
+    return not isinstance(getattr(state, "data", None), ConfigError)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

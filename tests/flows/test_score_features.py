@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -97,8 +98,20 @@ def test_without_timestamps_new_rows_are_new_entity_ids(prefect_server, home, tm
     assert sorted(ids, key=int) == [str(i) for i in range(225)]
 
 
-def test_scoring_needs_a_champion(prefect_server, home, tmp_path) -> None:
+def test_scoring_needs_a_champion_and_fails_without_retrying(
+    prefect_server, home, tmp_path
+) -> None:
+    import mlflow
+
+    from aepipe.settings import stores
+
     path = tmp_path / "orders.csv"
     sales(20, 0, 5).to_csv(path, index=False)
-    with pytest.raises(ConfigError, match="has no champion to score with"):
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="no MLflow store at"):
+        score_features(config(home, path))
+    assert time.monotonic() - started < 5  # a ConfigError is not retried (1 s + 5 s delays)
+    st = stores(home)
+    mlflow.MlflowClient(st.tracking_uri, st.tracking_uri).create_registered_model("aepipe-sales")
+    with pytest.raises(ConfigError, match="'aepipe-sales' has no champion to score with"):
         score_features(config(home, path))
