@@ -33,6 +33,19 @@ def retry_unless_config_error(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(getattr(state, "data", None), ConfigError)
 
 
+def io_task(name: str) -> Any:
+    """Decorator making a Prefect task of a stage that touches I/O (sources, MLflow, the
+    catalog): two retries after 1 s and 5 s, none for a ConfigError."""
+    from prefect import task
+
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=[1, 5],
+        retry_condition_fn=retry_unless_config_error,
+    )
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

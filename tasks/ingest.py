@@ -18,7 +18,7 @@ from prefect import task
 
 from aepipe.settings import Stores
 from tasks import readers
-from tasks.config import ConfigError, PipelineConfig, SourceConfig, retry_unless_config_error
+from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task
 from tasks.normalize import Normalizer, SchemaError
 
 ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT = "entity_id", "event_timestamp", "label", "split"
@@ -483,10 +483,5 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
 
 
-ingest = task(
-    name="ingest",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_unless_config_error,
-)(ingest_source)
+ingest = io_task("ingest")(ingest_source)
 normalize = task(name="normalize")(normalize_dataset)

@@ -10,14 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 
 import ae_models
 from ae_models.runtime import SCORING_PRECISION
 from aepipe.settings import Stores
 from feature_store import write_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, io_task
 from tasks.ingest import NormalizedData
 from tasks.register import RegisteredModel
 from tasks.score import feature_batch
@@ -105,4 +104,4 @@ def materialize_features(
     )
 
 
-materialize = task(name="materialize", retries=2, retry_delay_seconds=[1, 5])(materialize_features)
+materialize = io_task("materialize")(materialize_features)

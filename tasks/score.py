@@ -31,7 +31,7 @@ from aepipe.settings import Stores
 from feature_store import load_table, write_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
 from feature_store.store import FeatureStoreError
-from tasks.config import ConfigError, PipelineConfig, retry_unless_config_error
+from tasks.config import ConfigError, PipelineConfig, io_task
 from tasks.ingest import IngestResult
 from tasks.normalize import Normalizer
 
@@ -274,10 +274,5 @@ def score_new_rows(
     )
 
 
-champion = task(
-    name="load-champion",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_unless_config_error,
-)(load_champion)
+champion = io_task("load-champion")(load_champion)
 score = task(name="score")(score_new_rows)
