@@ -10,7 +10,7 @@ from tasks.ingest import ingest, normalize
 from tasks.materialize import materialize
 from tasks.register import register
 from tasks.report import RunSummary, report
-from tasks.train import train
+from tasks.train import train, train_elsewhere
 from tasks.validate import validate_config
 
 
@@ -22,7 +22,10 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     stores = resolve_stores(cfg.home)
     ingested = ingest(cfg, stores)
     data = normalize(ingested, cfg)
-    trained = train(data, cfg, stores)
+    if cfg.train_deployment:
+        trained = train_elsewhere(data, cfg, stores)
+    else:
+        trained = train(data, cfg, stores)
     registered = register(trained, ingested, data, cfg, stores)
     written = materialize(data, trained, registered, cfg, stores)
     return report(ingested, data, trained, registered, written, stores)

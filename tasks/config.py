@@ -151,6 +151,11 @@ class PipelineConfig(_Frozen):
     )
     promotion_direction: Literal["auto", "min", "max"] = "auto"
     home: str | None = Field(None, description="state folder; default $AEPIPE_HOME or ./.aepipe")
+    train_deployment: str | None = Field(
+        None,
+        description="hand training to this Prefect deployment (e.g. "
+        "'train-autoencoder/train-autoencoder' on the gpu pool) and wait; default: train here",
+    )
 
     @field_validator("dataset")
     @classmethod

@@ -32,6 +32,15 @@ from tasks.tracking import MlflowLogger, configure_mlflow, ensure_experiment, gi
 log = logging.getLogger(__name__)
 
 
+TRAIN_TIMEOUT_S = 6 * 3600
+REQUEST_TAG = "aepipe.request_id"  # ties a delegated training run to the flow that asked
+HANDOFF_MODEL, HANDOFF_PLOTS, HANDOFF_RESULT = (
+    "handoff/model",
+    "handoff/plots",
+    "handoff/trained.json",
+)
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     """Reference to a trained model folder (weights + JSON) and what training measured."""
@@ -162,11 +171,15 @@ def checkpoint_dir(data: NormalizedData, cfg: PipelineConfig, stores: Stores) ->
     return stores.models_dir / cfg.dataset / "checkpoints" / key
 
 
-def start_run(cfg: PipelineConfig, stores: Stores) -> tuple[Any, str]:
+def start_run(
+    cfg: PipelineConfig, stores: Stores, request_id: str | None = None
+) -> tuple[Any, str]:
     """Open the MLflow run of this training (params and tags now, metrics as they come)."""
     client = configure_mlflow(stores)
     experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
     tags = {"aepipe.source": cfg.source.path, "aepipe.model": cfg.model.name}
+    if request_id:
+        tags[REQUEST_TAG] = request_id
     commit = git_commit()
     if commit:
         tags["aepipe.git_commit"] = commit
@@ -181,10 +194,15 @@ def start_run(cfg: PipelineConfig, stores: Stores) -> tuple[Any, str]:
     return client, run.info.run_id
 
 
-def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> TrainedModel:
+def train_autoencoder(
+    data: NormalizedData, cfg: PipelineConfig, stores: Stores, request_id: str | None = None
+) -> TrainedModel:
     """Train on the train split (early stopping on val), score test, save weights + config.
 
     Losses go to a new MLflow run as training goes; the register stage finishes that run.
+    With a ``request_id`` (training handed to the ``train-autoencoder`` deployment) the run is
+    tagged with it and carries the model folder, pictures and this result as artifacts, so the
+    flow that asked can pick them up from MLflow wherever the training ran.
     """
     parts = load_split_matrices(data)
     if len(parts["train"]) == 0:
@@ -196,7 +214,7 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         train_cfg = dataclasses.replace(
             train_cfg, checkpoint_dir=str(checkpoint_dir(data, cfg, stores))
         )
-    client, run_id = start_run(cfg, stores)
+    client, run_id = start_run(cfg, stores, request_id)
     try:
         result = ae_models.train(
             model,
@@ -263,7 +281,7 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         labels[eval_split] if labels is not None else None,
         threshold,
     )
-    return TrainedModel(
+    trained = TrainedModel(
         str(folder),
         str(plots_dir),
         run_id,
@@ -275,6 +293,67 @@ def train_autoencoder(data: NormalizedData, cfg: PipelineConfig, stores: Stores)
         result.device,
         result.precision,
     )
+    if request_id:
+        client.log_artifacts(run_id, str(folder), HANDOFF_MODEL)
+        if plots_dir.is_dir():
+            client.log_artifacts(run_id, str(plots_dir), HANDOFF_PLOTS)
+        client.log_dict(run_id, dataclasses.asdict(trained), HANDOFF_RESULT)
+    return trained
 
 
-train = task(name="train", timeout_seconds=6 * 3600)(train_autoencoder)
+def trained_from_mlflow(request_id: str, cfg: PipelineConfig, stores: Stores) -> TrainedModel:
+    """The TrainedModel of the training run tagged ``request_id``, its model folder and
+    pictures downloaded from MLflow into this machine's model store."""
+    import mlflow
+
+    client = configure_mlflow(stores)
+    experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
+    runs = client.search_runs([experiment_id], f"tags.`{REQUEST_TAG}` = '{request_id}'")
+    if not runs:
+        raise RuntimeError(f"no MLflow training run is tagged {REQUEST_TAG}={request_id}")
+    run_id = runs[0].info.run_id
+    record = mlflow.artifacts.load_dict(f"runs:/{run_id}/{HANDOFF_RESULT}")
+    local = stores.models_dir / cfg.dataset / f"remote-{run_id}"
+    local.mkdir(parents=True, exist_ok=True)
+    model_dir = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=HANDOFF_MODEL, dst_path=str(local)
+    )
+    plots_dir = local / HANDOFF_PLOTS
+    if any(a.path == HANDOFF_PLOTS for a in client.list_artifacts(run_id, "handoff")):
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=HANDOFF_PLOTS, dst_path=str(local)
+        )
+    return TrainedModel(**{**record, "model_dir": model_dir, "plots_dir": str(plots_dir)})
+
+
+train = task(name="train", timeout_seconds=TRAIN_TIMEOUT_S)(train_autoencoder)
+
+
+def train_with_deployment(
+    data: NormalizedData, cfg: PipelineConfig, stores: Stores
+) -> TrainedModel:
+    """Hand training to the ``cfg.train_deployment`` Prefect deployment (say, on the GPU
+    pool), wait for its flow run, and pick its result up from MLflow."""
+    from prefect.deployments import run_deployment
+
+    request_id = uuid.uuid4().hex
+    run = run_deployment(
+        name=cfg.train_deployment,
+        parameters={
+            "data": dataclasses.asdict(data),
+            "config": cfg.model_dump(mode="json"),
+            "request_id": request_id,
+        },
+        timeout=TRAIN_TIMEOUT_S,
+    )
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state is not None else "unknown"
+        raise RuntimeError(
+            f"training deployment {cfg.train_deployment!r} run {run.name!r} ended {state}"
+        )
+    return trained_from_mlflow(request_id, cfg, stores)
+
+
+train_elsewhere = task(name="train-on-deployment", timeout_seconds=TRAIN_TIMEOUT_S)(
+    train_with_deployment
+)

@@ -27,7 +27,8 @@ def test_deployments_are_valid() -> None:
     for deployment in deployments.values():
         flow = load_flow(deployment["entrypoint"])
         assert isinstance(flow, Flow)
-        flow.validate_parameters(deployment.get("parameters", {}))
+        if "parameters" in deployment:  # train-autoencoder gets its parameters per run
+            flow.validate_parameters(deployment["parameters"])
         for schedule in deployment.get("schedules", []):
             CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
     reduce = deployments["reduce-features"]
@@ -36,3 +37,6 @@ def test_deployments_are_valid() -> None:
     score = deployments["score-features"]
     assert score["schedules"][0]["cron"] == "15 * * * *" and score["work_pool"]["name"] == "cpu"
     assert score["parameters"] == reduce["parameters"]  # the same data set, one definition
+    trainer = deployments["train-autoencoder"]
+    assert trainer["work_pool"]["name"] == "gpu" and trainer["concurrency_limit"]["limit"] == 1
+    assert all(d["tags"] == ["aepipe"] for d in deployments.values())

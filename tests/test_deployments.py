@@ -1,0 +1,133 @@
+"""prefect.yaml for real: a Prefect server on loopback, `prefect deploy`, process workers on
+the cpu and gpu pools, and a reduce-features run that hands training to train-autoencoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"prefect server exited: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"prefect server did not answer in {timeout} s: {log.read_text()[-3000:]}")
+
+
+def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AEPIPE_"))} | {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no scheduled runs in a test
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PWD": str(ROOT),  # prefect.yaml's pull step: workers run from the repository root
+    }
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        out = (logs / f"{name}.log").open("w")
+        p = subprocess.Popen(
+            [PREFECT, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        procs.append(p)
+        return p
+
+    def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    try:
+        server = start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        wait_healthy(api, server, logs / "server.log")
+        for pool in ("cpu", "gpu"):
+            cli("work-pool", "create", pool, "--type", "process")
+        deployed = cli("--no-prompt", "deploy", "--all")
+        for name in ("reduce-features", "train-autoencoder", "score-features"):
+            assert name in deployed.stdout
+        start("worker-cpu", "worker", "start", "--pool", "cpu")
+        start("worker-gpu", "worker", "start", "--pool", "gpu")
+        home = tmp_path / "home"
+        config = {
+            "home": str(home),
+            "model": {"code_size": 8},
+            "train": {"epochs": 2, "batch_size": 64, "patience": 0},
+            "train_deployment": "train-autoencoder/train-autoencoder",
+        }
+        run = cli(
+            "deployment",
+            "run",
+            "reduce-features/reduce-features",
+            "--params",
+            json.dumps({"config": config}),
+            "--watch",
+            "--watch-timeout",
+            "600",
+            timeout=660,
+        )
+        assert "Completed" in run.stdout, run.stdout[-3000:]
+    except BaseException:
+        for log in sorted(logs.iterdir()):
+            print(f"--- {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    import mlflow
+
+    from aepipe.settings import stores
+    from feature_store import read_features
+
+    st = stores(home)
+    frame = read_features("digits", home=home)
+    assert len(frame) == 1797 and set(frame["model_version"]) == {1}
+    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
+    (trained_run,) = client.search_runs(
+        [client.get_experiment_by_name("aepipe-digits").experiment_id],
+        "tags.`aepipe.request_id` != ''",
+    )
+    assert set(frame["run_id"]) == {trained_run.info.run_id}
+    assert trained_run.data.metrics["epochs_run"] == 2  # trained by the gpu pool's run
