@@ -37,6 +37,21 @@ def signed_log1p(v: np.ndarray) -> np.ndarray:
     return np.sign(v) * np.log1p(np.abs(v))
 
 
+def _usable_scale(scale: float, values: np.ndarray) -> float:
+    """A divisor that keeps scaled values finite: the given scale unless it is tiny next to
+    the data's range (an IQR of 1e-228 among 0s and a -1 overflowed float32), then the
+    standard deviation, then the range; 1 for a constant column. Outputs stay within about
+    +-1e6 of the centre."""
+    span = float(values.max() - values.min())
+    if span <= 0 or not np.isfinite(span):
+        return 1.0 if span <= 0 else scale
+    floor = span * 1e-6
+    for candidate in (scale, float(values.std()), span):
+        if np.isfinite(candidate) and candidate >= floor:
+            return candidate
+    return span
+
+
 class SchemaError(ValueError):
     """Raw data does not match what the normalizer was fitted on."""
 
@@ -134,7 +149,9 @@ class Normalizer:
                     center, scale = float(t.mean()), float(t.std())
                 elif how == "robust":
                     q1, med, q3 = np.percentile(t, [25, 50, 75])
-                    center, scale = float(med), float(q3 - q1) or float(t.std())
+                    center, scale = float(med), float(q3 - q1)
+                if how != "minmax":
+                    scale = _usable_scale(scale, t)
                 specs.append(
                     ColumnSpec(
                         name,
