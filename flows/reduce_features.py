@@ -6,7 +6,7 @@ from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
 from tasks.config import PipelineConfig
-from tasks.ingest import ingest, normalize
+from tasks.ingest import cached_stages
 from tasks.materialize import materialize
 from tasks.register import register
 from tasks.report import RunSummary, report
@@ -20,6 +20,7 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
+    ingest, normalize = cached_stages(cfg, stores)  # skipped when the source is unchanged
     ingested = ingest(cfg, stores)
     data = normalize(ingested, cfg)
     if cfg.train_deployment:

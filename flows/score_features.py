@@ -6,7 +6,7 @@ from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
 from tasks.config import PipelineConfig
-from tasks.ingest import ingest
+from tasks.ingest import cached_stages
 from tasks.score import Scored, champion, score
 from tasks.validate import validate_config
 
@@ -18,6 +18,7 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
     current = champion(cfg, stores)
+    ingest, _ = cached_stages(cfg, stores)  # an unchanged source is not read again
     ingested = ingest(cfg, stores)
     scored = score(ingested, current, cfg, stores)
     print(scored.to_text())

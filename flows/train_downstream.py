@@ -7,7 +7,7 @@ from prefect import flow
 from aepipe.settings import stores as resolve_stores
 from tasks.config import PipelineConfig
 from tasks.downstream import DownstreamReport, train_downstream
-from tasks.ingest import ingest, normalize
+from tasks.ingest import cached_stages
 from tasks.validate import validate_config
 
 
@@ -19,6 +19,7 @@ def train_downstream_flow(
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
+    ingest, normalize = cached_stages(cfg, stores)  # skipped when the source is unchanged
     ingested = ingest(cfg, stores)
     data = normalize(ingested, cfg)
     report = train_downstream(data, cfg, stores, model_version)

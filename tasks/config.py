@@ -78,6 +78,11 @@ class SourceConfig(_Frozen):
     max_quarantine_fraction: float = Field(
         0.01, ge=0, le=1, description="fail when more of the rows than this are quarantined"
     )
+    fingerprint: Literal["stat", "content"] = Field(
+        "stat",
+        description="how a run tells the source is unchanged (and reuses its ingest): file "
+        "paths, sizes and modification times, or a hash of the bytes",
+    )
 
     @property
     def resolved_format(self) -> Literal["csv", "parquet", "images", "idx", "npz", "builtin"]:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -202,6 +203,8 @@ def source_fingerprint(cfg: PipelineConfig) -> str:
         import sklearn
 
         h.update(f"sklearn-{sklearn.__version__}".encode())
+    elif src.fingerprint == "content":
+        h.update(content_digest(src).encode())
     else:
         for p in source_files(src):
             st = p.stat()
@@ -483,5 +486,42 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
 
 
-ingest = io_task("ingest")(ingest_source)
-normalize = task(name="normalize")(normalize_dataset)
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect cache key of an ingest: the store and the source's fingerprint."""
+    cfg, stores = parameters["cfg"], parameters["stores"]
+    return "aepipe-ingest-" + _digest(str(stores.home), cfg.dataset, source_fingerprint(cfg))
+
+
+def normalize_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect cache key of a normalization: the ingest it reads and the normalize settings."""
+    ingested, cfg = parameters["ingested"], parameters["cfg"]
+    return "aepipe-normalize-" + _digest(
+        ingested.path, ingested.fingerprint, cfg.normalize.model_dump(mode="json")
+    )
+
+
+# Cached by Prefect across runs: results persist as JSON (never pickles) in Prefect's result
+# storage, so a scheduled run on an unchanged source skips both stages.
+ingest = io_task("ingest")(ingest_source).with_options(
+    cache_key_fn=ingest_cache_key, persist_result=True, result_serializer="json"
+)
+normalize = task(
+    name="normalize",
+    cache_key_fn=normalize_cache_key,
+    persist_result=True,
+    result_serializer="json",
+)(normalize_dataset)
+
+
+def cached_stages(cfg: PipelineConfig, stores: Stores) -> tuple[Any, Any]:
+    """The ingest and normalize tasks, told to refresh their cache when the files a cached
+    result points to are gone (say, someone cleared the data folder)."""
+    folder = stores.data_dir / cfg.dataset / source_fingerprint(cfg)
+    return (
+        ingest.with_options(refresh_cache=not (folder / "raw.parquet").exists()),
+        normalize.with_options(refresh_cache=not (folder / "normalized.parquet").exists()),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -44,6 +45,18 @@ def config(home, source, **source_roles):
     )
 
 
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task name -> final state name, for one flow run, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
 def snapshot(home) -> int:
     from aepipe.settings import stores
 
@@ -58,8 +71,21 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     trained = reduce_features(cfg)
     before = snapshot(home)
 
-    nothing = score_features(cfg)
+    raw = next((home / "data" / "sales").glob("*/raw.parquet"))
+    written_at = raw.stat().st_mtime_ns
+    state = score_features(cfg, return_state=True)
+    nothing = state.result()
+    assert task_states(state.state_details.flow_run_id) == {
+        "load-champion": "Completed",
+        "ingest": "Cached",  # the unchanged source was not read again
+        "score": "Completed",
+    }
+    assert raw.stat().st_mtime_ns == written_at
     assert nothing.rows_written == 0 and nothing.rows_seen == 300
+    shutil.rmtree(home / "data")  # a cached result whose files are gone is not trusted
+    state = score_features(cfg, return_state=True)
+    assert task_states(state.state_details.flow_run_id)["ingest"] == "Completed"
+    assert raw.exists() and state.result().rows_written == 0
     assert "no new rows" in nothing.to_text() and nothing.since is not None
     assert snapshot(home) == before
 
