@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 from aepipe.settings import Stores, console_script, python_command
@@ -44,6 +44,25 @@ class RunSummary:
     prefect_ui: str
     mlflow_ui: str
     pictures: list[str]
+
+    def table_rows(self) -> list[dict[str, str]]:
+        """The figures a scheduled run is checked by, as rows for a Prefect table artifact."""
+        figures = {
+            "data set": self.dataset,
+            "rows ingested": self.rows_ingested,
+            "rows quarantined": self.rows_quarantined,
+            "features in -> code": f"{self.features_in} -> {self.code_size}",
+            "model version": f"{self.model_name} v{self.model_version}",
+            "aliases": ", ".join(self.aliases),
+            "promotion": self.promotion,
+            "test MSE": f"{self.test_mse:.5f}",
+            "test BCE": f"{self.test_bce:.5f}",
+            "training": f"{self.train_seconds:.1f} s on {self.device}",
+            "feature table rows": self.rows_written,
+            "flagged is_anomaly": self.anomalies,
+            "MLflow run": self.run_id,
+        }
+        return [{"item": k, "value": str(v)} for k, v in figures.items()]
 
     def to_text(self) -> str:
         """Plain-text summary for the terminal."""
@@ -128,10 +147,12 @@ def summarize(
         pictures=sorted(str(p) for p in Path(trained.plots_dir).glob("*.png")),
     )
     if FlowRunContext.get() is not None:
+        key = f"aepipe-{summary.dataset.replace('_', '-').lower()}"
         create_markdown_artifact(
-            summary.to_markdown(),
-            key=f"aepipe-{summary.dataset.replace('_', '-').lower()}-run",
-            description="aepipe run summary",
+            summary.to_markdown(), key=f"{key}-run", description="aepipe run summary"
+        )
+        create_table_artifact(
+            summary.table_rows(), key=f"{key}-summary", description="aepipe run summary table"
         )
     return summary
 

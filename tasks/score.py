@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -229,6 +230,36 @@ def feature_batch(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+class _Progress:
+    """Rows scored, as a Prefect progress artifact (inside a task run), at most every 2 s."""
+
+    def __init__(self, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact
+        from prefect.context import TaskRunContext
+
+        self.total, self.rows, self.shown = max(total, 1), 0, time.monotonic()
+        self.id = (
+            create_progress_artifact(0.0, key="scoring-progress", description="Rows scored")
+            if TaskRunContext.get() is not None
+            else None
+        )
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        if self.id is not None and time.monotonic() - self.shown > 2:
+            self._show(min(100.0, 100.0 * self.rows / self.total))
+
+    def done(self) -> None:
+        if self.id is not None:
+            self._show(100.0)
+
+    def _show(self, percent: float) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.id, percent)
+        self.shown = time.monotonic()
+
+
 def score_new_rows(
     ingested: IngestResult, champion: Champion, cfg: PipelineConfig, stores: Stores
 ) -> Scored:
@@ -240,6 +271,7 @@ def score_new_rows(
     keep = _scored_state(cfg.dataset, champion.version, stores, by_time)
     since = keep[0].as_py().isoformat() if by_time and keep is not None else None
     anomalies = 0
+    progress = _Progress(ingested.rows)
 
     def counted() -> Iterator[pa.RecordBatch]:
         nonlocal anomalies
@@ -249,6 +281,7 @@ def score_new_rows(
             source, normalizer, model, float(meta["threshold"]), champion, keep, by_time
         ):
             anomalies += int(pc.sum(batch.column("is_anomaly")).as_py() or 0)
+            progress.add(batch.num_rows)
             yield batch
 
     rows = write_features(
@@ -261,6 +294,7 @@ def score_new_rows(
         mode="append",
         properties={"run_id": champion.run_id, "source_fingerprint": ingested.fingerprint},
     )
+    progress.done()
     snapshot = load_table(cfg.dataset, stores).current_snapshot() if rows else None
     return Scored(
         cfg.dataset,

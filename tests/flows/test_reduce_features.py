@@ -242,3 +242,10 @@ def test_run_summary_artifact_links_the_pictures(two_runs) -> None:
     assert len(ours) == 1, "no run summary artifact for the second run"
     assert "## Pictures" in ours[0].data and "code_projection.png" in ours[0].data
     assert ours[0].type == "markdown"
+    with get_client(sync_client=True) as client:
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["aepipe-digits-summary"]))
+        )
+    ours = [a for a in tables if second.run_id in str(a.data)]
+    assert len(ours) == 1 and ours[0].type == "table"
+    assert "feature table rows" in str(ours[0].data) and "1797" in str(ours[0].data)

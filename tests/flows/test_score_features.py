@@ -57,6 +57,19 @@ def task_states(flow_run_id) -> dict[str, str]:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
+def progress_shown() -> float:
+    """The latest scoring progress artifact's value."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+        )
+    ours = sorted((a for a in found if a.description == "Rows scored"), key=lambda a: a.created)
+    return float(ours[-1].data)
+
+
 def snapshot(home) -> int:
     from aepipe.settings import stores
 
@@ -101,6 +114,7 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
 
     again = score_features(cfg)
     assert again.rows_written == 0 and snapshot(home) == scored.snapshot_id
+    assert progress_shown() == 100.0  # the Prefect UI showed the scoring progress
 
     # a downstream reader joins labels to the features as they were at each moment
     entities = pd.DataFrame(
