@@ -1,0 +1,180 @@
+"""Orchestration overhead: the full pipeline on MNIST as the Prefect flow vs plain functions.
+
+Both run the same stages on MNIST's 60,000 training images (ingest, normalize, train a deep
+autoencoder for a few epochs, register in MLflow, materialize the Iceberg feature table,
+report), each in a fresh process with its own empty home, so nothing is cached:
+- plain: the stage functions called in sequence (``ingest_source``, ``normalize_dataset``,
+  ``train_autoencoder``, ``register_model``, ``materialize_features``, ``summarize``);
+- flow: ``reduce_features`` (Prefect's temporary local server started by the run itself,
+  task runs, state tracking, result persistence, artifacts), on a Prefect home whose
+  database exists, as for every run after the first (a trivial flow creates it first);
+- the same flow against a Prefect server that is already up, as deployment runs are.
+
+    .venv/bin/python benchmarks/overhead.py     # about 3 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1]))
+
+from benchmarks.common import require_dataset, run_worker  # noqa: E402
+
+
+def _config(home: str, epochs: int):
+    from tasks.config import build_config
+
+    images = require_dataset("mnist") / "train-images-idx3-ubyte.gz"
+    return build_config(
+        {
+            "home": home,
+            "dataset": "mnist",
+            "source": {"path": str(images)},
+            "model": {"code_size": 32},
+            "train": {"epochs": epochs, "batch_size": 256, "patience": 0},
+        }
+    )
+
+
+def worker_plain(home: str, epochs: str) -> dict:
+    from aepipe.settings import stores
+    from tasks.ingest import ingest_source, normalize_dataset
+    from tasks.materialize import materialize_features
+    from tasks.register import register_model
+    from tasks.report import summarize
+    from tasks.train import train_autoencoder
+
+    cfg = _config(home, int(epochs))
+    t0 = time.perf_counter()
+    st = stores(cfg.home)
+    ingested = ingest_source(cfg, st)
+    data = normalize_dataset(ingested, cfg)
+    trained = train_autoencoder(data, cfg, st)
+    registered = register_model(trained, ingested, data, cfg, st)
+    written = materialize_features(data, trained, registered, cfg, st)
+    summary = summarize(ingested, data, trained, registered, written, st)
+    return {"seconds": time.perf_counter() - t0, "rows": summary.rows_written}
+
+
+def worker_flow(home: str, epochs: str) -> dict:
+    from flows.reduce_features import reduce_features
+
+    cfg = _config(home, int(epochs))
+    t0 = time.perf_counter()
+    summary = reduce_features(cfg)
+    return {"seconds": time.perf_counter() - t0, "rows": summary.rows_written}
+
+
+@contextlib.contextmanager
+def running_server(folder: Path, env: dict[str, str]) -> Iterator[str]:
+    """A ``prefect server start`` on a free loopback port for the duration; yields its API."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("prefect server did not start") from None
+                time.sleep(1)
+        yield api
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def worker_warmup() -> dict:
+    """A trivial flow, so Prefect's database exists (migrated) as it does after a first run."""
+    from prefect import flow
+
+    @flow
+    def nothing() -> int:
+        return 0
+
+    t0 = time.perf_counter()
+    nothing()
+    return {"seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+    if args.worker is not None:
+        kind, *rest = args.worker
+        fn = {"plain": worker_plain, "flow": worker_flow, "warmup": worker_warmup}[kind]
+        print(json.dumps(fn(*rest)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(Path(tmp) / "prefect"),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        first = run_worker(HERE, "warmup", env=env)
+        print(
+            f"first flow run on a new Prefect home (creates its database): {first['seconds']:.1f} s"
+        )
+        plain = run_worker(HERE, "plain", str(Path(tmp) / "plain"), str(args.epochs), env=env)
+        flow = run_worker(HERE, "flow", str(Path(tmp) / "flow"), str(args.epochs), env=env)
+        # what a deployment run sees: a Prefect server that is already up
+        with running_server(Path(tmp), env) as api:
+            served = run_worker(
+                HERE,
+                "flow",
+                str(Path(tmp) / "served"),
+                str(args.epochs),
+                env={**env, "PREFECT_API_URL": api},
+            )
+    for name, r in (
+        ("plain functions", plain),
+        ("Prefect flow", flow),
+        ("  on a running server", served),
+    ):
+        print(f"{name:22s} {r['rows']:6d} rows  {r['seconds']:6.1f} s")
+    gap = served["seconds"] - plain["seconds"]
+    print(
+        f"with a server already running the flow takes {gap:+.1f} s "
+        f"({served['seconds'] / plain['seconds']:.3f}x); the rest is the temporary server's start"
+    )
+    ratio = flow["seconds"] / plain["seconds"]
+    extra = flow["seconds"] - plain["seconds"]
+    print(f"flow / plain: {ratio:.3f}x; the flow takes {extra:+.1f} s")
+    met = ratio <= 1.10 or extra <= 10.0
+    print(
+        f"TARGET orchestration_overhead measured={ratio:.3f}x ({extra:+.1f} s) "
+        f"goal=<=1.10x or <=+10 s {'met' if met else 'not met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
