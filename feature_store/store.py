@@ -13,6 +13,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -275,6 +276,132 @@ class _DataFiles:
                 self.tbl.io.delete(path)
 
 
+@dataclass(frozen=True)
+class StagedFeatures:
+    """Data files written for a table but not committed (invisible to readers): what one
+    partition of a distributed write hands to the commit."""
+
+    table: str
+    paths: list[str]
+    rows: int
+
+
+def prepare_table(
+    table: str, *, code_size: int, model_name: str, stores: Stores | None = None
+) -> None:
+    """Create the feature table (or widen it for a longer code) before parallel writers stage
+    files into it, so they do not race to create it."""
+    _ensure_table(
+        get_catalog(stores or resolve_stores(), create=True), table, code_size, model_name
+    )
+
+
+def stage_features(
+    table: str,
+    batches: Iterable[pa.RecordBatch | pa.Table] | pa.Table,
+    *,
+    code_size: int,
+    model_name: str,
+    model_version: int,
+    stores: Stores | None = None,
+) -> StagedFeatures:
+    """Validate and write feature rows as data files of ``table`` without committing them.
+
+    ``batches`` is consumed as a stream into rolling Parquet files (memory holds one row
+    group). :func:`commit_features` makes staged files visible in one commit, from any process;
+    :func:`discard_features` deletes them. A bad first batch is refused before any table is
+    created; a failure mid-stream deletes what was written.
+    """
+    st = stores or resolve_stores()
+    stream = iter([batches] if isinstance(batches, pa.Table) else batches)
+    first = next(stream, None)
+    if first is not None:
+        _check_slice(first, code_size, model_name, model_version)
+        stream = itertools.chain([first], stream)
+    tbl = _ensure_table(get_catalog(st, create=True), table, code_size, model_name)
+    target = tbl.schema().as_arrow()
+    files = _DataFiles(tbl)
+    rows = 0
+    try:
+        for chunk in _validated(stream, code_size, model_name, model_version, target):
+            files.write(chunk)
+            rows += chunk.num_rows
+        files.close()
+    except BaseException:
+        files.remove()
+        raise
+    return StagedFeatures(table, list(files.paths), rows)
+
+
+def commit_features(
+    staged: Iterable[StagedFeatures],
+    *,
+    model_name: str,
+    model_version: int,
+    stores: Stores | None = None,
+    mode: Literal["replace", "append"] = "replace",
+    properties: dict[str, str] | None = None,
+) -> int:
+    """Make staged files visible in one atomic commit; returns the rows they hold.
+
+    ``mode="replace"`` swaps the version's slice for them (re-running a version never
+    duplicates it); ``mode="append"`` adds them (incremental scoring). A commit that loses a
+    race with another writer is retried on the refreshed table, so concurrent writers all
+    land; when it cannot land the staged files are deleted. ``properties`` go to the snapshot
+    summary (prefixed ``aepipe.``). An append of nothing commits nothing.
+    """
+    from pyiceberg.expressions import And, EqualTo
+    from pyiceberg.io.pyarrow import parquet_file_to_data_file
+
+    if mode not in ("replace", "append"):
+        raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
+    parts = list(staged)
+    tables = {s.table for s in parts}
+    if len(tables) != 1:
+        raise ValueError(f"staged files must belong to one table, got {sorted(tables)}")
+    st = stores or resolve_stores()
+    tbl = load_table(tables.pop(), st)
+    rows = sum(s.rows for s in parts)
+    if mode == "append" and rows == 0:
+        discard_features(parts, st)
+        return 0
+    try:
+        data_files = [
+            parquet_file_to_data_file(tbl.io, tbl.metadata, path) for s in parts for path in s.paths
+        ]
+        expected = (model_name, model_version)
+        for f in data_files:
+            if tuple(f.partition) != expected:
+                raise ValueError(f"staged file {f.file_path} holds {tuple(f.partition)}")
+        slice_filter = And(
+            EqualTo("model_name", model_name), EqualTo("model_version", model_version)
+        )
+        summary = {
+            "aepipe.model_name": model_name,
+            "aepipe.model_version": str(model_version),
+            "aepipe.mode": mode,
+            "aepipe.rows": str(rows),
+            **{f"aepipe.{k}": str(v) for k, v in (properties or {}).items()},
+        }
+        _commit(tbl, data_files, slice_filter if mode == "replace" else None, summary)
+    except (FeatureStoreError, ValueError):
+        discard_features(parts, st)  # the commit did not land
+        raise
+    return rows
+
+
+def discard_features(staged: Iterable[StagedFeatures], stores: Stores | None = None) -> None:
+    """Delete staged files that will not be committed."""
+    parts = list(staged)
+    if not parts:
+        return
+    tbl = load_table(parts[0].table, stores or resolve_stores())
+    for s in parts:
+        for path in s.paths:
+            with contextlib.suppress(OSError):
+                tbl.io.delete(path)
+
+
 def write_features(
     table: str,
     batches: Iterable[pa.RecordBatch | pa.Table] | pa.Table,
@@ -288,54 +415,28 @@ def write_features(
 ) -> int:
     """Write feature rows of one model version in one atomic Iceberg commit; returns the rows.
 
-    ``batches`` is consumed as a stream: every batch is validated against the declared schema
-    and appended to rolling Parquet data files as it comes, so memory holds one row group,
-    not the input. Nothing is visible until the single commit at the end.
-    ``mode="replace"`` swaps the version's slice for the new rows (re-running a version never
-    duplicates it); ``mode="append"`` adds rows to it (incremental scoring). A commit that loses
-    a race with another writer is retried on the refreshed table, so concurrent writers all
-    land. ``properties`` are stored in the snapshot summary (prefixed ``aepipe.``). An append
-    of nothing commits nothing and returns 0.
+    :func:`stage_features` then :func:`commit_features`: streamed, validated, invisible until
+    the one commit; ``mode`` and ``properties`` as there.
     """
-    from pyiceberg.expressions import And, EqualTo
-
     if mode not in ("replace", "append"):
         raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
     st = stores or resolve_stores()
-    stream = iter([batches] if isinstance(batches, pa.Table) else batches)
-    first = next(stream, None)
-    if first is not None:  # a bad first batch is refused before any table is created
-        _check_slice(first, code_size, model_name, model_version)
-        stream = itertools.chain([first], stream)
-    catalog = get_catalog(st, create=True)
-    tbl = _ensure_table(catalog, table, code_size, model_name)
-    target = tbl.schema().as_arrow()
-    files = _DataFiles(tbl)
-    rows = 0
-    try:
-        for chunk in _validated(stream, code_size, model_name, model_version, target):
-            files.write(chunk)
-            rows += chunk.num_rows
-        written = files.close()
-    except BaseException:
-        files.remove()
-        raise
-    if mode == "append" and rows == 0:
-        return 0
-    slice_filter = And(EqualTo("model_name", model_name), EqualTo("model_version", model_version))
-    summary = {
-        "aepipe.model_name": model_name,
-        "aepipe.model_version": str(model_version),
-        "aepipe.mode": mode,
-        "aepipe.rows": str(rows),
-        **{f"aepipe.{k}": str(v) for k, v in (properties or {}).items()},
-    }
-    try:
-        _commit(tbl, written, slice_filter if mode == "replace" else None, summary)
-    except FeatureStoreError:
-        files.remove()  # the commit did not land
-        raise
-    return rows
+    staged = stage_features(
+        table,
+        batches,
+        code_size=code_size,
+        model_name=model_name,
+        model_version=model_version,
+        stores=st,
+    )
+    return commit_features(
+        [staged],
+        model_name=model_name,
+        model_version=model_version,
+        stores=st,
+        mode=mode,
+        properties=properties,
+    )
 
 
 def _commit(tbl: Table, new_files: list[Any], replace: Any, summary: dict[str, str]) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
+from flows.partitions import run_partitioned
 from tasks.config import PipelineConfig
 from tasks.ingest import cached_stages
-from tasks.materialize import materialize
+from tasks.materialize import materialize_job
 from tasks.register import register
 from tasks.report import RunSummary, report
 from tasks.train import train, train_elsewhere
@@ -28,5 +29,6 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     else:
         trained = train(data, cfg, stores)
     registered = register(trained, ingested, data, cfg, stores)
-    written = materialize(data, trained, registered, cfg, stores)
+    job = materialize_job(data, trained, registered, cfg, stores)
+    written = run_partitioned(job, cfg)  # partitions on the configured task runner
     return report(ingested, data, trained, registered, written, stores)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
+from flows.partitions import run_partitioned
 from tasks.config import PipelineConfig
 from tasks.ingest import cached_stages
-from tasks.score import Scored, champion, score
+from tasks.score import Scored, champion, prepare_scoring, scored_summary
 from tasks.validate import validate_config
 
 
@@ -20,6 +21,8 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     current = champion(cfg, stores)
     ingest, _ = cached_stages(cfg, stores)  # an unchanged source is not read again
     ingested = ingest(cfg, stores)
-    scored = score(ingested, current, cfg, stores)
+    job = prepare_scoring(ingested, current, cfg, stores)
+    committed = run_partitioned(job, cfg)  # partitions on the configured task runner
+    scored = scored_summary(job, ingested, committed)
     print(scored.to_text())
     return scored

@@ -66,7 +66,9 @@ def progress_shown() -> float:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
         )
-    ours = sorted((a for a in found if a.description == "Rows scored"), key=lambda a: a.created)
+    ours = sorted(
+        (a for a in found if a.description == "Partitions scored"), key=lambda a: a.created
+    )
     return float(ours[-1].data)
 
 
@@ -91,7 +93,8 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     assert task_states(state.state_details.flow_run_id) == {
         "load-champion": "Completed",
         "ingest": "Cached",  # the unchanged source was not read again
-        "score": "Completed",
+        "prepare-scoring": "Completed",
+        "write-partitions": "Completed",  # the subflow that maps the partition tasks
     }
     assert raw.stat().st_mtime_ns == written_at
     assert nothing.rows_written == 0 and nothing.rows_seen == 300

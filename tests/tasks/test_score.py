@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tasks.normalize import Normalizer
-from tasks.score import model_input
+from tasks.partitions import model_input
 
 
 def test_pixel_fast_path_matches_the_normalizer() -> None:

@@ -1,0 +1,58 @@
+"""The partitioned write as a subflow, so each run picks its task runner from its config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.config import PipelineConfig
+from tasks.partitions import (
+    Committed,
+    ScoringJob,
+    StagedPart,
+    commit,
+    discard_parts,
+    plan_partitions,
+    score_partition,
+)
+
+
+@flow(name="write-partitions")
+def write_partitions(job: ScoringJob) -> Committed:
+    """Map the partition task over the source's row-group ranges, then commit them at once;
+    if a partition fails, the others' staged files are deleted and nothing is committed."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    futures = score_partition.map(job, plan_partitions(job))
+    progress = create_progress_artifact(
+        0.0, key="scoring-progress", description="Partitions scored"
+    )
+    for finished, _ in enumerate(as_completed(futures), start=1):
+        update_progress_artifact(progress, 100.0 * finished / len(futures))
+    results = [f.result(raise_on_failure=False) for f in futures]
+    done = [r for r in results if isinstance(r, StagedPart)]
+    if len(done) < len(results):
+        discard_parts(job, done)
+        raise next(r for r in results if isinstance(r, BaseException))
+    return commit(job, done)
+
+
+def task_runner_for(cfg: PipelineConfig) -> Any:
+    """Threads by default; prefect-dask's DaskTaskRunner on a LocalCluster or at
+    ``cfg.dask_address`` when ``cfg.task_runner`` is ``dask``."""
+    if cfg.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if cfg.dask_address:
+            return DaskTaskRunner(address=cfg.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"processes": True, "dashboard_address": None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner()
+
+
+def run_partitioned(job: ScoringJob, cfg: PipelineConfig) -> Committed:
+    """Run :func:`write_partitions` as a subflow on the task runner ``cfg`` asks for."""
+    return write_partitions.with_options(task_runner=task_runner_for(cfg))(job)

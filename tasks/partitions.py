@@ -1,0 +1,252 @@
+"""Partitioned scoring: row-group ranges of a Parquet file mapped over by Prefect tasks.
+
+A :class:`ScoringJob` holds references only (paths, names, numbers). Each partition task
+reads its row groups, encodes them and stages data files of the feature table (invisible to
+readers); one commit task then makes every partition's files visible at once, or, if any
+partition failed, the staged files are deleted and the table is untouched. The tasks run on
+whatever task runner the calling flow has: threads by default, a Dask cluster when
+configured, so partitions spread over the cluster's workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from prefect import task
+
+import ae_models
+from ae_models.runtime import SCORING_PRECISION
+from aepipe.settings import Stores
+from feature_store import (
+    StagedFeatures,
+    commit_features,
+    discard_features,
+    load_table,
+    stage_features,
+)
+from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
+from tasks.config import io_task
+from tasks.normalize import Normalizer
+
+SCORE_BATCH = 16_384
+
+
+@dataclass(frozen=True)
+class ScoringJob:
+    """What the partition tasks need to turn rows of ``source`` into feature-table rows.
+
+    ``normalizer`` is the spec of the model's normalizer for raw rows, or None when the
+    ``features`` columns are already normalized. ``seen`` (a Parquet file of entity ids) and
+    ``after`` (an ISO time) skip rows that were scored before.
+    """
+
+    table: str
+    source: str
+    model_dir: str
+    model_name: str
+    model_version: int
+    run_id: str
+    stores: Stores
+    mode: Literal["replace", "append"]
+    normalizer: str | None = None
+    features: list[str] = field(default_factory=list)
+    seen: str | None = None
+    after: str | None = None
+    device: str = "auto"
+    partition_rows: int = 500_000
+    properties: dict[str, str] = field(default_factory=dict)
+    scored_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """One partition's staged files and what it found."""
+
+    staged: StagedFeatures
+    anomalies: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The commit of a partitioned write."""
+
+    table: str
+    rows: int
+    anomalies: int
+    model_version: int
+    snapshot_id: int | None
+    partitions: int
+
+
+def plan_partitions(job: ScoringJob) -> list[list[int]]:
+    """Row-group index lists of about ``job.partition_rows`` rows each (at least one list)."""
+    meta = pq.ParquetFile(job.source).metadata
+    parts: list[list[int]] = [[]]
+    rows = 0
+    for i in range(meta.num_row_groups):
+        if rows >= job.partition_rows:
+            parts.append([])
+            rows = 0
+        parts[-1].append(i)
+        rows += meta.row_group(i).num_rows
+    return parts
+
+
+def model_input(batch: pa.RecordBatch, normalizer: Normalizer) -> np.ndarray | torch.Tensor:
+    """The normalized model input of a raw batch. Pixel data (every column a fixed scaling of
+    integers without nulls) takes a fast path: the columns are stacked as they are and torch
+    transposes and scales them in one pass, several times faster than going through pandas."""
+    specs = normalizer.columns
+    if specs and all(c.kind == "scaled" for c in specs):
+        cols = [batch.column(c.source) for c in specs]
+        if all(pa.types.is_integer(c.type) and c.null_count == 0 for c in cols):
+            stacked = torch.from_numpy(np.stack([c.to_numpy() for c in cols]))
+            low = torch.tensor([c.low for c in specs], dtype=torch.float32)
+            span = torch.tensor([c.high - c.low for c in specs], dtype=torch.float32)
+            inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
+            return stacked.T.contiguous().float().sub_(low).mul_(inv).clamp_(0.0, 1.0)
+    return normalizer.transform_arrow(batch)
+
+
+def feature_batch(
+    schema: pa.Schema,
+    ids: pa.Array,
+    timestamps: pa.Array,
+    codes: np.ndarray,
+    errors: np.ndarray,
+    threshold: float,
+    model_name: str,
+    version: int,
+    run_id: str,
+    scored_at: datetime,
+) -> pa.RecordBatch:
+    """One feature-table batch from ids, event times, latent codes and reconstruction errors."""
+    n = len(errors)
+    stamp = pa.scalar(scored_at, TIMESTAMP)
+    arrays = [ids.cast(pa.string()), timestamps]
+    arrays += [pa.array(codes[:, j], pa.float32()) for j in range(codes.shape[1])]
+    arrays += [
+        pa.array(errors, pa.float32()),
+        pa.array(errors > threshold, pa.bool_()),
+        pa.array([model_name] * n, pa.string()),
+        pa.array(np.full(n, version, np.int64)),
+        pa.array([run_id] * n, pa.string()),
+        pa.array(np.full(n, stamp.value, np.int64)).cast(TIMESTAMP),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
+    """Encode and score one partition's rows and stage them as feature-table data files."""
+    model, meta = ae_models.load_model(job.model_dir)
+    threshold = float(meta["threshold"])
+    normalizer = Normalizer.load(job.normalizer) if job.normalizer else None
+    inputs = normalizer.source_columns if normalizer else job.features
+    schema = feature_schema(model.config.code_size)
+    scored_at = datetime.fromisoformat(job.scored_at)
+    seen = None
+    if job.seen:
+        import pandas as pd
+
+        # the ids' hash table is built once per partition, not once per batch
+        seen = pd.Index(pq.read_table(job.seen).column(ENTITY_KEY).to_pandas())
+    after = pa.scalar(datetime.fromisoformat(job.after), TIMESTAMP) if job.after else None
+    anomalies = 0
+
+    def batches():
+        nonlocal anomalies
+        # pre_buffer off: on wide files its read-ahead grows with the file (475 MB at 1M rows)
+        source = pq.ParquetFile(job.source, pre_buffer=False)
+        for batch in source.iter_batches(
+            batch_size=SCORE_BATCH,
+            row_groups=row_groups,
+            columns=[ENTITY_KEY, EVENT_TIMESTAMP, *inputs],
+        ):
+            if after is not None:
+                batch = batch.filter(
+                    pc.greater(batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP), after)
+                )
+            elif seen is not None:
+                new = seen.get_indexer(batch.column(ENTITY_KEY).to_pandas()) < 0
+                batch = batch.filter(pa.array(new))
+            if batch.num_rows == 0:
+                continue
+            if normalizer is not None:
+                x = model_input(batch, normalizer)
+            else:
+                x = np.column_stack(
+                    [batch.column(c).to_numpy().astype(np.float32, copy=False) for c in inputs]
+                )
+            codes, errors, _ = ae_models.encode_and_score(
+                model, x, device=job.device, precision=SCORING_PRECISION, bce=False
+            )
+            out = feature_batch(
+                schema,
+                batch.column(ENTITY_KEY),
+                batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP),
+                codes,
+                errors,
+                threshold,
+                job.model_name,
+                job.model_version,
+                job.run_id,
+                scored_at,
+            )
+            anomalies += int(pc.sum(out.column("is_anomaly")).as_py() or 0)
+            yield out
+
+    staged = stage_features(
+        job.table,
+        batches(),
+        code_size=model.config.code_size,
+        model_name=job.model_name,
+        model_version=job.model_version,
+        stores=job.stores,
+    )
+    return StagedPart(staged, anomalies)
+
+
+def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
+    """Make every partition's staged files visible in one commit (replace or append)."""
+    rows = commit_features(
+        [p.staged for p in parts],
+        model_name=job.model_name,
+        model_version=job.model_version,
+        stores=job.stores,
+        mode=job.mode,
+        properties={"run_id": job.run_id, "partitions": str(len(parts)), **job.properties},
+    )
+    snapshot = load_table(job.table, job.stores).current_snapshot() if rows else None
+    return Committed(
+        job.table,
+        rows,
+        sum(p.anomalies for p in parts),
+        job.model_version,
+        snapshot.snapshot_id if snapshot else None,
+        len(parts),
+    )
+
+
+def discard_parts(job: ScoringJob, parts: list[StagedPart]) -> None:
+    """Delete the staged files of partitions whose siblings failed."""
+    discard_features([p.staged for p in parts], job.stores)
+
+
+def save_seen_ids(ids: pa.Array, folder: Path) -> str:
+    """Write already-scored entity ids to a Parquet file the partition tasks read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"seen-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.parquet"
+    pq.write_table(pa.table({ENTITY_KEY: ids}), path)
+    return str(path)
+
+
+score_partition = task(name="score-partition")(score_row_groups)
+commit = io_task("commit")(commit_parts)
