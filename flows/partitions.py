@@ -47,10 +47,25 @@ def task_runner_for(cfg: PipelineConfig) -> Any:
 
         if cfg.dask_address:
             return DaskTaskRunner(address=cfg.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={"processes": True, "dashboard_address": None, "env": _worker_env()}
+        )
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner()
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment for local Dask workers: this run's Prefect API (the temporary server lives
+    in this process, so workers would otherwise start servers of their own) and settings."""
+    import os
+
+    from prefect.client.orchestration import get_client
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("PREFECT_", "AEPIPE_", "MLFLOW_"))}
+    env["PREFECT_API_URL"] = str(get_client().api_url).rstrip("/")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return env
 
 
 def run_partitioned(job: ScoringJob, cfg: PipelineConfig) -> Committed:
