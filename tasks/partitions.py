@@ -248,5 +248,6 @@ def save_seen_ids(ids: pa.Array, folder: Path) -> str:
     return str(path)
 
 
-score_partition = task(name="score-partition")(score_row_groups)
-commit = io_task("commit")(commit_parts)
+# a partition holds at most partition_rows rows: hours mean something is stuck
+score_partition = task(name="score-partition", timeout_seconds=2 * 3600)(score_row_groups)
+commit = io_task("commit")(commit_parts).with_options(timeout_seconds=15 * 60)
