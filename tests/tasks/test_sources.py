@@ -135,19 +135,3 @@ def test_npz_errors_are_named(tmp_path) -> None:
     np.savez(tmp_path / "bad_y.npz", X=np.zeros((3, 2)), y=np.zeros(2))
     with pytest.raises(SourceReadError, match="'y' has 2 rows, 'X' has 3"):
         read_npz(tmp_path / "bad_y.npz")
-
-
-def test_large_folders_decode_in_processes_with_the_same_result(tmp_path, monkeypatch) -> None:
-    from tasks import readers
-
-    folder = tmp_path / "imgs"
-    write_images(folder, 30)
-    (folder / "a" / "broken.png").write_bytes(b"\x89PNG not really")
-    threads = readers.read_image_folder(folder)
-    monkeypatch.setattr(readers, "PROCESS_DECODE_MIN", 10)
-    processes = readers.read_image_folder(folder, workers=2)
-    assert processes.ids == threads.ids and len(processes.ids) == 30
-    assert (processes.features == threads.features).all()
-    assert list(processes.labels) == list(threads.labels)
-    assert processes.quarantine == threads.quarantine
-    assert processes.quarantine[0][0] == "a/broken.png"
