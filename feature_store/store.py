@@ -172,8 +172,8 @@ class _DataFiles:
 
     Rows are buffered up to a row group (``ROW_GROUP_BYTES``) and appended to the open file,
     which is closed at ``FILE_BYTES``; so a write holds one row group in memory however large
-    its input, and the files come out large enough for readers. The files are written with
-    Iceberg field ids and described by pyiceberg's own statistics, as its writer does.
+    its input, and the files come out large enough for readers. The files carry Iceberg field
+    ids, as pyiceberg's own writer writes them; the commit reads their statistics back.
     """
 
     def __init__(self, tbl: Table) -> None:
@@ -184,18 +184,14 @@ class _DataFiles:
         self.tbl = tbl
         meta = tbl.metadata
         self.schema = meta.schema()
-        self.format = FileFormat.PARQUET
-        self.model = FileFormatFactory.get(self.format)
+        self.model = FileFormatFactory.get(FileFormat.PARQUET)
         self.locations = load_location_provider(meta.location, meta.properties)
         self.write_uuid, self.counter = uuid.uuid4(), itertools.count()
-        self.files: list[Any] = []
         self.paths: list[str] = []
         self.partition_key: Any = None
         self._held: list[pa.Table] = []
         self._held_bytes = 0
         self._writer: Any = None
-        self._output: Any = None
-        self._path = ""
         self._file_bytes = 0
 
     def write(self, table: pa.Table) -> None:
@@ -227,11 +223,10 @@ class _DataFiles:
         ]
         if self._writer is None:
             name = f"00000-{next(self.counter)}-{self.write_uuid}.parquet"
-            self._path = self.locations.new_data_location(name, self.partition_key)
-            self.paths.append(self._path)
-            self._output = self.tbl.io.new_output(self._path)
+            path = self.locations.new_data_location(name, self.partition_key)
+            self.paths.append(path)
             self._writer = self.model.create_writer(
-                self._output, self.schema, self.tbl.metadata.properties
+                self.tbl.io.new_output(path), self.schema, self.tbl.metadata.properties
             )
         self._writer.write(pa.Table.from_batches(batches))
         self._file_bytes += table.nbytes
@@ -239,31 +234,15 @@ class _DataFiles:
             self._close_file()
 
     def _close_file(self) -> None:
-        from pyiceberg.manifest import DataFile, DataFileContent
-
-        stats = self._writer.close()
-        self.files.append(
-            DataFile.from_args(
-                content=DataFileContent.DATA,
-                file_path=self._path,
-                file_format=self.format,
-                partition=self.partition_key.partition,
-                file_size_in_bytes=len(self._output),
-                sort_order_id=None,
-                spec_id=self.tbl.metadata.default_spec_id,
-                equality_ids=None,
-                key_metadata=None,
-                **stats.to_serialized_dict(),
-            )
-        )
+        self._writer.close()
         self._writer, self._file_bytes = None, 0
 
-    def close(self) -> list[Any]:
-        """Finish the open file; the data files written, ready for a commit."""
+    def close(self) -> list[str]:
+        """Finish the open file; the paths of the data files written."""
         self._flush()
         if self._writer is not None:
             self._close_file()
-        return self.files
+        return self.paths
 
     def remove(self) -> None:
         """Delete every file this writer created (the write failed or did not commit)."""
