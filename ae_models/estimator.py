@@ -64,6 +64,11 @@ def check_array(x: Any, what: str = "X", n_features: int | None = None) -> np.nd
     return arr
 
 
+def auto_code_size(features: int) -> int:
+    """16, or half the input width for narrower data (6 features: 3), at least 1."""
+    return max(1, min(16, features // 2))
+
+
 def auto_batch_size(rows: int) -> int:
     """About 50 steps an epoch, between 16 and 256 rows a batch (256 from 12,800 rows up)."""
     return int(min(256, max(16, rows // 50)))
@@ -77,14 +82,16 @@ class AutoencoderReducer:
     errors (higher = more anomalous), ``predict`` flags rows above ``threshold_`` (the
     ``1 - contamination`` quantile of the training scores). ``loss="auto"`` picks a sigmoid head
     with binary cross-entropy when X lies in [0, 1], a linear head with MSE otherwise.
-    ``batch_size="auto"`` gives small data sets enough steps an epoch (:func:`auto_batch_size`).
+    ``batch_size="auto"`` gives small data sets enough steps an epoch (:func:`auto_batch_size`);
+    ``code_size="auto"`` is 16, or half the input width when that is narrower
+    (:func:`auto_code_size`).
     Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).
     """
 
     def __init__(
         self,
         model: str = "deep",
-        code_size: int = 16,
+        code_size: int | Literal["auto"] = "auto",
         loss: Literal["auto", "bce", "mse"] = "auto",
         epochs: int = 100,
         batch_size: int | Literal["auto"] = "auto",
@@ -174,7 +181,7 @@ class AutoencoderReducer:
             self.model,
             seed=self.random_state,
             input_dim=x.shape[1],
-            code_size=self.code_size,
+            code_size=auto_code_size(x.shape[1]) if self.code_size == "auto" else self.code_size,
             output="sigmoid" if loss == "bce" else "linear",
             **self.model_kwargs,
         )

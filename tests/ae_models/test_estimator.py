@@ -126,3 +126,12 @@ def test_verbose_progress(digits, capsys) -> None:
     AutoencoderReducer(code_size=4, epochs=3, verbose=True).fit(x)
     err = capsys.readouterr().err
     assert "epoch 3/3" in err and "train" in err
+
+
+def test_default_code_size_fits_narrow_tables() -> None:
+    # regression: the default code of 16 refused a 6-column table (ADBench's thyroid)
+    x = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    est = AutoencoderReducer(epochs=2).fit(x)
+    assert est.transform(x).shape == (200, 3)
+    wide = np.random.default_rng(0).random((100, 64)).astype(np.float32)
+    assert AutoencoderReducer(epochs=1).fit(wide).transform(wide).shape == (100, 16)
