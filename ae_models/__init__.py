@@ -11,7 +11,7 @@ from ae_models.deep import DeepAutoencoder, DeepConfig
 from ae_models.estimator import AutoencoderReducer, check_array
 from ae_models.registry import create_model, get_model_class, list_models, register_model
 from ae_models.runtime import resolve_precision, seed_everything, select_device
-from ae_models.serialization import load_model, save_model
+from ae_models.serialization import load_model, read_meta, save_model
 from ae_models.training import Callback, TrainConfig, TrainResult, encode_and_score, train
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "get_model_class",
     "list_models",
     "load_model",
+    "read_meta",
     "reconstruction_error",
     "register_model",
     "resolve_precision",

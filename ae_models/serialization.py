@@ -25,11 +25,16 @@ def save_model(model: Autoencoder, folder: str | Path, extra: dict[str, Any] | N
     return out
 
 
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a saved model (variant, config, extras), without its weights."""
+    return json.loads((Path(folder) / CONFIG).read_text())
+
+
 def load_model(folder: str | Path) -> tuple[Autoencoder, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_model`; ``torch.load(weights_only=True)`` refuses
     anything but tensors, so a crafted pickle cannot run code."""
     src = Path(folder)
-    meta = json.loads((src / CONFIG).read_text())
+    meta = read_meta(src)
     model = create_model(meta["model"], **meta["config"])
     state = torch.load(src / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)

@@ -8,10 +8,9 @@ version's slice in one atomic commit.
 from __future__ import annotations
 
 from aepipe.settings import Stores
-from feature_store import prepare_table
 from tasks.config import PipelineConfig
 from tasks.ingest import NormalizedData
-from tasks.partitions import Committed, ScoringJob, commit_parts, plan_partitions, score_row_groups
+from tasks.partitions import Committed, ModelRef, ScoringJob, new_job, write_in_process
 from tasks.register import RegisteredModel
 from tasks.train import TrainedModel
 
@@ -25,23 +24,18 @@ def materialize_job(
     cfg: PipelineConfig,
     stores: Stores,
 ) -> ScoringJob:
-    """The job that replaces this model version's rows with features of every normalized row;
-    the table is created first, so parallel partitions do not race to create it."""
-    prepare_table(
-        cfg.dataset, code_size=trained.code_size, model_name=registered.model_name, stores=stores
+    """The job that replaces this model version's rows with features of every normalized row."""
+    model = ModelRef(
+        registered.model_name, registered.version, registered.run_id, trained.model_dir
     )
-    return ScoringJob(
-        table=cfg.dataset,
+    return new_job(
+        model,
+        cfg,
+        stores,
         source=data.path,
-        model_dir=trained.model_dir,
-        model_name=registered.model_name,
-        model_version=registered.version,
-        run_id=registered.run_id,
-        stores=stores,
         mode="replace",
-        features=list(data.features),
         device=trained.device,
-        partition_rows=cfg.partition_rows,
+        features=list(data.features),
     )
 
 
@@ -53,6 +47,4 @@ def materialize_features(
     stores: Stores,
 ) -> Materialized:
     """Materialize in this process, partition after partition (no Prefect needed)."""
-    job = materialize_job(data, trained, registered, cfg, stores)
-    parts = [score_row_groups(job, groups) for groups in plan_partitions(job)]
-    return commit_parts(job, parts)
+    return write_in_process(materialize_job(data, trained, registered, cfg, stores))

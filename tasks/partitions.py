@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -30,10 +30,11 @@ from feature_store import (
     commit_features,
     discard_features,
     load_table,
+    prepare_table,
     stage_features,
 )
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
-from tasks.config import io_task
+from tasks.config import PipelineConfig, io_task
 from tasks.normalize import Normalizer
 
 SCORE_BATCH = 16_384
@@ -64,6 +65,47 @@ class ScoringJob:
     partition_rows: int = 500_000
     properties: dict[str, str] = field(default_factory=dict)
     scored_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version and its model folder on local disk."""
+
+    model_name: str
+    version: int
+    run_id: str
+    model_dir: str
+
+
+def new_job(
+    model: ModelRef,
+    cfg: PipelineConfig,
+    stores: Stores,
+    *,
+    source: str,
+    mode: Literal["replace", "append"],
+    device: str,
+    **options: Any,
+) -> ScoringJob:
+    """A job writing ``model``'s features of ``source`` rows into the data set's table, once
+    the table exists (created here, before the partitions start, so they do not race to
+    create it; the code width comes from the model's ``model.json``)."""
+    job = ScoringJob(
+        table=cfg.dataset,
+        source=source,
+        model_dir=model.model_dir,
+        model_name=model.model_name,
+        model_version=model.version,
+        run_id=model.run_id,
+        stores=stores,
+        mode=mode,
+        device=device,
+        partition_rows=cfg.partition_rows,
+        **options,
+    )
+    code_size = int(ae_models.read_meta(job.model_dir)["config"]["code_size"])
+    prepare_table(job.table, code_size=code_size, model_name=job.model_name, stores=job.stores)
+    return job
 
 
 @dataclass(frozen=True)
@@ -235,6 +277,12 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
     )
 
 
+def write_in_process(job: ScoringJob) -> Committed:
+    """Run the job's partitions one after another in this process, then commit them (the
+    flows map them as Prefect tasks instead)."""
+    return commit_parts(job, [score_row_groups(job, groups) for groups in plan_partitions(job)])
+
+
 def discard_parts(job: ScoringJob, parts: list[StagedPart]) -> None:
     """Delete the staged files of partitions whose siblings failed."""
     discard_features([p.staged for p in parts], job.stores)
@@ -248,6 +296,7 @@ def save_seen_ids(ids: pa.Array, folder: Path) -> str:
     return str(path)
 
 
-# a partition holds at most partition_rows rows: hours mean something is stuck
-score_partition = task(name="score-partition", timeout_seconds=2 * 3600)(score_row_groups)
+# No timeout on mapped partition tasks: they run in worker threads, where Prefect cannot
+# interrupt them (it warns on every run); a partition is bounded by partition_rows instead.
+score_partition = task(name="score-partition")(score_row_groups)
 commit = io_task("commit")(commit_parts).with_options(timeout_seconds=15 * 60)

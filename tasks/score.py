@@ -19,33 +19,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
 
-import ae_models
 from aepipe.settings import Stores
-from feature_store import load_table, prepare_table
+from feature_store import load_table
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP
 from feature_store.store import FeatureStoreError
 from tasks.config import ConfigError, PipelineConfig, io_task
 from tasks.ingest import IngestResult
 from tasks.partitions import (
     Committed,
+    ModelRef,
     ScoringJob,
-    commit_parts,
-    plan_partitions,
+    new_job,
     save_seen_ids,
-    score_row_groups,
+    write_in_process,
 )
 
 CHAMPION = "champion"
 
 
-@dataclass(frozen=True)
-class Champion:
-    """The registered version that scores new data, and its model folder on local disk."""
-
-    model_name: str
-    version: int
-    run_id: str
-    model_dir: str
+Champion = ModelRef  # the registered version that scores new data, and its model folder
 
 
 @dataclass(frozen=True)
@@ -147,27 +139,16 @@ def scoring_job(
         after = state[0].as_py().isoformat()
     elif state is not None:
         seen = save_seen_ids(state, stores.data_dir / cfg.dataset / "scoring")
-    model, _ = ae_models.load_model(champion.model_dir)
-    prepare_table(
-        cfg.dataset,
-        code_size=model.config.code_size,
-        model_name=champion.model_name,
-        stores=stores,
-    )
-    return ScoringJob(
-        table=cfg.dataset,
+    return new_job(
+        champion,
+        cfg,
+        stores,
         source=ingested.path,
-        model_dir=champion.model_dir,
-        model_name=champion.model_name,
-        model_version=champion.version,
-        run_id=champion.run_id,
-        stores=stores,
         mode="append",
+        device=cfg.train.device,
         normalizer=str(Path(champion.model_dir) / "normalizer.json"),
         seen=seen,
         after=after,
-        device=cfg.train.device,
-        partition_rows=cfg.partition_rows,
         properties={"source_fingerprint": ingested.fingerprint},
     )
 
@@ -194,8 +175,7 @@ def score_new_rows(
     """Score the new rows in this process, partition after partition, and append them in one
     commit (the score-features flow runs the partitions as tasks instead)."""
     job = scoring_job(ingested, champion, cfg, stores)
-    parts = [score_row_groups(job, groups) for groups in plan_partitions(job)]
-    return scored_summary(job, ingested, commit_parts(job, parts))
+    return scored_summary(job, ingested, write_in_process(job))
 
 
 champion = io_task("load-champion")(load_champion)
