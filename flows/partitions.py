@@ -18,20 +18,29 @@ from tasks.partitions import (
 )
 
 
+def map_with_progress(task: Any, args: tuple[Any, ...], *, key: str, description: str) -> list[Any]:
+    """Map ``task`` over ``args`` on the flow's task runner, showing the share finished as a
+    progress artifact; each result, or the exception of a task that failed."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    futures = task.map(*args)
+    progress = create_progress_artifact(0.0, key=key, description=description)
+    for finished, _ in enumerate(as_completed(futures), start=1):
+        update_progress_artifact(progress, 100.0 * finished / len(futures))
+    return [f.result(raise_on_failure=False) for f in futures]
+
+
 @flow(name="write-partitions")
 def write_partitions(job: ScoringJob) -> Committed:
     """Map the partition task over the source's row-group ranges, then commit them at once;
     if a partition fails, the others' staged files are deleted and nothing is committed."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-    from prefect.futures import as_completed
-
-    futures = score_partition.map(job, plan_partitions(job))
-    progress = create_progress_artifact(
-        0.0, key="scoring-progress", description="Partitions scored"
+    results = map_with_progress(
+        score_partition,
+        (job, plan_partitions(job)),
+        key="scoring-progress",
+        description="Partitions scored",
     )
-    for finished, _ in enumerate(as_completed(futures), start=1):
-        update_progress_artifact(progress, 100.0 * finished / len(futures))
-    results = [f.result(raise_on_failure=False) for f in futures]
     done = [r for r in results if isinstance(r, StagedPart)]
     if len(done) < len(results):
         discard_parts(job, done)

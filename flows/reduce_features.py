@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
+from flows.ingest import ingest
 from flows.partitions import run_partitioned
 from tasks.config import PipelineConfig
-from tasks.ingest import cached_stages
+from tasks.ingest import normalize
 from tasks.materialize import materialize_job
 from tasks.register import register
 from tasks.report import RunSummary, report
@@ -21,8 +22,7 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
-    ingest, normalize = cached_stages(cfg, stores)  # skipped when the source is unchanged
-    ingested = ingest(cfg, stores)
+    ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg)
     if cfg.train_deployment:
         trained = train_elsewhere(data, cfg, stores)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
+from flows.ingest import ingest
 from flows.partitions import run_partitioned
 from tasks.config import PipelineConfig
-from tasks.ingest import cached_stages
 from tasks.score import Scored, champion, prepare_scoring, scored_summary
 from tasks.validate import validate_config
 
@@ -19,8 +19,7 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
     current = champion(cfg, stores)
-    ingest, _ = cached_stages(cfg, stores)  # an unchanged source is not read again
-    ingested = ingest(cfg, stores)
+    ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     job = prepare_scoring(ingested, current, cfg, stores)
     committed = run_partitioned(job, cfg)  # partitions on the configured task runner
     scored = scored_summary(job, ingested, committed)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 from aepipe.settings import stores as resolve_stores
+from flows.ingest import ingest
 from tasks.config import PipelineConfig
 from tasks.downstream import DownstreamReport, train_downstream
-from tasks.ingest import cached_stages
+from tasks.ingest import normalize
 from tasks.validate import validate_config
 
 
@@ -19,8 +20,7 @@ def train_downstream_flow(
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
-    ingest, normalize = cached_stages(cfg, stores)  # skipped when the source is unchanged
-    ingested = ingest(cfg, stores)
+    ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg)
     report = train_downstream(data, cfg, stores, model_version)
     print(report.to_text())

@@ -157,7 +157,9 @@ class PipelineConfig(_Frozen):
     promotion_direction: Literal["auto", "min", "max"] = "auto"
     home: str | None = Field(None, description="state folder; default $AEPIPE_HOME or ./.aepipe")
     partition_rows: int = Field(
-        500_000, ge=1, description="rows per scoring partition (one task each)"
+        500_000,
+        ge=1,
+        description="rows (or images) per ingest and scoring partition, one task each",
     )
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="runs the partition tasks: threads here, or a Dask cluster"

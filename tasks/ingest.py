@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -257,8 +258,6 @@ def _read_array(src: SourceConfig, info: SourceInfo) -> readers.ArrayData:
             digits.data, ids, digits.target, [], (8, 8, 1), DIGITS_SCALE, info.features
         )
     try:
-        if info.format == "images":
-            return readers.read_image_folder(src.path, src.image_size, src.image_mode)
         if info.format == "idx":
             return readers.read_idx_source(src.path, src.labels_path)
         return readers.read_npz(src.path)
@@ -266,56 +265,180 @@ def _read_array(src: SourceConfig, info: SourceInfo) -> readers.ArrayData:
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
-def _write_quarantine(rows: list[tuple[str, str]], folder: Path) -> Path | None:
-    path = folder / "quarantine.parquet"
-    if not rows:
-        path.unlink(missing_ok=True)
-        return None
-    table = pa.table({"location": [r[0] for r in rows], "reason": [r[1] for r in rows]})
-    _atomic_write(table, path)
-    return path
+def _quarantine_table(rows: list[tuple[str, str]]) -> pa.Table:
+    return pa.table(
+        {"location": [r[0] for r in rows], "reason": [r[1] for r in rows]},
+        schema=pa.schema([("location", pa.string()), ("reason", pa.string())]),
+    )
 
 
-def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
-    """Read the source and write it as raw Parquet with entity id, event time and label.
+@dataclass(frozen=True)
+class IngestPart:
+    """The slice of a source one ingest task reads: image paths (relative to the folder), or
+    Parquet files with their row groups (None: all), starting at source row ``first_row``."""
 
-    Rows that cannot be read (an undecodable image, say) go to ``quarantine.parquet`` beside
-    it with their location and reason; rows in = rows written + rows quarantined.
-    """
-    info = inspect_source(cfg.source)
-    fp = source_fingerprint(cfg)
-    folder = stores.data_dir / cfg.dataset / fp
-    if info.format in (*ARRAY_FORMATS, "builtin"):
-        return _ingest_array(cfg, info, folder, fp)
-    return _ingest_table(cfg, info, folder, fp)
+    index: int
+    files: list[str]
+    row_groups: list[list[int] | None] | None = None
+    first_row: int = 0
 
 
-def _check_quarantine(
-    cfg: PipelineConfig, rows_in: int, quarantined: int, where: Path | None
-) -> None:
-    if rows_in == 0:
-        raise ConfigError(f"source {cfg.source.path!r} has no rows")
-    share = quarantined / rows_in
-    if share > cfg.source.max_quarantine_fraction:
-        raise ConfigError(
-            f"{quarantined} of {rows_in} rows ({share:.1%}) of {cfg.source.path!r} were "
-            f"quarantined, more than source.max_quarantine_fraction "
-            f"{cfg.source.max_quarantine_fraction:.1%}; see {where}"
-        )
-    if quarantined == rows_in:
-        raise ConfigError(f"no usable rows in {cfg.source.path!r}; see {where}")
+@dataclass(frozen=True)
+class IngestPlan:
+    """How a source is ingested: its partitions and what they must agree on (column kinds of
+    a table, the layout of images), decided once, before the partitions run."""
+
+    fingerprint: str
+    folder: str
+    work: str  # this run's folder for the partitions' files, removed by the merge
+    info: SourceInfo
+    parts: list[IngestPart]
+    kinds: dict[str, str] = field(default_factory=dict)
+    layout: readers.ImageLayout | None = None
+    labelled: bool = False
+
+    @property
+    def raw_path(self) -> Path:
+        """Where the merged raw Parquet goes."""
+        return Path(self.folder) / "raw.parquet"
 
 
-def _ingest_table(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) -> IngestResult:
-    """Stream a CSV or Parquet source into raw Parquet, batch by batch."""
-    from tasks.tabular import TableReader
+@dataclass(frozen=True)
+class IngestedPart:
+    """What one partition wrote: its raw Parquet (None when no row was usable), its quarantined
+    rows, the rows it read, and a digest of what it read."""
+
+    index: int
+    path: str | None
+    rows_in: int
+    rows_out: int
+    quarantine: str | None
+    quarantined: int
+    digest: str
+    pixel_scale: float | None = None
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def _parquet_parts(files: list[str], partition_rows: int) -> list[IngestPart]:
+    """Row-group ranges of about ``partition_rows`` rows, small files grouped together, with
+    each part's first source row (so default ids stay source row numbers)."""
+    parts: list[IngestPart] = []
+    files_of: list[str] = []
+    groups_of: list[list[int] | None] = []
+    rows = first = start = 0
+
+    def close() -> None:
+        nonlocal files_of, groups_of, rows, first
+        if files_of:
+            parts.append(IngestPart(len(parts), files_of, groups_of, first))
+        files_of, groups_of, rows, first = [], [], 0, start
+
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        groups: list[int] = []
+        for g in range(meta.num_row_groups):
+            if rows >= partition_rows:
+                if groups:
+                    files_of.append(path)
+                    groups_of.append(groups)
+                    groups = []
+                close()
+            n = meta.row_group(g).num_rows
+            groups.append(g)
+            rows += n
+            start += n
+        if groups or meta.num_row_groups == 0:
+            files_of.append(path)
+            whole = len(groups) == meta.num_row_groups
+            groups_of.append(None if whole else groups)
+    close()
+    return parts or [IngestPart(0, [], [], 0)]
+
+
+def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
+    """Split the source into partitions: Parquet row-group ranges (about ``partition_rows``
+    rows each), chunks of an image folder's files; a CSV, IDX or NPZ file is one partition.
+    Column kinds (tables) and the image layout are fixed here, so every partition agrees."""
+    import uuid
 
     src = cfg.source
+    info = inspect_source(src)
+    fp = source_fingerprint(cfg)
+    folder = stores.data_dir / cfg.dataset / fp
+    work = folder / f"parts-{uuid.uuid4().hex[:12]}"
+    plan = dict(fingerprint=fp, folder=str(folder), work=str(work), info=info)
+    try:
+        if info.format == "images":
+            base = os.fspath(src.path)
+            rel = readers.list_images(base)
+            layout = readers.probe_images(base, rel, src.image_size, src.image_mode)
+            parts = [
+                IngestPart(i, chunk) for i, chunk in enumerate(_chunks(rel, cfg.partition_rows))
+            ]
+            labelled = bool(rel) and all("/" in r for r in rel)
+            return IngestPlan(**plan, parts=parts, layout=layout, labelled=labelled)
+        if info.format in (*ARRAY_FORMATS, "builtin"):
+            return IngestPlan(**plan, parts=[IngestPart(0, [src.path])])
+        from tasks.tabular import TableReader, parquet_files
+
+        reader = TableReader(src, info.columns, info.features, src.label)
+        kinds = reader.decide_kinds()
+        if info.format == "csv":
+            return IngestPlan(**plan, parts=[IngestPart(0, [src.path])], kinds=kinds)
+        parts = _parquet_parts(parquet_files(src.path), cfg.partition_rows)
+        return IngestPlan(**plan, parts=parts, kinds=kinds)
+    except readers.SourceReadError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"cannot read {src.path!r}: {str(err).splitlines()[0]}") from None
+
+
+def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> IngestedPart:
+    """Read one partition into ``part-NNNNN.parquet`` (entity id, event time, label, features)
+    in this run's work folder, its unusable rows into ``part-NNNNN.quarantine.parquet``."""
+    work = Path(plan.work)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"part-{part.index:05d}.parquet"
+    if plan.info.format in (*ARRAY_FORMATS, "builtin"):
+        result = _ingest_array_part(plan, part, cfg, path)
+    else:
+        result = _ingest_table_part(plan, part, cfg, path)
+    rows_out, rows_in, quarantine, digest, scale = result
+    qpath = None
+    if quarantine:
+        qpath = path.with_suffix(".quarantine.parquet")
+        _atomic_write(_quarantine_table(quarantine), qpath)
+    return IngestedPart(
+        part.index,
+        str(path) if rows_out else None,
+        rows_in,
+        rows_out,
+        str(qpath) if qpath else None,
+        len(quarantine),
+        digest,
+        scale,
+    )
+
+
+def _ingest_table_part(
+    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
+) -> tuple[int, int, list[tuple[str, str]], str, None]:
+    """Stream a CSV file or Parquet row groups into raw Parquet, batch by batch."""
+    from tasks.tabular import TableReader
+
+    src, info = cfg.source, plan.info
     label = src.label
-    reader = TableReader(src, info.columns, info.features, label)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "raw.parquet"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    slices = None
+    if info.format == "parquet":
+        slices = list(zip(part.files, part.row_groups or [None] * len(part.files), strict=True))
+    reader = TableReader(
+        src, info.columns, info.features, label, slices, part.first_row, plan.kinds
+    )
+    types = {"num": pa.float64(), "bool": pa.bool_(), "cat": pa.string()}
+    tmp = path.with_name(f".{path.name}.tmp")
     now = datetime.now(UTC)
     writer: pq.ParquetWriter | None = None
     quarantine: list[tuple[str, str]] = []
@@ -336,15 +459,14 @@ def _ingest_table(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) 
                     pa.string() if src.resolved_format == "csv" else None,
                 )
             for col in info.features:
-                kind = reader.kinds[col]
-                typ = {"num": pa.float64(), "bool": pa.bool_(), "cat": pa.string()}[kind]
+                typ = types[reader.kinds[col]]
                 arrays[col] = pa.array(frame[col].to_numpy(dtype=object), typ, from_pandas=True)
             table = pa.table(arrays)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table.cast(writer.schema))
             rows_out += n
-    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
@@ -352,56 +474,180 @@ def _ingest_table(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) 
         raise ConfigError(f"cannot read {src.path!r}: {first}") from None
     if writer is not None:
         writer.close()
-    quarantine = reader.ragged + quarantine
-    where = _write_quarantine(quarantine, folder)
-    rows_in = reader.rows_in + len(reader.ragged)
+        os.replace(tmp, path)
+    digest = _digest(part.files, part.row_groups, rows_out)  # tables: content_digest at merge
+    return rows_out, reader.rows_in + len(reader.ragged), reader.ragged + quarantine, digest, None
+
+
+def _ingest_array_part(
+    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
+) -> tuple[int, int, list[tuple[str, str]], str, float | None]:
+    """Decode images (or read an IDX / NPZ array) into raw Parquet."""
+    if plan.info.format == "images":
+        data = readers.decode_images(cfg.source.path, part.files, plan.layout, plan.labelled)
+    else:
+        data = _read_array(cfg.source, plan.info)
+    rows_in = len(data.ids) + len(data.quarantine)
+    if data.ids:
+        arrays = [pa.array(data.features[:, j]) for j in range(data.features.shape[1])]
+        table = pa.Table.from_arrays(arrays, names=data.columns)
+        if data.labels is not None:
+            table = table.add_column(0, LABEL, pa.array(data.labels))
+        now = pd.Series(pd.Timestamp(datetime.now(UTC)), index=range(len(data.ids)))
+        table = table.add_column(0, EVENT_TIMESTAMP, utc_timestamps(now))
+        table = table.add_column(0, ENTITY_ID, pa.array(data.ids, pa.string()))
+        _atomic_write(table, path)
+    return len(data.ids), rows_in, data.quarantine, array_digest(data), data.scale
+
+
+def _cross_part_duplicates(parts: list[IngestedPart]) -> dict[int, np.ndarray]:
+    """Per part, a mask of rows whose entity id an earlier part already has (kept there)."""
+    seen = pd.Index([], dtype=object)
+    masks: dict[int, np.ndarray] = {}
+    for p in parts:
+        ids = pq.read_table(p.path, columns=[ENTITY_ID]).column(0).to_pandas()
+        dup = seen.get_indexer(ids) >= 0 if len(seen) else np.zeros(len(ids), bool)
+        if dup.any():
+            masks[p.index] = dup
+        seen = seen.append(pd.Index(ids[~dup]))
+    return masks
+
+
+def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfig) -> IngestResult:
+    """Join the partitions into ``raw.parquet`` and ``quarantine.parquet``: entity ids found
+    in more than one partition are quarantined after their first; rows in = rows written +
+    rows quarantined; the run fails when the quarantined share exceeds the configured limit.
+    One partition is renamed into place, not copied."""
+    folder, work = Path(plan.folder), Path(plan.work)
+    parts = sorted(parts, key=lambda p: p.index)
+    missing = [p.path for p in parts if p.path and not Path(p.path).exists()]
+    if missing:
+        raise ConfigError(
+            f"partition files of an earlier ingest are gone ({missing[0]}); run again with "
+            "the cache refreshed (delete the data set's folder under the store)"
+        )
+    written = [p for p in parts if p.path]
+    dups = _cross_part_duplicates(written) if cfg.source.entity_id and len(written) > 1 else {}
+    quarantine = [pq.read_table(p.quarantine) for p in parts if p.quarantine]
+    for p in written:
+        if p.index in dups:
+            ids = pq.read_table(p.path, columns=[ENTITY_ID]).column(0).to_pylist()
+            again = [ids[i] for i in np.flatnonzero(dups[p.index])]
+            quarantine.append(
+                _quarantine_table(
+                    [(f"entity id {i!r}", f"duplicate entity id {i!r}") for i in again]
+                )
+            )
+    rows_in = sum(p.rows_in for p in parts)
+    n_quarantined = sum(t.num_rows for t in quarantine)
+    where = folder / "quarantine.parquet"
+    folder.mkdir(parents=True, exist_ok=True)
+    if quarantine:
+        _atomic_write(pa.concat_tables(quarantine), where)
+    else:
+        where.unlink(missing_ok=True)
     try:
-        _check_quarantine(cfg, rows_in, len(quarantine), where)
+        _check_quarantine(cfg, rows_in, n_quarantined, where if quarantine else None)
     except ConfigError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if len(written) == 1 and not dups:
+        os.replace(written[0].path, plan.raw_path)
+    else:
+        _concat_parts(written, dups, plan.raw_path)
+    shutil.rmtree(work, ignore_errors=True)
+    if plan.info.format in (*ARRAY_FORMATS, "builtin"):  # digests of the decoded arrays
+        digest = parts[0].digest if len(parts) == 1 else _digest([p.digest for p in parts])
+    else:
+        digest = content_digest(cfg.source)
+    fmt = plan.info.format
+    if fmt == "images":
+        has_label = plan.labelled
+    elif fmt in ARRAY_FORMATS:
+        has_label = LABEL in plan.info.columns
+    else:
+        has_label = fmt == "builtin" or bool(cfg.source.label)
+    return IngestResult(
+        str(plan.raw_path),
+        rows_in - n_quarantined,
+        _feature_columns(plan),
+        has_label,
+        plan.fingerprint,
+        digest,
+        next((p.pixel_scale for p in parts if p.pixel_scale), None),
+        n_quarantined,
+        str(where) if quarantine else None,
+    )
+
+
+def _feature_columns(plan: IngestPlan) -> list[str]:
+    if plan.layout is not None:
+        return readers.pixel_columns(plan.layout.shape)
+    return plan.info.features
+
+
+def _concat_parts(parts: list[IngestedPart], dups: dict[int, np.ndarray], out: Path) -> None:
+    """Copy the partitions' row groups into one Parquet file, dropping duplicate rows."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer: pq.ParquetWriter | None = None
+    try:
+        for p in parts:
+            pf = pq.ParquetFile(p.path)
+            offset = 0
+            for g in range(pf.metadata.num_row_groups):
+                table = pf.read_row_group(g)
+                if p.index in dups:
+                    keep = ~dups[p.index][offset : offset + table.num_rows]
+                    table = table.filter(pa.array(keep))
+                offset += pf.metadata.row_group(g).num_rows
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                try:
+                    writer.write_table(table.cast(writer.schema))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+                    raise ConfigError(
+                        f"the source's files disagree on column types ({p.path}): {err}"
+                    ) from None
+    except BaseException:
+        if writer is not None:
+            writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
-    return IngestResult(
-        str(path),
-        rows_out,
-        info.features,
-        bool(label),
-        fp,
-        content_digest(src),
-        None,
-        len(quarantine),
-        str(where) if where else None,
-    )
+    if writer is not None:
+        writer.close()
+    os.replace(tmp, out)
 
 
-def _ingest_array(cfg: PipelineConfig, info: SourceInfo, folder: Path, fp: str) -> IngestResult:
-    data = _read_array(cfg.source, info)
-    rows_in = len(data.ids) + len(data.quarantine)
+def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
+    """Read the source into raw Parquet with entity id, event time and label, in this process,
+    partition after partition (the flows run the partitions as tasks instead).
+
+    Rows that cannot be read (an undecodable image, say) go to ``quarantine.parquet`` beside
+    it with their location and reason; rows in = rows written + rows quarantined.
+    """
+    plan = plan_ingest(cfg, stores)
+    try:
+        parts = [ingest_part(plan, part, cfg) for part in plan.parts]
+    except BaseException:
+        shutil.rmtree(plan.work, ignore_errors=True)
+        raise
+    return merge_ingest(plan, parts, cfg)
+
+
+def _check_quarantine(
+    cfg: PipelineConfig, rows_in: int, quarantined: int, where: Path | None
+) -> None:
     if rows_in == 0:
         raise ConfigError(f"source {cfg.source.path!r} has no rows")
-    folder.mkdir(parents=True, exist_ok=True)
-    quarantine = _write_quarantine(data.quarantine, folder)
-    _check_quarantine(cfg, rows_in, len(data.quarantine), quarantine)
-    arrays = [pa.array(data.features[:, j]) for j in range(data.features.shape[1])]
-    table = pa.Table.from_arrays(arrays, names=data.columns)
-    if data.labels is not None:
-        table = table.add_column(0, LABEL, pa.array(data.labels))
-    now = pd.Series(pd.Timestamp(datetime.now(UTC)), index=range(len(data.ids)))
-    table = table.add_column(0, EVENT_TIMESTAMP, utc_timestamps(now))
-    table = table.add_column(0, ENTITY_ID, pa.array(data.ids, pa.string()))
-    path = folder / "raw.parquet"
-    _atomic_write(table, path)
-    return IngestResult(
-        str(path),
-        table.num_rows,
-        data.columns,
-        data.labels is not None,
-        fp,
-        array_digest(data),
-        data.scale,
-        len(data.quarantine),
-        str(quarantine) if quarantine else None,
-    )
+    share = quarantined / rows_in
+    if share > cfg.source.max_quarantine_fraction:
+        raise ConfigError(
+            f"{quarantined} of {rows_in} rows ({share:.1%}) of {cfg.source.path!r} were "
+            f"quarantined, more than source.max_quarantine_fraction "
+            f"{cfg.source.max_quarantine_fraction:.1%}; see {where}"
+        )
+    if quarantined == rows_in:
+        raise ConfigError(f"no usable rows in {cfg.source.path!r}; see {where}")
 
 
 def utc_timestamps(values: pd.Series) -> pa.Array:
@@ -504,9 +750,15 @@ def _digest(*parts: object) -> str:
 
 
 def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect cache key of an ingest: the store and the source's fingerprint."""
-    cfg, stores = parameters["cfg"], parameters["stores"]
-    return "aepipe-ingest-" + _digest(str(stores.home), cfg.dataset, source_fingerprint(cfg))
+    """Prefect cache key of a merged ingest: the data set's folder, named by the store, the
+    data set and the source's fingerprint."""
+    return "aepipe-ingest-" + _digest(parameters["plan"].folder)
+
+
+def ingest_part_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect cache key of one ingest partition: the fingerprinted folder and its slice."""
+    plan, part = parameters["plan"], parameters["part"]
+    return "aepipe-ingest-part-" + _digest(plan.folder, part.files, part.row_groups)
 
 
 def normalize_cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -518,23 +770,23 @@ def normalize_cache_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 # Cached by Prefect across runs: results persist as JSON (never pickles) in Prefect's result
-# storage, so a scheduled run on an unchanged source skips both stages.
-ingest = io_task("ingest")(ingest_source).with_options(
-    cache_key_fn=ingest_cache_key, persist_result=True, result_serializer="json"
+# storage, so a scheduled run on an unchanged source reads nothing again. The plan is not
+# cached (it is cheap, and names this run's work folder); partitions and the merge are.
+_persisted = {"persist_result": True, "result_serializer": "json"}
+plan_ingest_task = io_task("plan-ingest")(plan_ingest)
+ingest_part_task = io_task("ingest-partition")(ingest_part).with_options(
+    cache_key_fn=ingest_part_cache_key, **_persisted
 )
-normalize = task(
-    name="normalize",
-    cache_key_fn=normalize_cache_key,
-    persist_result=True,
-    result_serializer="json",
-)(normalize_dataset)
+merge_ingest_task = io_task("merge-ingest")(merge_ingest).with_options(
+    cache_key_fn=ingest_cache_key, **_persisted
+)
+normalize_task = task(name="normalize", cache_key_fn=normalize_cache_key, **_persisted)(
+    normalize_dataset
+)
 
 
-def cached_stages(cfg: PipelineConfig, stores: Stores) -> tuple[Any, Any]:
-    """The ingest and normalize tasks, told to refresh their cache when the files a cached
-    result points to are gone (say, someone cleared the data folder)."""
-    folder = stores.data_dir / cfg.dataset / source_fingerprint(cfg)
-    return (
-        ingest.with_options(refresh_cache=not (folder / "raw.parquet").exists()),
-        normalize.with_options(refresh_cache=not (folder / "normalized.parquet").exists()),
-    )
+def normalize(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
+    """The cached normalize task, told to run again when the file its cached result points
+    to is gone (say, someone cleared the data folder)."""
+    done = (Path(ingested.path).parent / "normalized.parquet").exists()
+    return normalize_task.with_options(refresh_cache=not done)(ingested, cfg)

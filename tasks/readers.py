@@ -164,47 +164,77 @@ def read_image_folder(
     or ``image_size`` (height, width) when given, in which case they are resized. Unreadable
     images, and images of another size when ``image_size`` is not given, are quarantined.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image, UnidentifiedImageError
-
     base = os.fspath(root)
     rel = list_images(base)
+    layout = probe_images(base, rel, image_size, mode)
+    return decode_images(base, rel, layout, all("/" in r for r in rel), workers)
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """What every image of a folder is decoded to: PIL mode, (height, width), and whether
+    images of another size are resized (``source.image_size`` given) or quarantined."""
+
+    mode: str
+    size: tuple[int, int]
+    resize: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Height, width and channels of a decoded image."""
+        return (int(self.size[0]), int(self.size[1]), 1 if self.mode == "L" else 3)
+
+
+def probe_images(
+    base: str, rel: list[str], image_size: tuple[int, int] | None, mode: str
+) -> ImageLayout:
+    """The layout every image is decoded to, fixed by the first readable image (its mode when
+    ``mode`` is ``auto``, its size unless ``image_size`` is given)."""
+    from PIL import Image, UnidentifiedImageError
+
     if not rel:
         raise SourceReadError(
             f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base!r}"
         )
-    files = [os.path.join(base, r) for r in rel]
-    nested = all("/" in r for r in rel)
-    quarantine: list[tuple[str, str]] = []
-    target_mode, target_size = mode, image_size
-    for p in files:  # the first readable image fixes the mode and size
+    for r in rel:
         try:
-            with Image.open(p) as probe:
+            with Image.open(os.path.join(base, r)) as probe:
                 probe_mode, (w, h) = probe.mode, probe.size
             break
         except (UnidentifiedImageError, OSError):
             continue
     else:
-        raise SourceReadError(f"none of the {len(files)} image files under {base!r} can be decoded")
-    if target_mode == "auto":
-        target_mode = "L" if probe_mode in GRAY_MODES else "RGB"
-    resize = target_size is not None
-    size = target_size or (h, w)
+        raise SourceReadError(f"none of the {len(rel)} image files under {base!r} can be decoded")
+    if mode == "auto":
+        mode = "L" if probe_mode in GRAY_MODES else "RGB"
+    size = tuple(image_size) if image_size is not None else (h, w)
+    return ImageLayout(mode, size, image_size is not None)
 
+
+def decode_images(
+    base: str,
+    rel: list[str],
+    layout: ImageLayout,
+    labelled: bool,
+    workers: int | None = None,
+) -> ArrayData:
+    """Decode the images ``rel`` (paths relative to ``base``) in threads; their first path
+    part is the label when ``labelled``; undecodable or mis-sized images are quarantined."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [os.path.join(base, r) for r in rel]
     # contiguous shares per thread: small images decode in microseconds, so a future per
     # image would cost more than the decoding. (Processes decoded 10,000 MNIST PNGs only
     # 12 % faster here, and spawning them re-runs an unguarded user script: not worth it.)
-    n_workers = workers or min(8, os.cpu_count() or 1)
+    n_workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(files)))
     shares = [files[i::n_workers] for i in range(n_workers)]
-    job = (target_mode, size, resize)
+    job = (layout.mode, layout.size, layout.resize)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         parts = list(pool.map(_decode_share, shares, [job] * n_workers))
     decoded: list[np.ndarray | str] = [None] * len(files)  # type: ignore[list-item]
     for w, part in enumerate(parts):
         decoded[w::n_workers] = part
-    channels = 1 if target_mode == "L" else 3
-    shape = (int(size[0]), int(size[1]), channels)
+    shape = layout.shape
     keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     quarantine = [(str(rel[i]), decoded[i]) for i, d in enumerate(decoded) if isinstance(d, str)]
     features = (
@@ -212,7 +242,7 @@ def read_image_folder(
         if keep
         else np.zeros((0, shape[0] * shape[1] * shape[2]), np.uint8)
     )
-    labels = np.array([rel[i].split("/", 1)[0] for i in keep]) if nested else None
+    labels = np.array([rel[i].split("/", 1)[0] for i in keep]) if labelled else None
     return ArrayData(
         features,
         [rel[i] for i in keep],

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 BATCH_ROWS = 65_536
 TYPE_SHARE = 0.8  # share of a column's first-batch values that decides its type
@@ -98,12 +99,44 @@ class _Rejects:
 class TableReader:
     """Reads a table source in batches, typing columns and quarantining unusable rows."""
 
-    def __init__(self, src, columns: list[str], features: list[str], label: str | None) -> None:
+    def __init__(
+        self,
+        src,
+        columns: list[str],
+        features: list[str],
+        label: str | None,
+        slices: list[tuple[str, list[int] | None]] | None = None,
+        first_row: int = 0,
+        kinds: dict[str, str] | None = None,
+    ) -> None:
+        """Read ``slices`` of a Parquet source ((file, row groups or None for all) pairs; the
+        whole source when None) whose first row is source row ``first_row``, with the column
+        ``kinds`` already decided (else from the first batch)."""
         self.src, self.columns, self.features, self.label = src, columns, features, label
-        self.kinds: dict[str, str] = {}
+        self.slices, self.first_row = slices, first_row
+        self.kinds: dict[str, str] = dict(kinds or {})
         self.seen_ids: set[str] = set()
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
+
+    def _parquet_batches(self) -> Iterator[pa.RecordBatch]:
+        src = self.src
+        wanted = [src.entity_id, src.timestamp, self.label, *self.features]
+        needed = list(dict.fromkeys(c for c in wanted if c))
+        slices = self.slices or [(f, None) for f in parquet_files(src.path)]
+        for path, groups in slices:
+            pf = pq.ParquetFile(path, pre_buffer=False)
+            missing = [c for c in needed if c not in pf.schema_arrow.names]
+            if missing:
+                raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
+            yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=needed)
+
+    def decide_kinds(self) -> dict[str, str]:
+        """Numeric, boolean or categorical per feature column, from the first batch."""
+        for cols in self._raw_batches():
+            self._decide_kinds(cols)
+            break
+        return self.kinds
 
     def _raw_batches(self) -> Iterator[dict[str, pa.Array]]:
         src = self.src
@@ -112,11 +145,7 @@ class TableReader:
                 src.path, src.delimiter, src.quote_char, src.header, self.columns, self.ragged
             )
         else:
-            import pyarrow.dataset as ds
-
-            batches = ds.dataset(parquet_files(src.path), format="parquet").to_batches(
-                batch_size=BATCH_ROWS
-            )
+            batches = self._parquet_batches()
         na = pa.array(list(src.na_values), pa.string())
         for batch in batches:
             cols = {}
@@ -150,7 +179,7 @@ class TableReader:
     def chunks(self) -> Iterator[Chunk]:
         """Typed batches of usable rows, each with the rows it set aside."""
         src = self.src
-        start = 0
+        start = self.first_row
         for cols in self._raw_batches():
             if not self.kinds:
                 self._decide_kinds(cols)

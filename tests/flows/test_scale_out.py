@@ -1,5 +1,5 @@
-"""Partitioned writes: the Dask task runner gives the same table as threads; a failed
-partition leaves nothing behind."""
+"""Partitioned ingest and writes: the Dask task runner gives the same data and table as
+threads; a failed partition leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from feature_store import load_table, read_features
 from flows.partitions import write_partitions
 from flows.reduce_features import reduce_features
 from tasks.config import build_config
+from tasks.ingest import plan_ingest
 from tasks.partitions import ScoringJob
 
 pytestmark = pytest.mark.slow
 
 
-def config(home, runner: str):
+def config(home, runner: str, source: dict | None = None):
     return build_config(
         {
             "home": str(home),
+            "dataset": "digits",
+            "source": source or {"path": "digits"},
             "model": {"code_size": 4},
             "train": {"epochs": 2, "batch_size": 64, "patience": 0},
             "partition_rows": 400,
@@ -36,12 +39,35 @@ def small_row_groups(monkeypatch):
     monkeypatch.setattr("tasks.ingest.NORMALIZE_BATCH", 400)
 
 
+def digits_folder(folder) -> dict:
+    """The digits as three Parquet files in row groups of 200 rows: five ingest partitions."""
+    from sklearn.datasets import load_digits
+
+    frame = load_digits(as_frame=True).frame
+    folder.mkdir()
+    for i, start in enumerate((0, 600, 1200)):
+        part = frame.iloc[start : start + 600]
+        pq.write_table(
+            pa.Table.from_pandas(part, preserve_index=False),
+            folder / f"digits-{i}.parquet",
+            row_group_size=200,
+        )
+    return {"path": str(folder), "label": "target"}
+
+
 def test_dask_runner_writes_the_same_table_as_threads(
     prefect_server, small_row_groups, tmp_path
 ) -> None:
-    threads = reduce_features(config(tmp_path / "threads", "threads"))
-    dask = reduce_features(config(tmp_path / "dask", "dask"))
+    source = digits_folder(tmp_path / "source")
+    assert len(plan_ingest(config(tmp_path, "threads", source), stores(tmp_path)).parts) == 5
+    threads = reduce_features(config(tmp_path / "threads", "threads", source))
+    dask = reduce_features(config(tmp_path / "dask", "dask", source))
     assert threads.rows_written == dask.rows_written == 1797
+    raw = [
+        pq.read_table(next((tmp_path / h / "data").rglob("raw.parquet"))).drop(["event_timestamp"])
+        for h in ("threads", "dask")
+    ]
+    assert raw[0].equals(raw[1])  # ingested in five partitions on either runner
     a = read_features("digits", home=tmp_path / "threads").sort_values("entity_id")
     b = read_features("digits", home=tmp_path / "dask").sort_values("entity_id")
     assert list(a["entity_id"]) == list(b["entity_id"])

@@ -45,15 +45,30 @@ def config(home, source, **source_roles):
     )
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    """Task name -> final state name, for one flow run, from the Prefect API."""
+def task_states(flow_run_id, subflow: str | None = None) -> dict[str, str]:
+    """Task name -> final state name, for one flow run (or its subflow named ``subflow``),
+    from the Prefect API."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentTaskRunId,
+    )
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
+        if subflow is not None:
+            parent = next(r.id for r in runs if r.name.rsplit("-", 1)[0] == subflow)
+            child = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[parent])
+                )
+            )[0]
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[child.id]))
+            )
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
@@ -90,17 +105,24 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     written_at = raw.stat().st_mtime_ns
     state = score_features(cfg, return_state=True)
     nothing = state.result()
-    assert task_states(state.state_details.flow_run_id) == {
+    run_id = state.state_details.flow_run_id
+    assert task_states(run_id) == {
         "load-champion": "Completed",
-        "ingest": "Cached",  # the unchanged source was not read again
+        "ingest-partitions": "Completed",  # the subflows that map partition tasks
         "prepare-scoring": "Completed",
-        "write-partitions": "Completed",  # the subflow that maps the partition tasks
+        "write-partitions": "Completed",
+    }
+    assert task_states(run_id, "ingest-partitions") == {
+        "plan-ingest": "Completed",
+        "ingest-partition": "Cached",  # the unchanged source was not read again
+        "merge-ingest": "Cached",
     }
     assert raw.stat().st_mtime_ns == written_at
     assert nothing.rows_written == 0 and nothing.rows_seen == 300
     shutil.rmtree(home / "data")  # a cached result whose files are gone is not trusted
     state = score_features(cfg, return_state=True)
-    assert task_states(state.state_details.flow_run_id)["ingest"] == "Completed"
+    ingest_states = task_states(state.state_details.flow_run_id, "ingest-partitions")
+    assert ingest_states["merge-ingest"] == ingest_states["ingest-partition"] == "Completed"
     assert raw.exists() and state.result().rows_written == 0
     assert "no new rows" in nothing.to_text() and nothing.since is not None
     assert snapshot(home) == before
