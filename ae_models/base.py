@@ -26,13 +26,15 @@ class AEOutput:
     """What ``forward`` returns: reconstruction (data space), code, and the variant's penalty.
 
     ``logits`` is the decoder output before the sigmoid head (None for a linear head); the
-    loss uses it so binary cross-entropy stays numerically stable.
+    loss uses it so binary cross-entropy stays numerically stable. ``row_penalty`` is the
+    penalty per row where it has one (the VAE's KL term), for negative-ELBO scores.
     """
 
     recon: Tensor
     latent: Tensor
     aux_loss: Tensor
     logits: Tensor | None = None
+    row_penalty: Tensor | None = None  # per-row share of aux_loss (the VAE's weighted KL)
 
 
 @dataclass(frozen=True)

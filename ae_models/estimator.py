@@ -14,6 +14,7 @@ from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
 from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
+from ae_models.scoring import SCORE_KINDS, Scorer, fit_scorer, score_rows
 from ae_models.serialization import load_model, save_model
 from ae_models.training import TrainConfig, TrainResult, encode_and_score, train
 
@@ -29,6 +30,7 @@ _PARAMS = (
     "validation_fraction",
     "patience",
     "contamination",
+    "anomaly_score",
     "device",
     "precision",
     "random_state",
@@ -78,10 +80,14 @@ class AutoencoderReducer:
     """Learned dimensionality reduction and reconstruction-based anomaly scores.
 
     ``fit(X)`` trains the named variant; ``transform`` gives latent codes,
-    ``inverse_transform`` decodes them, ``decision_function`` gives per-row reconstruction
-    errors (higher = more anomalous), ``predict`` flags rows above ``threshold_`` (the
-    ``1 - contamination`` quantile of the training scores). ``loss="auto"`` picks a sigmoid head
-    with binary cross-entropy when X lies in [0, 1], a linear head with MSE otherwise.
+    ``inverse_transform`` decodes them, ``decision_function`` gives per-row anomaly
+    scores of the ``anomaly_score`` kind (higher = more anomalous; ``auto``: BCE for [0, 1]
+    data, else ``hybrid``, see :mod:`ae_models.scoring`), ``calibrated_score`` maps them to
+    [0, 1] by the training scores, ``predict`` flags rows above ``threshold_`` (the
+    ``1 - contamination`` quantile of the training scores, or with ``contamination="auto"`` a
+    robust rule on them).
+    ``loss="auto"`` picks a sigmoid head with binary cross-entropy when X lies in [0, 1], a
+    linear head with MSE otherwise.
     ``batch_size="auto"`` gives small data sets enough steps an epoch (:func:`auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
     (:func:`auto_code_size`).
@@ -99,7 +105,8 @@ class AutoencoderReducer:
         lr_schedule: str = "onecycle",
         validation_fraction: float = 0.1,
         patience: int = 15,
-        contamination: float = 0.01,
+        contamination: float | Literal["auto"] = 0.01,
+        anomaly_score: str = "auto",
         device: str = "auto",
         precision: str = "auto",
         random_state: int = 0,
@@ -117,6 +124,7 @@ class AutoencoderReducer:
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.contamination = contamination
+        self.anomaly_score = anomaly_score
         self.device = device
         self.precision = precision
         self.random_state = random_state
@@ -155,8 +163,15 @@ class AutoencoderReducer:
         get_model_class(self.model)  # names the available models when unknown
         if self.loss not in ("auto", "bce", "mse"):
             raise ValueError(f"loss must be 'auto', 'bce' or 'mse', got {self.loss!r}")
-        if not 0 < self.contamination < 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
+        c = self.contamination
+        if c != "auto" and not (isinstance(c, int | float) and 0 < c < 0.5):
+            raise ValueError(
+                f"contamination must be in (0, 0.5) or 'auto', got {self.contamination!r}"
+            )
+        if self.anomaly_score not in SCORE_KINDS:
+            raise ValueError(
+                f"anomaly_score must be one of {list(SCORE_KINDS)}, got {self.anomaly_score!r}"
+            )
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
@@ -210,8 +225,11 @@ class AutoencoderReducer:
         self.n_features_in_ = x.shape[1]
         self.history_ = result.history
         self.train_result_ = result
-        self.decision_scores_ = self.decision_function(x)
-        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
+        self.scorer_, scores = fit_scorer(
+            net, x, self.anomaly_score, self.contamination, device=self.device
+        )
+        self.decision_scores_ = scores
+        self.threshold_ = self.scorer_.threshold
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self
 
@@ -239,12 +257,16 @@ class AutoencoderReducer:
         return self.model_.decode(torch.from_numpy(z).to(dev)).float().cpu().numpy()
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Per-row reconstruction error (mean squared error per feature): higher is more
+        """Per-row anomaly score of the fitted kind (``scorer_.kind``): higher is more
         anomalous."""
         self._check_fitted()
         x = check_array(X, n_features=self.n_features_in_)
-        _, mse, _ = encode_and_score(self.model_, x, device=self.device)
-        return mse
+        return score_rows(self.model_, x, self.scorer_, device=self.device).scores
+
+    def calibrated_score(self, X: Any) -> np.ndarray:
+        """Scores mapped to [0, 1]: the share of training rows that scored at or below each
+        row ("more unusual than p of the training data")."""
+        return self.scorer_.calibration.calibrate(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """1 for rows whose score exceeds ``threshold_`` (anomalies), else 0."""
@@ -278,6 +300,7 @@ class AutoencoderReducer:
             "loss_": self.loss_,
             "n_features_in_": self.n_features_in_,
             "threshold_": self.threshold_,
+            "scorer_": self.scorer_.to_dict(),
             "history_": self.history_,
         }
         (folder / ESTIMATOR_FILE).write_text(json.dumps(state, indent=1))
@@ -295,5 +318,6 @@ class AutoencoderReducer:
         est.loss_ = state["loss_"]
         est.n_features_in_ = state["n_features_in_"]
         est.threshold_ = state["threshold_"]
+        est.scorer_ = Scorer.from_dict(state["scorer_"])
         est.history_ = state["history_"]
         return est

@@ -56,10 +56,10 @@ class VariationalAutoencoder(Autoencoder):
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         raw = self.decoder(z)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(dim=1).mean()
+        kl_rows = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(dim=1)
         logits = raw if self.config.output == "sigmoid" else None
-        aux = self.config.beta * kl / self.config.input_dim
-        return AEOutput(self._head(raw), mu, aux, logits)
+        penalty = self.config.beta * kl_rows / self.config.input_dim
+        return AEOutput(self._head(raw), mu, penalty.mean(), logits, penalty)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -36,7 +36,11 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--lr": ("train.lr", float, "Adam learning rate (default 1e-3)"),
     "--seed": ("train.seed", int, "random seed (default 0)"),
     "--device": ("train.device", str, "auto, cpu, cuda, cuda:1 or mps (default auto)"),
-    "--contamination": ("contamination", float, "expected anomaly fraction (default 0.01)"),
+    "--contamination": (
+        "contamination",
+        str,
+        "expected anomaly fraction (default 0.01), or auto when unknown",
+    ),
     "--registered-model": ("registered_model", str, "MLflow model name (default aepipe-<dataset>)"),
     "--home": ("home", str, "state folder (default $AEPIPE_HOME or ./.aepipe)"),
 }

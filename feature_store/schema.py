@@ -18,7 +18,11 @@ BASE_FIELDS: tuple[pa.Field, ...] = (
 )
 TAIL_FIELDS: tuple[pa.Field, ...] = (
     pa.field("recon_error", pa.float32(), nullable=False),
+    # the score mapped to [0, 1] by the training scores (null for models saved before it)
+    pa.field("anomaly_score", pa.float32(), nullable=True),
     pa.field("is_anomaly", pa.bool_(), nullable=False),
+    # the source columns contributing most to the score, largest first (null when not asked)
+    pa.field("top_columns", pa.list_(pa.string()), nullable=True),
     pa.field("model_name", pa.string(), nullable=False),
     pa.field("model_version", pa.int64(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
@@ -50,12 +54,14 @@ def validate_batch(batch: pa.RecordBatch | pa.Table, code_size: int) -> None:
     expected = feature_schema(code_size)
     for f in expected:
         if f.name not in batch.schema.names:
+            if f.nullable:  # optional columns may be left out: they read as null
+                continue
             raise ValueError(f"feature batch lacks column {f.name!r} (expected {f.type})")
         got = batch.schema.field(f.name).type
-        if got != f.type:
+        if got != f.type and not (pa.types.is_null(got) and f.nullable):
             raise ValueError(f"feature column {f.name!r} has type {got}, expected {f.type}")
         col = batch.column(f.name)
-        if col.null_count:
+        if col.null_count and not f.nullable:
             raise ValueError(f"feature column {f.name!r} has {col.null_count} null values")
         if pa.types.is_floating(f.type):
             import pyarrow.compute as pc

@@ -112,7 +112,10 @@ def _ensure_table(catalog: Catalog, table: str, code_size: int, model_name: str)
                 for col in PARTITION_COLUMNS:
                     spec.add_identity(col)
         return tbl
-    if code_size_of(tbl.schema().as_arrow()) < code_size:
+    current = tbl.schema().as_arrow()
+    wanted = _table_schema(code_size)
+    if code_size_of(current) < code_size or set(wanted.names) - set(current.names):
+        # a longer code, or columns added in a later aepipe: widen (old rows read as null)
         with tbl.update_schema() as update:
             update.union_by_name(_table_schema(code_size))
     return tbl

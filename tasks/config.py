@@ -149,7 +149,22 @@ class PipelineConfig(_Frozen):
     train: TrainConfig = Field(default_factory=TrainConfig)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    contamination: float = Field(0.01, gt=0, lt=0.5)
+    contamination: float | Literal["auto"] = Field(
+        0.01,
+        description="expected share of anomalies: the training-score quantile 1 - contamination "
+        "is the threshold; 'auto' when unknown (median + 3.5 MAD of the log training scores)",
+    )
+    score: Literal["auto", "mse", "scaled_mse", "bce", "elbo", "hybrid"] = Field(
+        "auto",
+        description="anomaly score kind (ae_models.scoring); auto: bce for [0, 1] data, "
+        "else hybrid",
+    )
+    explain_top_k: int | None = Field(
+        None,
+        ge=0,
+        description="source columns contributing most to each row's score, kept in the "
+        "feature table's top_columns; default 3 for tables, 0 (off) for images",
+    )
     registered_model: str | None = Field(None, description="default: aepipe-<dataset>")
     promotion_metric: str = Field(
         "eval_mse", description="eval_mse (both models scored on the test split) or a run metric"
@@ -172,6 +187,13 @@ class PipelineConfig(_Frozen):
         description="hand training to this Prefect deployment (e.g. "
         "'train-autoencoder/train-autoencoder' on the gpu pool) and wait; default: train here",
     )
+
+    @field_validator("contamination")
+    @classmethod
+    def _contamination(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 < float(v) < 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5) or 'auto', got {v}")
+        return v
 
     @field_validator("dataset")
     @classmethod

@@ -36,6 +36,7 @@ def materialize_job(
         mode="replace",
         device=trained.device,
         features=list(data.features),
+        explain_spec=data.spec_path,
     )
 
 

@@ -24,6 +24,7 @@ from prefect import task
 
 import ae_models
 from ae_models.runtime import SCORING_PRECISION
+from ae_models.scoring import Scorer, score_rows
 from aepipe.settings import Stores
 from feature_store import (
     StagedFeatures,
@@ -63,6 +64,8 @@ class ScoringJob:
     after: str | None = None
     device: str = "auto"
     partition_rows: int = 500_000
+    explain_top_k: int = 0  # source columns named in top_columns (0: none)
+    explain_spec: str | None = None  # normalizer spec mapping model inputs to source columns
     properties: dict[str, str] = field(default_factory=dict)
     scored_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
@@ -90,6 +93,11 @@ def new_job(
     """A job writing ``model``'s features of ``source`` rows into the data set's table, once
     the table exists (created here, before the partitions start, so they do not race to
     create it; the code width comes from the model's ``model.json``)."""
+    spec = options.get("normalizer") or options.pop("explain_spec", None)
+    top_k = cfg.explain_top_k
+    if top_k is None:  # pixels explain nothing a reader can use: off for images by default
+        pixels = spec is not None and all(c.kind == "scaled" for c in Normalizer.load(spec).columns)
+        top_k = 0 if pixels or spec is None else 3
     job = ScoringJob(
         table=cfg.dataset,
         source=source,
@@ -101,6 +109,8 @@ def new_job(
         mode=mode,
         device=device,
         partition_rows=cfg.partition_rows,
+        explain_top_k=top_k if spec is not None else 0,
+        explain_spec=spec,
         **options,
     )
     code_size = int(ae_models.read_meta(job.model_dir)["config"]["code_size"])
@@ -158,6 +168,20 @@ def model_input(batch: pa.RecordBatch, normalizer: Normalizer) -> np.ndarray | t
     return normalizer.transform_arrow(batch)
 
 
+def top_columns(errors: np.ndarray, groups: np.ndarray, names: list[str], k: int) -> pa.Array:
+    """Per row, the ``k`` source columns with the largest error contributions, largest first:
+    per-input error terms summed over each source column's inputs (``groups``: inputs x
+    sources, one-hot groups summed back to their column)."""
+    contrib = errors @ groups
+    k = min(k, contrib.shape[1])
+    top = np.argpartition(-contrib, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(contrib, top, axis=1).argsort(axis=1)[:, ::-1]
+    top = np.take_along_axis(top, order, axis=1)
+    values = pa.array(np.asarray(names, dtype=object)[top.reshape(-1)], pa.string())
+    offsets = pa.array(np.arange(0, top.size + 1, k, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, values)
+
+
 def feature_batch(
     schema: pa.Schema,
     ids: pa.Array,
@@ -169,15 +193,20 @@ def feature_batch(
     version: int,
     run_id: str,
     scored_at: datetime,
+    calibrated: np.ndarray | None = None,
+    top: pa.Array | None = None,
 ) -> pa.RecordBatch:
-    """One feature-table batch from ids, event times, latent codes and reconstruction errors."""
+    """One feature-table batch from ids, event times, latent codes and anomaly scores (with
+    their calibrated [0, 1] form and top contributing columns when given)."""
     n = len(errors)
     stamp = pa.scalar(scored_at, TIMESTAMP)
     arrays = [ids.cast(pa.string()), timestamps]
     arrays += [pa.array(codes[:, j], pa.float32()) for j in range(codes.shape[1])]
     arrays += [
         pa.array(errors, pa.float32()),
+        pa.array(calibrated, pa.float32()) if calibrated is not None else pa.nulls(n, pa.float32()),
         pa.array(errors > threshold, pa.bool_()),
+        top if top is not None else pa.nulls(n, pa.list_(pa.string())),
         pa.array([model_name] * n, pa.string()),
         pa.array(np.full(n, version, np.int64)),
         pa.array([run_id] * n, pa.string()),
@@ -189,9 +218,16 @@ def feature_batch(
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     """Encode and score one partition's rows and stage them as feature-table data files."""
     model, meta = ae_models.load_model(job.model_dir)
-    threshold = float(meta["threshold"])
+    scorer = Scorer.from_meta(meta)
+    threshold = scorer.threshold
     normalizer = Normalizer.load(job.normalizer) if job.normalizer else None
     inputs = normalizer.source_columns if normalizer else job.features
+    groups = names = None
+    if job.explain_top_k and job.explain_spec:
+        sources = Normalizer.load(job.explain_spec).output_sources
+        names = list(dict.fromkeys(sources.values()))
+        groups = np.zeros((len(sources), len(names)), np.float32)
+        groups[np.arange(len(sources)), [names.index(v) for v in sources.values()]] = 1.0
     schema = feature_schema(model.config.code_size)
     scored_at = datetime.fromisoformat(job.scored_at)
     seen = None
@@ -227,8 +263,21 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
                 x = np.column_stack(
                     [batch.column(c).to_numpy().astype(np.float32, copy=False) for c in inputs]
                 )
-            codes, errors, _ = ae_models.encode_and_score(
-                model, x, device=job.device, precision=SCORING_PRECISION, bce=False
+            codes, errors, per_input, _ = score_rows(
+                model,
+                x,
+                scorer,
+                device=job.device,
+                precision=SCORING_PRECISION,
+                per_column=groups is not None,
+            )
+            calibrated = (
+                scorer.calibration.calibrate(errors) if scorer.calibration.quantiles else None
+            )
+            top = (
+                top_columns(per_input, groups, names, job.explain_top_k)
+                if groups is not None
+                else None
             )
             out = feature_batch(
                 schema,
@@ -241,6 +290,8 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
                 job.model_version,
                 job.run_id,
                 scored_at,
+                calibrated,
+                top,
             )
             anomalies += int(pc.sum(out.column("is_anomaly")).as_py() or 0)
             yield out

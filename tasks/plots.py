@@ -82,7 +82,7 @@ def score_histogram(scores: np.ndarray, threshold: float, path: Path) -> Path:
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
     flagged = float(np.mean(scores > threshold))
     ax.set(
-        xlabel="reconstruction error (MSE)",
+        xlabel="anomaly score (the model's score kind)",
         ylabel="rows",
         title=f"Reconstruction scores ({flagged:.1%} above the threshold)",
     )

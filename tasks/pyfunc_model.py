@@ -1,7 +1,9 @@
 """The MLflow pyfunc model, logged as code (MLflow "models from code"): nothing is pickled.
 
 ``predict`` takes raw rows (the columns the user ingested, before normalization) and returns
-the entity id, the latent code ``z_*``, ``recon_error`` and ``is_anomaly``. The model folder
+the entity id, the latent code ``z_*``, ``recon_error`` (the model's anomaly score),
+``anomaly_score`` (calibrated to [0, 1]), ``is_anomaly`` and ``recon_mse`` (the plain
+reconstruction MSE, which compares models whatever their score kind). The model folder
 (state-dict weights, JSON config, JSON normalizer spec) travels as the artifact ``model_dir``.
 """
 
@@ -16,7 +18,7 @@ from mlflow.pyfunc import PythonModel
 
 
 class AutoencoderPyfunc(PythonModel):
-    """Raw rows in; entity id, ``z_*``, ``recon_error``, ``is_anomaly`` out."""
+    """Raw rows in; entity id, ``z_*``, ``recon_error``, ``anomaly_score``, ``is_anomaly`` out."""
 
     def load_context(self, context: Any) -> None:
         self.load_folder(context.artifacts["model_dir"])
@@ -31,13 +33,16 @@ class AutoencoderPyfunc(PythonModel):
         return self
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        from ae_models import encode_and_score
         from ae_models.runtime import SCORING_PRECISION
+        from ae_models.scoring import Scorer, score_rows
 
         frame = pd.DataFrame(model_input)
         known = ("entity_id", "event_timestamp", "label")
         x = self.normalizer.transform(frame, known)
-        codes, mse, _ = encode_and_score(self.model, x, precision=SCORING_PRECISION, bce=False)
+        scorer = Scorer.from_meta(self.meta)
+        codes, scores, _, mse = score_rows(
+            self.model, x, scorer, precision=SCORING_PRECISION, mse=True
+        )
         ids = (
             frame["entity_id"].astype(str).to_numpy()
             if "entity_id" in frame.columns
@@ -46,8 +51,11 @@ class AutoencoderPyfunc(PythonModel):
         out = pd.DataFrame({"entity_id": ids})
         for j in range(codes.shape[1]):
             out[f"z_{j}"] = codes[:, j]
-        out["recon_error"] = mse
-        out["is_anomaly"] = mse > float(self.meta["threshold"])
+        out["recon_error"] = scores
+        out["recon_mse"] = mse  # comparable across models, whatever their score kind
+        if scorer.calibration.quantiles:
+            out["anomaly_score"] = scorer.calibration.calibrate(scores)
+        out["is_anomaly"] = scores > scorer.threshold
         return out
 
 

@@ -29,7 +29,7 @@ from tasks.train import TrainedModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 LOWER_IS_BETTER = ("mse", "bce", "loss", "error")
-EVAL_METRIC = "eval_mse"  # mean recon_error on the fixed evaluation split, scored live
+EVAL_METRIC = "eval_mse"  # mean reconstruction MSE on the fixed evaluation split, scored live
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "mlflow"]
 
@@ -82,8 +82,11 @@ def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFram
 
 
 def mean_score(predict: Any, rows: pd.DataFrame) -> float:
-    """Mean ``recon_error`` that ``predict`` (raw rows -> feature rows) gives ``rows``."""
-    return float(np.mean(predict(rows)["recon_error"]))
+    """Mean reconstruction MSE that ``predict`` (raw rows -> feature rows) gives ``rows``:
+    ``recon_mse``, comparable whatever score kind each model flags anomalies with (models
+    logged before it existed give their ``recon_error``, which was the MSE)."""
+    out = predict(rows)
+    return float(np.mean(out["recon_mse"] if "recon_mse" in out else out["recon_error"]))
 
 
 def record_decision(

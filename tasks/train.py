@@ -21,6 +21,7 @@ from prefect.logging import get_run_logger
 
 import ae_models
 from ae_models.runtime import SCORING_PRECISION
+from ae_models.scoring import fit_scorer, score_rows
 from aepipe.settings import Stores
 from tasks import plots
 from tasks.config import ConfigError, PipelineConfig
@@ -234,10 +235,17 @@ def train_autoencoder(
     z_test, test_mse, test_bce = ae_models.encode_and_score(
         model, parts[eval_split], precision=SCORING_PRECISION
     )
-    z_fit, fit_mse, _ = ae_models.encode_and_score(
-        model, np.vstack([parts["train"], parts["val"]]), precision=SCORING_PRECISION, bce=False
-    )
-    threshold = float(np.quantile(fit_mse, 1.0 - cfg.contamination))
+    fit_rows = np.vstack([parts["train"], parts["val"]])
+    try:
+        scorer, _ = fit_scorer(
+            model, fit_rows, cfg.score, cfg.contamination, precision=SCORING_PRECISION
+        )
+    except ValueError as err:  # a score kind the model cannot give (elbo without a VAE)
+        client.set_terminated(run_id, status="FAILED")
+        raise ConfigError(str(err)) from None
+    z_fit = ae_models.encode_and_score(model, fit_rows, precision=SCORING_PRECISION, bce=False)[0]
+    test_scores = score_rows(model, parts[eval_split], scorer, precision=SCORING_PRECISION).scores
+    threshold = scorer.threshold
     last = result.history[-1]
     metrics = {
         "test_mse": float(test_mse.mean()),
@@ -255,7 +263,7 @@ def train_autoencoder(
         if is_classification_label(y_fit):
             metrics.update(code_metrics(z_fit, y_fit, z_test, labels[eval_split]))
         if is_anomaly_label(labels[eval_split]):
-            metrics.update(anomaly_metrics(test_mse, labels[eval_split]))
+            metrics.update(anomaly_metrics(test_scores, labels[eval_split]))
     stamp = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     folder = stores.models_dir / cfg.dataset / stamp
     ae_models.save_model(
@@ -264,6 +272,7 @@ def train_autoencoder(
         extra={
             "threshold": threshold,
             "contamination": cfg.contamination,
+            "score": scorer.to_dict(),
             "features": data.features,
             "metrics": metrics,
             "train": cfg.train.to_dict(),
@@ -277,7 +286,7 @@ def train_autoencoder(
         model,
         parts[eval_split],
         z_test,
-        test_mse,
+        test_scores,
         labels[eval_split] if labels is not None else None,
         threshold,
     )

@@ -31,10 +31,11 @@ def test_fit_learns_and_sets_attributes(fitted, digits) -> None:
     assert fitted.loss_ == "bce" and fitted.n_features_in_ == 64
     assert fitted.transform(x).shape == (len(x), 8)
     assert fitted.inverse_transform(fitted.transform(x[:5])).shape == (5, 64)
-    scores = fitted.decision_function(x)
-    assert scores.shape == (len(x),) and (scores >= 0).all()
+    scores = fitted.decision_function(x)  # BCE: the data lie in [0, 1]
+    assert fitted.scorer_.kind == "bce" and scores.shape == (len(x),) and (scores >= 0).all()
+    mse = AutoencoderReducer(code_size=8, epochs=30, batch_size=64, anomaly_score="mse").fit(x)
     baseline = float(((x - x.mean(axis=0)) ** 2).mean())
-    assert scores.mean() < 0.5 * baseline
+    assert mse.decision_function(x).mean() < 0.5 * baseline
     assert abs(fitted.labels_.mean() - 0.05) < 0.01
     assert set(np.unique(fitted.predict(x))) <= {0, 1}
     assert fitted.score(x) < 0 and len(fitted.history_) >= 1
@@ -135,3 +136,30 @@ def test_default_code_size_fits_narrow_tables() -> None:
     assert est.transform(x).shape == (200, 3)
     wide = np.random.default_rng(0).random((100, 64)).astype(np.float32)
     assert AutoencoderReducer(epochs=1).fit(wide).transform(wide).shape == (100, 16)
+
+
+def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
+    x, _ = digits
+    z = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-3)  # standardized: linear head, MSE
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 3, (40, 64)).astype(np.float32)
+    for kind in ("mse", "scaled_mse", "hybrid"):
+        est = AutoencoderReducer(
+            code_size=8, epochs=20, anomaly_score=kind, contamination="auto"
+        ).fit(z)
+        train_scores = est.decision_function(z)
+        assert est.scorer_.kind == kind and np.isfinite(train_scores).all()
+        assert np.median(est.decision_function(noise)) > np.quantile(train_scores, 0.99)
+        # auto threshold: a robust rule, flagging few clean rows and most noise rows
+        assert est.labels_.mean() < 0.05 and est.predict(noise).mean() > 0.9
+        p = est.calibrated_score(z)
+        assert p.min() >= 0 and p.max() <= 1
+        assert abs(float(np.median(p)) - 0.5) < 0.02  # training rows: uniform shares
+        assert np.median(est.calibrated_score(noise)) > 0.98
+    assert AutoencoderReducer(epochs=2).fit(z).scorer_.kind == "hybrid"  # auto, linear head
+    vae = AutoencoderReducer(model="vae", code_size=4, epochs=5, anomaly_score="elbo").fit(x)
+    assert vae.scorer_.kind == "elbo" and (vae.decision_function(x) > 0).all()
+    with pytest.raises(ValueError, match="score 'elbo' needs model 'vae'"):
+        AutoencoderReducer(epochs=1, anomaly_score="elbo").fit(x)
+    with pytest.raises(ValueError, match="contamination must be in"):
+        AutoencoderReducer(contamination="sometimes").fit(x)

@@ -22,7 +22,9 @@ def rows(entity_ids: list[str], days: list[int], z: list[float], version: int = 
             "event_timestamp": [T0 + timedelta(days=d) for d in days],
             "z_0": np.array(z, np.float32),
             "recon_error": np.array(z, np.float32) / 10,
+            "anomaly_score": [None] * n,  # optional columns may be null
             "is_anomaly": [False] * n,
+            "top_columns": [None] * n,
             "model_name": ["m"] * n,
             "model_version": [version] * n,
             "run_id": ["r"] * n,

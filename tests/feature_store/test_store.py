@@ -28,7 +28,9 @@ def make_batch(
         cols[f"z_{j}"] = pa.array(rng.normal(size=n).astype(np.float32))
     cols.update(
         recon_error=pa.array(rng.random(n).astype(np.float32)),
+        anomaly_score=pa.array(rng.random(n).astype(np.float32)),
         is_anomaly=pa.array([False] * n),
+        top_columns=pa.array([["a", "b"]] * n, pa.list_(pa.string())),
         model_name=pa.array(["m"] * n),
         model_version=pa.array([version] * n, pa.int64()),
         run_id=pa.array(["run"] * n),

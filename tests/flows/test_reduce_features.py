@@ -55,7 +55,9 @@ def test_feature_table_after_two_runs(two_runs) -> None:
         "event_timestamp",
         *[f"z_{i}" for i in range(8)],
         "recon_error",
+        "anomaly_score",
         "is_anomaly",
+        "top_columns",
         "model_name",
         "model_version",
         "run_id",
@@ -69,6 +71,11 @@ def test_feature_table_after_two_runs(two_runs) -> None:
     assert str(v2["event_timestamp"].dtype) == "datetime64[us, UTC]"
     # the threshold is the training-score quantile, so a small share is flagged
     assert 0 < v2["is_anomaly"].sum() < 0.05 * len(v2)
+    # calibrated scores: the share of training rows scoring lower, so monotone in the score
+    p = v2.sort_values("recon_error")["anomaly_score"].to_numpy()
+    assert p.min() >= 0 and p.max() <= 1 and (np.diff(p) >= 0).all()
+    assert abs(float(np.median(p)) - 0.5) < 0.1  # most rows here were training rows
+    assert v2["top_columns"].isna().all()  # pixels: no per-column explanation by default
 
 
 def test_downstream_classifier_reads_the_feature_table(two_runs) -> None:

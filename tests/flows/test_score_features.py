@@ -135,6 +135,10 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     assert len(table) == 340 and table["entity_id"].is_unique
     new = table[table["entity_id"].isin([f"o{i}" for i in range(300, 340)])]
     assert len(new) == 40 and np.isfinite(new["recon_error"]).all()
+    # tables name the 3 source columns contributing most to each row's score
+    sources = {"amount", "items", "discount", "region"}
+    assert all(len(t) == 3 and set(t) <= sources for t in new["top_columns"])
+    assert new["anomaly_score"].between(0, 1).all()
     assert new["event_timestamp"].min() == pd.Timestamp(T0 + timedelta(hours=300))
 
     again = score_features(cfg)

@@ -1,0 +1,23 @@
+"""Per-source-column explanations: one-hot groups summed back to their source column."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.partitions import top_columns
+
+
+def test_top_columns_sum_one_hot_groups_and_rank_largest_first() -> None:
+    # inputs: amount, region=north, region=south, region=other, items
+    groups = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    names = ["amount", "region", "items"]
+    errors = np.array(
+        [
+            [0.5, 0.2, 0.2, 0.2, 0.1],  # region's three levels together (0.6) beat amount
+            [0.0, 0.0, 0.1, 0.0, 0.9],
+        ],
+        dtype=np.float32,
+    )
+    top = top_columns(errors, groups, names, 2).to_pylist()
+    assert top == [["region", "amount"], ["items", "region"]]
+    assert top_columns(errors, groups, names, 5).to_pylist()[0] == ["region", "amount", "items"]
