@@ -287,3 +287,20 @@ def test_duckdb_and_polars_read_a_versions_files_directly(tmp_stores) -> None:
         )
         == 1
     )
+
+
+def test_a_table_from_an_older_aepipe_is_widened_with_the_new_columns(tmp_stores) -> None:
+    from feature_store.store import get_catalog, table_identifier
+
+    write(tmp_stores, make_batch(4, 2, 1), 2, 1)
+    tbl = get_catalog(tmp_stores).load_table(table_identifier("t"))
+    with tbl.update_schema() as update:  # the schema before anomaly_score / top_columns
+        update.delete_column("anomaly_score")
+        update.delete_column("top_columns")
+    assert "anomaly_score" not in tbl.refresh().schema().as_arrow().names
+    assert write(tmp_stores, make_batch(3, 2, 2), 2, 2) == 3
+    both = read_features("t", None, home=tmp_stores.home).sort_values("model_version")
+    assert {"anomaly_score", "top_columns"} <= set(both.columns)
+    old, new = both[both["model_version"] == 1], both[both["model_version"] == 2]
+    assert old["anomaly_score"].isna().all() and old["top_columns"].isna().all()
+    assert new["anomaly_score"].notna().all() and list(new["top_columns"].iloc[0]) == ["a", "b"]
