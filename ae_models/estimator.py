@@ -225,10 +225,10 @@ class AutoencoderReducer:
         self.n_features_in_ = x.shape[1]
         self.history_ = result.history
         self.train_result_ = result
-        self.scorer_, scores = fit_scorer(
+        self.scorer_, fitted = fit_scorer(
             net, x, self.anomaly_score, self.contamination, device=self.device
         )
-        self.decision_scores_ = scores
+        self.decision_scores_ = fitted.scores
         self.threshold_ = self.scorer_.threshold
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self

@@ -44,6 +44,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ae_models.training import forward_batches
+
 ScoreKind = Literal["mse", "scaled_mse", "bce", "elbo", "hybrid"]
 SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "elbo", "hybrid")
 
@@ -58,10 +60,15 @@ def auto_threshold(scores: np.ndarray, k: float = AUTO_K) -> float:
     ``hybrid`` score is a sum of z-scores of logs already)."""
     s = np.asarray(scores, np.float64)
     positive = bool((s > 0).all())
-    values = np.log(s) if positive else s
-    center = float(np.median(values))
-    cut = center + k * MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
+    center, spread = median_spread(np.log(s) if positive else s)
+    cut = center + k * spread
     return float(np.exp(cut)) if positive else cut
+
+
+def median_spread(values: np.ndarray) -> tuple[float, float]:
+    """Median and robust standard deviation (1.4826 MAD) of ``values``."""
+    center = float(np.median(values))
+    return center, MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
 
 
 @dataclass(frozen=True)
@@ -237,26 +244,8 @@ class Scorer:
 
 def log_center_spread(values: np.ndarray) -> tuple[float, float]:
     """Median and robust spread (1.4826 MAD, at least 1e-6) of ``log(values)``."""
-    logs = np.log(np.maximum(np.asarray(values, np.float64), 1e-12))
-    center = float(np.median(logs))
-    return center, max(MAD_TO_SIGMA * float(np.median(np.abs(logs - center))), 1e-6)
-
-
-@torch.inference_mode()
-def _forward(model: Any, x: np.ndarray | Tensor, batch_size: int, device: str, precision: str):
-    """Batches of (input on the device, model output), eval mode, autocast as asked."""
-    from ae_models.runtime import autocast, resolve_precision, select_device
-    from ae_models.training import as_tensor
-
-    dev = select_device(device)
-    model.to(dev).eval()
-    xt = as_tensor(x)
-    mode = resolve_precision(precision, dev, xt.shape[1] if xt.ndim == 2 else None)
-    for start in range(0, len(xt), batch_size):
-        xb = xt[start : start + batch_size].to(dev)
-        with autocast(dev, mode):
-            out = model(xb)
-        yield xb, out
+    center, spread = median_spread(np.log(np.maximum(np.asarray(values, np.float64), 1e-12)))
+    return center, max(spread, 1e-6)
 
 
 class RowScores(NamedTuple):
@@ -286,7 +275,7 @@ def score_rows(
     codes, scores, columns, mses = [], [], [], []
     scale = None
     with torch.inference_mode():
-        for xb, out in _forward(model, x, batch_size, device, precision):
+        for xb, out in forward_batches(model, x, batch_size, device, precision):
             if scale is None and scorer.feature_scale is not None:
                 scale = scorer.scale_tensor(xb.device)
             errors = column_errors(xb, out, scorer.kind, scale)
@@ -327,19 +316,20 @@ def fit_scorer(
     batch_size: int = 1024,
     device: str = "auto",
     precision: str = "fp32",
-) -> tuple[Scorer, np.ndarray]:
+) -> tuple[Scorer, RowScores]:
     """The scorer of a trained ``model`` fitted on its training rows ``x`` (residual scale,
-    latent statistics, threshold, calibration), and the training rows' scores."""
+    latent statistics, threshold, calibration), and the training rows' codes and scores."""
     resolved = resolve_score(kind, model.config.output, model.model_name)
     placeholder = ScoreCalibration(0.0, "", ())
     scale = codes = None
     if resolved in ("scaled_mse", "hybrid"):
         residuals, latents = [], []
         with torch.inference_mode():
-            for xb, out in _forward(model, x, batch_size, device, precision):
+            for xb, out in forward_batches(model, x, batch_size, device, precision):
                 residuals.append((out.recon.float().flatten(1) - xb.float().flatten(1)).cpu())
                 latents.append(out.latent.float().cpu())
-        scale = tuple(float(v) for v in residual_scale(torch.cat(residuals).numpy()))
+        residuals = torch.cat(residuals).numpy()
+        scale = tuple(float(v) for v in residual_scale(residuals))
         codes = torch.cat(latents).numpy().astype(np.float64)
     scorer = Scorer(resolved, placeholder, scale)
     if resolved == "hybrid":
@@ -349,14 +339,7 @@ def fit_scorer(
         cov += np.eye(len(mean)) * (1e-6 + 1e-6 * float(np.trace(cov)) / len(mean))
         precision_matrix = np.linalg.pinv(cov)
         distance = np.einsum("ij,jk,ik->i", centered, precision_matrix, centered)
-        recon = score_rows(
-            model,
-            x,
-            Scorer("scaled_mse", placeholder, scale),
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        ).scores
+        recon = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=1)
         scorer = Scorer(
             "hybrid",
             placeholder,
@@ -365,8 +348,6 @@ def fit_scorer(
             tuple(float(v) for v in precision_matrix.reshape(-1)),
             (*log_center_spread(recon), *log_center_spread(distance)),
         )
-    scores = score_rows(
-        model, x, scorer, batch_size=batch_size, device=device, precision=precision
-    ).scores
-    calibration = ScoreCalibration.fit(scores, contamination)
-    return dataclasses.replace(scorer, calibration=calibration), scores
+    fitted = score_rows(model, x, scorer, batch_size=batch_size, device=device, precision=precision)
+    calibration = ScoreCalibration.fit(fitted.scores, contamination)
+    return dataclasses.replace(scorer, calibration=calibration), fitted

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -350,6 +350,26 @@ def train(
     return result
 
 
+def forward_batches(
+    model: Autoencoder,
+    x: np.ndarray | Tensor,
+    batch_size: int = 1024,
+    device: str = "auto",
+    precision: Precision = "fp32",
+) -> Iterator[tuple[Tensor, Any]]:
+    """Batches of (input on the device, model output) of ``x``, the model in eval mode and
+    autocast as ``precision`` resolves for the device (call under inference mode)."""
+    dev = select_device(device)
+    model.to(dev).eval()
+    xt = as_tensor(x)
+    mode = resolve_precision(precision, dev, xt.shape[1] if xt.ndim == 2 else None)
+    for start in range(0, len(xt), batch_size):
+        xb = xt[start : start + batch_size].to(dev)
+        with autocast(dev, mode):
+            out = model(xb)
+        yield xb, out
+
+
 @torch.inference_mode()
 def encode_and_score(
     model: Autoencoder,
@@ -366,15 +386,8 @@ def encode_and_score(
     the errors are always computed in fp32. ``bce=False`` skips the BCE (then ``None``), half
     the cost on wide inputs when only the MSE is wanted.
     """
-    dev = select_device(device)
-    model.to(dev).eval()
-    xt = as_tensor(x)
-    mode = resolve_precision(precision, dev, xt.shape[1] if xt.ndim == 2 else None)
     codes, mse, bces = [], [], []
-    for start in range(0, len(xt), batch_size):
-        xb = xt[start : start + batch_size].to(dev)
-        with autocast(dev, mode):
-            out = model(xb)
+    for xb, out in forward_batches(model, x, batch_size, device, precision):
         recon = out.recon.float()
         codes.append(out.latent.float().cpu())
         mse.append(reconstruction_error(xb, recon, "mse").cpu())

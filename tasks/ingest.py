@@ -500,17 +500,22 @@ def _ingest_array_part(
     return len(data.ids), rows_in, data.quarantine, array_digest(data), data.scale
 
 
-def _cross_part_duplicates(parts: list[IngestedPart]) -> dict[int, np.ndarray]:
-    """Per part, a mask of rows whose entity id an earlier part already has (kept there)."""
+def _cross_part_duplicates(
+    parts: list[IngestedPart],
+) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Per part, a mask of rows whose entity id an earlier part already has (kept there), and
+    those repeated ids in order."""
     seen = pd.Index([], dtype=object)
     masks: dict[int, np.ndarray] = {}
+    repeated: list[str] = []
     for p in parts:
         ids = pq.read_table(p.path, columns=[ENTITY_ID]).column(0).to_pandas()
         dup = seen.get_indexer(ids) >= 0 if len(seen) else np.zeros(len(ids), bool)
         if dup.any():
             masks[p.index] = dup
+            repeated += ids[dup].tolist()
         seen = seen.append(pd.Index(ids[~dup]))
-    return masks
+    return masks, repeated
 
 
 def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfig) -> IngestResult:
@@ -527,17 +532,16 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
             "the cache refreshed (delete the data set's folder under the store)"
         )
     written = [p for p in parts if p.path]
-    dups = _cross_part_duplicates(written) if cfg.source.entity_id and len(written) > 1 else {}
+    dups, repeated = {}, []
+    if cfg.source.entity_id and len(written) > 1:
+        dups, repeated = _cross_part_duplicates(written)
     quarantine = [pq.read_table(p.quarantine) for p in parts if p.quarantine]
-    for p in written:
-        if p.index in dups:
-            ids = pq.read_table(p.path, columns=[ENTITY_ID]).column(0).to_pylist()
-            again = [ids[i] for i in np.flatnonzero(dups[p.index])]
-            quarantine.append(
-                _quarantine_table(
-                    [(f"entity id {i!r}", f"duplicate entity id {i!r}") for i in again]
-                )
+    if repeated:
+        quarantine.append(
+            _quarantine_table(
+                [(f"entity id {i!r}", f"duplicate entity id {i!r}") for i in repeated]
             )
+        )
     rows_in = sum(p.rows_in for p in parts)
     n_quarantined = sum(t.num_rows for t in quarantine)
     where = folder / "quarantine.parquet"

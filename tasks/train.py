@@ -237,13 +237,13 @@ def train_autoencoder(
     )
     fit_rows = np.vstack([parts["train"], parts["val"]])
     try:
-        scorer, _ = fit_scorer(
+        scorer, fitted = fit_scorer(
             model, fit_rows, cfg.score, cfg.contamination, precision=SCORING_PRECISION
         )
     except ValueError as err:  # a score kind the model cannot give (elbo without a VAE)
         client.set_terminated(run_id, status="FAILED")
         raise ConfigError(str(err)) from None
-    z_fit = ae_models.encode_and_score(model, fit_rows, precision=SCORING_PRECISION, bce=False)[0]
+    z_fit = fitted.codes
     test_scores = score_rows(model, parts[eval_split], scorer, precision=SCORING_PRECISION).scores
     threshold = scorer.threshold
     last = result.history[-1]
