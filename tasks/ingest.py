@@ -25,8 +25,9 @@ from tasks.normalize import Normalizer, SchemaError
 
 ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT = "entity_id", "event_timestamp", "label", "split"
 ROLE_COLUMNS = (ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT)
-DIGITS_SCALE = 16.0
-NORMALIZE_BATCH = 65_536  # scikit-learn's digits are 8x8 images with pixel values 0..16
+DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0..16
+NORMALIZE_BATCH = 65_536  # rows per normalize batch, at most
+NORMALIZE_BATCH_CELLS = 8 << 20  # wide rows (pixels) come in fewer: buffers reused, cached
 
 
 @dataclass(frozen=True)
@@ -450,7 +451,7 @@ def _ingest_table_part(
             n = len(frame)
             ts = frame["__ts"] if "__ts" in frame else pd.Series(pd.Timestamp(now), index=range(n))
             arrays = {
-                ENTITY_ID: pa.array(frame["__id"].to_numpy(dtype=object), pa.string()),
+                ENTITY_ID: pa.array(frame["__id"], pa.string(), from_pandas=True),
                 EVENT_TIMESTAMP: utc_timestamps(ts),
             }
             if label:
@@ -460,7 +461,7 @@ def _ingest_table_part(
                 )
             for col in info.features:
                 typ = types[reader.kinds[col]]
-                arrays[col] = pa.array(frame[col].to_numpy(dtype=object), typ, from_pandas=True)
+                arrays[col] = pa.array(frame[col], typ, from_pandas=True)
             table = pa.table(arrays)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
@@ -684,7 +685,8 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     train_parts: list[pd.DataFrame] = []
     counts = {"train": 0, "val": 0, "test": 0}
     first_pass = [ENTITY_ID] if ingested.pixel_scale else [ENTITY_ID, *features]
-    for batch in source.iter_batches(batch_size=NORMALIZE_BATCH, columns=first_pass):
+    batch_rows = max(1024, min(NORMALIZE_BATCH, NORMALIZE_BATCH_CELLS // max(1, len(features))))
+    for batch in source.iter_batches(batch_size=batch_rows, columns=first_pass):
         frame = batch.to_pandas()
         splits = assign_splits(
             frame[ENTITY_ID], cfg.test_fraction, cfg.val_fraction, cfg.train.seed
@@ -717,20 +719,20 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     keep = [ENTITY_ID, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
     writer: pq.ParquetWriter | None = None
     try:
-        for batch in source.iter_batches(batch_size=NORMALIZE_BATCH):
+        for batch in source.iter_batches(batch_size=batch_rows):
             table = pa.Table.from_batches([batch])
-            frame = table.select(features).to_pandas()
             splits = assign_splits(
                 table.column(ENTITY_ID).to_pandas(),
                 cfg.test_fraction,
                 cfg.val_fraction,
                 cfg.train.seed,
             )
-            matrix = normalizer.transform(frame)
+            # column-major once, so each output column is a zero-copy slice
+            columns = np.ascontiguousarray(normalizer.transform_arrow(table.select(features)).T)
             arrays = {name: table.column(name) for name in keep}
             arrays[SPLIT] = pa.array(splits, pa.string())
             for j, name in enumerate(names):
-                arrays[name] = pa.array(matrix[:, j], pa.float32())
+                arrays[name] = pa.array(columns[j], pa.float32())
             out = pa.table(arrays)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, out.schema)

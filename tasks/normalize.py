@@ -202,7 +202,9 @@ class Normalizer:
         self.check_columns(frame, known)
         if self.columns and all(c.kind == "scaled" for c in self.columns):
             return self._transform_scaled(frame)
-        blocks: list[np.ndarray] = []
+        # column-major float32, filled column by column: no stacking of float64 blocks
+        out = np.zeros((len(self.output_columns), len(frame)), np.float32).T
+        j = 0
         for c in self.columns:
             s = frame[c.source]
             if c.kind in ("scaled", "numeric"):
@@ -223,29 +225,28 @@ class Normalizer:
                     if c.log1p:
                         v = signed_log1p(v)
                 if c.kind == "numeric" and c.scaler != "minmax":
-                    blocks.append(((v - c.center) / c.scale)[:, None])
+                    out[:, j] = (v - c.center) / c.scale
                 else:
                     span = c.high - c.low
                     v = (v - c.low) / span if span > 0 else np.zeros_like(v)
                     if c.kind == "scaled":
                         v = np.where(missing, 0.0, v)
-                    blocks.append(np.clip(v, 0.0, 1.0)[:, None])
+                    out[:, j] = np.clip(v, 0.0, 1.0)
+                j += 1
                 if c.missing_indicator:
-                    blocks.append(missing.astype(np.float64)[:, None])
+                    out[:, j] = missing
+                    j += 1
             elif c.kind == "boolean":
-                blocks.append(s.fillna(False).astype(bool).to_numpy(dtype=np.float64)[:, None])
+                out[:, j] = s.fillna(False).astype(bool).to_numpy()
+                j += 1
             else:
-                block = np.zeros((len(s), len(c.outputs)))
-                isna = s.isna().to_numpy()
                 other = len(c.levels)
                 codes = pd.Index(c.levels).get_indexer(s.astype(str))
                 pos = np.where(codes < 0, other, codes).astype(np.int64)
-                pos[isna] = other + 1
-                block[np.arange(len(s)), pos] = 1.0
-                blocks.append(block)
-        if not blocks:
-            return np.zeros((len(frame), 0), np.float32)
-        return np.hstack(blocks).astype(np.float32)
+                pos[s.isna().to_numpy()] = other + 1
+                out[np.arange(len(s)), j + pos] = 1.0
+                j += len(c.outputs)
+        return out
 
     def transform_arrow(self, batch: Any, known: tuple[str, ...] = ()) -> np.ndarray:
         """:meth:`transform` for an Arrow record batch or table; pixel data skips pandas."""
@@ -258,7 +259,8 @@ class Normalizer:
                 if c in names
             )
             if not missing and numeric:
-                values = np.empty((batch.num_rows, len(self.columns)), np.float32)
+                # column-major: each source column fills a contiguous stretch
+                values = np.empty((len(self.columns), batch.num_rows), np.float32).T
                 for j, c in enumerate(self.source_columns):
                     col = batch.column(c)
                     values[:, j] = col.to_numpy(zero_copy_only=False)

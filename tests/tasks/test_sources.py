@@ -44,6 +44,31 @@ def test_image_folder_labels_ids_and_scaling(tmp_path, tmp_stores) -> None:
     assert table.min() >= 0 and table.max() <= 1 and table.max() > 0.9
 
 
+def test_decoding_in_processes_matches_decoding_in_thread(tmp_path, monkeypatch) -> None:
+    """Big partitions decode in forked processes, in shares: rows, ids and quarantine reasons
+    must come back in source order, whichever share a bad image falls in."""
+    from tasks import readers
+
+    write_images(tmp_path / "imgs", 23)
+    (tmp_path / "imgs" / "b" / "7x.png").write_bytes(b"\x89PNG truncated")
+    Image.new("L", (3, 3)).save(tmp_path / "imgs" / "a" / "small.png")
+    rel = readers.list_images(tmp_path / "imgs")
+    layout = readers.probe_images(str(tmp_path / "imgs"), rel, None, "auto")
+    one = readers.decode_images(str(tmp_path / "imgs"), rel, layout, True, workers=1)
+    monkeypatch.setattr(readers, "PROCESS_DECODE_MIN", 2)
+    pool, n = readers._decode_pool(len(rel), 2)
+    assert pool is not None and n == 2  # the process path really runs
+    pool.shutdown()
+    many = readers.decode_images(str(tmp_path / "imgs"), rel, layout, True, workers=2)
+    np.testing.assert_array_equal(one.features, many.features)
+    assert one.ids == many.ids and len(many.ids) == 23
+    np.testing.assert_array_equal(one.labels, many.labels)
+    assert one.quarantine == many.quarantine
+    assert [loc for loc, _ in many.quarantine] == ["a/small.png", "b/7x.png"]
+    assert "expected 12x10" in many.quarantine[0][1]
+    assert many.quarantine[1][1] == "cannot decode image: not an image format PIL reads, or corrupt"
+
+
 def test_odd_sizes_and_modes(tmp_path, tmp_stores) -> None:
     folder = tmp_path / "imgs"
     write_images(folder, 10, mode="RGB")
