@@ -125,3 +125,22 @@ class Autoencoder(nn.Module):
     def loss(self, x: Tensor, out: AEOutput) -> Tensor:
         """Training objective: reconstruction loss plus the variant's penalty."""
         return self.reconstruction_loss(x, out) + out.aux_loss.float()
+
+    def row_reconstruction_loss(self, x: Tensor, out: AEOutput) -> Tensor:
+        """Reconstruction loss of each row (its mean over rows is :meth:`reconstruction_loss`)."""
+        if self.config.output == "sigmoid":
+            logits = out.logits if out.logits is not None else torch.logit(out.recon, eps=1e-7)
+            per = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+        else:
+            per = (out.recon.float() - x.float()).pow(2)
+        return per.flatten(1).mean(dim=1)
+
+    def trimmed_loss(self, x: Tensor, out: AEOutput, fraction: float) -> Tensor:
+        """:meth:`loss` without the ``fraction`` of rows reconstructed worst, so rows that are
+        probably anomalies do not pull the model towards reconstructing them (trimmed loss)."""
+        if fraction <= 0:
+            return self.loss(x, out)
+        rows = self.row_reconstruction_loss(x, out)
+        keep = max(1, len(rows) - int(fraction * len(rows)))
+        kept = torch.topk(rows, keep, largest=False, sorted=False).values
+        return kept.mean() + out.aux_loss.float()

@@ -29,6 +29,7 @@ _PARAMS = (
     "lr_schedule",
     "validation_fraction",
     "patience",
+    "trim_fraction",
     "contamination",
     "anomaly_score",
     "device",
@@ -88,6 +89,12 @@ class AutoencoderReducer:
     robust rule on them).
     ``loss="auto"`` picks a sigmoid head with binary cross-entropy when X lies in [0, 1], a
     linear head with MSE otherwise.
+    ``trim_fraction`` (default 0.1) trains robustly on data that holds anomalies: after a
+    few warm-up epochs each batch's worst-reconstructed 10 % of rows are left out of the
+    loss, so the model does not learn to reconstruct the anomalies (see
+    :class:`ae_models.training.TrainConfig`). On clean data it costs some fit on the hardest
+    rows and fattens the training scores' tail (``contamination="auto"`` then flags more
+    training rows): set ``trim_fraction=0`` there.
     ``batch_size="auto"`` gives small data sets enough steps an epoch (:func:`auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
     (:func:`auto_code_size`).
@@ -105,6 +112,7 @@ class AutoencoderReducer:
         lr_schedule: str = "onecycle",
         validation_fraction: float = 0.1,
         patience: int = 15,
+        trim_fraction: float = 0.1,
         contamination: float | Literal["auto"] = 0.01,
         anomaly_score: str = "auto",
         device: str = "auto",
@@ -123,6 +131,7 @@ class AutoencoderReducer:
         self.lr_schedule = lr_schedule
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.trim_fraction = trim_fraction
         self.contamination = contamination
         self.anomaly_score = anomaly_score
         self.device = device
@@ -213,6 +222,7 @@ class AutoencoderReducer:
             lr=self.lr,
             lr_schedule=self.lr_schedule,  # type: ignore[arg-type]
             patience=self.patience if n_val else 0,
+            trim_fraction=self.trim_fraction,
             seed=self.random_state,
             device=self.device,
             precision=self.precision,  # type: ignore[arg-type]

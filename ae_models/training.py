@@ -37,7 +37,13 @@ GATHER_ROWS = 16384  # rows shuffled into a contiguous block at a time
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: optimizer, schedule, stopping, device and precision, checkpoints, seed."""
+    """How to train: optimizer, schedule, stopping, device and precision, checkpoints, seed.
+
+    ``trim_fraction`` > 0 trains robustly on data that holds anomalies: after
+    ``trim_warmup`` epochs, the share ``trim_fraction`` of each batch's rows with the highest
+    reconstruction loss is left out of the gradient (and of the validation loss that drives
+    early stopping), so the model does not learn to reconstruct them.
+    """
 
     epochs: int = 100
     batch_size: int = 256
@@ -52,6 +58,8 @@ class TrainConfig:
     precision: Precision = "auto"
     checkpoint_dir: str | None = None
     resume: bool = True
+    trim_fraction: float = 0.0
+    trim_warmup: int = 5
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -63,6 +71,10 @@ class TrainConfig:
             raise ValueError(
                 f"patience must be >= 0 (0 disables early stopping), got {self.patience}"
             )
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.trim_warmup < 0:
+            raise ValueError(f"trim_warmup must be >= 0, got {self.trim_warmup}")
         if self.lr_schedule not in ("onecycle", "plateau", "cosine", "none"):
             raise ValueError(
                 "lr_schedule must be 'onecycle', 'plateau', 'cosine' or 'none', "
@@ -123,16 +135,22 @@ def _epoch_batches(x: Tensor, batch_size: int, generator: torch.Generator):
 
 @torch.no_grad()
 def evaluate_loss(
-    model: Autoencoder, x: Tensor, batch_size: int, device: torch.device, precision: str
+    model: Autoencoder,
+    x: Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    trim: float = 0.0,
 ) -> float:
-    """Mean training objective of ``model`` over ``x`` (row-weighted), in eval mode."""
+    """Mean training objective of ``model`` over ``x`` (row-weighted), in eval mode; with
+    ``trim``, each batch's worst-reconstructed share of rows left out."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device, non_blocking=True)
         with autocast(device, precision):
             out = model(xb)
-            loss = model.loss(xb, out)
+            loss = model.trimmed_loss(xb, out, trim)
         total += loss.detach().double() * len(xb)
     return float(total) / max(len(x), 1)
 
@@ -268,10 +286,13 @@ def train(
         t0 = time.perf_counter()
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
+        # robust training: after the warm-up, each batch's worst-reconstructed rows (likely
+        # anomalies in contaminated data) are left out of the gradient and the validation loss
+        trim = cfg.trim_fraction if epoch > cfg.trim_warmup else 0.0
         for xb in _epoch_batches(xt, cfg.batch_size, generator):
             with autocast(device, precision):
                 out = model(xb)
-                loss = model.loss(xb, out)
+                loss = model.trimmed_loss(xb, out, trim)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -288,7 +309,7 @@ def train(
                 f"{cfg.lr:g}) or check the input for extreme values"
             )
         val_loss = (
-            evaluate_loss(model, xv, max(cfg.batch_size, 2048), device, precision)
+            evaluate_loss(model, xv, max(cfg.batch_size, 2048), device, precision, trim)
             if xv is not None
             else train_loss
         )

@@ -144,8 +144,8 @@ def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
     rng = np.random.default_rng(1)
     noise = rng.normal(0, 3, (40, 64)).astype(np.float32)
     for kind in ("mse", "scaled_mse", "hybrid"):
-        est = AutoencoderReducer(
-            code_size=8, epochs=20, anomaly_score=kind, contamination="auto"
+        est = AutoencoderReducer(  # clean training data: no robust trimming needed
+            code_size=8, epochs=20, anomaly_score=kind, contamination="auto", trim_fraction=0
         ).fit(z)
         train_scores = est.decision_function(z)
         assert est.scorer_.kind == kind and np.isfinite(train_scores).all()
@@ -163,3 +163,6 @@ def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
         AutoencoderReducer(epochs=1, anomaly_score="elbo").fit(x)
     with pytest.raises(ValueError, match="contamination must be in"):
         AutoencoderReducer(contamination="sometimes").fit(x)
+    with pytest.raises(ValueError, match=r"trim_fraction must be in \[0, 0.5\), got 0.5"):
+        AutoencoderReducer(epochs=1, trim_fraction=0.5).fit(x)
+    assert AutoencoderReducer().get_params()["trim_fraction"] == 0.1

@@ -89,6 +89,8 @@ def test_bf16_autocast_on_cpu_trains(digits) -> None:
         ({"lr": 0}, "lr must be > 0"),
         ({"precision": "fp8"}, "unknown precision"),
         ({"device": "cuda:0"}, "CUDA is not available"),
+        ({"trim_fraction": 0.5}, "trim_fraction must be in"),
+        ({"trim_warmup": -1}, "trim_warmup must be >= 0"),
     ],
 )
 def test_bad_training_settings_are_named(digits, kwargs, message) -> None:
@@ -183,3 +185,44 @@ def test_progress_bar_writes_a_line_per_epoch(digits) -> None:
     )
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("[" + "#" * 30 + "] epoch 3/3")
+
+
+def test_trimmed_loss_leaves_out_the_worst_rows() -> None:
+    torch.manual_seed(0)
+    model = ae_models.create_model("deep", input_dim=6, code_size=2, output="linear")
+    x = torch.randn(10, 6)
+    out = model(x)
+    rows = model.row_reconstruction_loss(x, out)
+    torch.testing.assert_close(rows.mean(), model.reconstruction_loss(x, out))
+    torch.testing.assert_close(model.trimmed_loss(x, out, 0.0), model.loss(x, out))
+    best8 = torch.sort(rows).values[:8].mean()
+    torch.testing.assert_close(model.trimmed_loss(x, out, 0.2), best8)
+
+
+def contaminated(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows near a 2-D plane in 12-D, and 8 % outliers scattered off it; the outlier mask."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(2, 12))
+    normal = rng.normal(size=(920, 2)) @ basis + 0.05 * rng.normal(size=(920, 12))
+    outliers = rng.normal(scale=2.0, size=(80, 12))
+    x = np.vstack([normal, outliers]).astype(np.float32)
+    return x, np.r_[np.zeros(920, bool), np.ones(80, bool)]
+
+
+def test_trimming_keeps_the_outliers_from_pulling_the_fit() -> None:
+    """Robust training: with the worst 10 % of each batch trimmed, the normal rows are fitted
+    better (the outliers no longer pull the model), so the outliers stand out more."""
+    x, outlier = contaminated()
+
+    def errors(trim: float) -> tuple[float, float]:
+        model = ae_models.create_model(
+            "deep", input_dim=12, code_size=2, hidden=(32,), output="linear", seed=0
+        )
+        cfg = ae_models.TrainConfig(epochs=60, batch_size=50, trim_fraction=trim, seed=0)
+        ae_models.train(model, x, None, cfg)
+        _, mse, _ = ae_models.encode_and_score(model, x)
+        return float(np.median(mse[~outlier])), float(np.median(mse[outlier]))
+
+    (normal, odd), (normal_t, odd_t) = errors(0.0), errors(0.1)
+    assert normal_t < 0.8 * normal, (normal, normal_t)
+    assert odd_t / normal_t > 1.25 * odd / normal
