@@ -69,6 +69,11 @@ class SourceConfig(_Frozen):
     header: bool = Field(True, description="CSV first line holds the column names")
     skip_initial_space: bool = Field(True, description="strip spaces around CSV values")
     na_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "?"])
+    encoding: str = Field(
+        "utf-8",
+        description="CSV text encoding (latin-1, cp1252, ...); rows with bytes "
+        "that are not valid in it are quarantined",
+    )
     max_levels: int = Field(20, ge=1, description="one-hot width cap per categorical column")
     image_size: tuple[int, int] | None = Field(
         None, description="(height, width) to resize images to; default: keep, all alike"
@@ -83,6 +88,16 @@ class SourceConfig(_Frozen):
         description="how a run tells the source is unchanged (and reuses its ingest): file "
         "paths, sizes and modification times, or a hash of the bytes",
     )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
 
     @property
     def resolved_format(self) -> Literal["csv", "parquet", "images", "idx", "npz", "builtin"]:

@@ -27,6 +27,7 @@ ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT = "entity_id", "event_timestamp", "labe
 ROLE_COLUMNS = (ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT)
 DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0..16
 NORMALIZE_BATCH = 65_536  # rows per normalize batch, at most
+MIN_TRAIN_ROWS = 2  # fewer cannot be fitted meaningfully (nor batch-normalized)
 NORMALIZE_BATCH_CELLS = 8 << 20  # wide rows (pixels) come in fewer: buffers reused, cached
 
 
@@ -131,6 +132,7 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
                 skipinitialspace=src.skip_initial_space,
                 quotechar=src.quote_char or '"',
                 quoting=3 if src.quote_char is None else 0,
+                encoding=src.encoding,
             )
         except (pd.errors.EmptyDataError, UnicodeDecodeError, pd.errors.ParserError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -685,7 +687,7 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     train_parts: list[pd.DataFrame] = []
     counts = {"train": 0, "val": 0, "test": 0}
     first_pass = [ENTITY_ID] if ingested.pixel_scale else [ENTITY_ID, *features]
-    batch_rows = max(1024, min(NORMALIZE_BATCH, NORMALIZE_BATCH_CELLS // max(1, len(features))))
+    batch_rows = min(NORMALIZE_BATCH, max(1024, NORMALIZE_BATCH_CELLS // max(1, len(features))))
     for batch in source.iter_batches(batch_size=batch_rows, columns=first_pass):
         frame = batch.to_pandas()
         splits = assign_splits(
@@ -696,8 +698,11 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         if not ingested.pixel_scale:  # fixed pixel scaling fits on nothing
             train_parts.append(frame.loc[splits == "train", features])
     rows = sum(counts.values())
-    if counts["train"] == 0:
-        raise ConfigError(f"no rows fell in the training split ({rows} rows in all)")
+    if counts["train"] < MIN_TRAIN_ROWS:
+        raise ConfigError(
+            f"{counts['train'] or 'no'} row(s) fell in the training split ({rows} rows in "
+            f"all); training needs at least {MIN_TRAIN_ROWS}"
+        )
     try:
         if ingested.pixel_scale:
             normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)

@@ -37,16 +37,34 @@ def signed_log1p(v: np.ndarray) -> np.ndarray:
     return np.sign(v) * np.log1p(np.abs(v))
 
 
+OUTPUT_LIMIT = 1e6  # standard / robust outputs are clipped to +-this: finite in float32
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation without overflow, even for values near 1e308."""
+    top = float(np.abs(values).max())
+    if top == 0.0:
+        return 0.0, 0.0
+    unit = values / top
+    return top * float(unit.mean()), top * float(unit.std())
+
+
+def _span(low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray | float:
+    """``high - low`` without overflow: halves first (exact in binary floating point)."""
+    return high / 2 - low / 2
+
+
 def _usable_scale(scale: float, values: np.ndarray) -> float:
     """A divisor that keeps scaled values finite: the given scale unless it is tiny next to
     the data's range (an IQR of 1e-228 among 0s and a -1 overflowed float32), then the
     standard deviation, then the range; 1 for a constant column. Outputs stay within about
     +-1e6 of the centre."""
-    span = float(values.max() - values.min())
-    if span <= 0 or not np.isfinite(span):
-        return 1.0 if span <= 0 else scale
+    span = 2 * float(_span(values.min(), values.max()))  # inf when it overflows
+    if span <= 0:
+        return 1.0
+    span = min(span, np.finfo(np.float64).max)
     floor = span * 1e-6
-    for candidate in (scale, float(values.std()), span):
+    for candidate in (scale, _mean_std(values)[1], span):
         if np.isfinite(candidate) and candidate >= floor:
             return candidate
     return span
@@ -146,10 +164,10 @@ class Normalizer:
                 how = per_column.get(name, scaling)
                 center, scale = 0.0, 1.0
                 if how == "standard":
-                    center, scale = float(t.mean()), float(t.std())
+                    center, scale = _mean_std(t)
                 elif how == "robust":
                     q1, med, q3 = np.percentile(t, [25, 50, 75])
-                    center, scale = float(med), float(q3 - q1)
+                    center, scale = float(med), 2 * float(_span(q1, q3))
                 if how != "minmax":
                     scale = _usable_scale(scale, t)
                 specs.append(
@@ -225,10 +243,12 @@ class Normalizer:
                     if c.log1p:
                         v = signed_log1p(v)
                 if c.kind == "numeric" and c.scaler != "minmax":
-                    out[:, j] = (v - c.center) / c.scale
+                    # halved before differencing: no overflow next to values near 1e308
+                    z = (v / 2 - c.center / 2) / (c.scale / 2)
+                    out[:, j] = np.clip(z, -OUTPUT_LIMIT, OUTPUT_LIMIT)
                 else:
-                    span = c.high - c.low
-                    v = (v - c.low) / span if span > 0 else np.zeros_like(v)
+                    span = _span(c.low, c.high)
+                    v = _span(c.low, v) / span if span > 0 else np.zeros_like(v)
                     if c.kind == "scaled":
                         v = np.where(missing, 0.0, v)
                     out[:, j] = np.clip(v, 0.0, 1.0)

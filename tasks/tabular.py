@@ -9,7 +9,10 @@ values there parse as such; the rest of its rows are then quarantined, not the c
 
 from __future__ import annotations
 
+import codecs
 import glob
+import gzip
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,46 @@ def parquet_files(path: str) -> list[str]:
     return [path]
 
 
+class _Utf8Repair(io.RawIOBase):
+    """A CSV file's bytes with every sequence that is not UTF-8 replaced by U+FFFD.
+
+    pyarrow decodes a ragged row's text before it calls the invalid-row handler, and fails
+    the whole file when that text is not UTF-8; repaired bytes keep such rows skippable.
+    ``repaired`` turns true once something was replaced: from then on, values holding
+    U+FFFD are set aside as not UTF-8. Costs one decode and encode pass in C.
+    """
+
+    def __init__(self, path: str) -> None:
+        opener = gzip.open if path.lower().endswith(".gz") else open
+        self._file = opener(path, "rb")
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = b""
+        self._eof = False
+        self.repaired = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending and not self._eof:
+            data = self._file.read(max(len(buffer), 1 << 16))
+            self._eof = not data
+            text = self._decoder.decode(data, final=self._eof)
+            out = text.encode("utf-8")
+            held = len(self._decoder.getstate()[0])
+            if not self.repaired and out != data[: len(data) - held]:
+                self.repaired = True
+            self._pending = out
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _csv_batches(
     path: str,
     delimiter: str,
@@ -51,7 +94,11 @@ def _csv_batches(
     header: bool,
     names: list[str],
     ragged: list[tuple[str, str]],
+    encoding: str = "utf-8",
+    repair: _Utf8Repair | None = None,
 ) -> Iterator[pa.RecordBatch]:
+    """Record batches of string columns; ragged rows are skipped into ``ragged``. UTF-8
+    text is read through ``repair`` (other encodings pyarrow transcodes itself)."""
     import pyarrow.csv as pacsv
 
     def on_invalid(row) -> str:
@@ -67,9 +114,12 @@ def _csv_batches(
         return "skip"
 
     reader = pacsv.open_csv(
-        path,
+        repair if repair is not None else path,
         read_options=pacsv.ReadOptions(
-            block_size=1 << 22, column_names=names, skip_rows=1 if header else 0
+            block_size=1 << 22,
+            column_names=names,
+            skip_rows=1 if header else 0,
+            encoding=encoding,
         ),
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, quote_char=quote_char or False, invalid_row_handler=on_invalid
@@ -133,29 +183,46 @@ class TableReader:
 
     def decide_kinds(self) -> dict[str, str]:
         """Numeric, boolean or categorical per feature column, from the first batch."""
-        for cols in self._raw_batches():
+        for cols, _ in self._raw_batches():
             self._decide_kinds(cols)
             break
         return self.kinds
 
-    def _raw_batches(self) -> Iterator[dict[str, pa.Array]]:
+    def _raw_batches(self) -> Iterator[tuple[dict[str, pa.Array], list[tuple[str, np.ndarray]]]]:
+        """Each batch's columns (text trimmed, ``na_values`` as nulls) and, per column that
+        had them, a mask of values that were not UTF-8 (nulls now; their rows are set aside)."""
         src = self.src
+        repair = None
         if src.resolved_format == "csv":
+            repair = _Utf8Repair(src.path) if src.encoding == "utf-8" else None
             batches = _csv_batches(
-                src.path, src.delimiter, src.quote_char, src.header, self.columns, self.ragged
+                src.path,
+                src.delimiter,
+                src.quote_char,
+                src.header,
+                self.columns,
+                self.ragged,
+                src.encoding,
+                repair,
             )
         else:
             batches = self._parquet_batches()
         na = pa.array(list(src.na_values), pa.string())
         for batch in batches:
             cols = {}
+            not_utf8: list[tuple[str, np.ndarray]] = []
             for name, arr in zip(batch.schema.names, batch.columns, strict=True):
+                if repair is not None and repair.repaired and pa.types.is_string(arr.type):
+                    invalid = _mask(pc.match_substring(arr, "\ufffd"))
+                    if invalid.any():
+                        not_utf8.append((name, invalid))
+                        arr = pc.if_else(pa.array(invalid), pa.scalar(None, arr.type), arr)
                 if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
                     if src.skip_initial_space:
                         arr = pc.utf8_trim_whitespace(arr)
                     arr = pc.if_else(pc.is_in(arr, value_set=na), pa.scalar(None, arr.type), arr)
                 cols[name] = arr
-            yield cols
+            yield cols, not_utf8
 
     def _decide_kinds(self, cols: dict[str, pa.Array]) -> None:
         for col in self.features:
@@ -180,7 +247,7 @@ class TableReader:
         """Typed batches of usable rows, each with the rows it set aside."""
         src = self.src
         start = self.first_row
-        for cols in self._raw_batches():
+        for cols, not_utf8 in self._raw_batches():
             if not self.kinds:
                 self._decide_kinds(cols)
             n = len(next(iter(cols.values()))) if cols else 0
@@ -189,6 +256,14 @@ class TableReader:
             self.rows_in += n
             rejects = _Rejects(n)
             flag = rejects.add
+            for col, invalid in not_utf8:
+                flag(
+                    invalid,
+                    lambda i, c=col: (
+                        f"column {c!r} holds bytes that are not UTF-8 (set source.encoding "
+                        "if the file uses another encoding)"
+                    ),
+                )
 
             typed: dict[str, pd.Series] = {}
             for col in self.features:

@@ -78,9 +78,18 @@ def test_empty_and_unreadable_inputs(tmp_path, tmp_stores) -> None:
     with pytest.raises(ConfigError, match="cannot read CSV header"):
         ingest_source(config(blank), tmp_stores)
     latin = tmp_path / "latin.csv"
-    latin.write_bytes("a,b\n1,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="cannot read"):
-        ingest_source(config(latin), tmp_stores)
+    latin.write_bytes("a,b\n1,caf\xe9\n2,the\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"1 of 2 rows \(50.0%\).*quarantine.parquet"):
+        ingest_source(config(latin, max_quarantine_fraction=0.01), tmp_stores)
+    kept = ingest_source(config(latin), tmp_stores)  # limit 50 %: the UTF-8 row gets through
+    assert (kept.rows, kept.quarantined) == (1, 1)
+    reason = pq.read_table(kept.quarantine_path).column("reason")[0].as_py()
+    assert reason.startswith("column 'b' holds bytes that are not UTF-8 (set source.encoding")
+    read = ingest_source(config(latin, encoding="latin-1"), tmp_stores)
+    assert read.quarantined == 0
+    assert pq.read_table(read.path).column("b").to_pylist() == ["caf\xe9", "the"]
+    with pytest.raises(ValueError, match="unknown text encoding 'klingon'"):
+        config(latin, encoding="klingon")
 
 
 def test_parquet_folder_and_glob(tmp_path, tmp_stores) -> None:
