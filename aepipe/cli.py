@@ -7,7 +7,6 @@ nothing written; unexpected failures print one line too, and the full trace goes
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aepipe import __version__
+from aepipe.settings import Stores
 from aepipe.settings import stores as resolve_stores
 
 EXIT_USAGE = 2
@@ -151,11 +151,12 @@ def _prepare_environment(home: Path, create: bool = True) -> None:
 def _config(args: argparse.Namespace) -> Any:
     """The pipeline config of a run/score/downstream command, checked before anything runs."""
     from tasks.config import build_config, load_config
-    from tasks.validate import validate_config
+    from tasks.validate import check_stores, validate_config
 
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides) if args.config else build_config(_nested(overrides))
     validate_config(cfg)  # before anything is written
+    check_stores(cfg, resolve_stores(cfg.home))  # and before Prefect's server starts
     return cfg
 
 
@@ -258,13 +259,14 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_trace(home: Path) -> Path | None:
+def _log_trace(st: Stores) -> Path | None:
+    """Append the current exception's trace, credentials blanked, to the home's error log."""
     try:
-        folder = home / "logs"
+        folder = st.home / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "aepipe-error.log"
         with path.open("a") as fh:
-            fh.write(traceback.format_exc())
+            fh.write(st.redact(traceback.format_exc()))
         return path
     except OSError:
         return None
@@ -294,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         print("aepipe: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # the one place that turns any failure into one line
-        logging.getLogger("aepipe").debug("unexpected failure", exc_info=True)
-        trace = _log_trace(resolve_stores(getattr(args, "home", None)).home)
+        st = resolve_stores(getattr(args, "home", None))
+        trace = _log_trace(st)
         where = f" (full trace in {trace})" if trace else ""
-        first = str(err).splitlines()[0] if str(err) else ""
+        first = st.redact(str(err).splitlines()[0]) if str(err) else ""
         print(f"aepipe: error: {type(err).__name__}: {first}{where}", file=sys.stderr)
         return EXIT_FAILURE
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 ENV_HOME = "AEPIPE_HOME"
 ENV_TRACKING_URI = "AEPIPE_TRACKING_URI"
@@ -22,14 +24,41 @@ DEFAULT_HOME = ".aepipe"
 NAMESPACE = "aepipe"
 
 
-@dataclass(frozen=True)
-class Stores:
-    """Locations of every store aepipe reads or writes; build with :func:`stores`."""
+class Stores(BaseModel):
+    """Locations of every store aepipe reads or writes; build with :func:`stores`.
+
+    Serialized (say, as a Prefect flow parameter, which the Prefect database keeps), the
+    URIs lose their user and password: credentials stay in the process environment.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     home: Path
     tracking_uri: str
     catalog_uri: str
     warehouse: str
+
+    def redact(self, text: str) -> str:
+        """``text`` with the credentials of every store URI blanked out wherever they appear
+        (the ``user:password@`` part, and the password on its own), for messages and traces
+        that quote a URI."""
+        from urllib.parse import urlsplit
+
+        for uri in (self.tracking_uri, self.catalog_uri, self.warehouse):
+            parts = urlsplit(uri)
+            if "@" in parts.netloc:
+                safe = redact_uri(uri).split("://", 1)[-1].split("/", 1)[0]
+                text = text.replace(parts.netloc, safe)
+            if parts.password:
+                text = text.replace(parts.password, "***")
+        return text
+
+    @model_serializer(mode="wrap")
+    def _without_credentials(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("tracking_uri", "catalog_uri", "warehouse"):
+            data[key] = redact_uri(data[key])
+        return data
 
     @property
     def artifact_root(self) -> Path:
@@ -52,15 +81,34 @@ class Stores:
         return self.home / "prefect"
 
     def ui_commands(self) -> dict[str, str]:
-        """Shell commands that open the Prefect and MLflow UIs on these stores."""
+        """Shell commands that open the Prefect and MLflow UIs on these stores (a remote
+        tracking server is its own UI: its address, credentials blanked out)."""
         bin_dir = _bin_dir()
+        mlflow = (
+            f"{bin_dir}mlflow ui --backend-store-uri {self.tracking_uri} "
+            f"--default-artifact-root {self.artifact_root.as_uri()} --port 5000"
+        )
+        if self.tracking_uri.startswith(("http://", "https://")):
+            mlflow = f"open {redact_uri(self.tracking_uri)} in a browser"
         return {
             "prefect": f"PREFECT_HOME={self.prefect_home} {bin_dir}prefect server start",
-            "mlflow": (
-                f"{bin_dir}mlflow ui --backend-store-uri {self.tracking_uri} "
-                f"--default-artifact-root {self.artifact_root.as_uri()} --port 5000"
-            ),
+            "mlflow": mlflow,
         }
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with its user and password replaced by ``***``: safe for logs and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.username is None and parts.password is None:
+        return uri
+    netloc = f"***@{parts.hostname or ''}" + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _bin_dir() -> str:

@@ -63,7 +63,28 @@ def get_catalog(stores: Stores, create: bool = False) -> Catalog:
             db.parent.mkdir(parents=True, exist_ok=True)
     if stores.warehouse.startswith("file://") and create:
         Path(stores.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    return SqlCatalog("aepipe", uri=stores.catalog_uri, warehouse=stores.warehouse)
+    return _racing(lambda: SqlCatalog("aepipe", uri=stores.catalog_uri, warehouse=stores.warehouse))
+
+
+def _racing(step: Any, attempts: int = 6) -> Any:
+    """Run an idempotent set-up step (create the catalog's tables, a namespace, a table and
+    its partitioning), again when another process or run doing the same lost or won a race
+    with this one (a table that "already exists", a unique key taken, a commit that lost):
+    two first runs on a fresh home both get there."""
+    import random
+    import time
+
+    from pyiceberg.exceptions import CommitFailedException
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return step()
+        except (OperationalError, IntegrityError, CommitFailedException):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def _stores(home: str | os.PathLike[str] | Stores | None) -> Stores:
@@ -273,9 +294,8 @@ def prepare_table(
 ) -> None:
     """Create the feature table (or widen it for a longer code) before parallel writers stage
     files into it, so they do not race to create it."""
-    _ensure_table(
-        get_catalog(stores or resolve_stores(), create=True), table, code_size, model_name
-    )
+    catalog = get_catalog(stores or resolve_stores(), create=True)
+    _racing(lambda: _ensure_table(catalog, table, code_size, model_name))
 
 
 def stage_features(
@@ -300,7 +320,8 @@ def stage_features(
     if first is not None:
         _check_slice(first, code_size, model_name, model_version)
         stream = itertools.chain([first], stream)
-    tbl = _ensure_table(get_catalog(st, create=True), table, code_size, model_name)
+    catalog = get_catalog(st, create=True)
+    tbl = _racing(lambda: _ensure_table(catalog, table, code_size, model_name))
     target = tbl.schema().as_arrow()
     files = _DataFiles(tbl)
     rows = 0

@@ -13,7 +13,7 @@ from tasks.materialize import materialize_job
 from tasks.register import register
 from tasks.report import RunSummary, report
 from tasks.train import train, train_elsewhere
-from tasks.validate import validate_config
+from tasks.validate import check_stores, validate_config
 
 
 @flow(name="reduce-features", log_prints=True)
@@ -22,6 +22,7 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
+    check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg)
     if cfg.train_deployment:

@@ -9,7 +9,7 @@ from flows.ingest import ingest
 from flows.partitions import run_partitioned
 from tasks.config import PipelineConfig
 from tasks.score import Scored, champion, prepare_scoring, scored_summary
-from tasks.validate import validate_config
+from tasks.validate import check_stores, validate_config
 
 
 @flow(name="score-features", log_prints=True)
@@ -18,6 +18,7 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
+    check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     current = champion(cfg, stores)
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     job = prepare_scoring(ingested, current, cfg, stores)

@@ -9,7 +9,7 @@ from flows.ingest import ingest
 from tasks.config import PipelineConfig
 from tasks.downstream import DownstreamReport, train_downstream
 from tasks.ingest import normalize
-from tasks.validate import validate_config
+from tasks.validate import check_stores, validate_config
 
 
 @flow(name="train-downstream", log_prints=True)
@@ -20,6 +20,7 @@ def train_downstream_flow(
     cfg = config or PipelineConfig()
     validate_config(cfg)
     stores = resolve_stores(cfg.home)
+    check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg)
     report = train_downstream(data, cfg, stores, model_version)

@@ -24,7 +24,7 @@ import ae_models
 from aepipe.settings import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.ingest import EVENT_TIMESTAMP, LABEL, SPLIT, IngestResult, NormalizedData
-from tasks.tracking import configure_mlflow
+from tasks.tracking import configure_mlflow, registry_lock
 from tasks.train import TrainedModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -183,41 +183,44 @@ def register_model(
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
         )
-    version = int(mlflow.register_model(info.model_uri, cfg.model_name).version)
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, str(version))
+    # registering, comparing with the champion and promoting is a read-then-write: runs
+    # sharing this home take turns, so two at once cannot both replace the champion
+    with registry_lock(stores, cfg.model_name):
+        version = int(mlflow.register_model(info.model_uri, cfg.model_name).version)
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, str(version))
 
-    current = _champion(client, cfg.model_name)
-    champion_value: float | None = None
-    reason_prefix = ""
-    if current is not None:
-        if metric == EVAL_METRIC:
-            try:
-                champ = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@{CHAMPION}")
-                champion_value = mean_score(champ.predict, rows)
-            except Exception as err:  # the champion cannot score today's data
-                reason_prefix = f"champion cannot score the evaluation split ({err}); "
-                champion_value = None
-        else:
-            champion_value = client.get_run(current.run_id).data.metrics.get(metric)
-    promoted, reason = decide_promotion(
-        metric, challenger_value, champion_value, cfg.promotion_direction
-    )
-    if reason_prefix:
-        promoted, reason = True, reason_prefix + "challenger takes over"
-    if promoted:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, str(version))
-        client.delete_registered_model_alias(cfg.model_name, CHALLENGER)
-    record_decision(
-        client,
-        cfg.model_name,
-        version,
-        decision="promoted" if promoted else "refused",
-        metric=metric,
-        challenger_value=challenger_value,
-        champion_value=champion_value,
-        champion_version=str(current.version) if current is not None else None,
-        reason=reason,
-    )
+        current = _champion(client, cfg.model_name)
+        champion_value: float | None = None
+        reason_prefix = ""
+        if current is not None:
+            if metric == EVAL_METRIC:
+                try:
+                    champ = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@{CHAMPION}")
+                    champion_value = mean_score(champ.predict, rows)
+                except Exception as err:  # the champion cannot score today's data
+                    reason_prefix = f"champion cannot score the evaluation split ({err}); "
+                    champion_value = None
+            else:
+                champion_value = client.get_run(current.run_id).data.metrics.get(metric)
+        promoted, reason = decide_promotion(
+            metric, challenger_value, champion_value, cfg.promotion_direction
+        )
+        if reason_prefix:
+            promoted, reason = True, reason_prefix + "challenger takes over"
+        if promoted:
+            client.set_registered_model_alias(cfg.model_name, CHAMPION, str(version))
+            client.delete_registered_model_alias(cfg.model_name, CHALLENGER)
+        record_decision(
+            client,
+            cfg.model_name,
+            version,
+            decision="promoted" if promoted else "refused",
+            metric=metric,
+            challenger_value=challenger_value,
+            champion_value=champion_value,
+            champion_version=str(current.version) if current is not None else None,
+            reason=reason,
+        )
     aliases = [CHAMPION] if promoted else [CHALLENGER]
     return RegisteredModel(
         run_id, experiment_id, cfg.model_name, version, aliases, promoted, reason

@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aepipe.settings import Stores
+from aepipe.settings import Stores, redact_uri
+from tasks.config import ConfigError
+
+# A remote tracking server that is down should fail a run in about a minute, not after
+# MLflow's default 7 retries with doubling back-off and 120 s timeouts; set these variables
+# yourself to wait longer.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+
+
+class TrackingUnavailable(ConfigError):
+    """The MLflow tracking server cannot be reached; the message never shows credentials."""
+
+
+def check_tracking(stores: Stores) -> None:
+    """Fail fast, in one line, when a remote tracking server cannot be reached (bounded
+    retries), so a run never trains for an hour to fail at registration."""
+    uri = stores.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return  # a local SQLite store: created on first use
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    client = configure_mlflow(stores)
+    retries = logging.getLogger("urllib3.connectionpool")  # a warning per retry: the error
+    level = retries.level  # below says it once
+    retries.setLevel(logging.ERROR)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # MLflow raises several types for a server that is down
+        first = stores.redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise TrackingUnavailable(
+            f"the MLflow tracking server {redact_uri(uri)} cannot be reached "
+            f"({os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retries): {first[:300]}"
+        ) from None
+    finally:
+        retries.setLevel(level)
 
 
 def configure_mlflow(stores: Stores) -> Any:
     """Point MLflow's tracking and registry at the configured stores; return a client."""
     import mlflow
 
+    if redact_uri(stores.tracking_uri) != stores.tracking_uri:
+        # MLflow prints "View run at <tracking URI>" when a run ends, credentials and all,
+        # and the flows' log_prints would keep that line in Prefect's logs
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(stores.tracking_uri)
     mlflow.set_registry_uri(stores.tracking_uri)
     return mlflow.MlflowClient(stores.tracking_uri, stores.tracking_uri)
@@ -63,3 +110,24 @@ class MlflowLogger:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(logs[k]), now, int(epoch)) for k in self.KEYS if k in logs]
         self.client.log_batch(self.run_id, metrics=metrics)
+
+
+@contextmanager
+def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
+    """Runs (processes or threads) sharing this home take turns inside: registering a version
+    and promoting it is a read-then-write that two runs at once would interleave. A lock file
+    under ``<home>/locks`` (POSIX ``flock``; where there is none, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs on one home rarely overlap there
+        yield
+        return
+    folder = stores.home / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"registry-{re.sub(r'[^A-Za-z0-9_.-]', '_', model_name)}.lock"
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

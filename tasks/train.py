@@ -215,6 +215,10 @@ def train_autoencoder(
         train_cfg = dataclasses.replace(
             train_cfg, checkpoint_dir=str(checkpoint_dir(data, cfg, stores))
         )
+    else:  # relative to the models folder (check_stores refused any path outside the home)
+        train_cfg = dataclasses.replace(
+            train_cfg, checkpoint_dir=str(stores.models_dir / train_cfg.checkpoint_dir)
+        )
     client, run_id = start_run(cfg, stores, request_id)
     try:
         result = ae_models.train(

@@ -1,10 +1,16 @@
-"""Up-front checks of a pipeline config against its source, before anything is written."""
+"""Up-front checks of a pipeline config against its source, and of the stores, before
+anything is written."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import ae_models
+from aepipe.settings import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.ingest import inspect_source
+from tasks.tracking import check_tracking
 
 
 def validate_config(cfg: PipelineConfig) -> None:
@@ -30,3 +36,38 @@ def validate_config(cfg: PipelineConfig) -> None:
             f"test_fraction {cfg.test_fraction} + val_fraction {cfg.val_fraction} leave "
             "too little for training (keep their sum below 0.9)"
         )
+
+
+def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
+    """Before any work: the config writes only inside the stores, each local store folder
+    can be created and written (nothing is created here), and a remote tracking server
+    answers; else a ConfigError that names the path, so a run does not train for an hour
+    to fail at its first write."""
+    from urllib.parse import unquote, urlsplit
+
+    if cfg.train.checkpoint_dir is not None:
+        wanted = Path(cfg.train.checkpoint_dir).expanduser()
+        resolved = (stores.models_dir / wanted if not wanted.is_absolute() else wanted).resolve()
+        if not resolved.is_relative_to(stores.home):
+            raise ConfigError(
+                f"train.checkpoint_dir {cfg.train.checkpoint_dir!r} resolves to {resolved}, "
+                f"outside the aepipe home {stores.home}; aepipe writes only inside its stores "
+                "(set AEPIPE_HOME to move them)"
+            )
+
+    folders = {"home": stores.home, "data": stores.data_dir, "models": stores.models_dir}
+    if stores.warehouse.startswith("file://") or "://" not in stores.warehouse:
+        folders["warehouse"] = Path(unquote(urlsplit(stores.warehouse).path))
+    for name, folder in folders.items():
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(
+                f"cannot use {folder} as the {name} folder: {existing} is a file, not a folder"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"cannot write the {name} folder {folder}: no write permission on {existing}"
+            )
+    check_tracking(stores)

@@ -1,0 +1,178 @@
+"""Crashes and faults, for real: processes killed with SIGKILL mid-work, a tracking server
+that is down, store folders that cannot be written. docs/reliability.md lists each case."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_cli import run_cli  # noqa: E402
+
+TRAIN_CHILD = """
+import json, sys, time
+import numpy as np, torch
+from sklearn.datasets import load_digits
+import ae_models
+
+ckpt, out = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+x = load_digits().data.astype(np.float32) / 16.0
+
+
+class Slow:  # a few tenths of a second an epoch, so the kill lands mid-training
+    def on_epoch_end(self, epoch, logs):
+        time.sleep(0.3)
+
+
+model = ae_models.create_model("deep", seed=1, input_dim=64, code_size=8)
+cfg = ae_models.TrainConfig(
+    epochs=12, batch_size=64, patience=0, seed=3, checkpoint_dir=ckpt or None
+)
+result = ae_models.train(model, x[:1400], x[1400:], cfg, callbacks=[Slow()])
+_, mse, _ = ae_models.encode_and_score(model, x[1400:])
+json.dump(
+    {"val_loss": result.history[-1]["val_loss"], "mse": float(mse.mean()),
+     "resumed_from": result.resumed_from, "epochs": len(result.history)},
+    open(out, "w"),
+)
+"""
+
+
+def _child(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env)
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    import torch
+
+    try:  # replaced atomically: a reader sees the old file or the new one
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def test_kill_9_during_training_resumes_to_the_same_result(tmp_path) -> None:
+    """SIGKILL after a few epochs; the next run resumes from the last checkpoint and ends
+    with the metrics of a run never interrupted (tolerance 1e-6; on the CPU they are equal)."""
+    straight = _child(TRAIN_CHILD, "", str(tmp_path / "straight.json"))
+    assert straight.wait(timeout=300) == 0
+    ckpt = tmp_path / "ckpt"
+    victim = _child(TRAIN_CHILD, str(ckpt), str(tmp_path / "killed.json"))
+    _wait_for(lambda: _checkpoint_epoch(ckpt / "checkpoint.pt") >= 4, 300, "epoch 4")
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    assert not (tmp_path / "killed.json").exists()
+    again = _child(TRAIN_CHILD, str(ckpt), str(tmp_path / "resumed.json"))
+    assert again.wait(timeout=300) == 0
+    expected = json.loads((tmp_path / "straight.json").read_text())
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert 4 <= resumed["resumed_from"] < 12 and resumed["epochs"] == 12
+    assert resumed["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    assert resumed["mse"] == pytest.approx(expected["mse"], rel=1e-6)
+
+
+WRITE_CHILD = """
+import sys, time
+sys.path.insert(0, "tests/feature_store")
+from test_store import make_batch, write
+from aepipe.settings import stores
+from feature_store import store
+
+store.ROW_GROUP_BYTES, store.FILE_BYTES = 1000, 200_000  # data files appear as rows stream
+home, mode = sys.argv[1], sys.argv[2]
+
+
+def batches(slow):
+    for i in range(40):
+        yield make_batch(500, 3, 2, start=500 * i)
+        if slow:
+            time.sleep(0.5)
+
+
+write(stores(home), batches(mode == "slow"), 3, 2)
+"""
+
+
+def test_kill_9_during_materialization_keeps_the_previous_snapshot(tmp_path) -> None:
+    """SIGKILL while a version streams into the feature table: readers still see the last
+    committed snapshot, complete; the re-run lands all rows once."""
+    from feature_store import read_features
+    from feature_store.store import load_table
+
+    sys.path.insert(0, str(ROOT / "tests" / "feature_store"))
+    from test_store import make_batch, write
+
+    from aepipe.settings import stores
+
+    st = stores(tmp_path / "home")
+    write(st, make_batch(5, 3, 1), 3, 1)
+    before = load_table("t", st).current_snapshot().snapshot_id
+    warehouse = st.home / "warehouse"
+    files_before = set(warehouse.rglob("*.parquet"))
+    victim = _child(WRITE_CHILD, str(st.home), "slow")
+    # the writer has started a data file of version 2: it is mid-stream
+    _wait_for(lambda: set(warehouse.rglob("*.parquet")) - files_before, 120, "a data file")
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    assert load_table("t", st).current_snapshot().snapshot_id == before
+    frame = load_table("t", st).scan().to_arrow()  # every row of every version
+    assert frame.num_rows == 5 and set(frame.column("model_version").to_pylist()) == {1}
+    again = _child(WRITE_CHILD, str(st.home), "fast")
+    assert again.wait(timeout=300) == 0
+    v2 = read_features("t", 2, home=st)
+    assert len(v2) == 40 * 500 and v2["entity_id"].is_unique
+    assert len(read_features("t", 1, home=st)) == 5
+
+
+def test_unreachable_tracking_server_fails_fast_and_hides_the_password(tmp_path) -> None:
+    """A tracking URI nobody answers: bounded retries, then one line naming the server with
+    its credentials blanked; nothing trained, registered or written to the feature table."""
+    secret = "fake-s3cret-9f2e"
+    env = {"AEPIPE_TRACKING_URI": f"http://aepipe-user:{secret}@127.0.0.1:9"}
+    t0 = time.monotonic()
+    result = run_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
+    assert time.monotonic() - t0 < 120
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MLflow tracking server http://***@127.0.0.1:9" in lines[0]
+    assert "cannot be reached (3 retries)" in lines[0]
+    everything = result.stdout + result.stderr
+    for path in (tmp_path).rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            everything += path.read_bytes().decode("utf-8", "replace")
+    assert secret not in everything and "aepipe-user" not in everything
+    assert not (tmp_path / ".aepipe" / "catalog.db").exists()
+    assert not (tmp_path / ".aepipe" / "models").exists()
+
+
+def test_an_unwritable_store_folder_is_named_before_any_work(tmp_path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the warehouse should go")
+    env = {"AEPIPE_WAREHOUSE": str(blocker / "warehouse")}
+    result = run_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"aepipe: error: cannot use {blocker / 'warehouse'} as the warehouse folder: "
+        f"{blocker} is a file, not a folder"
+    )
+    assert not (tmp_path / ".aepipe" / "models").exists()

@@ -1,0 +1,144 @@
+"""Security: models load without running pickled code, configs cannot write outside the
+stores, and credentials never reach logs, MLflow params or Prefect artifacts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ae_models
+from ae_models import AutoencoderReducer
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_cli import run_cli  # noqa: E402
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("loader", ["load_model", "estimator"])
+def test_a_crafted_pickle_in_a_model_folder_is_refused_not_run(tmp_path, loader) -> None:
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "model"
+    if loader == "estimator":
+        x = np.random.default_rng(0).random((40, 6)).astype(np.float32)
+        AutoencoderReducer(epochs=1, code_size=2).fit(x).save(folder)
+    else:
+        ae_models.save_model(ae_models.create_model("deep", input_dim=6, code_size=2), folder)
+    torch.save({"encoder.0.weight": _Payload(marker)}, folder / "weights.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        if loader == "estimator":
+            AutoencoderReducer.load(folder)
+        else:
+            ae_models.load_model(folder)
+    assert not marker.exists()
+
+
+def test_a_config_cannot_write_outside_the_stores(tmp_path) -> None:
+    outside = tmp_path / "elsewhere"
+    result = run_cli(
+        "run", "--source", "digits", "--set", f"train.checkpoint_dir={outside}", cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    home = (tmp_path / ".aepipe").resolve()
+    assert result.stderr.strip() == (
+        f"aepipe: error: train.checkpoint_dir '{outside}' resolves to {outside}, outside the "
+        f"aepipe home {home}; aepipe writes only inside its stores (set AEPIPE_HOME to move them)"
+    )
+    sneaky = run_cli(
+        "run", "--source", "digits", "--set", "train.checkpoint_dir=../../x", cwd=tmp_path
+    )
+    assert sneaky.returncode == 2 and "outside the aepipe home" in sneaky.stderr
+    named = run_cli("run", "--source", "digits", "--set", "dataset=../evil", cwd=tmp_path)
+    assert named.returncode == 2 and "dataset" in named.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written, inside or outside
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_credentials_never_reach_logs_params_or_artifacts(tmp_path) -> None:
+    """A real MLflow tracking server reached with a user and a (fake) password in the URI:
+    the run works, and the secret appears in no output, log, MLflow param or tag, Prefect
+    artifact or database written here."""
+    secret = "fake-s3cret-c0ffee"
+    port = _free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{server_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(server_dir / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=server_dir,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("the MLflow server did not start")
+                time.sleep(0.5)
+        uri = f"http://aepipe-bot:{secret}@127.0.0.1:{port}"
+        work = tmp_path / "work"
+        work.mkdir()
+        result = run_cli(
+            "run", "--source", "digits", "--epochs", "2", cwd=work,
+            env={"AEPIPE_TRACKING_URI": uri},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert f"open http://***@127.0.0.1:{port} in a browser" in result.stdout
+
+        import mlflow
+
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert runs, "the run was not tracked"
+        for run in runs:
+            for value in [*run.data.params.values(), *run.data.tags.values()]:
+                assert secret not in value
+        seen = result.stdout + result.stderr
+        assert secret not in seen
+        for path in list(work.rglob("*")) + list(server_dir.rglob("*")):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
