@@ -75,6 +75,12 @@ class Stores(BaseModel):
         """Folder for training outputs (weights, config, checkpoints) before MLflow logs them."""
         return self.home / "models"
 
+    def under_models(self, path: str | os.PathLike[str]) -> Path:
+        """A configured path resolved the way aepipe writes it: relative ones under the
+        models folder, ``~`` expanded, links and ``..`` resolved."""
+        wanted = Path(path).expanduser()
+        return (wanted if wanted.is_absolute() else self.models_dir / wanted).resolve()
+
     @property
     def prefect_home(self) -> Path:
         """PREFECT_HOME used by the CLI, so the Prefect UI shows the runs made here."""

@@ -688,13 +688,19 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     counts = {"train": 0, "val": 0, "test": 0}
     first_pass = [ENTITY_ID] if ingested.pixel_scale else [ENTITY_ID, *features]
     batch_rows = min(NORMALIZE_BATCH, max(1024, NORMALIZE_BATCH_CELLS // max(1, len(features))))
+    split_names = np.array(list(counts))
+    split_codes: list[np.ndarray] = []  # a byte a row, so the second pass need not hash again
     for batch in source.iter_batches(batch_size=batch_rows, columns=first_pass):
         frame = batch.to_pandas()
         splits = assign_splits(
             frame[ENTITY_ID], cfg.test_fraction, cfg.val_fraction, cfg.train.seed
         )
-        for name in counts:
-            counts[name] += int((splits == name).sum())
+        codes = np.zeros(len(splits), np.int8)
+        for code, name in enumerate(split_names):
+            mask = splits == name
+            codes[mask] = code
+            counts[name] += int(mask.sum())
+        split_codes.append(codes)
         if not ingested.pixel_scale:  # fixed pixel scaling fits on nothing
             train_parts.append(frame.loc[splits == "train", features])
     rows = sum(counts.values())
@@ -724,14 +730,10 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     keep = [ENTITY_ID, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
     writer: pq.ParquetWriter | None = None
     try:
-        for batch in source.iter_batches(batch_size=batch_rows):
+        batches = source.iter_batches(batch_size=batch_rows)
+        for batch, codes in zip(batches, split_codes, strict=True):
             table = pa.Table.from_batches([batch])
-            splits = assign_splits(
-                table.column(ENTITY_ID).to_pandas(),
-                cfg.test_fraction,
-                cfg.val_fraction,
-                cfg.train.seed,
-            )
+            splits = split_names[codes]
             # column-major once, so each output column is a zero-copy slice
             columns = np.ascontiguousarray(normalizer.transform_arrow(table.select(features)).T)
             arrays = {name: table.column(name) for name in keep}

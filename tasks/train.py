@@ -217,7 +217,7 @@ def train_autoencoder(
         )
     else:  # relative to the models folder (check_stores refused any path outside the home)
         train_cfg = dataclasses.replace(
-            train_cfg, checkpoint_dir=str(stores.models_dir / train_cfg.checkpoint_dir)
+            train_cfg, checkpoint_dir=str(stores.under_models(train_cfg.checkpoint_dir))
         )
     client, run_id = start_run(cfg, stores, request_id)
     try:

@@ -46,8 +46,7 @@ def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
     from urllib.parse import unquote, urlsplit
 
     if cfg.train.checkpoint_dir is not None:
-        wanted = Path(cfg.train.checkpoint_dir).expanduser()
-        resolved = (stores.models_dir / wanted if not wanted.is_absolute() else wanted).resolve()
+        resolved = stores.under_models(cfg.train.checkpoint_dir)
         if not resolved.is_relative_to(stores.home):
             raise ConfigError(
                 f"train.checkpoint_dir {cfg.train.checkpoint_dir!r} resolves to {resolved}, "
