@@ -207,6 +207,16 @@ class TableReader:
             )
         else:
             batches = self._parquet_batches()
+        try:
+            yield from self._cleaned(batches, repair)
+        finally:  # also when a caller stops early (decide_kinds reads one batch)
+            if repair is not None:
+                repair.close()
+
+    def _cleaned(
+        self, batches: Iterator[pa.RecordBatch], repair: _Utf8Repair | None
+    ) -> Iterator[tuple[dict[str, pa.Array], list[tuple[str, np.ndarray]]]]:
+        src = self.src
         na = pa.array(list(src.na_values), pa.string())
         for batch in batches:
             cols = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -66,6 +68,11 @@ def test_csv_options(tmp_path, tmp_stores) -> None:
     raw = pq.read_table(ingested.path).to_pandas()
     assert ingested.features == ["col_0", "col_1", "col_2"]
     assert raw["col_1"].tolist() == ["a;b", "c", "d"] and raw["col_0"].tolist() == [1, 4, 7]
+    packed = tmp_path / "t.csv.gz"  # gzip CSV, a byte that is not UTF-8 in one row
+    packed.write_bytes(gzip.compress(b"a,b\n1,x\n2,\xff\n3,z\n"))
+    read = ingest_source(config(packed), tmp_stores)
+    assert (read.rows, read.quarantined) == (2, 1)
+    assert pq.read_table(read.path).column("b").to_pylist() == ["x", "z"]
 
 
 def test_empty_and_unreadable_inputs(tmp_path, tmp_stores) -> None:
