@@ -166,10 +166,18 @@ def _make_optimizer(model: Autoencoder, cfg: TrainConfig, device: torch.device):
         return torch.optim.Adam(model.parameters(), **kwargs)
 
 
+ONECYCLE_MIN_STEPS = 4
+
+
 def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     if cfg.lr_schedule == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        if total < ONECYCLE_MIN_STEPS:  # no room to warm up and anneal: a constant rate
+            return None
+        # at least one step of warm-up: with 4 steps, a quarter of them is none, and
+        # OneCycleLR divides by the warm-up's length
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=max(0.25, 1.5 / total)
         )
     if cfg.lr_schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(

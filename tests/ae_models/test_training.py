@@ -226,3 +226,13 @@ def test_trimming_keeps_the_outliers_from_pulling_the_fit() -> None:
     (normal, odd), (normal_t, odd_t) = errors(0.0), errors(0.1)
     assert normal_t < 0.8 * normal, (normal, normal_t)
     assert odd_t / normal_t > 1.25 * odd / normal
+
+
+@pytest.mark.parametrize(("rows", "epochs", "batch_size"), [(28, 2, 16), (5, 1, 16), (3, 3, 1)])
+def test_one_cycle_on_a_handful_of_steps(rows, epochs, batch_size) -> None:
+    # 2 epochs of 2 batches gave OneCycleLR a warm-up of no steps: ZeroDivisionError
+    x = np.random.default_rng(0).random((rows, 8)).astype(np.float32)
+    model = ae_models.create_model("deep", input_dim=8, code_size=2)
+    cfg = ae_models.TrainConfig(epochs=epochs, batch_size=batch_size, patience=0)
+    result = ae_models.train(model, x, None, cfg)
+    assert len(result.history) == epochs and np.isfinite(result.history[-1]["train_loss"])

@@ -217,6 +217,46 @@ def test_image_folder_with_the_conv_model(prefect_server, shared_datasets, home)
     assert len(table) == 500 and table["entity_id"].str.endswith(".png").all()
 
 
+def test_image_partitions_decode_in_forked_processes_under_prefect(
+    prefect_server, home, tmp_path, monkeypatch
+) -> None:
+    """Big image partitions fork decoder processes from inside a Prefect task thread; the
+    run completes with every image accounted for."""
+    from PIL import Image
+
+    from tasks import readers
+
+    pools = []
+
+    def spy(n_files, workers):
+        pool = real(n_files, workers)
+        pools.append(pool[1])
+        return pool
+
+    real = readers._decode_pool
+    monkeypatch.setattr(readers, "_decode_pool", spy)
+    monkeypatch.setattr(readers, "PROCESS_DECODE_MIN", 10)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        folder = tmp_path / "imgs" / str(i % 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "imgs" / "0" / "broken.png").write_bytes(b"\x89PNG cut")
+    cfg = build_config(
+        {
+            "home": str(home),
+            "dataset": "tiny_images",
+            "source": {"path": str(tmp_path / "imgs"), "max_quarantine_fraction": 0.05},
+            "model": {"code_size": 4},
+            "train": {"epochs": 2, "batch_size": 16, "patience": 0},
+        }
+    )
+    summary = reduce_features(cfg)
+    assert pools and min(pools) >= 2  # decoded by processes, not in the thread
+    assert (summary.rows_ingested, summary.rows_quarantined) == (40, 1)
+    assert len(read_features("tiny_images", home=home)) == 40
+
+
 def test_unknown_promotion_metric_registers_nothing(prefect_server, home) -> None:
     import mlflow
 
