@@ -117,17 +117,15 @@ class Autoencoder(nn.Module):
 
     def reconstruction_loss(self, x: Tensor, out: AEOutput) -> Tensor:
         """Mean reconstruction loss of a batch, matched to the output head."""
-        if self.config.output == "sigmoid":
-            logits = out.logits if out.logits is not None else torch.logit(out.recon, eps=1e-7)
-            return F.binary_cross_entropy_with_logits(logits.float(), x.float())
-        return F.mse_loss(out.recon.float(), x.float())
+        return self.row_reconstruction_loss(x, out).mean()
 
     def loss(self, x: Tensor, out: AEOutput) -> Tensor:
         """Training objective: reconstruction loss plus the variant's penalty."""
         return self.reconstruction_loss(x, out) + out.aux_loss.float()
 
     def row_reconstruction_loss(self, x: Tensor, out: AEOutput) -> Tensor:
-        """Reconstruction loss of each row (its mean over rows is :meth:`reconstruction_loss`)."""
+        """Reconstruction loss of each row, matched to the output head: binary cross-entropy
+        from the logits for a sigmoid head, squared error for a linear one."""
         if self.config.output == "sigmoid":
             logits = out.logits if out.logits is not None else torch.logit(out.recon, eps=1e-7)
             per = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")

@@ -244,7 +244,7 @@ class Normalizer:
                         v = signed_log1p(v)
                 if c.kind == "numeric" and c.scaler != "minmax":
                     # halved before differencing: no overflow next to values near 1e308
-                    z = (v / 2 - c.center / 2) / (c.scale / 2)
+                    z = _span(c.center, v) / (c.scale / 2)
                     out[:, j] = np.clip(z, -OUTPUT_LIMIT, OUTPUT_LIMIT)
                 else:
                     span = _span(c.low, c.high)
