@@ -122,7 +122,7 @@ class SourceConfig(_Frozen):
             from tasks.readers import IMAGE_SUFFIXES
 
             for _, _, names in os.walk(path):  # the first data file found decides
-                suffixes = {Path(n).suffix.lower() for n in names}
+                suffixes = {os.path.splitext(n)[1].lower() for n in names}  # no Path: 70k files
                 if suffixes & {".parquet", ".pq"}:
                     return "parquet"
                 if suffixes & IMAGE_SUFFIXES:

@@ -3,6 +3,7 @@ then normalize it into model-ready features with a fitted, saved normalizer."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from aepipe.settings import Stores
 from tasks import readers
 from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task
 from tasks.normalize import Normalizer, SchemaError
+from tasks.parquet_out import ParquetSink, write_options, write_table
 
 ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT = "entity_id", "event_timestamp", "label", "split"
 ROLE_COLUMNS = (ENTITY_ID, EVENT_TIMESTAMP, LABEL, SPLIT)
@@ -29,6 +31,7 @@ DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0.
 NORMALIZE_BATCH = 65_536  # rows per normalize batch, at most
 MIN_TRAIN_ROWS = 2  # fewer cannot be fitted meaningfully (nor batch-normalized)
 NORMALIZE_BATCH_CELLS = 8 << 20  # wide rows (pixels) come in fewer: buffers reused, cached
+NORMALIZED_FILE = "normalized.parquet"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class IngestResult:
     pixel_scale: float | None = None
     quarantined: int = 0
     quarantine_path: str | None = None
+    # fixed-scale sources (images, IDX, digits) are normalized as they are read: rows per
+    # split of the normalized.parquet the ingest wrote beside raw.parquet; None otherwise
+    split_rows: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,14 +77,15 @@ class NormalizedData:
 ARRAY_FORMATS = ("images", "idx", "npz")
 
 
-def _array_columns(src: SourceConfig, fmt: str) -> list[str]:
-    """Columns an array source will have (``label`` last when it has labels), read cheaply."""
+def _array_columns(src: SourceConfig, fmt: str, images: list[str] | None) -> list[str]:
+    """Columns an array source will have (``label`` last when it has labels), read cheaply;
+    ``images`` is an image folder's listing when the caller has it."""
     path = Path(src.path)
     try:
         if fmt == "images":
             from PIL import Image
 
-            files = readers.list_images(path)
+            files = readers.list_images(path) if images is None else images
             if not files:
                 raise readers.SourceReadError(f"no image files under {src.path!r}")
             if src.image_size is not None and src.image_mode != "auto":
@@ -109,7 +116,7 @@ def _array_columns(src: SourceConfig, fmt: str) -> list[str]:
     return columns + ([LABEL] if has_labels else [])
 
 
-def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
+def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, list[str]]:
     fmt = src.resolved_format
     if fmt == "builtin":
         return fmt, [f"pixel_{r}_{c}" for r in range(8) for c in range(8)] + ["target"]
@@ -121,7 +128,7 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
             raise ConfigError(
                 f"source.entity_id/timestamp/include/exclude apply to tables, not {fmt} sources"
             )
-        return fmt, _array_columns(src, fmt)
+        return fmt, _array_columns(src, fmt, images)
     if fmt == "csv":
         try:
             head = pd.read_csv(
@@ -153,9 +160,10 @@ def _source_columns(src: SourceConfig) -> tuple[str, list[str]]:
         raise ConfigError(f"cannot read Parquet schema of {src.path!r}: {err}") from None
 
 
-def inspect_source(src: SourceConfig) -> SourceInfo:
-    """Check a source exists and its role columns are present; no data is loaded or written."""
-    fmt, columns = _source_columns(src)
+def inspect_source(src: SourceConfig, images: list[str] | None = None) -> SourceInfo:
+    """Check a source exists and its role columns are present; no data is loaded or written.
+    ``images``: an image folder's listing (``readers.list_images``), when the caller has it."""
+    fmt, columns = _source_columns(src, images)
     if fmt == "builtin":
         label = "target"
     elif fmt in ARRAY_FORMATS:
@@ -199,8 +207,9 @@ def source_files(src: SourceConfig) -> list[str]:
     return [src.path]
 
 
-def source_fingerprint(cfg: PipelineConfig) -> str:
-    """Stable id of the source and the ingest settings: same data and settings, same folder."""
+def source_fingerprint(cfg: PipelineConfig, images: list[str] | None = None) -> str:
+    """Stable id of the source and the ingest settings: same data and settings, same folder.
+    An image folder's is that of its image files (``images``: their listing, when known)."""
     src = cfg.source
     h = hashlib.sha256(src.model_dump_json().encode())
     h.update(json.dumps([cfg.test_fraction, cfg.val_fraction, cfg.train.seed]).encode())
@@ -213,9 +222,17 @@ def source_fingerprint(cfg: PipelineConfig) -> str:
     else:
         root = Path(src.path).resolve()
         h.update(str(root).encode())
-        for p in source_files(src):  # os.stat on strings: cheap on 70,000 files
-            st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if src.resolved_format == "images":
+            rel = readers.list_images(src.path) if images is None else images
+            files = [os.path.join(src.path, r) for r in rel]
+        else:
+            files = source_files(src)
+        stats = (os.stat(p) for p in files)  # os.stat on strings: cheap on 70,000 files
+        h.update(
+            "\n".join(
+                f"{p}|{st.st_size}|{st.st_mtime_ns}" for p, st in zip(files, stats, strict=True)
+            ).encode()
+        )
     return h.hexdigest()[:16]
 
 
@@ -235,20 +252,25 @@ def content_digest(src: SourceConfig) -> str:
     return h.hexdigest()
 
 
-def array_digest(data: readers.ArrayData) -> str:
-    """SHA-256 of what an array source holds once decoded (ids, pixels, labels): the data
-    set's digest without reading the files a second time."""
-    h = hashlib.sha256("\n".join(data.ids).encode())
-    h.update(np.ascontiguousarray(data.features).tobytes())
-    if data.labels is not None:
-        h.update(np.asarray(data.labels).astype(str).tobytes())
-    return h.hexdigest()
+class ArrayDigest:
+    """SHA-256 of what an array source holds once decoded (ids, pixels, labels), fed block
+    by block in source order: the data set's digest without reading the files a second
+    time. Where the blocks split the rows does not change it."""
 
+    def __init__(self) -> None:
+        self._ids, self._rows, self._labels = (hashlib.sha256() for _ in range(3))
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    def update(self, data: readers.ArrayData) -> None:
+        """Add a block's rows."""
+        self._ids.update("".join(f"{i}\n" for i in data.ids).encode())
+        self._rows.update(np.ascontiguousarray(data.features).data)  # no copy of the rows
+        if data.labels is not None:
+            self._labels.update("".join(f"{v}\n" for v in data.labels).encode())
+
+    def hexdigest(self) -> str:
+        """The digest of every row added so far."""
+        parts = (h.digest() for h in (self._ids, self._rows, self._labels))
+        return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def _read_array(src: SourceConfig, info: SourceInfo) -> readers.ArrayData:
@@ -319,6 +341,21 @@ class IngestedPart:
     quarantined: int
     digest: str
     pixel_scale: float | None = None
+    normalized: str | None = None  # fixed-scale sources: the part's rows normalized
+    split_rows: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class _PartRead:
+    """What reading one partition gave, before its quarantine is written."""
+
+    rows_out: int
+    rows_in: int
+    quarantine: list[tuple[str, str]]
+    digest: str
+    pixel_scale: float | None = None
+    normalized: str | None = None
+    split_rows: dict[str, int] | None = None
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -368,15 +405,15 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
     import uuid
 
     src = cfg.source
-    info = inspect_source(src)
-    fp = source_fingerprint(cfg)
+    rel = readers.list_images(src.path) if src.resolved_format == "images" else None
+    info = inspect_source(src, rel)
+    fp = source_fingerprint(cfg, rel)
     folder = stores.data_dir / cfg.dataset / fp
     work = folder / f"parts-{uuid.uuid4().hex[:12]}"
     plan = dict(fingerprint=fp, folder=str(folder), work=str(work), info=info)
     try:
-        if info.format == "images":
+        if rel is not None:
             base = os.fspath(src.path)
-            rel = readers.list_images(base)
             layout = readers.probe_images(base, rel, src.image_size, src.image_mode)
             parts = [
                 IngestPart(i, chunk) for i, chunk in enumerate(_chunks(rel, cfg.partition_rows))
@@ -406,29 +443,30 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"part-{part.index:05d}.parquet"
     if plan.info.format in (*ARRAY_FORMATS, "builtin"):
-        result = _ingest_array_part(plan, part, cfg, path)
+        read = _ingest_array_part(plan, part, cfg, path)
     else:
-        result = _ingest_table_part(plan, part, cfg, path)
-    rows_out, rows_in, quarantine, digest, scale = result
+        read = _ingest_table_part(plan, part, cfg, path)
     qpath = None
-    if quarantine:
+    if read.quarantine:
         qpath = path.with_suffix(".quarantine.parquet")
-        _atomic_write(_quarantine_table(quarantine), qpath)
+        write_table(_quarantine_table(read.quarantine), qpath)
     return IngestedPart(
         part.index,
-        str(path) if rows_out else None,
-        rows_in,
-        rows_out,
+        str(path) if read.rows_out else None,
+        read.rows_in,
+        read.rows_out,
         str(qpath) if qpath else None,
-        len(quarantine),
-        digest,
-        scale,
+        len(read.quarantine),
+        read.digest,
+        read.pixel_scale,
+        read.normalized,
+        read.split_rows,
     )
 
 
 def _ingest_table_part(
     plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
-) -> tuple[int, int, list[tuple[str, str]], str, None]:
+) -> _PartRead:
     """Stream a CSV file or Parquet row groups into raw Parquet, batch by batch."""
     from tasks.tabular import TableReader
 
@@ -443,64 +481,132 @@ def _ingest_table_part(
     types = {"num": pa.float64(), "bool": pa.bool_(), "cat": pa.string()}
     tmp = path.with_name(f".{path.name}.tmp")
     now = datetime.now(UTC)
-    writer: pq.ParquetWriter | None = None
     quarantine: list[tuple[str, str]] = []
-    rows_out = 0
     try:
-        for chunk in reader.chunks():
-            quarantine.extend(chunk.quarantine)
-            frame = chunk.frame
-            n = len(frame)
-            ts = frame["__ts"] if "__ts" in frame else pd.Series(pd.Timestamp(now), index=range(n))
-            arrays = {
-                ENTITY_ID: pa.array(frame["__id"], pa.string(), from_pandas=True),
-                EVENT_TIMESTAMP: utc_timestamps(ts),
-            }
-            if label:
-                arrays[LABEL] = pa.array(
-                    frame["__label"].to_numpy(dtype=object),
-                    pa.string() if src.resolved_format == "csv" else None,
+        with ParquetSink(tmp) as sink:  # encodes a chunk while the next is parsed
+            for chunk in reader.chunks():
+                quarantine.extend(chunk.quarantine)
+                frame = chunk.frame
+                n = len(frame)
+                ts = (
+                    frame["__ts"]
+                    if "__ts" in frame
+                    else pd.Series(pd.Timestamp(now), index=range(n))
                 )
-            for col in info.features:
-                typ = types[reader.kinds[col]]
-                arrays[col] = pa.array(frame[col], typ, from_pandas=True)
-            table = pa.table(arrays)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows_out += n
+                arrays = {
+                    ENTITY_ID: pa.array(frame["__id"], pa.string(), from_pandas=True),
+                    EVENT_TIMESTAMP: utc_timestamps(ts),
+                }
+                if label:
+                    arrays[LABEL] = pa.array(
+                        frame["__label"].to_numpy(dtype=object),
+                        pa.string() if src.resolved_format == "csv" else None,
+                    )
+                for col in info.features:
+                    typ = types[reader.kinds[col]]
+                    arrays[col] = pa.array(frame[col], typ, from_pandas=True)
+                sink.write(pa.table(arrays))
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
         first = str(err).splitlines()[0]
         raise ConfigError(f"cannot read {src.path!r}: {first}") from None
-    if writer is not None:
-        writer.close()
+    rows_out = sink.rows
+    if rows_out:
         os.replace(tmp, path)
+    else:  # every row quarantined: no raw part
+        tmp.unlink(missing_ok=True)
     digest = _digest(part.files, part.row_groups, rows_out)  # tables: content_digest at merge
-    return rows_out, reader.rows_in + len(reader.ragged), reader.ragged + quarantine, digest, None
+    rows_in = reader.rows_in + len(reader.ragged)
+    return _PartRead(rows_out, rows_in, reader.ragged + quarantine, digest)
+
+
+def _array_blocks(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig):
+    """An array partition's rows, in blocks: images as they decode, an IDX / NPZ array whole."""
+    if plan.info.format == "images":
+        yield from readers.decode_image_blocks(
+            cfg.source.path, part.files, plan.layout, plan.labelled
+        )
+    else:
+        yield _read_array(cfg.source, plan.info)
 
 
 def _ingest_array_part(
     plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
-) -> tuple[int, int, list[tuple[str, str]], str, float | None]:
-    """Decode images (or read an IDX / NPZ array) into raw Parquet."""
-    if plan.info.format == "images":
-        data = readers.decode_images(cfg.source.path, part.files, plan.layout, plan.labelled)
-    else:
-        data = _read_array(cfg.source, plan.info)
-    rows_in = len(data.ids) + len(data.quarantine)
-    if data.ids:
-        arrays = [pa.array(data.features[:, j]) for j in range(data.features.shape[1])]
-        table = pa.Table.from_arrays(arrays, names=data.columns)
-        if data.labels is not None:
-            table = table.add_column(0, LABEL, pa.array(data.labels))
-        now = pd.Series(pd.Timestamp(datetime.now(UTC)), index=range(len(data.ids)))
-        table = table.add_column(0, EVENT_TIMESTAMP, utc_timestamps(now))
-        table = table.add_column(0, ENTITY_ID, pa.array(data.ids, pa.string()))
-        _atomic_write(table, path)
-    return len(data.ids), rows_in, data.quarantine, array_digest(data), data.scale
+) -> _PartRead:
+    """Decode images (or read an IDX / NPZ array) into raw Parquet, block by block. Pixels,
+    whose scale is fixed, are normalized here too, from the decoded rows, so no second pass
+    reads them back. Both files are encoded on background threads while the next block
+    decodes."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    norm_path = path.with_suffix(".normalized.parquet")
+    norm_tmp = norm_path.with_name(f".{norm_path.name}.tmp")
+    digest = ArrayDigest()
+    quarantine: list[tuple[str, str]] = []
+    rows_in, scale, split_rows = 0, None, None
+    now = pd.Timestamp(datetime.now(UTC))
+    with contextlib.ExitStack() as stack:
+        blocks = stack.enter_context(contextlib.closing(_array_blocks(plan, part, cfg)))
+        raw = stack.enter_context(ParquetSink(tmp))
+        normalized: ParquetSink | None = None
+        for data in blocks:
+            rows_in += len(data.ids) + len(data.quarantine)
+            quarantine += data.quarantine
+            scale = data.scale
+            digest.update(data)
+            if not data.ids:
+                continue
+            columns = np.ascontiguousarray(data.features.T)  # each column a zero-copy slice
+            roles = {
+                ENTITY_ID: pa.array(data.ids, pa.string()),
+                EVENT_TIMESTAMP: utc_timestamps(pd.Series(now, index=range(len(data.ids)))),
+            }
+            if data.labels is not None:
+                roles[LABEL] = pa.array(data.labels)
+            pixels = zip(data.columns, columns, strict=True)
+            raw.write(pa.table(roles | {c: pa.array(v) for c, v in pixels}))
+            if data.scale is not None:
+                if normalized is None:
+                    normalized = stack.enter_context(ParquetSink(norm_tmp))
+                    split_rows = {"train": 0, "val": 0, "test": 0}
+                counts = _write_scaled(data, columns, roles, cfg, normalized)
+                split_rows = {k: split_rows[k] + counts.get(k, 0) for k in split_rows}
+    if raw.rows:
+        os.replace(tmp, path)
+    if normalized is not None and normalized.rows:
+        os.replace(norm_tmp, norm_path)
+    return _PartRead(
+        raw.rows,
+        rows_in,
+        quarantine,
+        digest.hexdigest(),
+        scale,
+        str(norm_path) if split_rows is not None else None,
+        split_rows,
+    )
+
+
+def _write_scaled(
+    data: readers.ArrayData,
+    columns: np.ndarray,
+    roles: dict[str, pa.Array],
+    cfg: PipelineConfig,
+    sink: ParquetSink,
+) -> dict[str, int]:
+    """Queue a block of fixed-scale rows, normalized (the columns ``normalize_dataset``
+    writes, in batches of its size), from their column-major matrix; the rows per split."""
+    normalizer = Normalizer.fit_scaled(data.columns, data.scale)
+    splits = assign_splits(pd.Series(data.ids), cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
+    step = _normalize_batch_rows(len(data.columns))
+    for start in range(0, len(data.ids), step):
+        stop = min(start + step, len(data.ids))
+        values = columns[:, start:stop].astype(np.float32)  # column-major, as written
+        normalizer.scale_matrix(values.T)
+        arrays = {name: col[start:stop] for name, col in roles.items()}
+        arrays[SPLIT] = pa.array(splits[start:stop], pa.string())
+        outputs = zip(normalizer.output_columns, values, strict=True)
+        arrays |= {name: pa.array(v) for name, v in outputs}
+        sink.write(pa.table(arrays))
+    names, counts = np.unique(splits, return_counts=True)
+    return dict(zip(names.tolist(), counts.tolist(), strict=True))
 
 
 def _cross_part_duplicates(
@@ -550,7 +656,7 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     where = folder / "quarantine.parquet"
     folder.mkdir(parents=True, exist_ok=True)
     if quarantine:
-        _atomic_write(pa.concat_tables(quarantine), where)
+        write_table(pa.concat_tables(quarantine), where)
     else:
         where.unlink(missing_ok=True)
     try:
@@ -561,7 +667,8 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     if len(written) == 1 and not dups:
         os.replace(written[0].path, plan.raw_path)
     else:
-        _concat_parts(written, dups, plan.raw_path)
+        _concat_parts([(p.index, p.path) for p in written], dups, plan.raw_path)
+    split_rows = _merge_normalized(plan, written) if not dups else None
     shutil.rmtree(work, ignore_errors=True)
     if plan.info.format in (*ARRAY_FORMATS, "builtin"):  # digests of the decoded arrays
         digest = parts[0].digest if len(parts) == 1 else _digest([p.digest for p in parts])
@@ -584,7 +691,24 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
         next((p.pixel_scale for p in parts if p.pixel_scale), None),
         n_quarantined,
         str(where) if quarantine else None,
+        split_rows,
     )
+
+
+def _merge_normalized(plan: IngestPlan, written: list[IngestedPart]) -> dict[str, int] | None:
+    """Join the partitions' normalized rows (fixed-scale sources) into ``normalized.parquet``
+    with its spec beside it; the rows per split, or None when the partitions have none."""
+    parts = [p.normalized for p in written]
+    if not written or not all(p and Path(p).exists() for p in parts):
+        return None  # normalize_dataset reads raw.parquet instead
+    folder = Path(plan.folder)
+    scale = written[0].pixel_scale
+    Normalizer.fit_scaled(_feature_columns(plan), scale).save(folder / "normalizer.json")
+    if len(parts) == 1:
+        os.replace(parts[0], folder / NORMALIZED_FILE)
+    else:
+        _concat_parts([(p.index, p.normalized) for p in written], {}, folder / NORMALIZED_FILE)
+    return {k: sum(p.split_rows[k] for p in written) for k in ("train", "val", "test")}
 
 
 def _feature_columns(plan: IngestPlan) -> list[str]:
@@ -593,27 +717,28 @@ def _feature_columns(plan: IngestPlan) -> list[str]:
     return plan.info.features
 
 
-def _concat_parts(parts: list[IngestedPart], dups: dict[int, np.ndarray], out: Path) -> None:
-    """Copy the partitions' row groups into one Parquet file, dropping duplicate rows."""
+def _concat_parts(parts: list[tuple[int, str]], dups: dict[int, np.ndarray], out: Path) -> None:
+    """Copy the partitions' row groups (files by partition index) into one Parquet file,
+    dropping duplicate rows."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer: pq.ParquetWriter | None = None
     try:
-        for p in parts:
-            pf = pq.ParquetFile(p.path)
+        for index, path in parts:
+            pf = pq.ParquetFile(path)
             offset = 0
             for g in range(pf.metadata.num_row_groups):
                 table = pf.read_row_group(g)
-                if p.index in dups:
-                    keep = ~dups[p.index][offset : offset + table.num_rows]
+                if index in dups:
+                    keep = ~dups[index][offset : offset + table.num_rows]
                     table = table.filter(pa.array(keep))
                 offset += pf.metadata.row_group(g).num_rows
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
+                    writer = pq.ParquetWriter(tmp, table.schema, **write_options(table.schema))
                 try:
                     writer.write_table(table.cast(writer.schema))
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
                     raise ConfigError(
-                        f"the source's files disagree on column types ({p.path}): {err}"
+                        f"the source's files disagree on column types ({path}): {err}"
                     ) from None
     except BaseException:
         if writer is not None:
@@ -675,19 +800,45 @@ def assign_splits(
     )
 
 
+def _normalize_batch_rows(n_features: int) -> int:
+    """Rows per normalize batch: fewer for wide rows (pixels), so buffers stay cached."""
+    return min(NORMALIZE_BATCH, max(1024, NORMALIZE_BATCH_CELLS // max(1, n_features)))
+
+
+def _check_train_rows(counts: dict[str, int]) -> int:
+    """All rows, after checking enough fell in the training split to fit a model."""
+    rows = sum(counts.values())
+    if counts["train"] < MIN_TRAIN_ROWS:
+        raise ConfigError(
+            f"{counts['train'] or 'no'} row(s) fell in the training split ({rows} rows in "
+            f"all); training needs at least {MIN_TRAIN_ROWS}"
+        )
+    return rows
+
+
 def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
     """Fit the normalizer on the training split, transform all rows, write Parquet + JSON spec.
 
     Two passes over the raw Parquet in batches: the first assigns splits and keeps the
     training rows' raw features (what fitting needs), the second transforms and writes
     batch by batch, so memory holds the training features, not the whole table twice.
+    Fixed-scale sources (pixels) were normalized by the ingest itself; their file is reused.
     """
+    folder = Path(ingested.path).parent
+    path, spec_path = folder / NORMALIZED_FILE, folder / "normalizer.json"
+    if ingested.split_rows is not None and path.exists() and spec_path.exists():
+        counts = dict(ingested.split_rows)
+        _check_train_rows(counts)
+        names = Normalizer.load(spec_path).output_columns
+        return NormalizedData(
+            str(path), str(spec_path), ingested.rows, names, counts, ingested.has_label
+        )
     source = pq.ParquetFile(ingested.path)
     features = ingested.features
     train_parts: list[pd.DataFrame] = []
     counts = {"train": 0, "val": 0, "test": 0}
     first_pass = [ENTITY_ID] if ingested.pixel_scale else [ENTITY_ID, *features]
-    batch_rows = min(NORMALIZE_BATCH, max(1024, NORMALIZE_BATCH_CELLS // max(1, len(features))))
+    batch_rows = _normalize_batch_rows(len(features))
     split_names = np.array(list(counts))
     split_codes: list[np.ndarray] = []  # a byte a row, so the second pass need not hash again
     for batch in source.iter_batches(batch_size=batch_rows, columns=first_pass):
@@ -703,12 +854,7 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         split_codes.append(codes)
         if not ingested.pixel_scale:  # fixed pixel scaling fits on nothing
             train_parts.append(frame.loc[splits == "train", features])
-    rows = sum(counts.values())
-    if counts["train"] < MIN_TRAIN_ROWS:
-        raise ConfigError(
-            f"{counts['train'] or 'no'} row(s) fell in the training split ({rows} rows in "
-            f"all); training needs at least {MIN_TRAIN_ROWS}"
-        )
+    rows = _check_train_rows(counts)
     try:
         if ingested.pixel_scale:
             normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
@@ -724,37 +870,24 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         raise ConfigError(str(err)) from None
     del train_parts
     names = normalizer.output_columns
-    folder = Path(ingested.path).parent
-    path = folder / "normalized.parquet"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     keep = [ENTITY_ID, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
-    writer: pq.ParquetWriter | None = None
     try:
-        batches = source.iter_batches(batch_size=batch_rows)
-        for batch, codes in zip(batches, split_codes, strict=True):
-            table = pa.Table.from_batches([batch])
-            splits = split_names[codes]
-            # column-major once, so each output column is a zero-copy slice
-            columns = np.ascontiguousarray(normalizer.transform_arrow(table.select(features)).T)
-            arrays = {name: table.column(name) for name in keep}
-            arrays[SPLIT] = pa.array(splits, pa.string())
-            for j, name in enumerate(names):
-                arrays[name] = pa.array(columns[j], pa.float32())
-            out = pa.table(arrays)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, out.schema)
-            writer.write_table(out)
+        with ParquetSink(tmp) as sink:  # encodes a batch while the next is transformed
+            batches = source.iter_batches(batch_size=batch_rows)
+            for batch, codes in zip(batches, split_codes, strict=True):
+                # column-major, so each output column is a zero-copy slice
+                values = normalizer.transform_arrow(batch.select(features))
+                columns = np.ascontiguousarray(values.T)
+                arrays = {name: batch.column(name) for name in keep}
+                arrays[SPLIT] = pa.array(split_names[codes], pa.string())
+                for j, name in enumerate(names):
+                    arrays[name] = pa.array(columns[j], pa.float32())
+                sink.write(pa.table(arrays))
     except SchemaError as err:
-        if writer is not None:
-            writer.close()
-            writer = None
-        tmp.unlink(missing_ok=True)
         raise ConfigError(str(err)) from None
-    finally:
-        if writer is not None:
-            writer.close()
     os.replace(tmp, path)
-    spec_path = normalizer.save(folder / "normalizer.json")
+    normalizer.save(spec_path)
     return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
 
 
@@ -801,5 +934,5 @@ normalize_task = task(name="normalize", cache_key_fn=normalize_cache_key, **_per
 def normalize(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
     """The cached normalize task, told to run again when the file its cached result points
     to is gone (say, someone cleared the data folder)."""
-    done = (Path(ingested.path).parent / "normalized.parquet").exists()
+    done = (Path(ingested.path).parent / NORMALIZED_FILE).exists()
     return normalize_task.with_options(refresh_cache=not done)(ingested, cfg)

@@ -286,7 +286,7 @@ class Normalizer:
                     values[:, j] = col.to_numpy(zero_copy_only=False)
                     if col.null_count:
                         values[~col.is_valid().to_numpy(zero_copy_only=False), j] = np.nan
-                return self._scale(values)
+                return self.scale_matrix(values)
         return self.transform(batch.to_pandas(), tuple(known) + tuple(_ROLE_COLUMNS))
 
     def _transform_scaled(self, frame: pd.DataFrame) -> np.ndarray:
@@ -297,9 +297,9 @@ class Normalizer:
         except (TypeError, ValueError):
             bad = next(c for c in raw.columns if not pd.api.types.is_numeric_dtype(raw[c]))
             raise SchemaError(f"column {bad!r} has non-numeric values") from None
-        return self._scale(values)
+        return self.scale_matrix(values)
 
-    def _scale(self, values: np.ndarray) -> np.ndarray:
+    def scale_matrix(self, values: np.ndarray) -> np.ndarray:
         """Min-max scale a float32 pixel matrix in place: missing/non-finite to 0, clip [0, 1]."""
         low = np.array([c.low for c in self.columns], dtype=np.float32)
         span = np.array([c.high - c.low for c in self.columns], dtype=np.float32)

@@ -44,9 +44,25 @@ def test_image_folder_labels_ids_and_scaling(tmp_path, tmp_stores) -> None:
     assert table.min() >= 0 and table.max() <= 1 and table.max() > 0.9
 
 
+def decode_all(folder, rel, layout, workers):
+    """Every block of a decode, joined, and the digest of the blocks."""
+    from tasks import readers
+    from tasks.ingest import ArrayDigest
+
+    blocks = list(readers.decode_image_blocks(str(folder), rel, layout, True, workers=workers))
+    digest = ArrayDigest()
+    for b in blocks:
+        digest.update(b)
+    rows = np.concatenate([b.features for b in blocks])
+    ids = [i for b in blocks for i in b.ids]
+    labels = np.concatenate([b.labels for b in blocks])
+    return rows, ids, labels, [q for b in blocks for q in b.quarantine], len(blocks), digest
+
+
 def test_decoding_in_processes_matches_decoding_in_thread(tmp_path, monkeypatch) -> None:
-    """Big partitions decode in forked processes, in shares: rows, ids and quarantine reasons
-    must come back in source order, whichever share a bad image falls in."""
+    """Big partitions decode in forked processes, in blocks: rows, ids and quarantine reasons
+    must come back in source order, whichever block a bad image falls in, and the digest of
+    the rows must not depend on where the blocks split them."""
     from tasks import readers
 
     write_images(tmp_path / "imgs", 23)
@@ -54,19 +70,21 @@ def test_decoding_in_processes_matches_decoding_in_thread(tmp_path, monkeypatch)
     Image.new("L", (3, 3)).save(tmp_path / "imgs" / "a" / "small.png")
     rel = readers.list_images(tmp_path / "imgs")
     layout = readers.probe_images(str(tmp_path / "imgs"), rel, None, "auto")
-    one = readers.decode_images(str(tmp_path / "imgs"), rel, layout, True, workers=1)
+    one = decode_all(tmp_path / "imgs", rel, layout, workers=1)
     monkeypatch.setattr(readers, "PROCESS_DECODE_MIN", 2)
     pool, n = readers._decode_pool(len(rel), 2)
     assert pool is not None and n == 2  # the process path really runs
     pool.shutdown()
-    many = readers.decode_images(str(tmp_path / "imgs"), rel, layout, True, workers=2)
-    np.testing.assert_array_equal(one.features, many.features)
-    assert one.ids == many.ids and len(many.ids) == 23
-    np.testing.assert_array_equal(one.labels, many.labels)
-    assert one.quarantine == many.quarantine
-    assert [loc for loc, _ in many.quarantine] == ["a/small.png", "b/7x.png"]
-    assert "expected 12x10" in many.quarantine[0][1]
-    assert many.quarantine[1][1] == "cannot decode image: not an image format PIL reads, or corrupt"
+    many = decode_all(tmp_path / "imgs", rel, layout, workers=2)
+    assert (one[4], many[4]) == (1, 7)  # one block in the thread; 4 a process, 25 rows
+    np.testing.assert_array_equal(one[0], many[0])
+    assert one[1] == many[1] and len(many[1]) == 23
+    np.testing.assert_array_equal(one[2], many[2])
+    assert one[3] == many[3]
+    assert [loc for loc, _ in many[3]] == ["a/small.png", "b/7x.png"]
+    assert "expected 12x10" in many[3][0][1]
+    assert many[3][1][1] == "cannot decode image: not an image format PIL reads, or corrupt"
+    assert one[5].hexdigest() == many[5].hexdigest()
 
 
 def test_odd_sizes_and_modes(tmp_path, tmp_stores) -> None:
@@ -160,3 +178,64 @@ def test_npz_errors_are_named(tmp_path) -> None:
     np.savez(tmp_path / "bad_y.npz", X=np.zeros((3, 2)), y=np.zeros(2))
     with pytest.raises(SourceReadError, match="'y' has 2 rows, 'X' has 3"):
         read_npz(tmp_path / "bad_y.npz")
+
+
+PNG_KINDS = {
+    "gray": lambda a: Image.fromarray(a[..., 0]),
+    "rgb": lambda a: Image.fromarray(a),
+    "rgba": lambda a: Image.fromarray(np.dstack([a, a[..., :1]])),
+    "gray+alpha": lambda a: Image.fromarray(a[..., 0]).convert("LA"),
+    "palette": lambda a: Image.fromarray(a).convert("P"),
+    "1-bit": lambda a: Image.fromarray(a[..., 0]).convert("1"),
+    "16-bit": lambda a: Image.fromarray(a[..., 0].astype(np.uint16) * 257),
+}
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_fast_png_decoding_gives_what_pil_gives(tmp_path, monkeypatch, mode) -> None:
+    """libspng decodes the plain 8-bit PNGs, PIL the rest; every kind of PNG (and an
+    interlaced one) comes out as PIL's own decoding and conversion gives it."""
+    from tasks import readers
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    folder = tmp_path / "kinds"
+    folder.mkdir()
+    for name, make in PNG_KINDS.items():
+        make(pixels).save(folder / f"{name}.png")
+    PNG_KINDS["gray"](pixels).save(folder / "interlaced.png", interlace=1)
+    rel = readers.list_images(folder)
+    pil_calls = []
+    real_pil = readers._decode_pil
+    monkeypatch.setattr(
+        readers, "_decode_pil", lambda data, *a: pil_calls.append(1) or real_pil(data, *a)
+    )
+    layout = readers.ImageLayout(mode, (10, 12), False)
+    (block,) = readers.decode_image_blocks(str(folder), rel, layout, False, workers=1)
+    assert block.ids == rel and not block.quarantine
+    for r, row in zip(rel, block.features, strict=True):
+        with Image.open(folder / r) as img:
+            expected = np.asarray(img.convert(mode), np.uint8).reshape(-1)
+        np.testing.assert_array_equal(row, expected, err_msg=r)
+    fast = 2 if mode == "L" else 1  # gray + interlaced gray, or rgb
+    assert len(pil_calls) == len(rel) - fast
+
+
+def test_pixels_normalized_by_the_ingest_equal_the_two_pass_normalize(tmp_path, tmp_stores) -> None:
+    """Fixed-scale sources are normalized while they are read (block by block, partition by
+    partition); the file must be the one the general two-pass normalize writes."""
+    import dataclasses
+
+    write_images(tmp_path / "imgs", 30)
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG cut")
+    c = cfg(tmp_path / "imgs", max_quarantine_fraction=0.1).model_copy(update={"partition_rows": 7})
+    ingested = ingest_source(c, tmp_stores)
+    assert ingested.quarantined == 1 and ingested.split_rows is not None
+    one_pass = normalize_dataset(ingested, c)
+    assert one_pass.split_rows == ingested.split_rows and one_pass.rows == 30
+    written = pq.read_table(one_pass.path)
+    assert pq.ParquetFile(one_pass.path).metadata.num_row_groups > 1  # merged partitions
+    two_pass = normalize_dataset(dataclasses.replace(ingested, split_rows=None), c)
+    assert two_pass.split_rows == one_pass.split_rows
+    assert two_pass.features == one_pass.features
+    assert pq.read_table(two_pass.path).equals(written)

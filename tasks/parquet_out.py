@@ -1,0 +1,129 @@
+"""Writing aepipe's Parquet files fast: the encodings that suit them, and encoding on a
+background thread while the caller prepares the next batch."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary)
+
+
+def write_options(schema: pa.Schema) -> dict[str, Any]:
+    """ParquetWriter options for ``schema``: the encoding that writes each kind of column
+    fast and small.
+
+    - text (ids, labels, splits, categories): dictionary-encoded;
+    - small integers (8- and 16-bit: raw pixels), which Parquet stores as 32-bit: byte
+      stream split, whose zero high-byte streams LZ4 squeezes away;
+    - other numbers (scaled features): plain, snappy-compressed.
+
+    Min/max statistics are kept for text and timestamps (what readers filter on), not for
+    hundreds of pixel or feature columns. Against Arrow's defaults (dictionary everywhere)
+    on 70,000 MNIST rows here: raw pixels 0.41 s -> 0.17 s to write (21 -> 22 MB),
+    normalized float32 pixels 0.47 s -> 0.27 s (21 -> 42 MB: a dictionary of 256 pixel
+    values is hard to beat on size).
+    """
+    text, small, stats, compression = [], [], [], {}
+    for f in schema:
+        if any(is_text(f.type) for is_text in _TEXT):
+            text.append(f.name)
+        elif pa.types.is_integer(f.type) and f.type.bit_width <= 16:
+            small.append(f.name)
+            compression[f.name] = "lz4"
+        compression.setdefault(f.name, "snappy")
+        if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)):
+            stats.append(f.name)
+    return {
+        "use_dictionary": text,
+        "use_byte_stream_split": small,
+        "compression": compression,
+        "write_statistics": stats,
+    }
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write ``table`` to ``path`` atomically (a temporary file renamed into place)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, **write_options(table.schema))
+    os.replace(tmp, p)
+
+
+_DONE = object()
+
+
+class ParquetSink:
+    """One Parquet file written from a background thread: :meth:`write` queues a table and
+    returns, so the caller prepares the next batch while Arrow encodes this one (it releases
+    the GIL to encode). At most ``depth`` tables wait. The first table fixes the schema;
+    later ones are cast to it. Use as a context manager: leaving it normally finishes the
+    file; leaving on an error stops the thread and deletes the partial file."""
+
+    def __init__(self, path: str | Path, depth: int = 2) -> None:
+        self.path = Path(path)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="parquet-sink", daemon=True)
+        self._thread.start()
+        self.rows = 0
+
+    def _run(self) -> None:
+        writer: pq.ParquetWriter | None = None
+        try:
+            while (table := self._queue.get()) is not _DONE:
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        self.path, table.schema, **write_options(table.schema)
+                    )
+                writer.write_table(table.cast(writer.schema))
+        except BaseException as err:  # handed to the caller's thread
+            self._error = err
+            while self._queue.get() is not _DONE:  # let a caller blocked in write() on
+                pass
+        finally:
+            if writer is not None:
+                try:
+                    writer.close()
+                except BaseException as err:
+                    self._error = self._error or err
+
+    def write(self, table: pa.Table) -> None:
+        """Queue ``table`` to be written; raises the error an earlier write met."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        """Write what is queued and close the file; raises the error a write met."""
+        if self._thread.is_alive():
+            self._queue.put(_DONE)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        err: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            if kind is None:
+                raise
+        if kind is not None:
+            self.path.unlink(missing_ok=True)
