@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -153,6 +154,8 @@ def test_any_finite_table_normalizes_to_finite_values(table, scaling) -> None:
         assert out.min(initial=0) >= 0 and out.max(initial=0) <= 1
     again = Normalizer.from_dict(norm.to_dict()).transform(table)
     assert np.array_equal(out, again)  # the same spec gives the same output
+    # raw Parquet batches take the Arrow path: the same numbers
+    assert np.array_equal(norm.transform_arrow(pa.Table.from_pandas(table)), out)
 
 
 @settings(max_examples=40, deadline=None)
@@ -165,6 +168,7 @@ def test_unseen_categories_never_fail(table, unseen) -> None:
             new[col] = unseen[0]
     out = norm.transform(new)
     assert np.isfinite(out).all() and out.shape[0] == 1
+    assert np.array_equal(norm.transform_arrow(pa.Table.from_pandas(new)), out)
 
 
 @pytest.mark.parametrize("scaling", ["standard", "robust"])
