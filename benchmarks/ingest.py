@@ -6,9 +6,11 @@
 2. The UCI Adult table replicated 10x (325,610 rows) to normalized Parquet: rows/s of aepipe
    vs pandas ``read_csv`` + ``get_dummies`` + ``to_parquet``; and aepipe's peak RSS at 10x
    against its peak at 1x.
-Each contender runs in its own process; peak RSS is that process's ``ru_maxrss``.
+Each contender runs ``--repeat`` times (3), each time in a fresh process; the fastest run
+counts (the others absorb this shared machine's noise), and peak RSS is the largest
+``ru_maxrss`` of its runs.
 
-    .venv/bin/python benchmarks/ingest.py            # about 5 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/ingest.py            # under a minute on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def write_adult(path: Path, copies: int) -> int:
     return (len([line for line in lines[1:] if line.strip()])) * copies
 
 
+def best_of(repeat: int, kind: str, source: str, out: Path) -> dict:
+    """The fastest of ``repeat`` fresh-process runs of a contender, with the largest peak RSS
+    any of them reached."""
+    runs = [run_worker(HERE, kind, source, str(out / f"run{k}")) for k in range(repeat)]
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "rss_mb": max(r["rss_mb"] for r in runs)}
+
+
 def worker_aepipe(source: str, out: str) -> dict:
     from aepipe.settings import stores
     from tasks.config import build_config
@@ -93,6 +103,7 @@ def worker_plain_images(source: str, out: str) -> dict:
         labels.append(f.parent.name)
     frame = pd.DataFrame(np.stack(rows), columns=[f"pixel_{i}" for i in range(784)])
     frame.insert(0, "label", labels)
+    Path(out).mkdir(parents=True, exist_ok=True)
     frame.to_parquet(Path(out) / "plain.parquet")
     return {"rows": len(files), "seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}
 
@@ -107,6 +118,7 @@ def worker_plain_table(source: str, out: str) -> dict:
     frame[numeric.columns] = (numeric - numeric.min()) / (numeric.max() - numeric.min())
     frame = pd.get_dummies(frame, dummy_na=True, dtype="float32")
     frame["label"] = label
+    Path(out).mkdir(parents=True, exist_ok=True)
     frame.to_parquet(Path(out) / "plain.parquet")
     return {"rows": len(frame), "seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}
 
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=70000)
     parser.add_argument("--copies", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender; best counts")
     args = parser.parse_args()
     if args.worker is not None:
         kind, source, out = args.worker
@@ -133,11 +146,11 @@ def main() -> None:
         t0 = time.perf_counter()
         n = write_pngs(root / "pngs", args.images)
         print(f"wrote {n} PNGs in {time.perf_counter() - t0:.0f} s", flush=True)
-        ours = run_worker(HERE, "aepipe", str(root / "pngs"), str(root / "a"))
-        plain = run_worker(HERE, "plain_images", str(root / "pngs"), str(root))
+        ours = best_of(args.repeat, "aepipe", str(root / "pngs"), root / "a")
+        plain = best_of(args.repeat, "plain_images", str(root / "pngs"), root / "p")
         for name, r in (("aepipe", ours), ("plain PIL loop", plain)):
             print(
-                f"images  {name:16s} {r['rows']:7d} rows {r['seconds']:7.1f} s "
+                f"images  {name:16s} {r['rows']:7d} rows {r['seconds']:7.2f} s "
                 f"{r['rows'] / r['seconds']:9.0f} images/s  peak RSS {r['rss_mb']:6.0f} MB"
             )
         ratio = (ours["rows"] / ours["seconds"]) / (plain["rows"] / plain["seconds"])
@@ -147,12 +160,12 @@ def main() -> None:
         one, ten = root / "adult1.csv", root / "adult10.csv"
         write_adult(one, 1)
         rows = write_adult(ten, args.copies)
-        ours1 = run_worker(HERE, "aepipe", str(one), str(root / "b1"))
-        ours10 = run_worker(HERE, "aepipe", str(ten), str(root / "b10"))
-        plain10 = run_worker(HERE, "plain_table", str(ten), str(root))
+        ours1 = best_of(args.repeat, "aepipe", str(one), root / "b1")
+        ours10 = best_of(args.repeat, "aepipe", str(ten), root / "b10")
+        plain10 = best_of(args.repeat, "plain_table", str(ten), root / "q")
         for name, r in (("aepipe 1x", ours1), ("aepipe 10x", ours10), ("pandas 10x", plain10)):
             print(
-                f"table   {name:16s} {r['rows']:7d} rows {r['seconds']:7.1f} s "
+                f"table   {name:16s} {r['rows']:7d} rows {r['seconds']:7.2f} s "
                 f"{r['rows'] / r['seconds']:9.0f} rows/s    peak RSS {r['rss_mb']:6.0f} MB"
             )
         speed = (ours10["rows"] / ours10["seconds"]) / (plain10["rows"] / plain10["seconds"])

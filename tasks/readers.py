@@ -139,16 +139,12 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPE = {"L": 0, "RGB": 2}  # 8-bit grayscale, 8-bit truecolor
 
 
-def _fast_png(data: bytes, mode: str) -> bool:
-    """Whether a file is a PNG that libspng decodes to exactly what PIL's ``mode`` conversion
-    gives: 8-bit samples already in that mode (no palette, alpha or 16-bit conversion)."""
-    return (
-        data[:8] == _PNG_SIGNATURE
-        and data[12:16] == b"IHDR"
-        and len(data) > 25
-        and data[24] == 8
-        and data[25] == _PNG_COLOR_TYPE[mode]
-    )
+def _plain_png_header(mode: str, size: tuple[int, int]) -> bytes:
+    """Bytes 12-25 of a PNG that libspng decodes to exactly what PIL's ``mode`` conversion
+    gives, at ``size``: its IHDR chunk with that width and height, 8-bit samples, and the
+    colour type of ``mode`` (no palette, alpha or 16-bit conversion to do)."""
+    height, width = size
+    return b"IHDR" + struct.pack(">IIBB", width, height, 8, _PNG_COLOR_TYPE[mode])
 
 
 def _decode_pil(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -178,18 +174,19 @@ def _decode_share(
 
     mode, size, resize = job
     size = (int(size[0]), int(size[1]))
+    plain = _plain_png_header(mode, size)
+    shape = size if mode == "L" else (*size, 3)
+    prefix = os.path.join(base, "")
     bad: dict[int, str] = {}
     for i, r in enumerate(rel):
         try:
-            data = read_file(os.path.join(base, r))
-            if _fast_png(data, mode):
+            data = read_file(prefix + r)
+            if data[12:26] == plain and data[:8] == _PNG_SIGNATURE:
                 try:
-                    arr = spng_decode(data)
-                except (RuntimeError, ValueError):  # corrupt: PIL decodes it again to say why
-                    arr = None
-                if arr is not None and arr.shape[:2] == size:
-                    out[i] = arr.reshape(-1)
+                    spng_decode(data, out=out[i].reshape(shape))  # straight into its row
                     continue
+                except (RuntimeError, ValueError):  # corrupt: PIL decodes it again to say why
+                    out[i] = 0
             arr = _decode_pil(data, mode, size if resize else None)
         except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
             bad[i] = "cannot decode image: not an image format PIL reads, or corrupt"
@@ -320,6 +317,10 @@ def decode_image_blocks(
         return ArrayData(
             rows, names, labels, quarantine, layout.shape, 255.0, pixel_columns(layout.shape)
         )
+
+    # imported before any worker forks, so each inherits the modules instead of loading them
+    import imagecodecs  # noqa: F401
+    import PIL.Image  # noqa: F401
 
     token = uuid.uuid4().hex
     _SHARED_OUT[token] = matrix

@@ -96,7 +96,7 @@ def test_a_failed_partition_commits_nothing_and_leaves_no_files(
                 col = part.column("pixel_0_0").to_numpy().astype("float32")
                 col[0] = np.nan
                 index = part.schema.get_field_index("pixel_0_0")
-                part = part.set_column(index, "pixel_0_0", pa.array(col))
+                part = part.set_column(index, part.schema.field(index), pa.array(col))
             writer.write_table(part)
     job = ScoringJob(
         table="digits",

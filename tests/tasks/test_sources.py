@@ -239,3 +239,22 @@ def test_pixels_normalized_by_the_ingest_equal_the_two_pass_normalize(tmp_path, 
     assert two_pass.split_rows == one_pass.split_rows
     assert two_pass.features == one_pass.features
     assert pq.read_table(two_pass.path).equals(written)
+
+
+def test_a_png_cut_after_its_header_is_quarantined_and_leaves_no_pixels(tmp_path) -> None:
+    """A PNG whose header passes the fast path's check but whose data is cut: libspng fails
+    part-way, PIL says why, and no half-decoded pixels reach the next row."""
+    from tasks import readers
+
+    write_images(tmp_path / "imgs", 4)
+    whole = (tmp_path / "imgs" / "a" / "0.png").read_bytes()
+    (tmp_path / "imgs" / "a" / "0.png").write_bytes(whole[: len(whole) // 2])
+    rel = readers.list_images(tmp_path / "imgs")
+    layout = readers.probe_images(str(tmp_path / "imgs"), rel, None, "auto")
+    (block,) = readers.decode_image_blocks(str(tmp_path / "imgs"), rel, layout, True, workers=1)
+    assert [loc for loc, _ in block.quarantine] == ["a/0.png"]
+    assert block.quarantine[0][1].startswith("cannot decode image:")
+    assert block.ids == ["a/2.png", "b/1.png", "b/3.png"]
+    for r, row in zip(block.ids, block.features, strict=True):
+        with Image.open(tmp_path / "imgs" / r) as img:
+            np.testing.assert_array_equal(row, np.asarray(img).reshape(-1))
