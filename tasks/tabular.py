@@ -362,7 +362,11 @@ BOOL_SET = pa.array(sorted(TRUE_WORDS | FALSE_WORDS), pa.string())
 
 
 def _is_number(arr: pa.Array) -> pa.Array:
-    """Boolean array: the text parses as a number (nulls give null)."""
+    """Boolean array: the text parses as a number (nulls give null). A column of plain ASCII
+    digit strings (integers, the common case) skips the regular expression, 10x dearer."""
+    digits = pc.ascii_is_decimal(arr)  # "" and nulls: not digits / null, as the regex gives
+    if pc.all(digits).as_py() is not False:
+        return digits
     return pc.match_substring_regex(arr, NUMBER, ignore_case=True)
 
 

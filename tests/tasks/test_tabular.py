@@ -7,9 +7,11 @@ import gzip
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tasks import tabular
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source, normalize_dataset
 from tasks.validate import validate_config
@@ -132,3 +134,19 @@ def test_adult_table(shared_datasets, tmp_stores) -> None:
     assert "age" in data.features and not any(f.startswith("Salary") for f in data.features)
     x = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
     assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["12", "007", None, "0"],  # plain digits: the regular expression is skipped
+        ["12", "", None, "1.5", "-3", "1e5", "nan", "Inf", " 1", "١", "x"],
+        [None, None],
+        [],
+    ],
+)
+def test_number_check_is_the_regular_expression(values) -> None:
+    """The digits-only shortcut gives exactly what the full pattern gives."""
+    arr = pa.array(values, pa.string())
+    expected = pc.match_substring_regex(arr, tabular.NUMBER, ignore_case=True)
+    assert tabular._is_number(arr).to_pylist() == expected.to_pylist()
