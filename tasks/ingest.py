@@ -479,11 +479,10 @@ def _ingest_table_part(
         src, info.columns, info.features, label, slices, part.first_row, plan.kinds
     )
     types = {"num": pa.float64(), "bool": pa.bool_(), "cat": pa.string()}
-    tmp = path.with_name(f".{path.name}.tmp")
     now = datetime.now(UTC)
     quarantine: list[tuple[str, str]] = []
     try:
-        with ParquetSink(tmp) as sink:  # encodes a chunk while the next is parsed
+        with ParquetSink(path) as sink:  # encodes a chunk while the next is parsed
             for chunk in reader.chunks():
                 quarantine.extend(chunk.quarantine)
                 frame = chunk.frame
@@ -510,10 +509,6 @@ def _ingest_table_part(
         first = str(err).splitlines()[0]
         raise ConfigError(f"cannot read {src.path!r}: {first}") from None
     rows_out = sink.rows
-    if rows_out:
-        os.replace(tmp, path)
-    else:  # every row quarantined: no raw part
-        tmp.unlink(missing_ok=True)
     digest = _digest(part.files, part.row_groups, rows_out)  # tables: content_digest at merge
     rows_in = reader.rows_in + len(reader.ragged)
     return _PartRead(rows_out, rows_in, reader.ragged + quarantine, digest)
@@ -536,16 +531,14 @@ def _ingest_array_part(
     whose scale is fixed, are normalized here too, from the decoded rows, so no second pass
     reads them back. Both files are encoded on background threads while the next block
     decodes."""
-    tmp = path.with_name(f".{path.name}.tmp")
     norm_path = path.with_suffix(".normalized.parquet")
-    norm_tmp = norm_path.with_name(f".{norm_path.name}.tmp")
     digest = ArrayDigest()
     quarantine: list[tuple[str, str]] = []
     rows_in, scale, split_rows = 0, None, None
     now = pd.Timestamp(datetime.now(UTC))
     with contextlib.ExitStack() as stack:
         blocks = stack.enter_context(contextlib.closing(_array_blocks(plan, part, cfg)))
-        raw = stack.enter_context(ParquetSink(tmp))
+        raw = stack.enter_context(ParquetSink(path))
         normalized: ParquetSink | None = None
         for data in blocks:
             rows_in += len(data.ids) + len(data.quarantine)
@@ -564,14 +557,10 @@ def _ingest_array_part(
             raw.write(with_features(roles, data.columns, columns))
             if data.scale is not None:
                 if normalized is None:
-                    normalized = stack.enter_context(ParquetSink(norm_tmp))
+                    normalized = stack.enter_context(ParquetSink(norm_path))
                     split_rows = {"train": 0, "val": 0, "test": 0}
                 counts = _write_scaled(data, columns, roles, cfg, normalized)
                 split_rows = {k: split_rows[k] + counts.get(k, 0) for k in split_rows}
-    if raw.rows:
-        os.replace(tmp, path)
-    if normalized is not None and normalized.rows:
-        os.replace(norm_tmp, norm_path)
     return _PartRead(
         raw.rows,
         rows_in,
@@ -878,10 +867,9 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         raise ConfigError(str(err)) from None
     del train_parts
     names = normalizer.output_columns
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     keep = [ENTITY_ID, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
     try:
-        with ParquetSink(tmp) as sink:  # encodes a batch while the next is transformed
+        with ParquetSink(path) as sink:  # encodes a batch while the next is transformed
             batches = source.iter_batches(batch_size=batch_rows)
             for batch, codes in zip(batches, split_codes, strict=True):
                 # column-major, so each output column is a zero-copy slice
@@ -892,7 +880,6 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
                 sink.write(with_features(arrays, names, columns))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
-    os.replace(tmp, path)
     normalizer.save(spec_path)
     return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
 

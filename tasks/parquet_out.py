@@ -52,9 +52,14 @@ def write_options(schema: pa.Schema) -> dict[str, Any]:
 def write_table(table: pa.Table, path: str | Path) -> None:
     """Write ``table`` to ``path`` atomically (a temporary file renamed into place)."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp = _temporary(p)
     pq.write_table(table, tmp, **write_options(table.schema))
     os.replace(tmp, p)
+
+
+def _temporary(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: beside it, hidden."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 _DONE = object()
@@ -65,10 +70,12 @@ class ParquetSink:
     returns, so the caller prepares the next batch while Arrow encodes this one (it releases
     the GIL to encode). At most ``depth`` tables wait. The first table fixes the schema;
     later ones are cast to it. Use as a context manager: leaving it normally finishes the
-    file; leaving on an error stops the thread and deletes the partial file."""
+    file and renames it into place (no file when no row was written); leaving on an error
+    stops the thread and deletes the partial file. ``path`` never holds a partial file."""
 
     def __init__(self, path: str | Path, depth: int = 2) -> None:
         self.path = Path(path)
+        self._tmp = _temporary(self.path)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="parquet-sink", daemon=True)
@@ -81,7 +88,7 @@ class ParquetSink:
             while (table := self._queue.get()) is not _DONE:
                 if writer is None:
                     writer = pq.ParquetWriter(
-                        self.path, table.schema, **write_options(table.schema)
+                        self._tmp, table.schema, **write_options(table.schema)
                     )
                 writer.write_table(table.cast(writer.schema))
         except BaseException as err:  # handed to the caller's thread
@@ -122,8 +129,11 @@ class ParquetSink:
         try:
             self.close()
         except BaseException:
-            self.path.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
             if kind is None:
                 raise
-        if kind is not None:
-            self.path.unlink(missing_ok=True)
+            return
+        if kind is None and self.rows:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)

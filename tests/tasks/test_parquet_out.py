@@ -41,6 +41,13 @@ def test_sink_writes_every_table_in_order(tmp_path) -> None:
     written = pq.read_table(tmp_path / "s.parquet")
     assert written.equals(pa.concat_tables(parts).combine_chunks())
     assert written.column("entity_id").to_pylist() == [f"r{i}" for i in range(50)]
+    assert not list(tmp_path.glob(".*tmp"))  # written aside, then renamed
+
+
+def test_a_sink_given_no_rows_leaves_no_file(tmp_path) -> None:
+    with ParquetSink(tmp_path / "s.parquet") as sink:
+        sink.write(table(0))
+    assert sink.rows == 0 and not list(tmp_path.iterdir())
     assert set(write_options(table(1).schema)["use_dictionary"]) == {"entity_id"}
 
 
@@ -53,11 +60,11 @@ def test_a_failed_write_surfaces_and_leaves_no_file(tmp_path) -> None:
         sink.write(odd)
         for _ in range(5):  # the caller goes on until the failure reaches it
             sink.write(table(10))
-    assert not (tmp_path / "s.parquet").exists()
+    assert not list(tmp_path.iterdir())  # neither the file nor its temporary
 
 
 def test_an_error_in_the_caller_removes_the_partial_file(tmp_path) -> None:
     with pytest.raises(KeyError), ParquetSink(tmp_path / "s.parquet") as sink:
         sink.write(table(10))
         raise KeyError("the caller failed")
-    assert not (tmp_path / "s.parquet").exists()
+    assert not list(tmp_path.iterdir())  # neither the file nor its temporary
