@@ -12,11 +12,12 @@ from sklearn.exceptions import NotFittedError
 
 from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
+from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TRIM_FRACTION, fit_autoencoder
 from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
-from ae_models.scoring import SCORE_KINDS, Scorer, fit_scorer, score_rows
+from ae_models.scoring import SCORE_KINDS, Scorer, score_rows
 from ae_models.serialization import load_model, save_model
-from ae_models.training import TrainConfig, TrainResult, encode_and_score, train
+from ae_models.training import TrainConfig, TrainResult, encode_and_score
 
 ESTIMATOR_FILE = "estimator.json"
 _PARAMS = (
@@ -89,6 +90,8 @@ class AutoencoderReducer:
     robust rule on them).
     ``loss="auto"`` picks a sigmoid head with binary cross-entropy when X lies in [0, 1], a
     linear head with MSE otherwise.
+    Defaults differ from the pipeline's in four places, each for a stated reason
+    (:mod:`ae_models.fitting`).
     ``trim_fraction`` (default 0.1) trains robustly on data that holds anomalies: after a
     few warm-up epochs each batch's worst-reconstructed 10 % of rows are left out of the
     loss, so the model does not learn to reconstruct the anomalies (see
@@ -108,11 +111,11 @@ class AutoencoderReducer:
         loss: Literal["auto", "bce", "mse"] = "auto",
         epochs: int = 100,
         batch_size: int | Literal["auto"] = "auto",
-        lr: float = 3e-3,
+        lr: float = ESTIMATOR_LR,
         lr_schedule: str = "onecycle",
         validation_fraction: float = 0.1,
         patience: int = 15,
-        trim_fraction: float = 0.1,
+        trim_fraction: float = ESTIMATOR_TRIM_FRACTION,
         contamination: float | Literal["auto"] = 0.01,
         anomaly_score: str = "auto",
         device: str = "auto",
@@ -228,17 +231,23 @@ class AutoencoderReducer:
             precision=self.precision,  # type: ignore[arg-type]
             checkpoint_dir=self.checkpoint_dir,
         )
-        callbacks = [ProgressBar()] if self.verbose else []
-        result: TrainResult = train(net, fit_rows, val_rows if n_val else None, cfg, callbacks)
+        fit = fit_autoencoder(
+            net,
+            fit_rows,
+            val_rows if n_val else None,
+            cfg,
+            score=self.anomaly_score,
+            contamination=self.contamination,
+            callbacks=[ProgressBar()] if self.verbose else [],
+            score_on=x,  # every row, in X's order: decision_scores_ line up with X
+        )
         self.model_: Autoencoder = net
         self.loss_ = loss
         self.n_features_in_ = x.shape[1]
-        self.history_ = result.history
-        self.train_result_ = result
-        self.scorer_, fitted = fit_scorer(
-            net, x, self.anomaly_score, self.contamination, device=self.device
-        )
-        self.decision_scores_ = fitted.scores
+        self.history_ = fit.history
+        self.train_result_: TrainResult = fit.result
+        self.scorer_ = fit.scorer
+        self.decision_scores_ = fit.fitted.scores
         self.threshold_ = self.scorer_.threshold
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self

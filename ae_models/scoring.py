@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ae_models.base import reconstruction_error
 from ae_models.training import forward_batches
 
 ScoreKind = Literal["mse", "scaled_mse", "bce", "elbo", "hybrid"]
@@ -250,12 +251,13 @@ def log_center_spread(values: np.ndarray) -> tuple[float, float]:
 
 class RowScores(NamedTuple):
     """What :func:`score_rows` gives (NumPy float32): codes, scores, and on request each
-    column's error terms and the plain MSE."""
+    column's error terms, the plain MSE and the plain BCE."""
 
     codes: np.ndarray
     scores: np.ndarray
     per_column: np.ndarray | None = None
     mse: np.ndarray | None = None
+    bce: np.ndarray | None = None
 
 
 def score_rows(
@@ -268,11 +270,13 @@ def score_rows(
     precision: str = "fp32",
     per_column: bool = False,
     mse: bool = False,
+    bce: bool = False,
 ) -> RowScores:
-    """Latent codes and anomaly scores of ``scorer``'s kind of ``x``, in batches; with
-    ``per_column`` each column's error terms (rows x columns), with ``mse`` the plain
-    reconstruction MSE too (comparable across models whatever their score kind)."""
-    codes, scores, columns, mses = [], [], [], []
+    """Latent codes and anomaly scores of ``scorer``'s kind of ``x``, in one pass of batches;
+    with ``per_column`` each column's error terms (rows x columns), with ``mse`` and ``bce``
+    the plain reconstruction MSE and BCE too (comparable across models whatever their score
+    kind)."""
+    codes, scores, columns, mses, bces = [], [], [], [], []
     scale = None
     with torch.inference_mode():
         for xb, out in forward_batches(model, x, batch_size, device, precision):
@@ -288,8 +292,9 @@ def score_rows(
             if per_column:
                 columns.append(errors.cpu())
             if mse:
-                plain = errors if scorer.kind == "mse" else column_errors(xb, out, "mse")
-                mses.append(plain.mean(dim=1).cpu())
+                mses.append(reconstruction_error(xb, out.recon, "mse").cpu())
+            if bce:
+                bces.append(reconstruction_error(xb.clamp(0, 1), out.recon, "bce").cpu())
     if not codes:
         empty = np.zeros(0, np.float32)
         width = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 0
@@ -298,12 +303,14 @@ def score_rows(
             empty,
             np.zeros((0, width), np.float32) if per_column else None,
             empty if mse else None,
+            empty if bce else None,
         )
     return RowScores(
         torch.cat(codes).numpy(),
         torch.cat(scores).numpy(),
         torch.cat(columns).numpy() if per_column else None,
         torch.cat(mses).numpy() if mse else None,
+        torch.cat(bces).numpy() if bce else None,
     )
 
 
@@ -318,21 +325,30 @@ def fit_scorer(
     precision: str = "fp32",
 ) -> tuple[Scorer, RowScores]:
     """The scorer of a trained ``model`` fitted on its training rows ``x`` (residual scale,
-    latent statistics, threshold, calibration), and the training rows' codes and scores."""
+    latent statistics, threshold, calibration), and the training rows' codes and scores, from
+    one forward pass over ``x``: the residuals and codes that fit the statistics also give the
+    rows' scores (the same tensor operations :func:`score_rows` applies, so the training
+    scores equal what scoring the rows again gives)."""
     resolved = resolve_score(kind, model.config.output, model.model_name)
     placeholder = ScoreCalibration(0.0, "", ())
-    scale = codes = None
-    if resolved in ("scaled_mse", "hybrid"):
-        residuals, latents = [], []
-        with torch.inference_mode():
-            for xb, out in forward_batches(model, x, batch_size, device, precision):
-                residuals.append((out.recon.float().flatten(1) - xb.float().flatten(1)).cpu())
-                latents.append(out.latent.float().cpu())
-        residuals = torch.cat(residuals).numpy()
-        scale = tuple(float(v) for v in residual_scale(residuals))
-        codes = torch.cat(latents).numpy().astype(np.float64)
+    if resolved not in ("scaled_mse", "hybrid"):
+        scorer = Scorer(resolved, placeholder)
+        fitted = score_rows(
+            model, x, scorer, batch_size=batch_size, device=device, precision=precision
+        )
+        calibration = ScoreCalibration.fit(fitted.scores, contamination)
+        return dataclasses.replace(scorer, calibration=calibration), fitted
+    residual_batches, latent_batches = [], []
+    with torch.inference_mode():
+        for xb, out in forward_batches(model, x, batch_size, device, precision):
+            residual_batches.append((out.recon.float().flatten(1) - xb.float().flatten(1)).cpu())
+            latent_batches.append(out.latent.float().cpu())
+    residuals = torch.cat(residual_batches).numpy()
+    latents = torch.cat(latent_batches)
+    scale = tuple(float(v) for v in residual_scale(residuals))
     scorer = Scorer(resolved, placeholder, scale)
     if resolved == "hybrid":
+        codes = latents.numpy().astype(np.float64)
         mean = codes.mean(axis=0)
         centered = codes - mean
         cov = centered.T @ centered / max(len(codes) - 1, 1)
@@ -348,6 +364,12 @@ def fit_scorer(
             tuple(float(v) for v in precision_matrix.reshape(-1)),
             (*log_center_spread(recon), *log_center_spread(distance)),
         )
-    fitted = score_rows(model, x, scorer, batch_size=batch_size, device=device, precision=precision)
+    scale_t = scorer.scale_tensor()
+    scores = []
+    with torch.inference_mode():
+        for residual, z in zip(residual_batches, latent_batches, strict=True):
+            score = (residual / scale_t).square().mean(dim=1)  # column_errors, row_scores
+            scores.append(scorer.combine(score, z) if resolved == "hybrid" else score)
+    fitted = RowScores(latents.numpy(), torch.cat(scores).numpy())
     calibration = ScoreCalibration.fit(fitted.scores, contamination)
     return dataclasses.replace(scorer, calibration=calibration), fitted

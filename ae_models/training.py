@@ -45,21 +45,43 @@ class TrainConfig:
     early stopping), so the model does not learn to reconstruct them.
     """
 
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_schedule: Schedule = "onecycle"
-    patience: int = 15
-    min_delta: float = 1e-5
-    grad_clip: float | None = 5.0
-    seed: int = 0
-    device: str = "auto"
-    precision: Precision = "auto"
-    checkpoint_dir: str | None = None
-    resume: bool = True
-    trim_fraction: float = 0.0
-    trim_warmup: int = 5
+    epochs: int = field(default=100, metadata={"doc": "maximum training epochs"})
+    batch_size: int = field(default=256, metadata={"doc": "rows per training batch"})
+    lr: float = field(default=1e-3, metadata={"doc": "Adam learning rate (the peak for onecycle)"})
+    weight_decay: float = field(default=0.0, metadata={"doc": "Adam weight decay"})
+    lr_schedule: Schedule = field(default="onecycle", metadata={"doc": "learning-rate schedule"})
+    patience: int = field(
+        default=15, metadata={"doc": "epochs without improvement before stopping; 0 = never"}
+    )
+    min_delta: float = field(
+        default=1e-5, metadata={"doc": "smallest drop of the validation loss that counts"}
+    )
+    grad_clip: float | None = field(
+        default=5.0, metadata={"doc": "gradient norm clip; null for none"}
+    )
+    seed: int = field(default=0, metadata={"doc": "seeds the model, the shuffles and the splits"})
+    device: str = field(
+        default="auto", metadata={"doc": "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"}
+    )
+    precision: Precision = field(
+        default="auto",
+        metadata={"doc": "auto: bf16 where the CPU/GPU computes it natively, else fp32"},
+    )
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={
+            "doc": "default: .aepipe/models/<dataset>/checkpoints/<hash>; relative: under "
+            ".aepipe/models"
+        },
+    )
+    resume: bool = field(
+        default=True, metadata={"doc": "continue from a checkpoint of the same settings"}
+    )
+    trim_fraction: float = field(
+        default=0.0,
+        metadata={"doc": "robust training: leave each batch's worst-reconstructed share out"},
+    )
+    trim_warmup: int = field(default=5, metadata={"doc": "epochs before trimming starts"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

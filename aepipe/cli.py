@@ -14,39 +14,39 @@ from pathlib import Path
 from typing import Any
 
 from aepipe import __version__
-from aepipe.settings import Stores
-from aepipe.settings import stores as resolve_stores
+from stores import Stores, resolve_stores
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
-# flag -> dotted config key; each flag overrides the YAML file's value
-RUN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--dataset": ("dataset", str, "data set name: names the feature table and the model"),
-    "--source": ("source.path", str, "'digits' (built in) or a CSV / Parquet file or folder"),
-    "--format": ("source.format", str, "auto, csv or parquet"),
-    "--entity-id": ("source.entity_id", str, "entity id column (default: source row number)"),
-    "--timestamp": ("source.timestamp", str, "event time column (default: ingest time)"),
-    "--label": ("source.label", str, "label column, kept aside and never a model input"),
-    "--delimiter": ("source.delimiter", str, "CSV delimiter (default ',')"),
-    "--model": ("model.name", str, "autoencoder variant (default: deep)"),
-    "--code-size": ("model.code_size", int, "latent code width (default 16)"),
-    "--epochs": ("train.epochs", int, "maximum training epochs (default 100)"),
-    "--batch-size": ("train.batch_size", int, "training batch size (default 128)"),
-    "--lr": ("train.lr", float, "Adam learning rate (default 1e-3)"),
-    "--seed": ("train.seed", int, "random seed (default 0)"),
-    "--device": ("train.device", str, "auto, cpu, cuda, cuda:1 or mps (default auto)"),
-    "--contamination": (
-        "contamination",
-        str,
-        "expected anomaly fraction (default 0.01), or auto when unknown",
-    ),
-    "--registered-model": ("registered_model", str, "MLflow model name (default aepipe-<dataset>)"),
-    "--home": ("home", str, "state folder (default $AEPIPE_HOME or ./.aepipe)"),
+# flag -> dotted config key; each flag overrides the YAML file's value. Their help, type,
+# choices and defaults come from the config models (tasks.config.describe), so they cannot
+# drift from what a run does.
+RUN_FLAGS: dict[str, str] = {
+    "--dataset": "dataset",
+    "--source": "source.path",
+    "--format": "source.format",
+    "--entity-id": "source.entity_id",
+    "--timestamp": "source.timestamp",
+    "--label": "source.label",
+    "--delimiter": "source.delimiter",
+    "--model": "model.name",
+    "--code-size": "model.code_size",
+    "--epochs": "train.epochs",
+    "--batch-size": "train.batch_size",
+    "--lr": "train.lr",
+    "--seed": "train.seed",
+    "--device": "train.device",
+    "--contamination": "contamination",
+    "--registered-model": "registered_model",
+    "--home": "home",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tasks.config import describe
+    from tasks.registry import CHAMPION
+
     parser = argparse.ArgumentParser(
         prog="aepipe", description="Learned feature reduction with autoencoders."
     )
@@ -62,19 +62,29 @@ def _parser() -> argparse.ArgumentParser:
         help="fit a classifier on the feature table and on raw features and PCA; compare",
     )
     down.add_argument(
-        "--model-version", default="champion", help="alias or version number (default champion)"
+        "--model-version", default=CHAMPION, help=f"alias or version number (default {CHAMPION})"
     )
+
     for cmd in (run, score, down):
         cmd.add_argument("config", nargs="?", help="YAML config file (flags override it)")
-        for flag, (key, kind, text) in RUN_FLAGS.items():
-            cmd.add_argument(flag, dest=key, type=kind, default=None, help=text)
+        for flag, key in RUN_FLAGS.items():
+            doc = describe(key)
+            cmd.add_argument(
+                flag,
+                dest=key,
+                type=doc.python_type,
+                default=None,
+                metavar=key.rsplit(".", 1)[-1].upper(),
+                help=doc.help(),
+            )
         cmd.add_argument(
             "--set",
             dest="sets",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="any config key, dotted (e.g. train.patience=5); repeatable",
+            help="any config key, dotted (e.g. train.patience=5; every key: "
+            "docs/configuration.md); repeatable",
         )
 
     feats = sub.add_parser("features", help="print rows of a feature table")
@@ -82,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     feats.add_argument(
         "--version",
         dest="model_version",
-        default="champion",
+        default=CHAMPION,
         help="'champion', another alias, a version number, or 'all'",
     )
     feats.add_argument("--limit", type=int, default=10, help="rows to print (default 10)")
@@ -121,7 +131,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
     out: dict[str, Any] = {}
-    for key, _, _ in RUN_FLAGS.values():
+    for key in RUN_FLAGS.values():
         value = getattr(args, key)
         if value is not None:
             out[key] = value
@@ -174,9 +184,10 @@ def _run(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from flows.score_features import score_features
-    from tasks.score import champion_version
+    from tasks.registry import champion_version
 
-    champion_version(cfg, resolve_stores(cfg.home))  # no champion: say so before Prefect starts
+    # no champion: say so before Prefect starts
+    champion_version(cfg.model_name, resolve_stores(cfg.home))
     _prepare_environment(resolve_stores(cfg.home).home)
 
     scored = score_features(cfg)
@@ -238,7 +249,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from tasks.register import compare_versions, list_registered, promote_manually
+    from tasks.registry import compare_versions, list_registered, promote_manually
 
     st = resolve_stores(args.home)
     _prepare_environment(st.home, create=False)
@@ -275,9 +286,9 @@ def _log_trace(st: Stores) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aepipe`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    from feature_store.store import FeatureStoreError
+    from ae_models.preprocessing import SchemaError
+    from feature_store import FeatureStoreError
     from tasks.config import ConfigError
-    from tasks.normalize import SchemaError
 
     handlers = {
         "run": _run,

@@ -38,7 +38,7 @@ def write_pngs(folder: Path, limit: int) -> int:
     import numpy as np
     from PIL import Image
 
-    from tasks.readers import read_idx
+    from tasks.io.arrays import read_idx
 
     mnist = require_dataset("mnist")
     n = 0
@@ -74,16 +74,17 @@ def best_of(repeat: int, kind: str, source: str, out: Path) -> dict:
 
 
 def worker_aepipe(source: str, out: str) -> dict:
-    from aepipe.settings import stores
+    from stores import resolve_stores
     from tasks.config import build_config
-    from tasks.ingest import ingest_source, normalize_dataset
+    from tasks.ingest import ingest_source
+    from tasks.normalize import normalize_dataset
 
     extra = {"label": "Salary"} if source.endswith(".csv") else {}
     cfg = build_config(
         {"dataset": "bench", "source": {"path": source, **extra}, "model": {"code_size": 4}}
     )
     t0 = time.perf_counter()
-    ingested = ingest_source(cfg, stores(out))
+    ingested = ingest_source(cfg, resolve_stores(out))
     data = normalize_dataset(ingested, cfg)
     seconds = time.perf_counter() - t0
     return {"rows": data.rows, "seconds": seconds, "rss_mb": peak_rss_mb()}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 import ae_models  # noqa: E402
 from benchmarks.common import require_dataset, target  # noqa: E402
-from tasks.readers import load_mnist  # noqa: E402
+from tasks.io.arrays import load_mnist  # noqa: E402
 
 OUT = HERE.parent / "out"
 

@@ -50,16 +50,17 @@ def _config(home: str, epochs: int):
 
 
 def worker_plain(home: str, epochs: str) -> dict:
-    from aepipe.settings import stores
-    from tasks.ingest import ingest_source, normalize_dataset
+    from stores import resolve_stores
+    from tasks.ingest import ingest_source
     from tasks.materialize import materialize_features
+    from tasks.normalize import normalize_dataset
     from tasks.register import register_model
     from tasks.report import summarize
     from tasks.train import train_autoencoder
 
     cfg = _config(home, int(epochs))
     t0 = time.perf_counter()
-    st = stores(cfg.home)
+    st = resolve_stores(cfg.home)
     ingested = ingest_source(cfg, st)
     data = normalize_dataset(ingested, cfg)
     trained = train_autoencoder(data, cfg, st)

@@ -59,14 +59,15 @@ def worker_setup(home: str, inputs: str) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from aepipe.settings import stores
-    from tasks.ingest import ingest_source, normalize_dataset
+    from stores import resolve_stores
+    from tasks.ingest import ingest_source
+    from tasks.normalize import normalize_dataset
     from tasks.register import register_model
     from tasks.train import train_autoencoder
 
     images = require_dataset("mnist") / "train-images-idx3-ubyte.gz"
     cfg = _config(home, str(images), "mnist")
-    st = stores(home)
+    st = resolve_stores(home)
     t0 = time.perf_counter()
     ingested = ingest_source(cfg, st)
     data = normalize_dataset(ingested, cfg)
@@ -94,11 +95,11 @@ def worker_setup(home: str, inputs: str) -> dict:
 def worker_aepipe(home: str, source: str, rows: str, table: str = "") -> dict:
     import pyarrow.parquet as pq
 
-    from aepipe.settings import stores
+    from stores import resolve_stores
     from tasks.ingest import IngestResult
     from tasks.score import load_champion, score_new_rows
 
-    st = stores(home)
+    st = resolve_stores(home)
     cfg = _config(home, source, table or f"bench_{rows}")
     champion = load_champion(cfg, st)
     features = [c for c in pq.read_schema(source).names if c.startswith("pixel")]
@@ -113,9 +114,9 @@ def worker_plain(home: str, source: str, out: str) -> dict:
     import mlflow
     import pyarrow.parquet as pq
 
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
-    mlflow.set_tracking_uri(stores(home).tracking_uri)
+    mlflow.set_tracking_uri(resolve_stores(home).tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     t0 = time.perf_counter()
     rows = 0

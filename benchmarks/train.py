@@ -35,7 +35,7 @@ def train_flops_per_sample() -> float:
 
 
 def load_x() -> tuple:
-    from tasks.readers import load_mnist
+    from tasks.io.arrays import load_mnist
 
     folder = require_dataset("mnist")
     return load_mnist(folder, "train")[0], load_mnist(folder, "test")[0]

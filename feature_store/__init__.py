@@ -1,21 +1,22 @@
-"""Versioned feature tables on Apache Iceberg: schema, writes, and reads for downstream models."""
+"""Versioned feature tables on Apache Iceberg: schema, writes, and reads for downstream models.
 
+``catalog`` finds and creates tables, ``write`` stages and commits a model version's rows,
+``read`` reads them back (by version number or alias, now or as of a time), ``historical``
+joins them to entities point-in-time. No MLflow here: aliases come from the table's own
+record or from a ``resolve`` callable the caller hands in.
+"""
+
+from feature_store.catalog import FeatureStoreError, list_tables, load_table, table_identifier
 from feature_store.historical import get_historical_features
+from feature_store.read import data_files, read_features, read_features_arrow, table_history
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, feature_schema, latent_columns
-from feature_store.store import (
-    FeatureStoreError,
+from feature_store.write import (
     StagedFeatures,
     commit_features,
-    data_files,
     discard_features,
-    list_tables,
-    load_table,
     prepare_table,
-    read_features,
-    read_features_arrow,
+    record_aliases,
     stage_features,
-    table_history,
-    table_identifier,
     write_features,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "prepare_table",
     "read_features",
     "read_features_arrow",
+    "record_aliases",
     "stage_features",
     "table_history",
     "table_identifier",

@@ -14,11 +14,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP
-from feature_store.store import AsOf, FeatureStoreError, read_features_arrow
+from feature_store.catalog import FeatureStoreError
+from feature_store.read import AsOf, Resolver, read_features_arrow
+from feature_store.schema import (
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    IS_ANOMALY,
+    LATENT_PREFIX,
+    RECON_ERROR,
+)
 
 if TYPE_CHECKING:
-    from aepipe.settings import Stores
+    from stores import Stores
 
 ID_FILTER_LIMIT = 5_000  # above this many entities one scan beats an IN filter
 
@@ -45,6 +52,7 @@ def get_historical_features(
     ttl: timedelta | None = None,
     as_of: AsOf | None = None,
     home: str | os.PathLike[str] | Stores | None = None,
+    resolve: Resolver | None = None,
 ) -> pd.DataFrame:
     """``entity_df`` with, on each row, the latest features of its entity whose
     ``event_timestamp`` is at or before the row's ``timestamp_column`` (no future leakage).
@@ -77,10 +85,19 @@ def get_historical_features(
     id_filter = In(ENTITY_KEY, set(ids.tolist())) if 0 < len(ids) <= ID_FILTER_LIMIT else None
     wanted = None if features is None else [ENTITY_KEY, EVENT_TIMESTAMP, *features]
     right = read_features_arrow(
-        table, model_version, as_of=as_of, columns=wanted, filter=id_filter, home=home
+        table,
+        model_version,
+        as_of=as_of,
+        columns=wanted,
+        filter=id_filter,
+        home=home,
+        resolve=resolve,
     ).to_pandas()
     if features is None:
-        features = [c for c in right.columns if c.startswith("z_")] + ["recon_error", "is_anomaly"]
+        features = [c for c in right.columns if c.startswith(LATENT_PREFIX)] + [
+            RECON_ERROR,
+            IS_ANOMALY,
+        ]
     clash = [c for c in [*features, "feature_timestamp"] if c in entity_df.columns]
     if clash:
         raise FeatureStoreError(f"entity_df already has column(s) {clash}; rename them first")

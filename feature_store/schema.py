@@ -1,13 +1,27 @@
-"""The feature table schema, declared once: writers validate against it before writing."""
+"""Column names and the feature table schema, declared once: writers validate against it.
+
+The role columns (:data:`ROLE_COLUMNS`) are what every ingested and normalized file carries
+beside the features: the entity key, the event time, the label (kept aside, never a model
+input) and the split. The feature table holds the key, the event time, the model's outputs
+(latent code ``z_*``, ``recon_error``, ``anomaly_score``, ``is_anomaly``, ``top_columns``) and
+the model version that wrote each row.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 ENTITY_KEY = "entity_id"
 EVENT_TIMESTAMP = "event_timestamp"
+LABEL = "label"  # ingested and normalized files: the label, never a model input
+SPLIT = "split"  # normalized files: train / val / test
+ROLE_COLUMNS = (ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT)
 LATENT_PREFIX = "z_"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _LATENT = re.compile(r"^z_(\d+)$")
@@ -16,19 +30,24 @@ BASE_FIELDS: tuple[pa.Field, ...] = (
     pa.field(ENTITY_KEY, pa.string(), nullable=False),
     pa.field(EVENT_TIMESTAMP, TIMESTAMP, nullable=False),
 )
+RECON_ERROR, ANOMALY_SCORE, IS_ANOMALY = "recon_error", "anomaly_score", "is_anomaly"
+TOP_COLUMNS = "top_columns"
+MODEL_NAME, MODEL_VERSION, RUN_ID, SCORED_AT = "model_name", "model_version", "run_id", "scored_at"
+# the model's outputs (besides z_*): ae_models.outputs builds them under the same names
+MODEL_OUTPUT_COLUMNS = (RECON_ERROR, ANOMALY_SCORE, IS_ANOMALY)
 TAIL_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("recon_error", pa.float32(), nullable=False),
+    pa.field(RECON_ERROR, pa.float32(), nullable=False),
     # the score mapped to [0, 1] by the training scores (null for models saved before it)
-    pa.field("anomaly_score", pa.float32(), nullable=True),
-    pa.field("is_anomaly", pa.bool_(), nullable=False),
+    pa.field(ANOMALY_SCORE, pa.float32(), nullable=True),
+    pa.field(IS_ANOMALY, pa.bool_(), nullable=False),
     # the source columns contributing most to the score, largest first (null when not asked)
-    pa.field("top_columns", pa.list_(pa.string()), nullable=True),
-    pa.field("model_name", pa.string(), nullable=False),
-    pa.field("model_version", pa.int64(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("scored_at", TIMESTAMP, nullable=False),
+    pa.field(TOP_COLUMNS, pa.list_(pa.string()), nullable=True),
+    pa.field(MODEL_NAME, pa.string(), nullable=False),
+    pa.field(MODEL_VERSION, pa.int64(), nullable=False),
+    pa.field(RUN_ID, pa.string(), nullable=False),
+    pa.field(SCORED_AT, TIMESTAMP, nullable=False),
 )
-PARTITION_COLUMNS = ("model_name", "model_version")
+PARTITION_COLUMNS = (MODEL_NAME, MODEL_VERSION)
 
 
 def latent_columns(code_size: int) -> list[str]:
@@ -72,3 +91,45 @@ def validate_batch(batch: pa.RecordBatch | pa.Table, code_size: int) -> None:
     extra = [n for n in batch.schema.names if n not in expected.names]
     if extra:
         raise ValueError(f"feature batch has unexpected columns: {extra}")
+
+
+def feature_batch(
+    schema: pa.Schema,
+    ids: pa.Array,
+    timestamps: pa.Array,
+    outputs: Mapping[str, np.ndarray],
+    *,
+    model_name: str,
+    model_version: int,
+    run_id: str,
+    scored_at: datetime,
+    top: pa.Array | None = None,
+) -> pa.RecordBatch:
+    """One feature-table batch of ``schema``: the entity ids and event times, the model's
+    named ``outputs`` (``z_*``, ``recon_error``, ``anomaly_score``, ``is_anomaly``: what
+    ``ae_models.outputs.RowOutputs.columns`` gives; an optional one left out reads as null),
+    the top contributing columns when given, and the version that wrote the rows."""
+    n = len(ids)
+    given: dict[str, Any] = {
+        ENTITY_KEY: ids.cast(pa.string()),
+        EVENT_TIMESTAMP: timestamps.cast(TIMESTAMP),
+        TOP_COLUMNS: top,
+        MODEL_NAME: pa.array([model_name] * n, pa.string()),
+        MODEL_VERSION: pa.array(np.full(n, model_version, np.int64)),
+        RUN_ID: pa.array([run_id] * n, pa.string()),
+        SCORED_AT: pa.array(np.full(n, pa.scalar(scored_at, TIMESTAMP).value, np.int64)).cast(
+            TIMESTAMP
+        ),
+    }
+    arrays = []
+    for f in schema:
+        if f.name in given:
+            value = given[f.name]
+        else:
+            value = outputs.get(f.name)
+            if value is not None:
+                value = pa.array(value, f.type)
+        if value is None and not f.nullable:
+            raise ValueError(f"feature batch lacks column {f.name!r} (expected {f.type})")
+        arrays.append(value if value is not None else pa.nulls(n, f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

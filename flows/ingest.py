@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 
-from aepipe.settings import Stores
 from flows.partitions import map_with_progress, task_runner_for
+from stores import Stores
 from tasks.config import PipelineConfig
 from tasks.ingest import (
     IngestedPart,

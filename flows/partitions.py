@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.config import PipelineConfig
-from tasks.partitions import (
+from tasks.write_features import (
     Committed,
     ScoringJob,
     StagedPart,

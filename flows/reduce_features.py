@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from aepipe.settings import stores as resolve_stores
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
+from stores import resolve_stores
 from tasks.config import PipelineConfig
-from tasks.ingest import normalize
 from tasks.materialize import materialize_job
+from tasks.normalize import normalize
 from tasks.register import register
 from tasks.report import RunSummary, report
 from tasks.train import train, train_elsewhere

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from aepipe.settings import stores as resolve_stores
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
+from stores import resolve_stores
 from tasks.config import PipelineConfig
 from tasks.score import Scored, champion, prepare_scoring, scored_summary
 from tasks.validate import check_stores, validate_config

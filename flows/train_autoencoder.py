@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from aepipe.settings import stores as resolve_stores
+from stores import resolve_stores
 from tasks.config import PipelineConfig
-from tasks.ingest import NormalizedData
+from tasks.normalize import NormalizedData
 from tasks.train import TrainedModel, train
 
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from prefect import flow
 
-from aepipe.settings import stores as resolve_stores
 from flows.ingest import ingest
+from stores import resolve_stores
 from tasks.config import PipelineConfig
 from tasks.downstream import DownstreamReport, train_downstream
-from tasks.ingest import normalize
+from tasks.normalize import normalize
+from tasks.registry import CHAMPION
 from tasks.validate import check_stores, validate_config
 
 
 @flow(name="train-downstream", log_prints=True)
 def train_downstream_flow(
-    config: PipelineConfig | None = None, model_version: str | int = "champion"
+    config: PipelineConfig | None = None, model_version: str | int = CHAMPION
 ) -> DownstreamReport:
     """Fit logistic regression on the table's codes and on its two baselines; print accuracies."""
     cfg = config or PipelineConfig()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import (
@@ -17,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from ae_models import TrainConfig
+from ae_models import TrainConfig, list_models
 
 BUILTIN_SOURCES = ("digits",)
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -58,17 +61,21 @@ class SourceConfig(_Frozen):
         description="'digits' (built in), a CSV / Parquet file, a Parquet or image folder, "
         "an IDX file or an NPZ file",
     )
-    format: Literal["auto", "csv", "parquet", "images", "idx", "npz", "builtin"] = "auto"
+    format: Literal["auto", "csv", "parquet", "images", "idx", "npz", "builtin"] = Field(
+        "auto", description="the reader; auto tells it from the path"
+    )
     entity_id: str | None = Field(None, description="id column; default: source row number")
     timestamp: str | None = Field(None, description="event time column; default: ingest time")
     label: str | None = Field(None, description="kept aside, never a model input")
     include: list[str] | None = Field(None, description="feature columns; default: all others")
-    exclude: list[str] = Field(default_factory=list)
-    delimiter: str = ","
+    exclude: list[str] = Field(default_factory=list, description="columns to leave out")
+    delimiter: str = Field(",", description="CSV delimiter; spaces after it are skipped")
     quote_char: str | None = Field('"', description="CSV quote character; null for none")
     header: bool = Field(True, description="CSV first line holds the column names")
     skip_initial_space: bool = Field(True, description="strip spaces around CSV values")
-    na_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "?"])
+    na_values: list[str] = Field(
+        default_factory=lambda: ["", "NA", "NaN", "?"], description="CSV cells read as missing"
+    )
     encoding: str = Field(
         "utf-8",
         description="CSV text encoding (latin-1, cp1252, ...); rows with bytes "
@@ -78,7 +85,9 @@ class SourceConfig(_Frozen):
     image_size: tuple[int, int] | None = Field(
         None, description="(height, width) to resize images to; default: keep, all alike"
     )
-    image_mode: Literal["auto", "L", "RGB"] = "auto"
+    image_mode: Literal["auto", "L", "RGB"] = Field(
+        "auto", description="auto: grayscale (L) if the first image is, else RGB"
+    )
     labels_path: str | None = Field(None, description="IDX labels file (default: MNIST sibling)")
     max_quarantine_fraction: float = Field(
         0.01, ge=0, le=1, description="fail when more of the rows than this are quarantined"
@@ -119,7 +128,7 @@ class SourceConfig(_Frozen):
         if not path.exists():
             raise ConfigError(f"source {self.path!r} does not exist")
         if path.is_dir():
-            from tasks.readers import IMAGE_SUFFIXES
+            from tasks.io.arrays import IMAGE_SUFFIXES
 
             for _, _, names in os.walk(path):  # the first data file found decides
                 suffixes = {os.path.splitext(n)[1].lower() for n in names}  # no Path: 70k files
@@ -136,7 +145,10 @@ class SourceConfig(_Frozen):
 class NormalizeConfig(_Frozen):
     """How numeric columns are scaled (fitted on the training split only)."""
 
-    scaling: Literal["minmax", "standard", "robust"] = "minmax"
+    scaling: Literal["minmax", "standard", "robust"] = Field(
+        "minmax",
+        description="numeric columns: minmax (clipped to [0, 1]), standard, robust (median / IQR)",
+    )
     columns: dict[str, Literal["minmax", "standard", "robust"]] = Field(
         default_factory=dict, description="per-column scaling, overriding `scaling`"
     )
@@ -146,9 +158,13 @@ class NormalizeConfig(_Frozen):
 class ModelSpec(_Frozen):
     """Which autoencoder variant to train and its variant-specific settings."""
 
-    name: str = "deep"
-    code_size: int = Field(16, ge=1)
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("deep", description="the autoencoder variant (ae_models' registry)")
+    code_size: int = Field(16, ge=1, description="latent code width: the reduced features")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="variant settings, e.g. {hidden: [64, 32], activation: relu}; default "
+        "widths halve",
+    )
 
 
 class PipelineConfig(_Frozen):
@@ -162,8 +178,10 @@ class PipelineConfig(_Frozen):
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of rows in the test split")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of rows in the validation split (early stopping)"
+    )
     contamination: float | Literal["auto"] = Field(
         0.01,
         description="expected share of anomalies: the training-score quantile 1 - contamination "
@@ -184,7 +202,9 @@ class PipelineConfig(_Frozen):
     promotion_metric: str = Field(
         "eval_mse", description="eval_mse (both models scored on the test split) or a run metric"
     )
-    promotion_direction: Literal["auto", "min", "max"] = "auto"
+    promotion_direction: Literal["auto", "min", "max"] = Field(
+        "auto", description="auto: errors and losses lower is better, other metrics higher"
+    )
     home: str | None = Field(None, description="state folder; default $AEPIPE_HOME or ./.aepipe")
     partition_rows: int = Field(
         500_000,
@@ -303,3 +323,131 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             node = node[part]
         node[leaf] = value
     return out
+
+
+# -- the reference of every key, generated from the models above -------------------------
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as the reference and the CLI's help show it."""
+
+    key: str  # dotted, e.g. train.epochs
+    type: str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def python_type(self) -> type:
+        """What a command-line value of this key is parsed as."""
+        return {"int": int, "float": float}.get(self.type, str) if not self.choices else str
+
+    def help(self) -> str:
+        """The CLI's help text: what the key does, its choices and its default."""
+        choices = f"; one of {', '.join(self.choices)}" if self.choices else ""
+        default = f" (default {yaml_value(self.default)})" if self.default is not None else ""
+        return f"{self.doc}{choices}{default}".replace("%", "%%")
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as it is written in a YAML config (null, true, 'text', [a, b])."""
+    if isinstance(value, str):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _type_text(annotation: Any) -> tuple[str, tuple[str, ...]]:
+    """A key's type in words (without its literal choices) and its literal choices."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "", tuple(str(a) for a in args)
+    if origin in (UnionType, Union):
+        parts = [_type_text(a) for a in args if a is not type(None)]
+        text = " or ".join(t for t, _ in parts if t)
+        nullable = " or null" if type(None) in args else ""
+        return (text + nullable if text else nullable.removeprefix(" or ")), tuple(
+            c for _, cs in parts for c in cs
+        )
+    if origin in (list, tuple):
+        inner = ", ".join(_type_text(a)[0] for a in args if a is not Ellipsis)
+        return (f"list of {inner}" if origin is list else f"[{inner}]"), ()
+    if origin is dict:
+        return "mapping", ()
+    return getattr(annotation, "__name__", str(annotation)), ()
+
+
+def config_keys(model: type = PipelineConfig, prefix: str = "") -> list[KeyDoc]:
+    """Every key of the pipeline config, in declaration order, with its type, default and
+    description: what docs/configuration.md and the CLI's help are made from."""
+    out: list[KeyDoc] = []
+    if dataclasses.is_dataclass(model):
+        hints = get_type_hints(model)
+        for f in dataclasses.fields(model):
+            typ, choices = _type_text(hints[f.name])
+            doc = f.metadata.get("doc", "")
+            out.append(KeyDoc(prefix + f.name, typ, f.default, doc, choices))
+        return out
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and (
+            issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+        ):
+            out += config_keys(annotation, f"{prefix}{name}.")
+            continue
+        typ, choices = _type_text(annotation)
+        if prefix + name == "model.name":  # the registered variants, whatever is registered
+            choices = tuple(list_models())
+        default = info.get_default(call_default_factory=True)
+        out.append(KeyDoc(prefix + name, typ, default, info.description or "", choices))
+    return out
+
+
+def describe(key: str) -> KeyDoc:
+    """The :class:`KeyDoc` of one dotted key; KeyError when there is none."""
+    for doc in config_keys():
+        if doc.key == key:
+            return doc
+    raise KeyError(key)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key of a config file, generated from the config models
+    (``python -m tasks.config > docs/configuration.md``; a test checks the file is current)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- generated by `python -m tasks.config > docs/configuration.md` from the config",
+        "models in tasks/config.py and ae_models/training.py; do not edit by hand -->",
+        "",
+        "A run takes a YAML file with these keys (every one optional), flags "
+        "(`aepipe run --help`) and `--set key=value` for any key; flags and `--set` override "
+        "the file. Unknown keys are refused with the list of known ones.",
+        "",
+    ]
+    section = None
+    keys = config_keys()
+    top = [d for d in keys if "." not in d.key]  # the top-level keys first, then each section
+    for doc in top + [d for d in keys if "." in d.key]:
+        head = doc.key.split(".")[0] if "." in doc.key else ""
+        if head != section:
+            section = head
+            title = f"`{head}:`" if head else "Top level"
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                "| key | type | default | meaning |",
+                "|---|---|---|---|",
+            ]
+        choices = " \\| ".join(f"`{c}`" for c in doc.choices)
+        typ = " or ".join(t for t in (doc.type, choices) if t)
+        default = yaml_value(doc.default).replace("|", "\\|")
+        meaning = doc.doc.replace("|", "\\|")
+        lines.append(f"| `{doc.key}` | {typ} | `{default}` | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -14,10 +14,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from prefect import task
 
-from aepipe.settings import Stores
 from feature_store import read_features
+from feature_store.schema import ENTITY_KEY, LABEL, LATENT_PREFIX, SPLIT
+from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.ingest import ENTITY_ID, LABEL, SPLIT, NormalizedData
+from tasks.normalize import NormalizedData
+from tasks.registry import CHAMPION
 from tasks.tracking import configure_mlflow, ensure_experiment
 
 
@@ -56,7 +58,7 @@ def train_downstream_model(
     data: NormalizedData,
     cfg: PipelineConfig,
     stores: Stores,
-    model_version: str | int = "champion",
+    model_version: str | int = CHAMPION,
 ) -> DownstreamReport:
     """Fit the classifier on the feature table's codes, on the normalized features, and on PCA
     of them (as many components as the code has), using the data set's train/test split."""
@@ -68,14 +70,14 @@ def train_downstream_model(
             "set source.label"
         )
     features = read_features(cfg.dataset, model_version, home=stores)
-    latent = [c for c in features.columns if c.startswith("z_")]
+    latent = [c for c in features.columns if c.startswith(LATENT_PREFIX)]
     version = int(features["model_version"].iloc[0])
-    table = pq.read_table(data.path, columns=[ENTITY_ID, SPLIT, LABEL, *data.features])
-    base = table.select([ENTITY_ID, SPLIT, LABEL]).to_pandas()
-    base[ENTITY_ID] = base[ENTITY_ID].astype(str)
-    codes = features[[ENTITY_ID, *latent]].drop_duplicates(ENTITY_ID, keep="last")
-    codes[ENTITY_ID] = codes[ENTITY_ID].astype(str)
-    joined = base.merge(codes, on=ENTITY_ID, how="left", validate="one_to_one")
+    table = pq.read_table(data.path, columns=[ENTITY_KEY, SPLIT, LABEL, *data.features])
+    base = table.select([ENTITY_KEY, SPLIT, LABEL]).to_pandas()
+    base[ENTITY_KEY] = base[ENTITY_KEY].astype(str)
+    codes = features[[ENTITY_KEY, *latent]].drop_duplicates(ENTITY_KEY, keep="last")
+    codes[ENTITY_KEY] = codes[ENTITY_KEY].astype(str)
+    joined = base.merge(codes, on=ENTITY_KEY, how="left", validate="one_to_one")
     have = joined[latent].notna().all(axis=1).to_numpy() & joined[LABEL].notna().to_numpy()
     if not have.any():
         raise ConfigError(

@@ -1,18 +1,18 @@
 """Materialize: every normalized row through the new model into its slice of the feature table.
 
-The stage builds a :class:`~tasks.partitions.ScoringJob` (references only); the partitioned
+The stage builds a :class:`~tasks.write_features.ScoringJob` (references only); the partitioned
 write (``flows/partitions.py``) encodes row-group ranges in parallel tasks and replaces the
 version's slice in one atomic commit.
 """
 
 from __future__ import annotations
 
-from aepipe.settings import Stores
+from stores import Stores
 from tasks.config import PipelineConfig
-from tasks.ingest import NormalizedData
-from tasks.partitions import Committed, ModelRef, ScoringJob, new_job, write_in_process
+from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
 from tasks.train import TrainedModel
+from tasks.write_features import Committed, ModelRef, ScoringJob, new_job, write_in_process
 
 Materialized = Committed  # what the report reads: table, rows, anomalies, version, snapshot
 

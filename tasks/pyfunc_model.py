@@ -5,6 +5,10 @@ the entity id, the latent code ``z_*``, ``recon_error`` (the model's anomaly sco
 ``anomaly_score`` (calibrated to [0, 1]), ``is_anomaly`` and ``recon_mse`` (the plain
 reconstruction MSE, which compares models whatever their score kind). The model folder
 (state-dict weights, JSON config, JSON normalizer spec) travels as the artifact ``model_dir``.
+
+This file is logged on its own, with ``ae_models`` as the model's only code: it imports
+nothing else of aepipe, so a served model carries the network and its preprocessing and
+nothing of the pipeline.
 """
 
 from __future__ import annotations
@@ -26,37 +30,26 @@ class AutoencoderPyfunc(PythonModel):
     def load_folder(self, folder: str | Path) -> AutoencoderPyfunc:
         """Load weights, config and normalizer spec from a model folder (no pickle)."""
         from ae_models import load_model
-        from tasks.normalize import Normalizer
+        from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
+        from ae_models.scoring import Scorer
 
         self.model, self.meta = load_model(folder)
-        self.normalizer = Normalizer.load(Path(folder) / "normalizer.json")
+        self.normalizer = Normalizer.load(Path(folder) / NORMALIZER_FILE)
+        self.scorer = Scorer.from_meta(self.meta)
         return self
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        from ae_models.runtime import SCORING_PRECISION
-        from ae_models.scoring import Scorer, score_rows
+        from ae_models.outputs import ENTITY_ID, KNOWN_INPUTS, score_outputs
 
         frame = pd.DataFrame(model_input)
-        known = ("entity_id", "event_timestamp", "label")
-        x = self.normalizer.transform(frame, known)
-        scorer = Scorer.from_meta(self.meta)
-        codes, scores, _, mse = score_rows(
-            self.model, x, scorer, precision=SCORING_PRECISION, mse=True
-        )
+        x = self.normalizer.transform(frame, KNOWN_INPUTS)
+        scored = score_outputs(self.model, x, self.scorer, mse=True)
         ids = (
-            frame["entity_id"].astype(str).to_numpy()
-            if "entity_id" in frame.columns
+            frame[ENTITY_ID].astype(str).to_numpy()
+            if ENTITY_ID in frame.columns
             else frame.index.astype(str).to_numpy()
         )
-        out = pd.DataFrame({"entity_id": ids})
-        for j in range(codes.shape[1]):
-            out[f"z_{j}"] = codes[:, j]
-        out["recon_error"] = scores
-        out["recon_mse"] = mse  # comparable across models, whatever their score kind
-        if scorer.calibration.quantiles:
-            out["anomaly_score"] = scorer.calibration.calibrate(scores)
-        out["is_anomaly"] = scores > scorer.threshold
-        return out
+        return pd.DataFrame({ENTITY_ID: ids, **scored.columns()})
 
 
 mlflow.models.set_model(AutoencoderPyfunc())

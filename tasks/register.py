@@ -9,7 +9,6 @@ version: when, which metric, both values, and why.
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,27 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
-from aepipe.settings import Stores
+from ae_models.outputs import RECON_ERROR, RECON_MSE
+from feature_store.schema import EVENT_TIMESTAMP, LABEL, SPLIT
+from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.ingest import EVENT_TIMESTAMP, LABEL, SPLIT, IngestResult, NormalizedData
-from tasks.tracking import configure_mlflow, registry_lock
+from tasks.ingest import IngestResult
+from tasks.normalize import NormalizedData
+from tasks.registry import (
+    CHALLENGER,
+    CHAMPION,
+    EVAL_METRIC,
+    load_champion_model,
+    make_champion,
+    record_decision,
+    register_challenger,
+    registry_lock,
+    version_by_alias,
+)
+from tasks.tracking import configure_mlflow
 from tasks.train import TrainedModel
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 LOWER_IS_BETTER = ("mse", "bce", "loss", "error")
-EVAL_METRIC = "eval_mse"  # mean reconstruction MSE on the fixed evaluation split, scored live
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "mlflow"]
 
@@ -86,46 +97,7 @@ def mean_score(predict: Any, rows: pd.DataFrame) -> float:
     ``recon_mse``, comparable whatever score kind each model flags anomalies with (models
     logged before it existed give their ``recon_error``, which was the MSE)."""
     out = predict(rows)
-    return float(np.mean(out["recon_mse"] if "recon_mse" in out else out["recon_error"]))
-
-
-def record_decision(
-    client: Any,
-    name: str,
-    version: int,
-    *,
-    decision: str,
-    metric: str,
-    challenger_value: float | None,
-    champion_value: float | None,
-    champion_version: str | None,
-    reason: str,
-) -> None:
-    """Write a promotion decision onto the version as ``promotion.*`` tags."""
-
-    def fmt(v: float | None) -> str:
-        return "" if v is None else f"{v:.6g}"
-
-    tags = {
-        "promotion.decision": decision,
-        "promotion.metric": metric,
-        "promotion.challenger_value": fmt(challenger_value),
-        "promotion.champion_value": fmt(champion_value),
-        "promotion.champion_version": champion_version or "",
-        "promotion.reason": reason,
-        "promotion.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
-
-
-def _champion(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    return float(np.mean(out[RECON_MSE] if RECON_MSE in out else out[RECON_ERROR]))
 
 
 def register_model(
@@ -178,7 +150,8 @@ def register_model(
             name="model",
             python_model=str(PYFUNC_FILE),
             artifacts={"model_dir": trained.model_dir},
-            code_paths=[str(Path(ae_models.__file__).parent), str(Path(__file__).parent)],
+            # the served model's only code: the network and its preprocessing
+            code_paths=[str(Path(ae_models.__file__).parent)],
             signature=signature,
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
@@ -186,16 +159,14 @@ def register_model(
     # registering, comparing with the champion and promoting is a read-then-write: runs
     # sharing this home take turns, so two at once cannot both replace the champion
     with registry_lock(stores, cfg.model_name):
-        version = int(mlflow.register_model(info.model_uri, cfg.model_name).version)
-        client.set_registered_model_alias(cfg.model_name, CHALLENGER, str(version))
-
-        current = _champion(client, cfg.model_name)
+        version = register_challenger(client, info.model_uri, cfg.model_name)
+        current = version_by_alias(client, cfg.model_name, CHAMPION)
         champion_value: float | None = None
         reason_prefix = ""
         if current is not None:
             if metric == EVAL_METRIC:
                 try:
-                    champ = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@{CHAMPION}")
+                    champ = load_champion_model(cfg.model_name)
                     champion_value = mean_score(champ.predict, rows)
                 except Exception as err:  # the champion cannot score today's data
                     reason_prefix = f"champion cannot score the evaluation split ({err}); "
@@ -208,8 +179,7 @@ def register_model(
         if reason_prefix:
             promoted, reason = True, reason_prefix + "challenger takes over"
         if promoted:
-            client.set_registered_model_alias(cfg.model_name, CHAMPION, str(version))
-            client.delete_registered_model_alias(cfg.model_name, CHALLENGER)
+            make_champion(client, cfg.model_name, version)
         record_decision(
             client,
             cfg.model_name,
@@ -229,117 +199,3 @@ def register_model(
 
 # No automatic retry: a retry after a partial failure could register a second version.
 register = task(name="register")(register_model)
-
-
-# -- the registry as users see it (`aepipe models ...`) ----------------------------------
-
-
-def registry_client(stores: Stores) -> Any:
-    """An MLflow client on an existing store; a ConfigError (nothing created) when absent."""
-    db = stores.tracking_uri.removeprefix("sqlite:///")
-    if stores.tracking_uri.startswith("sqlite:///") and not Path(db).exists():
-        raise ConfigError(f"no MLflow store at {db}; run `aepipe run` first or set AEPIPE_HOME")
-    return configure_mlflow(stores)
-
-
-def _get_model(client: Any, name: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException:
-        names = [m.name for m in client.search_registered_models()]
-        raise ConfigError(f"unknown registered model {name!r}; available: {names}") from None
-
-
-def _get_version(client: Any, name: str, version: str | int) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    _get_model(client, name)
-    try:
-        return client.get_model_version(name, str(version))
-    except MlflowException:
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-        raise ConfigError(
-            f"model {name!r} has no version {version!r}; versions: {versions}"
-        ) from None
-
-
-def list_registered(stores: Stores) -> pd.DataFrame:
-    """One row per registered model: versions, champion, challenger."""
-    client = registry_client(stores)
-    rows = []
-    for m in client.search_registered_models():
-        aliases = m.aliases or {}
-        versions = client.search_model_versions(f"name='{m.name}'")
-        rows.append(
-            {
-                "model": m.name,
-                "versions": len(versions),
-                "champion": str(aliases.get(CHAMPION, "")),
-                "challenger": str(aliases.get(CHALLENGER, "")),
-            }
-        )
-    return pd.DataFrame(rows, columns=["model", "versions", "champion", "challenger"])
-
-
-COMPARE_METRICS = (
-    EVAL_METRIC,
-    "test_mse",
-    "test_bce",
-    "codes_logreg_accuracy",
-    "codes_5nn_accuracy",
-    "test_auroc",
-    "best_epoch",
-    "train_seconds",
-)
-
-
-def compare_versions(name: str, stores: Stores) -> pd.DataFrame:
-    """A table of a model's versions with their metrics, aliases and promotion decisions."""
-    client = registry_client(stores)
-    model = _get_model(client, name)
-    by_version: dict[str, list[str]] = {}
-    for alias, v in (model.aliases or {}).items():
-        by_version.setdefault(str(v), []).append(alias)
-    rows = []
-    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
-        metrics = client.get_run(mv.run_id).data.metrics
-        row: dict[str, Any] = {
-            "version": int(mv.version),
-            "aliases": ",".join(sorted(by_version.get(str(mv.version), []))),
-        }
-        row.update({k: metrics.get(k) for k in COMPARE_METRICS if k in metrics})
-        row["decision"] = mv.tags.get("promotion.decision", "")
-        row["reason"] = mv.tags.get("promotion.reason", "")
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    metrics = [m for m in COMPARE_METRICS if m in frame.columns]
-    return frame[["version", "aliases", *metrics, "decision", "reason"]]
-
-
-def promote_manually(name: str, version: str | int, stores: Stores, note: str = "") -> str:
-    """Give ``version`` the ``champion`` alias by hand, recorded like an automatic decision."""
-    client = registry_client(stores)
-    mv = _get_version(client, name, version)
-    current = _champion(client, name)
-    if current is not None and str(current.version) == str(mv.version):
-        return f"{name} version {mv.version} is already the champion"
-    client.set_registered_model_alias(name, CHAMPION, str(mv.version))
-    aliases = client.get_registered_model(name).aliases or {}
-    if str(aliases.get(CHALLENGER, "")) == str(mv.version):
-        client.delete_registered_model_alias(name, CHALLENGER)
-    previous = str(current.version) if current is not None else None
-    reason = "manual promotion" + (f": {note}" if note else "")
-    record_decision(
-        client,
-        name,
-        int(mv.version),
-        decision="promoted (manual)",
-        metric="",
-        challenger_value=None,
-        champion_value=None,
-        champion_version=previous,
-        reason=reason,
-    )
-    return f"{name} version {mv.version} is now the champion (was {previous or 'none'})"

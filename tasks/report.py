@@ -9,9 +9,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
-from aepipe.settings import Stores, console_script, python_command
-from tasks.ingest import IngestResult, NormalizedData
+from stores import Stores, console_script, python_command
+from tasks.ingest import IngestResult
 from tasks.materialize import Materialized
+from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
 from tasks.train import TrainedModel
 

@@ -9,23 +9,21 @@ applies exactly the transform the model was trained with.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
 
-from aepipe.settings import Stores
-from feature_store import load_table
+from ae_models.preprocessing import NORMALIZER_FILE
+from feature_store import FeatureStoreError, load_table
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP
-from feature_store.store import FeatureStoreError
-from tasks.config import ConfigError, PipelineConfig, io_task
+from stores import Stores
+from tasks import registry
+from tasks.config import PipelineConfig, io_task
 from tasks.ingest import IngestResult
-from tasks.partitions import (
+from tasks.write_features import (
     Committed,
     ModelRef,
     ScoringJob,
@@ -33,9 +31,6 @@ from tasks.partitions import (
     save_seen_ids,
     write_in_process,
 )
-
-CHAMPION = "champion"
-
 
 Champion = ModelRef  # the registered version that scores new data, and its model folder
 
@@ -67,45 +62,13 @@ class Scored:
         )
 
 
-def champion_version(cfg: PipelineConfig, stores: Stores) -> Any:
-    """The MLflow model version holding ``champion`` for the data set's registered model;
-    a ConfigError (nothing created) when there is no store, model or champion."""
-    from mlflow.exceptions import MlflowException
-
-    from tasks.register import registry_client
-
-    client = registry_client(stores)
-    try:
-        return client.get_model_version_by_alias(cfg.model_name, CHAMPION)
-    except MlflowException:
-        raise ConfigError(
-            f"registered model {cfg.model_name!r} has no champion to score with; "
-            "run `aepipe run` first"
-        ) from None
-
-
 def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
     """Find the champion of the data set's registered model and fetch its model folder
     (weights, config, normalizer spec) from MLflow into ``<home>/models/<name>/<version>``."""
-    import mlflow
-
-    mv = champion_version(cfg, stores)
-    name = cfg.model_name
-    folder = stores.home / "models" / name / str(mv.version)
-    if not (folder / "model.json").exists():
-        staging = folder.with_name(f".{mv.version}.{os.getpid()}.download")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging)
-        )
-        found = next(staging.rglob("model.json"), None)
-        if found is None:
-            raise ConfigError(f"model {name!r} v{mv.version} has no aepipe model folder")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(found.parent, folder)
-        shutil.rmtree(staging, ignore_errors=True)
-    return Champion(name, int(mv.version), mv.run_id, str(folder))
+    mv = registry.champion_version(cfg.model_name, stores)
+    folder = stores.home / "models" / cfg.model_name / str(mv.version)
+    registry.download_version(cfg.model_name, mv.version, folder)
+    return Champion(cfg.model_name, int(mv.version), mv.run_id, str(folder))
 
 
 def _scored_state(table: str, version: int, stores: Stores, by_time: bool) -> pa.Array | None:
@@ -146,7 +109,7 @@ def scoring_job(
         source=ingested.path,
         mode="append",
         device=cfg.train.device,
-        normalizer=str(Path(champion.model_dir) / "normalizer.json"),
+        normalizer=str(Path(champion.model_dir) / NORMALIZER_FILE),
         seen=seen,
         after=after,
         properties={"source_fingerprint": ingested.fingerprint},

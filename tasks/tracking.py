@@ -1,18 +1,16 @@
-"""MLflow plumbing shared by the train and register stages: stores, experiments, live metrics."""
+"""MLflow tracking shared by the stages: the stores, experiments, runs' live metrics, the
+code version. The model registry (versions, aliases, promotion) is :mod:`tasks.registry`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aepipe.settings import Stores, redact_uri
+from stores import Stores, redact_uri
 from tasks.config import ConfigError
 
 # A remote tracking server that is down should fail a run in about a minute, not after
@@ -110,24 +108,3 @@ class MlflowLogger:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(logs[k]), now, int(epoch)) for k in self.KEYS if k in logs]
         self.client.log_batch(self.run_id, metrics=metrics)
-
-
-@contextmanager
-def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
-    """Runs (processes or threads) sharing this home take turns inside: registering a version
-    and promoting it is a read-then-write that two runs at once would interleave. A lock file
-    under ``<home>/locks`` (POSIX ``flock``; where there is none, no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: runs on one home rarely overlap there
-        yield
-        return
-    folder = stores.home / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"registry-{re.sub(r'[^A-Za-z0-9_.-]', '_', model_name)}.lock"
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

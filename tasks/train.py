@@ -20,14 +20,21 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 import ae_models
+from ae_models.fitting import fit_autoencoder
+from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
-from ae_models.scoring import fit_scorer, score_rows
-from aepipe.settings import Stores
-from tasks import plots
+from ae_models.scoring import resolve_score, score_rows
+from feature_store.schema import LABEL, SPLIT
+from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.evaluate import anomaly_metrics, code_metrics, is_anomaly_label, is_classification_label
-from tasks.ingest import LABEL, SPLIT, NormalizedData
-from tasks.normalize import Normalizer
+from tasks.evaluation import plots
+from tasks.evaluation.metrics import (
+    anomaly_metrics,
+    code_metrics,
+    is_anomaly_label,
+    is_classification_label,
+)
+from tasks.normalize import NormalizedData
 from tasks.tracking import MlflowLogger, configure_mlflow, ensure_experiment, git_commit
 
 log = logging.getLogger(__name__)
@@ -219,36 +226,43 @@ def train_autoencoder(
         train_cfg = dataclasses.replace(
             train_cfg, checkpoint_dir=str(stores.under_models(train_cfg.checkpoint_dir))
         )
+    try:  # a score kind the model cannot give (elbo without a VAE): before any work
+        resolve_score(cfg.score, model.config.output, model.model_name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     client, run_id = start_run(cfg, stores, request_id)
+    # tiny data sets may have no test (or even validation) rows: measure on what there is
+    eval_split = next(s for s in ("test", "val", "train") if len(parts[s]))
     try:
-        result = ae_models.train(
+        fit = fit_autoencoder(
             model,
             parts["train"],
             parts["val"],
             train_cfg,
+            score=cfg.score,
+            contamination=cfg.contamination,
             callbacks=[_Progress(cfg.train.epochs), MlflowLogger(client, run_id)],
+            # scored the way the feature table will be (SCORING_PRECISION): the threshold fits
+            score_precision=SCORING_PRECISION,
         )
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
+    result, scorer = fit.result, fit.scorer
     client.set_tag(run_id, "aepipe.device", result.device)
     client.set_tag(run_id, "aepipe.precision", result.precision)
-    # tiny data sets may have no test (or even validation) rows: measure on what there is
-    eval_split = next(s for s in ("test", "val", "train") if len(parts[s]))
-    # measured the way the feature table will score (SCORING_PRECISION), so the threshold fits
-    z_test, test_mse, test_bce = ae_models.encode_and_score(
-        model, parts[eval_split], precision=SCORING_PRECISION
-    )
-    fit_rows = np.vstack([parts["train"], parts["val"]])
-    try:
-        scorer, fitted = fit_scorer(
-            model, fit_rows, cfg.score, cfg.contamination, precision=SCORING_PRECISION
-        )
-    except ValueError as err:  # a score kind the model cannot give (elbo without a VAE)
-        client.set_terminated(run_id, status="FAILED")
-        raise ConfigError(str(err)) from None
-    z_fit = fitted.codes
-    test_scores = score_rows(model, parts[eval_split], scorer, precision=SCORING_PRECISION).scores
+    z_fit = fit.fitted.codes
+    evaluated = score_rows(
+        model,
+        parts[eval_split],
+        scorer,
+        device=train_cfg.device,
+        precision=SCORING_PRECISION,
+        mse=True,
+        bce=True,
+    )  # one pass: codes, scores and both plain errors of the evaluation split
+    z_test, test_scores = evaluated.codes, evaluated.scores
+    test_mse, test_bce = evaluated.mse, evaluated.bce
     threshold = scorer.threshold
     last = result.history[-1]
     metrics = {
@@ -282,7 +296,7 @@ def train_autoencoder(
             "train": cfg.train.to_dict(),
         },
     )
-    (folder / "normalizer.json").write_bytes(Path(data.spec_path).read_bytes())
+    (folder / NORMALIZER_FILE).write_bytes(Path(data.spec_path).read_bytes())
     plots_dir = folder.with_name(f"{folder.name}-plots")
     draw_pictures(
         plots_dir,

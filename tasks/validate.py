@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import ae_models
-from aepipe.settings import Stores
+from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.ingest import inspect_source
+from tasks.io.sources import inspect_source
 from tasks.tracking import check_tracking
 
 

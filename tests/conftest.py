@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest
 
-from aepipe.settings import Stores, stores
+from stores import Stores, resolve_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -42,7 +42,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tmp_stores(home: Path) -> Stores:
     """Stores rooted at the per-test home."""
-    return stores(home)
+    return resolve_stores(home)
 
 
 @pytest.fixture(scope="session")

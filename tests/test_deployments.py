@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -49,8 +50,16 @@ def call(api: str, method: str, path: str, body: dict | None = None) -> dict | l
         headers={"Content-Type": "application/json"},
         method=method,
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            # the server answers 503 while its SQLite database is busy: a client retries
+            if err.code != 503 or attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def two_training_runs_take_turns(api: str) -> None:
@@ -161,10 +170,10 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
 
     import mlflow
 
-    from aepipe.settings import stores
     from feature_store import read_features
+    from stores import resolve_stores
 
-    st = stores(home)
+    st = resolve_stores(home)
     frame = read_features("digits", home=home)
     assert len(frame) == 1797 and set(frame["model_version"]) == {1}
     client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)

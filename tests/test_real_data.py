@@ -13,8 +13,9 @@ from sklearn.preprocessing import StandardScaler
 
 import ae_models
 from tasks.config import build_config
-from tasks.ingest import ingest_source, normalize_dataset
-from tasks.readers import load_mnist
+from tasks.ingest import ingest_source
+from tasks.io.arrays import load_mnist
+from tasks.normalize import normalize_dataset
 from tasks.train import load_split_matrices
 
 VARIANTS = ["deep", "denoising", "sparse", "contractive", "vae", "conv"]
@@ -62,7 +63,7 @@ def test_every_variant_trains_on_mnist(mnist, name) -> None:
 @pytest.fixture(scope="module")
 def adult_matrix(request, tmp_path_factory) -> np.ndarray:
     shared = request.getfixturevalue("shared_datasets")
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
     cfg = build_config(
         {
@@ -71,7 +72,7 @@ def adult_matrix(request, tmp_path_factory) -> np.ndarray:
             "model": {"code_size": 8},
         }
     )
-    st = stores(tmp_path_factory.mktemp("adult"))
+    st = resolve_stores(tmp_path_factory.mktemp("adult"))
     data = normalize_dataset(ingest_source(cfg, st), cfg)
     assert data.rows == 32561 and "Salary" not in data.features
     return load_split_matrices(data)["train"]

@@ -11,8 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feature_store import feature_schema, read_features, store, write_features
-from feature_store.store import FeatureStoreError, list_tables, load_table, table_history
+from feature_store import (
+    FeatureStoreError,
+    feature_schema,
+    list_tables,
+    load_table,
+    read_features,
+    table_history,
+    write_features,
+)
+from feature_store import write as store
 
 
 def make_batch(
@@ -220,19 +228,23 @@ def test_columns_and_filters(tmp_stores) -> None:
 
 
 def _append_worker(home: str, worker: int, rounds: int) -> None:
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
     for r in range(rounds):
         write(
-            stores(home), make_batch(100, 2, 1, start=(worker * rounds + r) * 100), 2, 1, "append"
+            resolve_stores(home),
+            make_batch(100, 2, 1, start=(worker * rounds + r) * 100),
+            2,
+            1,
+            "append",
         )
 
 
 def _replace_worker(home: str, version: int) -> None:
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
     for _ in range(3):
-        write(stores(home), make_batch(100, 2, version), 2, version)
+        write(resolve_stores(home), make_batch(100, 2, version), 2, version)
 
 
 def _run_all(targets: list[tuple]) -> None:
@@ -290,7 +302,7 @@ def test_duckdb_and_polars_read_a_versions_files_directly(tmp_stores) -> None:
 
 
 def test_a_table_from_an_older_aepipe_is_widened_with_the_new_columns(tmp_stores) -> None:
-    from feature_store.store import get_catalog, table_identifier
+    from feature_store.catalog import get_catalog, table_identifier
 
     write(tmp_stores, make_batch(4, 2, 1), 2, 1)
     tbl = get_catalog(tmp_stores).load_table(table_identifier("t"))
@@ -304,3 +316,39 @@ def test_a_table_from_an_older_aepipe_is_widened_with_the_new_columns(tmp_stores
     old, new = both[both["model_version"] == 1], both[both["model_version"] == 2]
     assert old["anomaly_score"].isna().all() and old["top_columns"].isna().all()
     assert new["anomaly_score"].notna().all() and list(new["top_columns"].iloc[0]) == ["a", "b"]
+
+
+def test_aliases_are_recorded_with_the_commit_and_resolved_by_reads(tmp_stores) -> None:
+    """A table records its model's aliases at each commit: "champion" follows the rows that
+    landed, with no registry in sight; a resolver, when given, is asked instead."""
+    from feature_store import commit_features, record_aliases, stage_features
+
+    write(tmp_stores, make_batch(3, 2, 1), 2, 1)
+    with pytest.raises(FeatureStoreError, match="records no version with alias 'champion'"):
+        read_features("t", home=tmp_stores)
+    staged = stage_features(
+        "t", make_batch(4, 2, 2), code_size=2, model_name="m", model_version=2, stores=tmp_stores
+    )
+    commit_features(
+        [staged],
+        model_name="m",
+        model_version=2,
+        stores=tmp_stores,
+        aliases={"champion": 2, "challenger": 1},
+    )
+    assert set(read_features("t", home=tmp_stores)["model_version"]) == {2}
+    assert set(read_features("t", "challenger", home=tmp_stores)["model_version"]) == {1}
+    asked = []
+
+    def resolve(model_name: str, alias: str) -> int:
+        asked.append((model_name, alias))
+        return 1
+
+    assert set(read_features("t", home=tmp_stores, resolve=resolve)["model_version"]) == {1}
+    assert asked == [("m", "champion")]
+    # an alias moved without a write (a manual promotion); a stale alias is dropped
+    assert record_aliases("m", {"champion": 1}, tmp_stores) == ["t"]
+    assert set(read_features("t", home=tmp_stores)["model_version"]) == {1}
+    with pytest.raises(FeatureStoreError, match="alias 'challenger'"):
+        read_features("t", "challenger", home=tmp_stores)
+    assert record_aliases("other-model", {"champion": 9}, tmp_stores) == []

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from aepipe.settings import stores
 from feature_store import read_features
 from flows.reduce_features import reduce_features
+from stores import resolve_stores
 from tasks.config import ConfigError, build_config
-from tasks.register import compare_versions, list_registered, promote_manually
+from tasks.registry import compare_versions, list_registered, promote_manually
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +92,7 @@ def test_downstream_classifier_reads_the_feature_table(two_runs) -> None:
     assert report.accuracy["normalized features"] > 0.9
     assert report.accuracy["latent codes"] > 0.5  # chance is 0.1; 25 epochs is a short run
     assert report.accuracy["PCA (8 components)"] > 0.75
-    st = stores(home)
+    st = resolve_stores(home)
     run = mlflow.MlflowClient(st.tracking_uri).get_run(report.run_id)
     assert run.data.metrics["accuracy_latent"] == pytest.approx(report.accuracy["latent codes"])
     assert run.data.tags["aepipe.kind"] == "downstream"
@@ -102,7 +103,7 @@ def test_better_challenger_is_promoted_and_recorded(two_runs) -> None:
     import mlflow
 
     home, first, second = two_runs
-    st = stores(home)
+    st = resolve_stores(home)
     assert first.aliases == ["champion"] and second.aliases == ["champion"]
     assert set(read_features("digits", home=home)["model_version"]) == {2}
     client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
@@ -134,14 +135,26 @@ def test_better_challenger_is_promoted_and_recorded(two_runs) -> None:
     }
 
 
+BLOCK_PIPELINE = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name.split('.')[0] in ('tasks', 'flows', 'feature_store', 'stores', 'aepipe'):\n"
+    "            raise ImportError('the served model imported ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
 def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path) -> None:
+    """The served model carries the network and its preprocessing (ae_models) and nothing of
+    the pipeline: it loads and predicts in a process where importing the pipeline fails."""
     home, _, _ = two_runs
-    st = stores(home)
+    st = resolve_stores(home)
     raw_path = next((st.data_dir / "digits").glob("*/raw.parquet"))
     rows = tmp_path / "rows.parquet"
     table = pq.read_table(raw_path).slice(0, 50).drop_columns(["event_timestamp", "label"])
     pq.write_table(table, rows)
-    script = (
+    script = BLOCK_PIPELINE + (
         "import json, sys, mlflow, pandas as pd;"
         f"mlflow.set_tracking_uri({st.tracking_uri!r});"
         "m = mlflow.pyfunc.load_model('models:/aepipe-digits@champion');"
@@ -157,13 +170,20 @@ def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path
     feats = read_features("digits", 2, home=home).set_index("entity_id").loc[got["ids"]]
     assert np.allclose(got["z0"], feats["z_0"].to_numpy(), atol=1e-5)
     assert np.allclose(got["err"], feats["recon_error"].to_numpy(), atol=1e-6)
+    import mlflow
+
+    mlflow.set_tracking_uri(st.tracking_uri)
+    code = mlflow.artifacts.download_artifacts(
+        "models:/aepipe-digits@champion", dst_path=str(tmp_path)
+    )
+    assert sorted(p.name for p in (Path(code) / "code").iterdir()) == ["ae_models"]
 
 
 def test_models_list_compare_and_manual_promotion(two_runs, capsys) -> None:
     from aepipe.cli import main
 
     home, _, _ = two_runs
-    st = stores(home)
+    st = resolve_stores(home)
     listed = list_registered(st)
     assert listed.to_dict("records") == [
         {"model": "aepipe-digits", "versions": 2, "champion": "2", "challenger": ""}
@@ -224,7 +244,7 @@ def test_image_partitions_decode_in_forked_processes_under_prefect(
     run completes with every image accounted for."""
     from PIL import Image
 
-    from tasks import readers
+    from tasks.io import arrays as readers
 
     pools = []
 
@@ -270,7 +290,7 @@ def test_unknown_promotion_metric_registers_nothing(prefect_server, home) -> Non
     )
     with pytest.raises(ConfigError, match="promotion_metric 'nonsense' is not measured"):
         reduce_features(cfg)
-    st = stores(home)
+    st = resolve_stores(home)
     client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
     assert client.search_registered_models() == []
 

@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aepipe.settings import stores
 from feature_store import load_table, read_features
 from flows.partitions import write_partitions
 from flows.reduce_features import reduce_features
+from stores import resolve_stores
 from tasks.config import build_config
 from tasks.ingest import plan_ingest
-from tasks.partitions import ScoringJob
+from tasks.write_features import ScoringJob
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def config(home, runner: str, source: dict | None = None):
 @pytest.fixture
 def small_row_groups(monkeypatch):
     """Normalized Parquet in row groups of 400 rows, so the digits split into 5 partitions."""
-    monkeypatch.setattr("tasks.ingest.NORMALIZE_BATCH", 400)
+    monkeypatch.setattr("tasks.normalize.NORMALIZE_BATCH", 400)
 
 
 def digits_folder(folder) -> dict:
@@ -59,7 +59,9 @@ def test_dask_runner_writes_the_same_table_as_threads(
     prefect_server, small_row_groups, tmp_path
 ) -> None:
     source = digits_folder(tmp_path / "source")
-    assert len(plan_ingest(config(tmp_path, "threads", source), stores(tmp_path)).parts) == 5
+    assert (
+        len(plan_ingest(config(tmp_path, "threads", source), resolve_stores(tmp_path)).parts) == 5
+    )
     threads = reduce_features(config(tmp_path / "threads", "threads", source))
     dask = reduce_features(config(tmp_path / "dask", "dask", source))
     assert threads.rows_written == dask.rows_written == 1797
@@ -74,7 +76,7 @@ def test_dask_runner_writes_the_same_table_as_threads(
     cols = [c for c in a.columns if c.startswith("z_")] + ["recon_error"]
     np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), rtol=1e-5, atol=1e-6)
     assert (a["is_anomaly"].to_numpy() == b["is_anomaly"].to_numpy()).all()
-    snap = load_table("digits", stores(tmp_path / "dask")).current_snapshot()
+    snap = load_table("digits", resolve_stores(tmp_path / "dask")).current_snapshot()
     assert snap.summary["aepipe.partitions"] == "5"  # five tasks, one commit
 
 
@@ -83,7 +85,7 @@ def test_a_failed_partition_commits_nothing_and_leaves_no_files(
 ) -> None:
     home = tmp_path / "home"
     reduce_features(config(home, "threads"))
-    st = stores(home)
+    st = resolve_stores(home)
     table = load_table("digits", st)
     before = table.current_snapshot().snapshot_id
     files = set((home / "warehouse").rglob("*.parquet"))

@@ -88,9 +88,9 @@ def progress_shown() -> float:
 
 
 def snapshot(home) -> int:
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
-    return load_table("sales", stores(home)).current_snapshot().snapshot_id
+    return load_table("sales", resolve_stores(home)).current_snapshot().snapshot_id
 
 
 def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, tmp_path) -> None:
@@ -172,7 +172,7 @@ def test_scoring_needs_a_champion_and_fails_without_retrying(
 ) -> None:
     import mlflow
 
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
     path = tmp_path / "orders.csv"
     sales(20, 0, 5).to_csv(path, index=False)
@@ -180,7 +180,7 @@ def test_scoring_needs_a_champion_and_fails_without_retrying(
     with pytest.raises(ConfigError, match="no MLflow store at"):
         score_features(config(home, path))
     assert time.monotonic() - started < 5  # a ConfigError is not retried (1 s + 5 s delays)
-    st = stores(home)
+    st = resolve_stores(home)
     mlflow.MlflowClient(st.tracking_uri, st.tracking_uri).create_registered_model("aepipe-sales")
     with pytest.raises(ConfigError, match="'aepipe-sales' has no champion to score with"):
         score_features(config(home, path))

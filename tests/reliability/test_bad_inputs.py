@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source, normalize_dataset
+from tasks.ingest import ingest_source
+from tasks.normalize import normalize_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -7,10 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from aepipe.settings import stores
-from feature_store import read_features
-from feature_store.store import load_table
+from feature_store import load_table, read_features
 from flows.reduce_features import reduce_features
+from stores import resolve_stores
 from tasks.config import build_config
 
 pytestmark = pytest.mark.slow
@@ -34,7 +33,7 @@ def test_two_runs_on_the_same_data_set_at_once(prefect_server, home) -> None:
     versions = sorted(s.model_version for s in summaries)
     assert versions == [1, 2] and all(s.rows_written == 1797 for s in summaries)
 
-    st = stores(home)
+    st = resolve_stores(home)
     client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
     registered = client.search_model_versions("name='aepipe-digits'")
     assert sorted(int(v.version) for v in registered) == [1, 2]

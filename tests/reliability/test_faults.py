@@ -94,8 +94,8 @@ WRITE_CHILD = """
 import sys, time
 sys.path.insert(0, "tests/feature_store")
 from test_store import make_batch, write
-from aepipe.settings import stores
-from feature_store import store
+from stores import resolve_stores
+from feature_store import write as store
 
 store.ROW_GROUP_BYTES, store.FILE_BYTES = 1000, 200_000  # data files appear as rows stream
 home, mode = sys.argv[1], sys.argv[2]
@@ -108,22 +108,21 @@ def batches(slow):
             time.sleep(0.5)
 
 
-write(stores(home), batches(mode == "slow"), 3, 2)
+write(resolve_stores(home), batches(mode == "slow"), 3, 2)
 """
 
 
 def test_kill_9_during_materialization_keeps_the_previous_snapshot(tmp_path) -> None:
     """SIGKILL while a version streams into the feature table: readers still see the last
     committed snapshot, complete; the re-run lands all rows once."""
-    from feature_store import read_features
-    from feature_store.store import load_table
+    from feature_store import load_table, read_features
 
     sys.path.insert(0, str(ROOT / "tests" / "feature_store"))
     from test_store import make_batch, write
 
-    from aepipe.settings import stores
+    from stores import resolve_stores
 
-    st = stores(tmp_path / "home")
+    st = resolve_stores(tmp_path / "home")
     write(st, make_batch(5, 3, 1), 3, 1)
     before = load_table("t", st).current_snapshot().snapshot_id
     warehouse = st.home / "warehouse"

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from aepipe.settings import stores
+from stores import resolve_stores
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source, normalize_dataset
+from tasks.ingest import ingest_source
+from tasks.normalize import normalize_dataset
 
 NUMBERS = st.one_of(
     st.integers(-(10**12), 10**12).map(str),
@@ -69,7 +70,7 @@ def test_any_csv_keeps_the_row_accounting(case) -> None:
             }
         )
         try:
-            ingested = ingest_source(cfg, stores(folder / "home"))
+            ingested = ingest_source(cfg, resolve_stores(folder / "home"))
             event("ingested" + (" with quarantine" if ingested.quarantined else ""))
             assert ingested.rows + ingested.quarantined == rows_in
             assert pq.read_metadata(ingested.path).num_rows == ingested.rows

@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import ConfigError, build_config
-from tasks.ingest import assign_splits, ingest_source, inspect_source, normalize_dataset
+from tasks.ingest import ingest_source
+from tasks.io.sources import inspect_source
+from tasks.normalize import assign_splits, normalize_dataset
 from tasks.validate import validate_config
 
 
@@ -136,7 +138,7 @@ def test_normalize_settings_are_checked_and_applied(tmp_path, tmp_stores) -> Non
     data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
     values = pq.read_table(data.path, columns=["a"]).column("a").to_numpy()
     assert values.min() < 0 < values.max()  # standardized, not squeezed into [0, 1]
-    from tasks.normalize import Normalizer
+    from ae_models.preprocessing import Normalizer
     from tasks.train import build_model
 
     assert not Normalizer.load(data.spec_path).unit_range

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tasks.normalize import Normalizer
-from tasks.partitions import model_input
+from ae_models.preprocessing import Normalizer, model_input
 
 
 def test_pixel_fast_path_matches_the_normalizer() -> None:

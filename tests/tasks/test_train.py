@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tasks.config import build_config
-from tasks.ingest import ingest_source, normalize_dataset
+from tasks.ingest import ingest_source
+from tasks.normalize import normalize_dataset
 from tasks.train import train_autoencoder
 
 

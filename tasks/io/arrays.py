@@ -1,4 +1,5 @@
-"""Readers for array sources: IDX (as MNIST ships, gzip or raw) and NPZ."""
+"""Readers for array sources: image folders (PNG, JPEG, ...), IDX (as MNIST ships, gzip or
+raw) and NPZ."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ae_models.preprocessing import PIXEL_SCALE
 
 # IDX type codes -> NumPy big-endian dtypes
 _IDX_TYPES = {
@@ -75,7 +78,7 @@ def load_mnist(folder: str | Path, split: str = "train") -> tuple[np.ndarray, np
     root = Path(folder)
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
-    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    x = images.reshape(len(images), -1).astype(np.float32) / PIXEL_SCALE
     return x, labels.astype(np.int64)
 
 
@@ -315,7 +318,7 @@ def decode_image_blocks(
             names = [r for r, k in zip(names, keep, strict=True) if k]
         labels = np.array([r.split("/", 1)[0] for r in names]) if labelled else None
         return ArrayData(
-            rows, names, labels, quarantine, layout.shape, 255.0, pixel_columns(layout.shape)
+            rows, names, labels, quarantine, layout.shape, PIXEL_SCALE, pixel_columns(layout.shape)
         )
 
     # imported before any worker forks, so each inherits the modules instead of loading them
@@ -390,7 +393,7 @@ def idx_layout(
     """Image shape, pixel scale and column names for an IDX array of ``shape``."""
     if len(shape) >= 3:
         image = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)
-        return image, 255.0, pixel_columns(image)
+        return image, PIXEL_SCALE, pixel_columns(image)
     return None, None, [f"x_{i}" for i in range(shape[1] if len(shape) == 2 else 1)]
 
 

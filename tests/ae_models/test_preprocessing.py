@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.normalize import OTHER, ExtraColumnsWarning, Normalizer, SchemaError
+from ae_models.preprocessing import OTHER, ExtraColumnsWarning, Normalizer, SchemaError
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source, normalize_dataset
-from tasks.readers import SourceReadError, read_idx, read_npz
+from tasks.ingest import ingest_source
+from tasks.io.arrays import SourceReadError, read_idx, read_npz
+from tasks.normalize import normalize_dataset
 
 
 def cfg(path: Path | str, **source):
@@ -46,8 +47,8 @@ def test_image_folder_labels_ids_and_scaling(tmp_path, tmp_stores) -> None:
 
 def decode_all(folder, rel, layout, workers):
     """Every block of a decode, joined, and the digest of the blocks."""
-    from tasks import readers
-    from tasks.ingest import ArrayDigest
+    from tasks.io import arrays as readers
+    from tasks.io.sources import ArrayDigest
 
     blocks = list(readers.decode_image_blocks(str(folder), rel, layout, True, workers=workers))
     digest = ArrayDigest()
@@ -63,7 +64,7 @@ def test_decoding_in_processes_matches_decoding_in_thread(tmp_path, monkeypatch)
     """Big partitions decode in forked processes, in blocks: rows, ids and quarantine reasons
     must come back in source order, whichever block a bad image falls in, and the digest of
     the rows must not depend on where the blocks split them."""
-    from tasks import readers
+    from tasks.io import arrays as readers
 
     write_images(tmp_path / "imgs", 23)
     (tmp_path / "imgs" / "b" / "7x.png").write_bytes(b"\x89PNG truncated")
@@ -195,7 +196,7 @@ PNG_KINDS = {
 def test_fast_png_decoding_gives_what_pil_gives(tmp_path, monkeypatch, mode) -> None:
     """libspng decodes the plain 8-bit PNGs, PIL the rest; every kind of PNG (and an
     interlaced one) comes out as PIL's own decoding and conversion gives it."""
-    from tasks import readers
+    from tasks.io import arrays as readers
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
@@ -244,7 +245,7 @@ def test_pixels_normalized_by_the_ingest_equal_the_two_pass_normalize(tmp_path, 
 def test_a_png_cut_after_its_header_is_quarantined_and_leaves_no_pixels(tmp_path) -> None:
     """A PNG whose header passes the fast path's check but whose data is cut: libspng fails
     part-way, PIL says why, and no half-decoded pixels reach the next row."""
-    from tasks import readers
+    from tasks.io import arrays as readers
 
     write_images(tmp_path / "imgs", 4)
     whole = (tmp_path / "imgs" / "a" / "0.png").read_bytes()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.evaluate import anomaly_metrics, code_metrics, is_anomaly_label, is_classification_label
+from tasks.evaluation.metrics import (
+    anomaly_metrics,
+    code_metrics,
+    is_anomaly_label,
+    is_classification_label,
+)
 
 
 def test_label_kinds() -> None:

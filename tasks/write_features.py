@@ -1,4 +1,4 @@
-"""Partitioned scoring: row-group ranges of a Parquet file mapped over by Prefect tasks.
+"""Write features: row-group ranges of a Parquet file scored in Prefect tasks, one commit.
 
 A :class:`ScoringJob` holds references only (paths, names, numbers). Each partition task
 reads its row groups, encodes them and stages data files of the feature table (invisible to
@@ -19,13 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from prefect import task
 
 import ae_models
-from ae_models.runtime import SCORING_PRECISION
-from ae_models.scoring import Scorer, score_rows
-from aepipe.settings import Stores
+from ae_models.outputs import score_outputs
+from ae_models.preprocessing import Normalizer, model_input
+from ae_models.scoring import Scorer
 from feature_store import (
     StagedFeatures,
     commit_features,
@@ -34,9 +33,17 @@ from feature_store import (
     prepare_table,
     stage_features,
 )
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP, feature_schema
+from feature_store.schema import (
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    IS_ANOMALY,
+    TIMESTAMP,
+    feature_batch,
+    feature_schema,
+)
+from stores import Stores
+from tasks import registry
 from tasks.config import PipelineConfig, io_task
-from tasks.normalize import Normalizer
 
 SCORE_BATCH = 16_384
 
@@ -67,6 +74,8 @@ class ScoringJob:
     explain_top_k: int = 0  # source columns named in top_columns (0: none)
     explain_spec: str | None = None  # normalizer spec mapping model inputs to source columns
     properties: dict[str, str] = field(default_factory=dict)
+    # the registered model's aliases, recorded on the table with the commit (None: unchanged)
+    aliases: dict[str, int] | None = None
     scored_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
@@ -100,6 +109,7 @@ def new_job(
         top_k = 0 if pixels or spec is None else 3
     job = ScoringJob(
         table=cfg.dataset,
+        aliases=registry.current_aliases(model.model_name, stores),
         source=source,
         model_dir=model.model_dir,
         model_name=model.model_name,
@@ -152,22 +162,6 @@ def plan_partitions(job: ScoringJob) -> list[list[int]]:
     return parts
 
 
-def model_input(batch: pa.RecordBatch, normalizer: Normalizer) -> np.ndarray | torch.Tensor:
-    """The normalized model input of a raw batch. Pixel data (every column a fixed scaling of
-    integers without nulls) takes a fast path: the columns are stacked as they are and torch
-    transposes and scales them in one pass, several times faster than going through pandas."""
-    specs = normalizer.columns
-    if specs and all(c.kind == "scaled" for c in specs):
-        cols = [batch.column(c.source) for c in specs]
-        if all(pa.types.is_integer(c.type) and c.null_count == 0 for c in cols):
-            stacked = torch.from_numpy(np.stack([c.to_numpy() for c in cols]))
-            low = torch.tensor([c.low for c in specs], dtype=torch.float32)
-            span = torch.tensor([c.high - c.low for c in specs], dtype=torch.float32)
-            inv = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
-            return stacked.T.contiguous().float().sub_(low).mul_(inv).clamp_(0.0, 1.0)
-    return normalizer.transform_arrow(batch)
-
-
 def top_columns(errors: np.ndarray, groups: np.ndarray, names: list[str], k: int) -> pa.Array:
     """Per row, the ``k`` source columns with the largest error contributions, largest first:
     per-input error terms summed over each source column's inputs (``groups``: inputs x
@@ -182,44 +176,10 @@ def top_columns(errors: np.ndarray, groups: np.ndarray, names: list[str], k: int
     return pa.ListArray.from_arrays(offsets, values)
 
 
-def feature_batch(
-    schema: pa.Schema,
-    ids: pa.Array,
-    timestamps: pa.Array,
-    codes: np.ndarray,
-    errors: np.ndarray,
-    threshold: float,
-    model_name: str,
-    version: int,
-    run_id: str,
-    scored_at: datetime,
-    calibrated: np.ndarray | None = None,
-    top: pa.Array | None = None,
-) -> pa.RecordBatch:
-    """One feature-table batch from ids, event times, latent codes and anomaly scores (with
-    their calibrated [0, 1] form and top contributing columns when given)."""
-    n = len(errors)
-    stamp = pa.scalar(scored_at, TIMESTAMP)
-    arrays = [ids.cast(pa.string()), timestamps]
-    arrays += [pa.array(codes[:, j], pa.float32()) for j in range(codes.shape[1])]
-    arrays += [
-        pa.array(errors, pa.float32()),
-        pa.array(calibrated, pa.float32()) if calibrated is not None else pa.nulls(n, pa.float32()),
-        pa.array(errors > threshold, pa.bool_()),
-        top if top is not None else pa.nulls(n, pa.list_(pa.string())),
-        pa.array([model_name] * n, pa.string()),
-        pa.array(np.full(n, version, np.int64)),
-        pa.array([run_id] * n, pa.string()),
-        pa.array(np.full(n, stamp.value, np.int64)).cast(TIMESTAMP),
-    ]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     """Encode and score one partition's rows and stage them as feature-table data files."""
     model, meta = ae_models.load_model(job.model_dir)
     scorer = Scorer.from_meta(meta)
-    threshold = scorer.threshold
     normalizer = Normalizer.load(job.normalizer) if job.normalizer else None
     inputs = normalizer.source_columns if normalizer else job.features
     groups = names = None
@@ -258,42 +218,31 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
             if batch.num_rows == 0:
                 continue
             if normalizer is not None:
-                x = model_input(batch, normalizer)
+                x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP))
             else:
                 x = np.column_stack(
                     [batch.column(c).to_numpy().astype(np.float32, copy=False) for c in inputs]
                 )
-            codes, errors, per_input, _ = score_rows(
-                model,
-                x,
-                scorer,
-                device=job.device,
-                precision=SCORING_PRECISION,
-                per_column=groups is not None,
-            )
-            calibrated = (
-                scorer.calibration.calibrate(errors) if scorer.calibration.quantiles else None
+            scored = score_outputs(
+                model, x, scorer, device=job.device, per_column=groups is not None
             )
             top = (
-                top_columns(per_input, groups, names, job.explain_top_k)
+                top_columns(scored.per_column, groups, names, job.explain_top_k)
                 if groups is not None
                 else None
             )
             out = feature_batch(
                 schema,
                 batch.column(ENTITY_KEY),
-                batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP),
-                codes,
-                errors,
-                threshold,
-                job.model_name,
-                job.model_version,
-                job.run_id,
-                scored_at,
-                calibrated,
-                top,
+                batch.column(EVENT_TIMESTAMP),
+                scored.columns(),
+                model_name=job.model_name,
+                model_version=job.model_version,
+                run_id=job.run_id,
+                scored_at=scored_at,
+                top=top,
             )
-            anomalies += int(pc.sum(out.column("is_anomaly")).as_py() or 0)
+            anomalies += int(pc.sum(out.column(IS_ANOMALY)).as_py() or 0)
             yield out
 
     staged = stage_features(
@@ -316,6 +265,7 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
         stores=job.stores,
         mode=job.mode,
         properties={"run_id": job.run_id, "partitions": str(len(parts)), **job.properties},
+        aliases=job.aliases,
     )
     snapshot = load_table(job.table, job.stores).current_snapshot() if rows else None
     return Committed(

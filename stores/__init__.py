@@ -25,7 +25,7 @@ NAMESPACE = "aepipe"
 
 
 class Stores(BaseModel):
-    """Locations of every store aepipe reads or writes; build with :func:`stores`.
+    """Locations of every store aepipe reads or writes; build with :func:`resolve_stores`.
 
     Serialized (say, as a Prefect flow parameter, which the Prefect database keeps), the
     URIs lose their user and password: credentials stay in the process environment.
@@ -138,7 +138,7 @@ def console_script(name: str) -> str:
     return f"{_bin_dir()}{name}"
 
 
-def stores(home: str | os.PathLike[str] | None = None) -> Stores:
+def resolve_stores(home: str | os.PathLike[str] | None = None) -> Stores:
     """Resolve the stores for ``home`` (default: ``$AEPIPE_HOME`` or ``./.aepipe``)."""
     root = Path(home if home is not None else os.environ.get(ENV_HOME, DEFAULT_HOME))
     root = root.expanduser().resolve()

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.parquet_out import ParquetSink, write_options, write_table
+from tasks.io.parquet import ParquetSink, write_options, write_table
 
 
 def table(n: int, start: int = 0) -> pa.Table:

@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import tabular
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source, normalize_dataset
+from tasks.ingest import ingest_source
+from tasks.io import tables as tabular
+from tasks.normalize import normalize_dataset
 from tasks.validate import validate_config
 
 

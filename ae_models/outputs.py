@@ -1,0 +1,91 @@
+"""What a model gives for each row it scores, by name: the one builder of feature rows.
+
+The feature-table writer (``tasks/write_features.py``) and the served MLflow model
+(``tasks/pyfunc_model.py``) both turn a batch of normalized rows into these columns through
+:func:`score_outputs`, so a row scores, is calibrated and is flagged the same way wherever it
+is written or served. The names are the model's side of the feature table's schema
+(``feature_store/schema.py``, which must not import this package; a test checks that the two
+agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from ae_models.runtime import SCORING_PRECISION
+from ae_models.scoring import Scorer, score_rows
+
+ENTITY_ID = "entity_id"  # the id column a served model passes through when it is given one
+# columns a served model accepts beside the features without a warning (ids, times, labels)
+KNOWN_INPUTS = (ENTITY_ID, "event_timestamp", "label")
+LATENT_PREFIX = "z_"
+RECON_ERROR = "recon_error"  # the anomaly score of the model's kind: higher is more unusual
+ANOMALY_SCORE = "anomaly_score"  # recon_error calibrated to [0, 1] by the training scores
+IS_ANOMALY = "is_anomaly"  # recon_error above the model's threshold
+RECON_MSE = "recon_mse"  # the plain reconstruction MSE: comparable across models (serving)
+
+
+def latent_columns(code_size: int) -> list[str]:
+    """Names of the latent code columns: ``z_0`` … ``z_{code_size-1}``."""
+    return [f"{LATENT_PREFIX}{i}" for i in range(code_size)]
+
+
+@dataclass(frozen=True)
+class RowOutputs:
+    """A scored batch (NumPy): codes, scores, their calibrated form (None for models saved
+    before calibration existed), the flags, and on request the per-column error terms and the
+    plain MSE."""
+
+    codes: np.ndarray
+    scores: np.ndarray
+    calibrated: np.ndarray | None
+    flagged: np.ndarray
+    per_column: np.ndarray | None = None
+    mse: np.ndarray | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The named output columns, in table order: ``z_*``, ``recon_error``,
+        ``anomaly_score`` (when calibrated), ``is_anomaly``, then ``recon_mse`` when asked."""
+        out = {name: self.codes[:, j] for j, name in enumerate(latent_columns(self.codes.shape[1]))}
+        out[RECON_ERROR] = self.scores
+        if self.calibrated is not None:
+            out[ANOMALY_SCORE] = self.calibrated
+        out[IS_ANOMALY] = self.flagged
+        if self.mse is not None:
+            out[RECON_MSE] = self.mse
+        return out
+
+
+def score_outputs(
+    model: Any,
+    x: np.ndarray | Tensor,
+    scorer: Scorer,
+    *,
+    device: str = "auto",
+    per_column: bool = False,
+    mse: bool = False,
+) -> RowOutputs:
+    """Score normalized rows ``x`` with ``model`` and its ``scorer`` in one forward pass, at
+    :data:`~ae_models.runtime.SCORING_PRECISION`: codes, scores, calibrated scores, flags."""
+    rows = score_rows(
+        model,
+        x,
+        scorer,
+        device=device,
+        precision=SCORING_PRECISION,
+        per_column=per_column,
+        mse=mse,
+    )
+    calibrated = scorer.calibration.calibrate(rows.scores) if scorer.calibration.quantiles else None
+    return RowOutputs(
+        rows.codes,
+        rows.scores,
+        calibrated,
+        rows.scores > scorer.threshold,
+        rows.per_column,
+        rows.mse,
+    )

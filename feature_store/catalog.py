@@ -1,0 +1,151 @@
+"""The Iceberg catalog behind the feature tables: finding, creating and widening tables.
+
+Tables live in a pyiceberg SQL catalog (SQLite by default, Postgres in production) with Parquet
+data files in a warehouse folder (local by default, S3/GCS in production), under the namespace
+``aepipe``. Each table is partitioned by model name and version, so one version is read or
+replaced alone. A table records the registered model that writes it and, at each commit, the
+aliases that model's versions held (``aepipe.alias.<alias>``): what readers resolve
+``"champion"`` to without asking the registry.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from feature_store.schema import LATENT_PREFIX, PARTITION_COLUMNS, code_size_of, feature_schema
+from stores import NAMESPACE, Stores, resolve_stores
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+MODEL_NAME_PROPERTY = "aepipe.model_name"
+ALIAS_PROPERTY = "aepipe.alias."  # + alias name: the version that held it at the last commit
+COMMIT_RETRIES_PROPERTY = "commit.retry.num-retries"
+COMMIT_RETRIES = "10"  # pyiceberg retries a commit that lost a race with another writer
+
+
+class FeatureStoreError(LookupError):
+    """A feature table, version or store that does not exist; the message says which."""
+
+
+def table_identifier(table: str) -> str:
+    """Fully qualified ``namespace.table`` name for a bare feature table name."""
+    return table if "." in table else f"{NAMESPACE}.{table}"
+
+
+def get_catalog(stores: Stores, create: bool = False) -> Catalog:
+    """The pyiceberg SQL catalog of ``stores``; with ``create=False`` a missing local one is an
+    error rather than silently created."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if stores.catalog_uri.startswith("sqlite:///"):
+        db = Path(stores.catalog_uri.removeprefix("sqlite:///"))
+        if not db.exists():
+            if not create:
+                raise FeatureStoreError(
+                    f"no feature store at {stores.home} (catalog {db} does not exist); "
+                    "run `aepipe run` first or set AEPIPE_HOME"
+                )
+            db.parent.mkdir(parents=True, exist_ok=True)
+    if stores.warehouse.startswith("file://") and create:
+        Path(stores.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    return _racing(lambda: SqlCatalog("aepipe", uri=stores.catalog_uri, warehouse=stores.warehouse))
+
+
+def _racing(step: Any, attempts: int = 6) -> Any:
+    """Run an idempotent set-up step (create the catalog's tables, a namespace, a table and
+    its partitioning), again when another process or run doing the same lost or won a race
+    with this one (a table that "already exists", a unique key taken, a commit that lost):
+    two first runs on a fresh home both get there."""
+    import random
+    import time
+
+    from pyiceberg.exceptions import CommitFailedException
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return step()
+        except (OperationalError, IntegrityError, CommitFailedException):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def as_stores(home: str | os.PathLike[str] | Stores | None) -> Stores:
+    """``home`` as resolved stores: a Stores as it is, else the stores under that folder."""
+    return home if isinstance(home, Stores) else resolve_stores(home)
+
+
+def load_table(table: str, home: str | os.PathLike[str] | Stores | None = None) -> Table:
+    """The Iceberg table behind a feature table name (raises FeatureStoreError if absent)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    catalog = get_catalog(as_stores(home))
+    try:
+        return catalog.load_table(table_identifier(table))
+    except NoSuchTableError:
+        names = list_tables(home)
+        raise FeatureStoreError(f"no feature table {table!r}; tables: {names}") from None
+
+
+def list_tables(home: str | os.PathLike[str] | Stores | None = None) -> list[str]:
+    """Names of the feature tables in the store."""
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    catalog = get_catalog(as_stores(home))
+    try:
+        return sorted(ident[-1] for ident in catalog.list_tables(NAMESPACE))
+    except NoSuchNamespaceError:
+        return []
+
+
+def ensure_table(catalog: Catalog, table: str, code_size: int, model_name: str) -> Table:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    catalog.create_namespace_if_not_exists(NAMESPACE)
+    ident = table_identifier(table)
+    try:
+        tbl = catalog.load_table(ident)
+    except NoSuchTableError:
+        schema = _table_schema(code_size)
+        tbl = catalog.create_table_if_not_exists(
+            ident,
+            schema=schema,
+            properties={MODEL_NAME_PROPERTY: model_name, COMMIT_RETRIES_PROPERTY: COMMIT_RETRIES},
+        )
+        if tbl.spec().is_unpartitioned():
+            with tbl.update_spec() as spec:
+                for col in PARTITION_COLUMNS:
+                    spec.add_identity(col)
+        return tbl
+    current = tbl.schema().as_arrow()
+    wanted = _table_schema(code_size)
+    if code_size_of(current) < code_size or set(wanted.names) - set(current.names):
+        # a longer code, or columns added in a later aepipe: widen (old rows read as null)
+        with tbl.update_schema() as update:
+            update.union_by_name(_table_schema(code_size))
+    return tbl
+
+
+def _table_schema(code_size: int) -> pa.Schema:
+    """Table schema: latent columns optional so versions with other code sizes can share it."""
+    base = feature_schema(code_size)
+    return pa.schema(
+        [f.with_nullable(True) if f.name.startswith(LATENT_PREFIX) else f for f in base]
+    )
+
+
+def recorded_aliases(tbl: Table) -> dict[str, int]:
+    """The aliases a table recorded at its last commit (or alias update), with their versions."""
+    return {
+        key.removeprefix(ALIAS_PROPERTY): int(value)
+        for key, value in tbl.properties.items()
+        if key.startswith(ALIAS_PROPERTY)
+    }

@@ -1,0 +1,214 @@
+"""Reading feature tables: one model version's rows (now or as of a time or snapshot), its
+data files for other engines, and the table's commit history.
+
+A version is a number, or an alias such as ``"champion"``: resolved by the ``resolve``
+callable when one is given (``tasks.registry.alias_resolver`` asks the MLflow registry), else
+from the aliases the table recorded at its last commit. This package never talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from feature_store.catalog import (
+    MODEL_NAME_PROPERTY,
+    FeatureStoreError,
+    as_stores,
+    load_table,
+    recorded_aliases,
+)
+from feature_store.schema import LATENT_PREFIX, MODEL_VERSION
+from stores import Stores
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyiceberg.expressions import BooleanExpression
+    from pyiceberg.table import Table
+
+Resolver = Callable[[str, str], int]  # (registered model name, alias) -> version number
+
+
+AsOf = datetime | str | int
+
+
+def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> int:
+    """Snapshot id current at ``as_of``: a time (aware, or naive meaning UTC; ISO text works)
+    or a snapshot id."""
+    if isinstance(as_of, int) and not isinstance(as_of, bool):
+        if tbl.snapshot_by_id(as_of) is None:
+            raise FeatureStoreError(f"table {table!r} has no snapshot {as_of}")
+        return as_of
+    when = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    snap = tbl.snapshot_as_of_timestamp(int(when.timestamp() * 1000))
+    if snap is None:
+        history = tbl.history()
+        first = (
+            datetime.fromtimestamp(history[0].timestamp_ms / 1000, UTC).isoformat()
+            if history
+            else "none yet"
+        )
+        raise FeatureStoreError(
+            f"table {table!r} did not exist yet at {when.isoformat()} (first commit: {first})"
+        )
+    return snap.snapshot_id
+
+
+def table_history(table: str, home: str | os.PathLike[str] | Stores | None = None) -> pd.DataFrame:
+    """One row per commit of a feature table: time, snapshot id, operation, model version and
+    rows written; the times and ids are what ``as_of`` takes."""
+    import pandas as pd
+
+    tbl = load_table(table, as_stores(home))
+    rows = []
+    for entry in tbl.history():
+        snap = tbl.snapshot_by_id(entry.snapshot_id)
+        summary = snap.summary if snap is not None else None
+        extra = summary.additional_properties if summary is not None else {}
+        rows.append(
+            {
+                "committed_at": datetime.fromtimestamp(entry.timestamp_ms / 1000, UTC),
+                "snapshot_id": entry.snapshot_id,
+                "operation": str(summary.operation.value) if summary is not None else None,
+                "model_version": extra.get("aepipe.model_version"),
+                "mode": extra.get("aepipe.mode"),
+                "rows": extra.get("aepipe.rows"),
+                "total_rows": extra.get("total-records"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def read_features_arrow(
+    table: str,
+    model_version: str | int | None = "champion",
+    *,
+    as_of: AsOf | None = None,
+    columns: list[str] | None = None,
+    filter: str | BooleanExpression | None = None,
+    home: str | os.PathLike[str] | Stores | None = None,
+    resolve: Resolver | None = None,
+) -> pa.Table:
+    """Arrow table of a feature table's rows for one model version.
+
+    ``model_version`` is a version number, an alias such as ``"champion"`` (resolved by
+    ``resolve``, or as the table recorded it at its last commit), or ``None`` for every
+    version. ``as_of`` reads the table as it was at that
+    time or snapshot id (Iceberg time travel). ``columns`` selects columns; ``filter`` is a
+    pyiceberg row filter, as text (``"recon_error > 0.1"``) or an expression. Latent columns
+    that the chosen version does not have are dropped.
+    """
+    from pyiceberg.expressions import AlwaysTrue, And, EqualTo
+
+    st = as_stores(home)
+    tbl = load_table(table, st)
+    row_filter: Any = AlwaysTrue()
+    if model_version is not None:
+        row_filter = EqualTo(MODEL_VERSION, version_number(tbl, table, model_version, resolve))
+    if filter is not None:
+        row_filter = And(row_filter, _parse_filter(filter))
+    snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
+    known = tbl.schema().as_arrow().names
+    unknown = [c for c in columns or [] if c not in known]
+    if unknown:
+        raise FeatureStoreError(f"table {table!r} has no column(s) {unknown}; columns: {known}")
+    selected = tuple(columns) if columns else ("*",)
+    result = tbl.scan(
+        row_filter=row_filter, selected_fields=selected, snapshot_id=snapshot_id
+    ).to_arrow()
+    if model_version is not None and result.num_rows == 0 and filter is None:
+        when = f" as of {as_of}" if as_of is not None else ""
+        raise FeatureStoreError(
+            f"table {table!r} has no rows for model version {model_version!r}{when}"
+        )
+    if model_version is not None and not columns:
+        empty = [
+            n
+            for n in result.schema.names
+            if n.startswith(LATENT_PREFIX) and result.column(n).null_count == result.num_rows
+        ]
+        result = result.drop_columns(empty)
+    return result
+
+
+def data_files(
+    table: str,
+    model_version: str | int | None = "champion",
+    *,
+    as_of: AsOf | None = None,
+    home: str | os.PathLike[str] | Stores | None = None,
+    resolve: Resolver | None = None,
+) -> list[str]:
+    """Paths of the Parquet files that hold a version's rows in the current (or ``as_of``)
+    snapshot: what DuckDB, polars or Spark read directly. Take the list from here rather than
+    globbing the warehouse, which also keeps files of replaced versions for time travel."""
+    from pyiceberg.expressions import AlwaysTrue, EqualTo
+
+    st = as_stores(home)
+    tbl = load_table(table, st)
+    row_filter: Any = AlwaysTrue()
+    if model_version is not None:
+        row_filter = EqualTo(MODEL_VERSION, version_number(tbl, table, model_version, resolve))
+    snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
+    tasks = tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files()
+    return [t.file.file_path.removeprefix("file://") for t in tasks]
+
+
+def version_number(
+    tbl: Table, table: str, model_version: str | int, resolve: Resolver | None
+) -> int:
+    """A version number from a number, or from an alias of the table's registered model:
+    through ``resolve`` when given, else from the aliases the table recorded."""
+    if isinstance(model_version, int) or model_version.isdigit():
+        return int(model_version)
+    model_name = tbl.properties.get(MODEL_NAME_PROPERTY)
+    if not model_name:
+        raise FeatureStoreError(f"table {table!r} does not record its registered model")
+    if resolve is not None:
+        return resolve(model_name, model_version)
+    recorded = recorded_aliases(tbl)
+    if model_version not in recorded:
+        raise FeatureStoreError(
+            f"table {table!r} records no version with alias {model_version!r} (recorded: "
+            f"{recorded or 'none'}); pass a version number, or resolve= to ask the registry"
+        )
+    return recorded[model_version]
+
+
+def _parse_filter(expr: str | BooleanExpression) -> BooleanExpression:
+    if not isinstance(expr, str):
+        return expr
+    from pyiceberg.expressions.parser import parse
+
+    try:
+        return parse(expr)
+    except Exception as err:  # pyparsing raises its own error types
+        raise FeatureStoreError(f"cannot parse filter {expr!r}: {err}") from None
+
+
+def read_features(
+    table: str,
+    model_version: str | int | None = "champion",
+    *,
+    as_of: AsOf | None = None,
+    columns: list[str] | None = None,
+    filter: str | BooleanExpression | None = None,
+    home: str | os.PathLike[str] | Stores | None = None,
+    resolve: Resolver | None = None,
+) -> pd.DataFrame:
+    """pandas DataFrame of :func:`read_features_arrow`; the usual entry point for readers."""
+    return read_features_arrow(
+        table,
+        model_version,
+        as_of=as_of,
+        columns=columns,
+        filter=filter,
+        home=home,
+        resolve=resolve,
+    ).to_pandas()

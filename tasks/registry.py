@@ -1,0 +1,287 @@
+"""The MLflow model registry, in one place: versions, aliases, promotion tags, the lock.
+
+Every call aepipe makes to the registry is here, so what "champion" means, how a decision is
+recorded and how runs take turns is read in one file. The stages (``register``, ``score``,
+``downstream``) and the CLI's ``aepipe models`` call these functions; the feature store never
+talks to the registry: it is handed version numbers, or :func:`alias_resolver`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from feature_store import FeatureStoreError, record_aliases
+from stores import Stores
+from tasks.config import ConfigError
+from tasks.tracking import configure_mlflow
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+EVAL_METRIC = "eval_mse"  # mean reconstruction MSE on the fixed evaluation split, scored live
+COMPARE_METRICS = (
+    EVAL_METRIC,
+    "test_mse",
+    "test_bce",
+    "codes_logreg_accuracy",
+    "codes_5nn_accuracy",
+    "test_auroc",
+    "best_epoch",
+    "train_seconds",
+)
+
+
+def registry_client(stores: Stores) -> Any:
+    """An MLflow client on an existing store; a ConfigError (nothing created) when absent."""
+    db = stores.tracking_uri.removeprefix("sqlite:///")
+    if stores.tracking_uri.startswith("sqlite:///") and not Path(db).exists():
+        raise ConfigError(f"no MLflow store at {db}; run `aepipe run` first or set AEPIPE_HOME")
+    return configure_mlflow(stores)
+
+
+@contextmanager
+def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
+    """Runs (processes or threads) sharing this home take turns inside: registering a version
+    and promoting it is a read-then-write that two runs at once would interleave. A lock file
+    under ``<home>/locks`` (POSIX ``flock``; where there is none, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs on one home rarely overlap there
+        yield
+        return
+    folder = stores.home / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"registry-{re.sub(r'[^A-Za-z0-9_.-]', '_', model_name)}.lock"
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def version_by_alias(client: Any, name: str, alias: str = CHAMPION) -> Any | None:
+    """The model version holding ``alias``, or None when no version does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def champion_version(model_name: str, stores: Stores) -> Any:
+    """The MLflow model version holding ``champion``; a ConfigError (nothing created) when
+    there is no store, model or champion."""
+    found = version_by_alias(registry_client(stores), model_name, CHAMPION)
+    if found is None:
+        raise ConfigError(
+            f"registered model {model_name!r} has no champion to score with; run `aepipe run` first"
+        )
+    return found
+
+
+def aliases_of(client: Any, name: str) -> dict[str, int]:
+    """Every alias of a registered model and the version it points to."""
+    model = client.get_registered_model(name)
+    return {alias: int(v) for alias, v in (model.aliases or {}).items()}
+
+
+def current_aliases(model_name: str, stores: Stores) -> dict[str, int]:
+    """The registered model's aliases now (none when it is not registered): what a feature
+    table records with each commit of its rows."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return aliases_of(registry_client(stores), model_name)
+    except (MlflowException, ConfigError):
+        return {}
+
+
+def alias_resolver(stores: Stores) -> Callable[[str, str], int]:
+    """A resolver for feature-table reads: ``(model_name, alias) -> version``, asked of the
+    registry at the time of the call."""
+
+    def resolve(model_name: str, alias: str) -> int:
+        found = version_by_alias(registry_client(stores), model_name, alias)
+        if found is None:
+            raise FeatureStoreError(
+                f"registered model {model_name!r} has no version with alias {alias!r}"
+            )
+        return int(found.version)
+
+    return resolve
+
+
+def register_challenger(client: Any, model_uri: str, name: str) -> int:
+    """Register the logged model as a new version of ``name`` holding ``challenger``."""
+    import mlflow
+
+    version = int(mlflow.register_model(model_uri, name).version)
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    return version
+
+
+def make_champion(client: Any, name: str, version: int | str) -> None:
+    """Give ``version`` the ``champion`` alias; it stops being the challenger."""
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    if str(aliases_of(client, name).get(CHALLENGER, "")) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def load_champion_model(name: str) -> Any:
+    """The champion as an MLflow pyfunc model (its own logged code and normalizer)."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+
+
+def record_decision(
+    client: Any,
+    name: str,
+    version: int,
+    *,
+    decision: str,
+    metric: str,
+    challenger_value: float | None,
+    champion_value: float | None,
+    champion_version: str | None,
+    reason: str,
+) -> None:
+    """Write a promotion decision onto the version as ``promotion.*`` tags."""
+
+    def fmt(v: float | None) -> str:
+        return "" if v is None else f"{v:.6g}"
+
+    tags = {
+        "promotion.decision": decision,
+        "promotion.metric": metric,
+        "promotion.challenger_value": fmt(challenger_value),
+        "promotion.champion_value": fmt(champion_value),
+        "promotion.champion_version": champion_version or "",
+        "promotion.reason": reason,
+        "promotion.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
+def download_version(name: str, version: int | str, folder: Path) -> Path:
+    """Fetch a registered version's aepipe model folder (weights, config, normalizer spec)
+    into ``folder`` (kept when already there), atomically."""
+    import mlflow
+
+    if (folder / "model.json").exists():
+        return folder
+    staging = folder.with_name(f".{version}.{os.getpid()}.download")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(staging)
+    )
+    found = next(staging.rglob("model.json"), None)
+    if found is None:
+        raise ConfigError(f"model {name!r} v{version} has no aepipe model folder")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(found.parent, folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+# -- the registry as users see it (`aepipe models ...`) ----------------------------------
+
+
+def _get_model(client: Any, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        names = [m.name for m in client.search_registered_models()]
+        raise ConfigError(f"unknown registered model {name!r}; available: {names}") from None
+
+
+def _get_version(client: Any, name: str, version: str | int) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    _get_model(client, name)
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise ConfigError(
+            f"model {name!r} has no version {version!r}; versions: {versions}"
+        ) from None
+
+
+def list_registered(stores: Stores) -> pd.DataFrame:
+    """One row per registered model: versions, champion, challenger."""
+    client = registry_client(stores)
+    rows = []
+    for m in client.search_registered_models():
+        aliases = m.aliases or {}
+        versions = client.search_model_versions(f"name='{m.name}'")
+        rows.append(
+            {
+                "model": m.name,
+                "versions": len(versions),
+                "champion": str(aliases.get(CHAMPION, "")),
+                "challenger": str(aliases.get(CHALLENGER, "")),
+            }
+        )
+    return pd.DataFrame(rows, columns=["model", "versions", "champion", "challenger"])
+
+
+def compare_versions(name: str, stores: Stores) -> pd.DataFrame:
+    """A table of a model's versions with their metrics, aliases and promotion decisions."""
+    client = registry_client(stores)
+    model = _get_model(client, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, v in (model.aliases or {}).items():
+        by_version.setdefault(str(v), []).append(alias)
+    rows = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        metrics = client.get_run(mv.run_id).data.metrics
+        row: dict[str, Any] = {
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(by_version.get(str(mv.version), []))),
+        }
+        row.update({k: metrics.get(k) for k in COMPARE_METRICS if k in metrics})
+        row["decision"] = mv.tags.get("promotion.decision", "")
+        row["reason"] = mv.tags.get("promotion.reason", "")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    metrics = [m for m in COMPARE_METRICS if m in frame.columns]
+    return frame[["version", "aliases", *metrics, "decision", "reason"]]
+
+
+def promote_manually(name: str, version: str | int, stores: Stores, note: str = "") -> str:
+    """Give ``version`` the ``champion`` alias by hand, recorded like an automatic decision."""
+    client = registry_client(stores)
+    mv = _get_version(client, name, version)
+    current = version_by_alias(client, name, CHAMPION)
+    if current is not None and str(current.version) == str(mv.version):
+        return f"{name} version {mv.version} is already the champion"
+    make_champion(client, name, mv.version)
+    record_aliases(name, aliases_of(client, name), stores)  # readers of its tables follow
+    previous = str(current.version) if current is not None else None
+    reason = "manual promotion" + (f": {note}" if note else "")
+    record_decision(
+        client,
+        name,
+        int(mv.version),
+        decision="promoted (manual)",
+        metric="",
+        challenger_value=None,
+        champion_value=None,
+        champion_version=previous,
+        reason=reason,
+    )
+    return f"{name} version {mv.version} is now the champion (was {previous or 'none'})"

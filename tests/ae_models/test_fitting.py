@@ -1,0 +1,47 @@
+"""The one fit path: both front doors train and score through it, in one scoring pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ae_models
+from ae_models.fitting import fit_autoencoder
+from ae_models.scoring import fit_scorer, score_rows
+
+
+def blobs(n: int = 400, width: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(3, width))
+    return (rng.normal(size=(n, 3)) @ basis + 0.05 * rng.normal(size=(n, width))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "scaled_mse", "mse"])
+def test_training_scores_from_the_fitting_pass_equal_scoring_again(kind: str) -> None:
+    """fit_scorer takes the residuals and codes of one forward pass for its statistics and
+    for the rows' scores: exactly what scoring the same rows again gives."""
+    x = blobs()
+    model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="linear")
+    ae_models.train(model, x, None, ae_models.TrainConfig(epochs=3, batch_size=64, seed=0))
+    scorer, fitted = fit_scorer(model, x, kind, 0.05, batch_size=100)
+    again = score_rows(model, x, scorer, batch_size=100)
+    assert np.array_equal(fitted.scores, again.scores)
+    assert np.array_equal(fitted.codes, again.codes)
+    assert scorer.threshold == pytest.approx(np.quantile(again.scores, 0.95), rel=1e-6)
+
+
+def test_estimator_and_fit_path_give_the_same_model() -> None:
+    """AutoencoderReducer.fit is create_model + fit_autoencoder: the same seed and rows give
+    the same weights, scorer and training scores through either door."""
+    x = blobs(300)
+    est = ae_models.AutoencoderReducer(code_size=3, epochs=4, validation_fraction=0.0).fit(x)
+    model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="linear")
+    cfg = ae_models.TrainConfig(
+        epochs=4, batch_size=16, lr=3e-3, patience=0, trim_fraction=0.1, seed=0
+    )
+    order = np.random.default_rng(0).permutation(len(x))  # the estimator's shuffle
+    fit = fit_autoencoder(model, x[order], None, cfg, contamination=0.01, score_on=x)
+    assert np.array_equal(fit.fitted.scores, est.decision_scores_)
+    assert fit.scorer == est.scorer_
+    losses = [[h["train_loss"] for h in run] for run in (fit.history, est.history_)]
+    assert losses[0] == losses[1]

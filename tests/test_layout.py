@@ -1,0 +1,136 @@
+"""The house rules that keep the code base readable: layering, one home per idea, module
+size, generated reference docs."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("aepipe", "stores", "flows", "tasks", "ae_models", "feature_store")
+# what each package must never import: the CLI -> flows -> tasks -> (ae_models, feature_store);
+# the store settings are the ground floor; ae_models is pure tensors (a served model carries it)
+FORBIDDEN = {
+    "stores": {"aepipe", "flows", "tasks", "ae_models", "feature_store", "prefect", "mlflow"},
+    "ae_models": {"aepipe", "stores", "flows", "tasks", "feature_store", "prefect", "mlflow"},
+    "feature_store": {"aepipe", "flows", "tasks", "ae_models", "prefect", "mlflow"},
+    "tasks": {"aepipe", "flows"},
+    "flows": {"aepipe"},
+}
+# tasks/pyfunc_model.py is the served model's own file: MLflow, pandas and ae_models only
+SERVED = {"tasks/pyfunc_model.py": {"aepipe", "stores", "flows", "tasks", "feature_store"}}
+MAX_LINES = 600
+
+
+def imported_roots(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports, at any depth of the file."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def modules() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_run_downward(package: str) -> None:
+    bad = {
+        str(p.relative_to(ROOT)): sorted(imported_roots(p) & FORBIDDEN[package])
+        for p in (ROOT / package).rglob("*.py")
+    }
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_served_model_file_imports_nothing_of_the_pipeline() -> None:
+    for rel, forbidden in SERVED.items():
+        assert imported_roots(ROOT / rel) & forbidden == set()
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_model_outputs_and_the_table_schema_name_the_same_columns() -> None:
+    """ae_models names what a model emits; feature_store declares the table. Neither may
+    import the other, so this test is what keeps the two declarations one."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ae_models import outputs
+    from feature_store import schema
+
+    assert outputs.LATENT_PREFIX == schema.LATENT_PREFIX
+    assert outputs.latent_columns(3) == schema.latent_columns(3)
+    assert (outputs.RECON_ERROR, outputs.ANOMALY_SCORE, outputs.IS_ANOMALY) == (
+        schema.MODEL_OUTPUT_COLUMNS
+    )
+    assert outputs.ENTITY_ID == schema.ENTITY_KEY
+    assert set(outputs.KNOWN_INPUTS) == {schema.ENTITY_KEY, schema.EVENT_TIMESTAMP, schema.LABEL}
+    # the one builder of a row's outputs fills every model column of the table
+    rows = outputs.RowOutputs(
+        np.zeros((2, 3), np.float32),
+        np.array([0.1, 0.9], np.float32),
+        np.array([0.2, 0.8], np.float32),
+        np.array([False, True]),
+    )
+    batch = schema.feature_batch(
+        schema.feature_schema(3),
+        pa.array(["a", "b"]),
+        pa.array([0, 0], pa.timestamp("us", tz="UTC")),
+        rows.columns(),
+        model_name="m",
+        model_version=1,
+        run_id="r",
+        scored_at=__import__("datetime").datetime(2026, 1, 1),
+    )
+    schema.validate_batch(batch, 3)
+    assert batch.column("is_anomaly").to_pylist() == [False, True]
+    assert batch.column("anomaly_score").to_pylist() == pytest.approx([0.2, 0.8])
+
+
+def test_configuration_reference_is_generated_from_the_config() -> None:
+    from tasks.config import reference_markdown
+
+    on_disk = (ROOT / "docs" / "configuration.md").read_text()
+    assert on_disk == reference_markdown(), (
+        "docs/configuration.md is stale: run `.venv/bin/python -m tasks.config > "
+        "docs/configuration.md`"
+    )
+
+
+def test_cli_flags_say_what_the_config_does() -> None:
+    """Every run flag names a config key, and its type, help and default are the key's."""
+    from aepipe.cli import RUN_FLAGS, _parser
+    from tasks.config import PipelineConfig, config_keys, describe
+
+    run = next(
+        a
+        for a in _parser()._subparsers._group_actions[0].choices.values()
+        if a.prog.endswith(" run")
+    )
+    actions = {a.option_strings[0]: a for a in run._actions if a.option_strings}
+    keys = {d.key for d in config_keys()}
+    defaults = PipelineConfig().model_dump()
+    for flag, key in RUN_FLAGS.items():
+        assert key in keys, f"{flag} sets {key!r}, which is not a config key"
+        doc = describe(key)
+        action = actions[flag]
+        assert action.help == doc.help() and action.type is doc.python_type
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        assert value == doc.default, f"{flag}: the config's default is {value!r}"
+    assert "(default 256)" in actions["--batch-size"].help
+    assert all(f in actions["--format"].help for f in ("csv", "parquet", "images", "idx", "npz"))
