@@ -9,6 +9,7 @@ version: when, which metric, both values, and why.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from tasks.registry import (
     CHALLENGER,
     CHAMPION,
     EVAL_METRIC,
-    load_champion_model,
+    load_version_model,
     make_champion,
     record_decision,
     register_challenger,
@@ -165,8 +166,8 @@ def register_model(
         reason_prefix = ""
         if current is not None:
             if metric == EVAL_METRIC:
+                champ = _load_champion_or_fail(client, cfg.model_name, current, version)
                 try:
-                    champ = load_champion_model(cfg.model_name)
                     champion_value = mean_score(champ.predict, rows)
                 except Exception as err:  # the champion cannot score today's data
                     reason_prefix = f"champion cannot score the evaluation split ({err}); "
@@ -195,6 +196,46 @@ def register_model(
     return RegisteredModel(
         run_id, experiment_id, cfg.model_name, version, aliases, promoted, reason
     )
+
+
+CHAMPION_LOAD_ATTEMPTS = 3  # a transient MLflow or artifact error: tried again, 1 s then 2 s
+
+
+def _load_champion_or_fail(client: Any, name: str, current: Any, challenger: int) -> Any:
+    """The champion's pyfunc model, loaded for the comparison; a transient error is tried
+    again, and a champion that still cannot be loaded fails the registration in one line,
+    the new version staying ``challenger`` (recorded on it): a model that was never compared
+    is not crowned."""
+    for attempt in range(CHAMPION_LOAD_ATTEMPTS):
+        try:
+            return load_version_model(name, current.version)
+        except Exception as err:  # MLflow raises several types for a store or file gone
+            if attempt < CHAMPION_LOAD_ATTEMPTS - 1:
+                time.sleep(1 + attempt)
+                continue
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = (
+                f"the champion (version {current.version}) could not be loaded to compare "
+                f"({CHAMPION_LOAD_ATTEMPTS} attempts): {first[:300]}; version {challenger} "
+                "stays challenger"
+            )
+            record_decision(
+                client,
+                name,
+                challenger,
+                decision="error",
+                metric=EVAL_METRIC,
+                challenger_value=None,
+                champion_value=None,
+                champion_version=str(current.version),
+                reason=reason,
+            )
+            raise ChampionUnavailable(f"{name}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+class ChampionUnavailable(RuntimeError):
+    """The champion could not be loaded for the comparison; the message is one line."""
 
 
 # No automatic retry: a retry after a partial failure could register a second version.

@@ -94,15 +94,16 @@ def aliases_of(client: Any, name: str) -> dict[str, int]:
     return {alias: int(v) for alias, v in (model.aliases or {}).items()}
 
 
-def current_aliases(model_name: str, stores: Stores) -> dict[str, int]:
-    """The registered model's aliases now (none when it is not registered): what a feature
-    table records with each commit of its rows."""
+def current_aliases(model_name: str, stores: Stores) -> dict[str, int] | None:
+    """The registered model's aliases now: what a feature table records with each commit of
+    its rows; None when the registry cannot say (no store, no such model), so the table's
+    record is left as it is."""
     from mlflow.exceptions import MlflowException
 
     try:
         return aliases_of(registry_client(stores), model_name)
     except (MlflowException, ConfigError):
-        return {}
+        return None
 
 
 def alias_resolver(stores: Stores) -> Callable[[str, str], int]:
@@ -136,11 +137,11 @@ def make_champion(client: Any, name: str, version: int | str) -> None:
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def load_champion_model(name: str) -> Any:
-    """The champion as an MLflow pyfunc model (its own logged code and normalizer)."""
+def load_version_model(name: str, version: int | str) -> Any:
+    """A registered version as an MLflow pyfunc model (its own logged code and normalizer)."""
     import mlflow
 
-    return mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
 
 def record_decision(
@@ -269,8 +270,9 @@ def promote_manually(name: str, version: str | int, stores: Stores, note: str = 
     current = version_by_alias(client, name, CHAMPION)
     if current is not None and str(current.version) == str(mv.version):
         return f"{name} version {mv.version} is already the champion"
-    make_champion(client, name, mv.version)
-    record_aliases(name, aliases_of(client, name), stores)  # readers of its tables follow
+    with registry_lock(stores, name):  # as a run's promotion and table commit do
+        make_champion(client, name, mv.version)
+        record_aliases(name, aliases_of(client, name), stores)  # readers of its tables follow
     previous = str(current.version) if current is not None else None
     reason = "manual promotion" + (f": {note}" if note else "")
     record_decision(

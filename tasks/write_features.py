@@ -74,8 +74,9 @@ class ScoringJob:
     explain_top_k: int = 0  # source columns named in top_columns (0: none)
     explain_spec: str | None = None  # normalizer spec mapping model inputs to source columns
     properties: dict[str, str] = field(default_factory=dict)
-    # the registered model's aliases, recorded on the table with the commit (None: unchanged)
-    aliases: dict[str, int] | None = None
+    # record the registered model's aliases on the table with the commit (read at commit
+    # time, under the registry lock, so a promotion is never overwritten by an older map)
+    record_aliases: bool = True
     scored_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
@@ -109,7 +110,6 @@ def new_job(
         top_k = 0 if pixels or spec is None else 3
     job = ScoringJob(
         table=cfg.dataset,
-        aliases=registry.current_aliases(model.model_name, stores),
         source=source,
         model_dir=model.model_dir,
         model_name=model.model_name,
@@ -257,16 +257,23 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
 
 
 def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
-    """Make every partition's staged files visible in one commit (replace or append)."""
-    rows = commit_features(
-        [p.staged for p in parts],
-        model_name=job.model_name,
-        model_version=job.model_version,
-        stores=job.stores,
-        mode=job.mode,
-        properties={"run_id": job.run_id, "partitions": str(len(parts)), **job.properties},
-        aliases=job.aliases,
-    )
+    """Make every partition's staged files visible in one commit (replace or append), with
+    the registered model's aliases as they are now: read and committed under the registry
+    lock, which promotions take too, so two runs committing in either order leave the
+    table naming the registry's champion."""
+    with registry.registry_lock(job.stores, job.model_name):
+        aliases = (
+            registry.current_aliases(job.model_name, job.stores) if job.record_aliases else None
+        )
+        rows = commit_features(
+            [p.staged for p in parts],
+            model_name=job.model_name,
+            model_version=job.model_version,
+            stores=job.stores,
+            mode=job.mode,
+            properties={"run_id": job.run_id, "partitions": str(len(parts)), **job.properties},
+            aliases=aliases,
+        )
     snapshot = load_table(job.table, job.stores).current_snapshot() if rows else None
     return Committed(
         job.table,

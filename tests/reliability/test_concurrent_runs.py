@@ -39,6 +39,20 @@ def test_two_runs_on_the_same_data_set_at_once(prefect_server, home) -> None:
     assert sorted(int(v.version) for v in registered) == [1, 2]
     champion = int(client.get_model_version_by_alias("aepipe-digits", "champion").version)
     assert champion in (1, 2)
+    # registering and promoting took turns: version 1 met no champion and took the alias;
+    # version 2 was compared against version 1 (without the lock both can find no champion
+    # and both be promoted over the same one)
+    tags = {int(v.version): v.tags for v in registered}
+    assert tags[1]["promotion.decision"] == "promoted"
+    assert tags[1]["promotion.champion_version"] == ""
+    assert tags[2]["promotion.champion_version"] == "1"
+    promoted_over = [
+        t["promotion.champion_version"]
+        for t in tags.values()
+        if t["promotion.decision"] == "promoted"
+    ]
+    assert len(promoted_over) == len(set(promoted_over))
+    assert champion == (2 if tags[2]["promotion.decision"] == "promoted" else 1)
     for run_id in (s.run_id for s in summaries):
         assert client.get_run(run_id).info.status == "FINISHED"
 

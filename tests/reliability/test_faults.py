@@ -143,18 +143,59 @@ def test_kill_9_during_materialization_keeps_the_previous_snapshot(tmp_path) -> 
     assert len(read_features("t", 1, home=st)) == 5
 
 
+class _Unavailable:
+    """A loopback HTTP server that answers every request 503 and counts them: a tracking
+    server that is down behind its load balancer."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                outer.requests += 1
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_unreachable_tracking_server_fails_fast_and_hides_the_password(tmp_path) -> None:
-    """A tracking URI nobody answers: bounded retries, then one line naming the server with
-    its credentials blanked; nothing trained, registered or written to the feature table."""
+    """A tracking server that answers nothing but 503: exactly 1 + 3 attempts (the 3
+    retries the message promises, counted at the server), then one line naming the server
+    with its credentials blanked; nothing trained, registered or written to the table."""
     secret = "fake-s3cret-9f2e"
-    env = {"AEPIPE_TRACKING_URI": f"http://aepipe-user:{secret}@127.0.0.1:9"}
-    t0 = time.monotonic()
-    result = run_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
-    assert time.monotonic() - t0 < 120
+    server = _Unavailable()
+    env = {"AEPIPE_TRACKING_URI": f"http://aepipe-user:{secret}@127.0.0.1:{server.port}"}
+    try:
+        t0 = time.monotonic()
+        result = run_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
+        assert time.monotonic() - t0 < 120
+    finally:
+        server.close()
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "MLflow tracking server http://***@127.0.0.1:9" in lines[0]
+    assert (
+        len(lines) == 1
+        and f"MLflow tracking server http://***@127.0.0.1:{server.port}" in (lines[0])
+    )
     assert "cannot be reached (3 retries)" in lines[0]
+    assert server.requests == 1 + 3
     everything = result.stdout + result.stderr
     for path in (tmp_path).rglob("*"):
         if path.is_file() and path.stat().st_size < 5_000_000:

@@ -52,9 +52,8 @@ def csv_files(draw) -> tuple[bytes, int]:
     return b"\n".join(lines) + b"\n", rows
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(csv_files())
-def test_any_csv_keeps_the_row_accounting(case) -> None:
+def _ingest_one(case: tuple[bytes, int]) -> str:
+    """Ingest and normalize one generated CSV; 'ingested' or 'refused' (a one-line reason)."""
     content, rows_in = case
     folder = Path(tempfile.mkdtemp(prefix="aepipe-fuzz-"))
     try:
@@ -81,8 +80,27 @@ def test_any_csv_keeps_the_row_accounting(case) -> None:
         except ConfigError as err:  # allowed: a one-line reason, never another exception
             assert "\n" not in str(err)
             event(f"refused: {str(err).split(': ', 1)[-1].split(chr(39))[0][:50]}")
-            return
+            return "refused"
         values = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
         assert data.rows == ingested.rows and np.isfinite(values).all()
+        return "ingested"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+MIN_INGESTED_SHARE = 0.3  # a test that passes when every example is refused proves nothing
+
+
+def test_any_csv_keeps_the_row_accounting() -> None:
+    """Every generated CSV keeps rows in = rows out + rows quarantined with finite outputs,
+    or is refused in one line; and most of them do ingest, so the property is exercised."""
+    outcomes: list[str] = []
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(csv_files())
+    def check(case) -> None:
+        outcomes.append(_ingest_one(case))
+
+    check()
+    share = outcomes.count("ingested") / len(outcomes)
+    assert share >= MIN_INGESTED_SHARE, f"only {share:.0%} of {len(outcomes)} CSVs ingested"

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from ae_models.preprocessing import Normalizer
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io.sources import inspect_source
@@ -59,6 +60,38 @@ def test_csv_with_roles_and_missing_values(tmp_path, tmp_stores) -> None:
     assert raw["entity_id"].tolist() == ["a", "b", "c", "d"]
     assert raw["event_timestamp"].iloc[1] == pd.Timestamp("2024-01-02", tz="UTC")
     assert np.isnan(raw["age"].iloc[1])
+
+
+def test_missing_cells_are_imputed_with_the_training_median_and_an_indicator(
+    tmp_path, tmp_stores
+) -> None:
+    """NaN, '?' and empty cells are missing: a numeric column gets the training split's
+    median and, when the training split has missing values in it, an indicator column
+    ``<name>__missing``; a missing category is its own one-hot level."""
+    rows = ["id,age,city,income"]
+    for i in range(60):
+        age = ("?", "", "NaN")[i % 3] if i % 4 == 0 else str(20 + i)
+        city = "" if i % 5 == 0 else ("x", "y")[i % 2]
+        rows.append(f"r{i},{age},{city},{1000 + 10 * i}")
+    path = tmp_path / "people.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cfg = build_config({"source": {"path": str(path), "entity_id": "id"}})
+    data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
+    spec = {c.source: c for c in Normalizer.load(data.spec_path).columns}
+    assert spec["age"].missing_indicator == "age__missing"
+    assert spec["income"].missing_indicator is None  # nothing missing, no indicator
+    norm = pq.read_table(data.path).to_pandas().set_index("entity_id")
+    missing = [f"r{i}" for i in range(60) if i % 4 == 0]
+    assert norm.loc[missing, "age__missing"].eq(1.0).all()
+    assert norm["age__missing"].sum() == len(missing)
+    train = [f"r{i}" for i in range(60) if i % 4 and norm.loc[f"r{i}", "split"] == "train"]
+    age = spec["age"]
+    assert age.fill == pytest.approx(np.median([20 + int(r[1:]) for r in train]))
+    filled = (age.fill - age.low) / (age.high - age.low)
+    assert norm.loc[missing, "age"].to_numpy() == pytest.approx(filled)
+    empty_city = [f"r{i}" for i in range(60) if i % 5 == 0]
+    assert norm.loc[empty_city, "city=__missing__"].eq(1.0).all()
+    assert norm["city=__missing__"].sum() == len(empty_city)
 
 
 def test_splits_are_stable_and_seeded() -> None:
