@@ -43,7 +43,7 @@ def resolve_precision(
     """Concrete precision for ``device``.
 
     ``auto`` is bf16 where the hardware computes it natively (CUDA with bf16; CPUs with AMX or
-    AVX512-BF16, where it trains about 1.5x faster than fp32) and fp32 elsewhere; on the CPU
+    AVX512-BF16; ``benchmarks/train.py`` measures the gain) and fp32 elsewhere; on the CPU
     only for inputs at least ``BF16_MIN_WIDTH`` wide, since small matrices run slower in bf16.
     """
     if precision == "auto":

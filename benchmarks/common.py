@@ -45,3 +45,76 @@ def target(
         f"TARGET {name} measured={fmt.format(measured)} goal={fmt.format(goal)} "
         f"{'met' if ok else 'not met'}"
     )
+
+
+def best_of(
+    script: Path,
+    *args: str,
+    runs: int = 3,
+    key: str = "seconds",
+    higher_is_better: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run a worker ``runs`` times, each in a fresh process; the best result by ``key``, with
+    every run's value under ``all`` (so the spread shows)."""
+    results = [run_worker(script, *args, env=env) for _ in range(runs)]
+    pick = max if higher_is_better else min
+    best = pick(results, key=lambda r: r[key])
+    return {**best, "all": [r[key] for r in results]}
+
+
+def machine() -> str:
+    """The CPU model, the cores this process may use, torch's threads and whether the CPU
+    computes bf16 natively: printed by every benchmark, since ratios depend on them."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import torch
+
+    from ae_models.runtime import cpu_has_fast_bf16
+
+    return (
+        f"machine: {model}; {cores} cores; torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; native bf16: {'yes' if cpu_has_fast_bf16() else 'no'}"
+    )
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (MB), for growth above its post-import baseline."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak() -> dict[str, float]:
+    """This CPU's matrix-multiply rate (FLOP/s) at fp32, and at bf16 where it is native
+    (emulated bf16 is slow and aepipe does not use it), with torch's thread count."""
+    import time
+
+    import torch
+
+    from ae_models.runtime import cpu_has_fast_bf16
+
+    out: dict[str, float] = {"threads": float(torch.get_num_threads())}
+    kinds = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if cpu_has_fast_bf16() else [])
+    n = 2048
+    for name, dtype in kinds:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        reps, t0 = 5, time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        out[name] = 2 * n**3 * reps / (time.perf_counter() - t0)
+    return out

@@ -9,8 +9,10 @@ report), each in a fresh process with its own empty home, so nothing is cached:
   task runs, state tracking, result persistence, artifacts), on a Prefect home whose
   database exists, as for every run after the first (a trivial flow creates it first);
 - the same flow against a Prefect server that is already up, as deployment runs are.
+Each contender runs ``--runs`` times (3), each in a fresh process and home; the fastest
+counts.
 
-    .venv/bin/python benchmarks/overhead.py     # about 3 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/overhead.py     # about 15 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.common import require_dataset, run_worker  # noqa: E402
+from benchmarks.common import machine, require_dataset, run_worker, target  # noqa: E402
 
 
 def _config(home: str, epochs: int):
@@ -126,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per contender")
     args = parser.parse_args()
     if args.worker is not None:
         kind, *rest = args.worker
@@ -133,6 +136,7 @@ def main() -> None:
         print(json.dumps(fn(*rest)))
         return
 
+    print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -145,35 +149,51 @@ def main() -> None:
         print(
             f"first flow run on a new Prefect home (creates its database): {first['seconds']:.1f} s"
         )
-        plain = run_worker(HERE, "plain", str(Path(tmp) / "plain"), str(args.epochs), env=env)
-        flow = run_worker(HERE, "flow", str(Path(tmp) / "flow"), str(args.epochs), env=env)
+        ep = str(args.epochs)
+
+        def fastest(kind: str, name: str, extra: dict[str, str]) -> dict:
+            runs = [
+                run_worker(HERE, kind, str(Path(tmp) / f"{name}{k}"), ep, env={**env, **extra})
+                for k in range(args.runs)
+            ]
+            return {**min(runs, key=lambda r: r["seconds"]), "all": [r["seconds"] for r in runs]}
+
+        plain = fastest("plain", "plain", {})
+        flow = fastest("flow", "flow", {})
         # what a deployment run sees: a Prefect server that is already up
         with running_server(Path(tmp), env) as api:
-            served = run_worker(
-                HERE,
-                "flow",
-                str(Path(tmp) / "served"),
-                str(args.epochs),
-                env={**env, "PREFECT_API_URL": api},
-            )
+            served = fastest("flow", "served", {"PREFECT_API_URL": api})
     for name, r in (
         ("plain functions", plain),
         ("Prefect flow", flow),
         ("  on a running server", served),
     ):
-        print(f"{name:22s} {r['rows']:6d} rows  {r['seconds']:6.1f} s")
-    gap = served["seconds"] - plain["seconds"]
-    print(
-        f"with a server already running the flow takes {gap:+.1f} s "
-        f"({served['seconds'] / plain['seconds']:.3f}x); the rest is the temporary server's start"
-    )
+        spread = ", ".join(f"{v:.1f}" for v in r["all"])
+        print(f"{name:22s} {r['rows']:6d} rows  {r['seconds']:6.1f} s  (runs: {spread} s)")
+    served_ratio = served["seconds"] / plain["seconds"]
     ratio = flow["seconds"] / plain["seconds"]
-    extra = flow["seconds"] - plain["seconds"]
-    print(f"flow / plain: {ratio:.3f}x; the flow takes {extra:+.1f} s")
-    met = ratio <= 1.10 or extra <= 10.0
     print(
-        f"TARGET orchestration_overhead measured={ratio:.3f}x ({extra:+.1f} s) "
-        f"goal=<=1.10x or <=+10 s {'met' if met else 'not met'}"
+        f"on a running server the flow takes {served['seconds'] - plain['seconds']:+.1f} s "
+        f"({served_ratio:.3f}x); with the temporary server it starts itself "
+        f"{flow['seconds'] - plain['seconds']:+.1f} s ({ratio:.3f}x)"
+    )
+    print(
+        target(
+            "orchestration_overhead_running_server",
+            served_ratio,
+            1.10,
+            higher_is_better=False,
+            fmt="{:.3f}",
+        )
+    )
+    print(
+        target(
+            "orchestration_overhead_temporary_server",
+            ratio,
+            1.10,
+            higher_is_better=False,
+            fmt="{:.3f}",
+        )
     )
 
 

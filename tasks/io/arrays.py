@@ -169,7 +169,7 @@ def _decode_share(
     """Decode a share of images (paths ``rel`` under ``base``) into the rows of ``out``, a
     row each; returns why each row that could not be decoded is unusable (it stays zero).
 
-    Plain 8-bit PNGs go through libspng (imagecodecs), 4x faster than PIL on small images
+    Plain 8-bit PNGs go through libspng (imagecodecs), faster than PIL on small images
     and bit-identical (PNG is lossless); any other file, a PNG that needs converting or
     resizing, and one libspng refuses go through PIL, whose error names what is wrong."""
     from imagecodecs import spng_decode
