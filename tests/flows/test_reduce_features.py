@@ -179,6 +179,26 @@ def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path
     assert sorted(p.name for p in (Path(code) / "code").iterdir()) == ["ae_models"]
 
 
+def test_reads_resolve_aliases_from_the_table_or_the_registry(two_runs) -> None:
+    """The table records the registry's aliases with each commit; a resolver asks the
+    registry itself; an alias nobody holds is named."""
+    import mlflow
+
+    from feature_store import FeatureStoreError
+    from tasks.registry import alias_resolver
+
+    home, _, _ = two_runs
+    st = resolve_stores(home)
+    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
+    champion = int(client.get_model_version_by_alias("aepipe-digits", "champion").version)
+    resolve = alias_resolver(st)
+    assert set(read_features("digits", home=home)["model_version"]) == {champion}
+    asked = read_features("digits", "champion", home=home, resolve=resolve)
+    assert set(asked["model_version"]) == {champion}
+    with pytest.raises(FeatureStoreError, match="has no version with alias 'nope'"):
+        read_features("digits", "nope", home=home, resolve=resolve)
+
+
 def test_models_list_compare_and_manual_promotion(two_runs, capsys) -> None:
     from aepipe.cli import main
 

@@ -1,12 +1,18 @@
-"""The scoring stage's pieces: the pixel fast path matches the normalizer exactly."""
+"""The model input of raw Arrow batches: the pixel fast path matches the normalizer exactly;
+non-feature columns are named as known or warned about."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
-from ae_models.preprocessing import Normalizer, model_input
+from ae_models.preprocessing import ExtraColumnsWarning, Normalizer, model_input
+
+KNOWN = ("entity_id",)
 
 
 def test_pixel_fast_path_matches_the_normalizer() -> None:
@@ -17,11 +23,11 @@ def test_pixel_fast_path_matches_the_normalizer() -> None:
         {"entity_id": [str(i) for i in range(50)], **{c: pixels[:, j] for j, c in enumerate(cols)}}
     )
     norm = Normalizer.fit_scaled(cols, 255.0)
-    fast = model_input(batch, norm)
+    fast = model_input(batch, norm, KNOWN)
     slow = norm.transform(pd.DataFrame(pixels, columns=cols))
     assert fast.shape == (50, 20) and fast.dtype.is_floating_point
     np.testing.assert_allclose(fast.numpy(), slow, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(norm.transform_arrow(batch), slow, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(norm.transform_arrow(batch, KNOWN), slow, rtol=1e-6, atol=1e-7)
 
 
 def test_nulls_and_other_columns_take_the_general_path() -> None:
@@ -29,9 +35,19 @@ def test_nulls_and_other_columns_take_the_general_path() -> None:
         {"entity_id": ["a", "b"], "p0": pa.array([3, None], pa.uint8()), "p1": [255, 0]}
     )
     norm = Normalizer.fit_scaled(["p0", "p1"], 255.0)
-    out = model_input(batch, norm)
+    out = model_input(batch, norm, KNOWN)
     assert isinstance(out, np.ndarray)
     np.testing.assert_allclose(out, [[3 / 255, 1.0], [0.0, 0.0]], rtol=1e-6)
     table = Normalizer.fit(pd.DataFrame({"age": [20.0, 40.0], "job": ["x", "y"]}))
     mixed = pa.RecordBatch.from_pydict({"entity_id": ["a"], "age": [30.0], "job": ["z"]})
-    np.testing.assert_allclose(model_input(mixed, table), [[0.5, 0.0, 0.0, 1.0, 0.0]])
+    np.testing.assert_allclose(model_input(mixed, table, KNOWN), [[0.5, 0.0, 0.0, 1.0, 0.0]])
+
+
+def test_columns_beyond_the_features_are_warned_about_unless_known() -> None:
+    table = Normalizer.fit(pd.DataFrame({"age": [20.0, 40.0]}))
+    batch = pa.RecordBatch.from_pydict({"entity_id": ["a"], "age": [30.0], "note": ["x"]})
+    with pytest.warns(ExtraColumnsWarning, match=r"\['note'\]"):
+        model_input(batch, table, KNOWN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model_input(batch.drop_columns(["note"]), table, KNOWN)
