@@ -12,7 +12,12 @@ from sklearn.exceptions import NotFittedError
 
 from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
-from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TRIM_FRACTION, fit_autoencoder
+from ae_models.fitting import (
+    ESTIMATOR_LR,
+    ESTIMATOR_TRIM_FRACTION,
+    auto_code_size,
+    fit_autoencoder,
+)
 from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
 from ae_models.scoring import SCORE_KINDS, Scorer, score_rows
@@ -68,14 +73,64 @@ def check_array(x: Any, what: str = "X", n_features: int | None = None) -> np.nd
     return arr
 
 
-def auto_code_size(features: int) -> int:
-    """16, or half the input width for narrower data (6 features: 3), at least 1."""
-    return max(1, min(16, features // 2))
+def feature_names(x: Any) -> np.ndarray | None:
+    """The column names of a DataFrame (pandas, polars, anything with string ``columns``), as
+    an object array; None for arrays and for frames with non-string column names."""
+    columns = getattr(x, "columns", None)
+    if columns is None or isinstance(x, np.ndarray):
+        return None
+    names = list(columns)
+    if not names or not all(isinstance(n, str) for n in names):
+        return None
+    return np.asarray(names, dtype=object)
 
 
-def auto_batch_size(rows: int) -> int:
-    """About 50 steps an epoch, between 16 and 256 rows a batch (256 from 12,800 rows up)."""
-    return int(min(256, max(16, rows // 50)))
+def check_feature_names(fitted: np.ndarray | None, x: Any) -> None:
+    """Refuse a frame whose columns differ from (or are in another order than) those seen in
+    ``fit``; warn when only one side has names, as scikit-learn does. Codes of columns in
+    another order would be garbage, silently."""
+    import warnings
+
+    names = feature_names(x)
+    if fitted is None and names is None:
+        return
+    if fitted is None:
+        warnings.warn(
+            "X has feature names, but AutoencoderReducer was fitted without feature names",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if names is None:
+        warnings.warn(
+            "X has no feature names, but AutoencoderReducer was fitted with feature names; "
+            "its columns are taken to be in the fitted order",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if list(names) == list(fitted):
+        return
+    missing = [n for n in fitted if n not in set(names)]
+    extra = [n for n in names if n not in set(fitted)]
+    if not missing and not extra:
+        moved = next(i for i, (a, b) in enumerate(zip(names, fitted, strict=True)) if a != b)
+        raise ValueError(
+            f"X's columns are in another order than in fit (position {moved}: "
+            f"{names[moved]!r}, fitted {fitted[moved]!r}); select them in the fitted order: "
+            "X[est.feature_names_in_]"
+        )
+    raise ValueError(
+        "X's columns differ from those seen in fit: "
+        + "; ".join(
+            part
+            for part in (
+                f"missing {missing[:5]}" if missing else "",
+                f"not seen in fit {extra[:5]}" if extra else "",
+            )
+            if part
+        )
+    )
 
 
 class AutoencoderReducer:
@@ -98,9 +153,12 @@ class AutoencoderReducer:
     :class:`ae_models.training.TrainConfig`). On clean data it costs some fit on the hardest
     rows and fattens the training scores' tail (``contamination="auto"`` then flags more
     training rows): set ``trim_fraction=0`` there.
-    ``batch_size="auto"`` gives small data sets enough steps an epoch (:func:`auto_batch_size`);
+    ``batch_size="auto"`` gives small data sets enough steps an epoch
+    (:func:`~ae_models.training.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
-    (:func:`auto_code_size`).
+    (:func:`~ae_models.fitting.auto_code_size`).
+    Fitted on a DataFrame, it keeps the column names in ``feature_names_in_`` and refuses a
+    frame whose columns differ or come in another order (scikit-learn's convention).
     Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).
     """
 
@@ -219,9 +277,7 @@ class AutoencoderReducer:
         fit_rows, val_rows = x[order[n_val:]], x[order[:n_val]]
         cfg = TrainConfig(
             epochs=self.epochs,
-            batch_size=auto_batch_size(len(fit_rows))
-            if self.batch_size == "auto"
-            else int(self.batch_size),
+            batch_size=self.batch_size if self.batch_size == "auto" else int(self.batch_size),
             lr=self.lr,
             lr_schedule=self.lr_schedule,  # type: ignore[arg-type]
             patience=self.patience if n_val else 0,
@@ -244,6 +300,11 @@ class AutoencoderReducer:
         self.model_: Autoencoder = net
         self.loss_ = loss
         self.n_features_in_ = x.shape[1]
+        names = feature_names(X)
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):  # refitted on an array
+            del self.feature_names_in_
         self.history_ = fit.history
         self.train_result_: TrainResult = fit.result
         self.scorer_ = fit.scorer
@@ -258,12 +319,17 @@ class AutoencoderReducer:
 
     # -- using a fitted model ------------------------------------------------------------
 
+    def _input(self, X: Any) -> np.ndarray:
+        """``X`` checked against what ``fit`` saw: fitted, the same width, the same column
+        names in the same order (for frames)."""
+        self._check_fitted()
+        check_feature_names(getattr(self, "feature_names_in_", None), X)
+        return check_array(X, n_features=self.n_features_in_)
+
     def transform(self, X: Any) -> np.ndarray:
         """Latent codes of ``X`` (rows x code_size, float32)."""
-        self._check_fitted()
-        codes, _, _ = encode_and_score(
-            self.model_, check_array(X, n_features=self.n_features_in_), device=self.device
-        )
+        x = self._input(X)  # first: an unfitted estimator says so
+        codes, _, _ = encode_and_score(self.model_, x, device=self.device)
         return codes
 
     @torch.no_grad()
@@ -278,8 +344,7 @@ class AutoencoderReducer:
     def decision_function(self, X: Any) -> np.ndarray:
         """Per-row anomaly score of the fitted kind (``scorer_.kind``): higher is more
         anomalous."""
-        self._check_fitted()
-        x = check_array(X, n_features=self.n_features_in_)
+        x = self._input(X)
         return score_rows(self.model_, x, self.scorer_, device=self.device).scores
 
     def calibrated_score(self, X: Any) -> np.ndarray:
@@ -294,8 +359,7 @@ class AutoencoderReducer:
     def score(self, X: Any, y: Any = None) -> float:
         """Negative mean reconstruction loss (BCE or MSE, as trained) on ``X``: higher is
         better."""
-        self._check_fitted()
-        x = check_array(X, n_features=self.n_features_in_)
+        x = self._input(X)
         _, mse, bce = encode_and_score(self.model_, x, device=self.device)
         return -float((bce if self.loss_ == "bce" else mse).mean())
 
@@ -318,6 +382,9 @@ class AutoencoderReducer:
             "params": self.get_params(),
             "loss_": self.loss_,
             "n_features_in_": self.n_features_in_,
+            "feature_names_in_": (
+                list(self.feature_names_in_) if hasattr(self, "feature_names_in_") else None
+            ),
             "threshold_": self.threshold_,
             "scorer_": self.scorer_.to_dict(),
             "history_": self.history_,
@@ -336,6 +403,8 @@ class AutoencoderReducer:
         est.model_, _ = load_model(folder)
         est.loss_ = state["loss_"]
         est.n_features_in_ = state["n_features_in_"]
+        if state.get("feature_names_in_") is not None:
+            est.feature_names_in_ = np.asarray(state["feature_names_in_"], dtype=object)
         est.threshold_ = state["threshold_"]
         est.scorer_ = Scorer.from_dict(state["scorer_"])
         est.history_ = state["history_"]

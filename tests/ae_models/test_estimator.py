@@ -166,3 +166,28 @@ def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
     with pytest.raises(ValueError, match=r"trim_fraction must be in \[0, 0.5\), got 0.5"):
         AutoencoderReducer(epochs=1, trim_fraction=0.5).fit(x)
     assert AutoencoderReducer().get_params()["trim_fraction"] == 0.1
+
+
+def test_frame_columns_checked_by_name(digits, tmp_path) -> None:
+    """Issue 17.7: fitted on a DataFrame, the estimator refuses the same columns in another
+    order (its codes would be garbage) and columns it never saw, and keeps the names when
+    saved; the same frame in the fitted order gives the fitted codes."""
+    import pandas as pd
+
+    x = digits[0][:300]
+    frame = pd.DataFrame(x, columns=[f"px{i}" for i in range(x.shape[1])])
+    est = AutoencoderReducer(epochs=2, code_size=4).fit(frame)
+    assert list(est.feature_names_in_) == list(frame.columns)
+    shuffled = frame[list(reversed(frame.columns))]
+    for method in ("transform", "decision_function", "predict", "score"):
+        with pytest.raises(ValueError, match=r"another order than in fit \(position 0: 'px63'"):
+            getattr(est, method)(shuffled)
+    with pytest.raises(ValueError, match=r"missing \['px0'\]; not seen in fit \['other'\]"):
+        est.transform(frame.rename(columns={"px0": "other"}))
+    with pytest.warns(UserWarning, match="fitted with feature names"):
+        by_position = est.transform(x)  # an array: its columns taken in the fitted order
+    np.testing.assert_array_equal(est.transform(frame), by_position)
+    back = AutoencoderReducer.load(est.save(tmp_path / "est"))
+    with pytest.raises(ValueError, match="another order"):
+        back.transform(shuffled)
+    np.testing.assert_array_equal(back.transform(frame[est.feature_names_in_]), by_position)
