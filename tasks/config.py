@@ -136,6 +136,10 @@ class SourceConfig(_Frozen):
                     return "parquet"
                 if suffixes & IMAGE_SUFFIXES:
                     return "images"
+            raise ConfigError(
+                f"source folder {self.path!r} holds no Parquet files (.parquet, .pq) and no "
+                f"images ({', '.join(sorted(IMAGE_SUFFIXES))}), in it or its subfolders"
+            )
         raise ConfigError(
             f"cannot tell the format of source {self.path!r} from its name; set source.format "
             "to 'csv', 'parquet', 'images', 'idx' or 'npz'"
@@ -159,7 +163,19 @@ class ModelSpec(_Frozen):
     """Which autoencoder variant to train and its variant-specific settings."""
 
     name: str = Field("deep", description="the autoencoder variant (ae_models' registry)")
-    code_size: int = Field(16, ge=1, description="latent code width: the reduced features")
+    code_size: int | Literal["auto"] = Field(
+        "auto",
+        description="latent code width: the reduced features; auto: 16, or half the model's "
+        "input width (one-hot levels counted) when that is narrower",
+    )
+
+    @field_validator("code_size")
+    @classmethod
+    def _code_size(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError(f"code_size must be >= 1 or 'auto', got {v}")
+        return v
+
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="variant settings, e.g. {hidden: [64, 32], activation: relu}; default "
@@ -283,8 +299,23 @@ def _one_line(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"
-        parts.append(f"{where}: {e['msg']}")
+        message = f"{where}: {e['msg']}"
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            message += did_you_mean(where)
+        parts.append(message)
     return "invalid config: " + "; ".join(parts)
+
+
+def did_you_mean(key: str) -> str:
+    """``" (did you mean 'train.epochs'?)"`` for a dotted key close to a real one, else ''."""
+    import difflib
+
+    keys = [k.key for k in config_keys()]
+    sections = sorted({k.split(".")[0] for k in keys if "." in k})
+    leaf = key.rsplit(".", 1)[-1]  # a right key in the wrong section: model.code_size
+    close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:1]
+    close = close or difflib.get_close_matches(key, keys + sections, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def build_config(data: dict[str, Any]) -> PipelineConfig:

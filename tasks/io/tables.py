@@ -101,8 +101,12 @@ def _csv_batches(
     text is read through ``repair`` (other encodings pyarrow transcodes itself)."""
     import pyarrow.csv as pacsv
 
+    unnumbered: list[tuple[int, str]] = []  # (index in ragged, the row's text)
+
     def on_invalid(row) -> str:
-        # pyarrow knows the line number only in some read modes; the text identifies the row
+        # pyarrow's streaming reader does not know line numbers: found after the read
+        if row.number in (None, -1):
+            unnumbered.append((len(ragged), row.text))
         where = f"line {row.number}" if row.number not in (None, -1) else "ragged line"
         ragged.append(
             (
@@ -131,6 +135,30 @@ def _csv_batches(
         ),
     )
     yield from reader
+    if unnumbered:
+        for (index, _), number in zip(
+            unnumbered, _line_numbers(path, [t for _, t in unnumbered], encoding), strict=True
+        ):
+            if number is not None:
+                ragged[index] = (f"line {number}", ragged[index][1])
+
+
+def _line_numbers(path: str, texts: list[str], encoding: str) -> list[int | None]:
+    """The 1-based line numbers of ``texts`` (whole lines, in file order) in the file: one
+    extra pass, made only when some rows were ragged. A text not found gives None."""
+    import gzip
+
+    found: list[int | None] = [None] * len(texts)
+    wanted = 0
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding=encoding, errors="replace", newline="") as f:
+        for number, line in enumerate(f, start=1):
+            if wanted == len(texts):
+                break
+            if line.rstrip("\r\n") == texts[wanted]:
+                found[wanted] = number
+                wanted += 1
+    return found
 
 
 class _Rejects:

@@ -65,6 +65,10 @@ def test_source_formats_from_names(tmp_path) -> None:
         fmt(tmp_path / "data.xlsx")
     with pytest.raises(ConfigError, match="does not exist"):
         fmt(tmp_path / "missing")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"folder .*notes' holds no Parquet files .* no images"):
+        fmt(tmp_path / "notes")  # said "cannot tell the format" before
 
 
 def test_apply_overrides_does_not_mutate_input() -> None:
