@@ -1,0 +1,231 @@
+"""What the codes are worth to a downstream model: classifiers on aepipe's codes against PCA of
+the same width and against the full normalized features.
+
+Protocol (issue 17): for each data set and seed, the pipeline's own ingest and normalization
+(``tasks.ingest``, ``tasks.normalize``: its train / val / test split, seeded), then
+
+- tables (Adult, each labelled ADBench set): the pipeline's train stage as it runs, with the
+  pipeline's defaults (``tasks.train.build_model`` + ``ae_models.fitting.fit_autoencoder``,
+  no MLflow): codes of every row;
+- MNIST (the IDX files): the estimator ``AutoencoderReducer()`` with its defaults, fitted on
+  the 60,000 training images, measured on the 10,000 test images, where published figures
+  exist (test MSE 0.0145 of the 784-256-128-64-32-16 model; logistic regression and 5-NN);
+
+then logistic regression (standardized inputs) and 5-nearest-neighbours, fitted on the train
+and val rows and scored on the test rows, on the codes, on PCA fitted on the same rows with as
+many components as the code, and on all normalized features. Mean test accuracy over the
+seeds. ADBench sets larger than ``--max-rows`` are subsampled (stratified, seeded) to keep a
+full run within an hour on two cores; the rows used are printed.
+
+    .venv/bin/python benchmarks/downstream.py                         # everything, 3 seeds
+    .venv/bin/python benchmarks/downstream.py --sets adult cardio --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1]))
+
+from benchmarks.common import SHARED, machine, target  # noqa: E402
+
+MNIST_GOALS = {"test_mse": 0.0145, "logreg": 0.92, "knn": 0.965}
+
+
+def classifiers(seed: int) -> dict[str, object]:
+    """The two downstream models every input is judged by."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return {
+        "logreg": make_pipeline(
+            StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed)
+        ),
+        "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(5)),
+    }
+
+
+def accuracies(
+    inputs: dict[str, tuple[np.ndarray, np.ndarray]],
+    y_fit: np.ndarray,
+    y_test: np.ndarray,
+    seed: int,
+) -> dict[str, float]:
+    """Test accuracy of each classifier on each input: ``{"codes/logreg": ...}``."""
+    out = {}
+    for name, (a, b) in inputs.items():
+        for clf_name, clf in classifiers(seed).items():
+            out[f"{name}/{clf_name}"] = float(clf.fit(a, y_fit).score(b, y_test))
+    return out
+
+
+def with_pca(
+    codes: tuple[np.ndarray, np.ndarray], x_fit: np.ndarray, x_test: np.ndarray, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The three inputs: the codes, PCA with as many components, the full features."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=codes[0].shape[1], random_state=seed).fit(x_fit)
+    return {
+        "codes": codes,
+        "pca": (pca.transform(x_fit), pca.transform(x_test)),
+        "full": (x_fit, x_test),
+    }
+
+
+def table_run(
+    source: str, label: str | None, seed: int, home: Path, overrides: dict[str, object]
+) -> dict[str, float]:
+    """One seed on a table (CSV or NPZ): the pipeline's normalization and train stage, with
+    the pipeline's defaults unless ``overrides`` (dotted keys) says otherwise."""
+    from ae_models.fitting import fit_autoencoder
+    from ae_models.preprocessing import Normalizer
+    from stores import resolve_stores
+    from tasks.config import apply_overrides, build_config
+    from tasks.ingest import ingest_source
+    from tasks.normalize import normalize_dataset
+    from tasks.train import build_model, load_split_labels, load_split_matrices
+
+    src = {"path": source} | ({"label": label} if label else {})
+    base = {"dataset": "bench", "source": src, "train": {"seed": seed}}
+    cfg = build_config(apply_overrides(base, overrides))
+    stores = resolve_stores(home / f"seed{seed}")
+    data = normalize_dataset(ingest_source(cfg, stores), cfg)
+    parts, labels = load_split_matrices(data), load_split_labels(data)
+    model = build_model(cfg, len(data.features), Normalizer.load(data.spec_path).unit_range)
+    train_cfg = dataclasses.replace(cfg.train, checkpoint_dir=None)
+    fit_autoencoder(
+        model, parts["train"], parts["val"], train_cfg, score=cfg.score, contamination=0.01
+    )
+    import ae_models
+
+    x_fit = np.vstack([parts["train"], parts["val"]])
+    y_fit = np.concatenate([labels["train"], labels["val"]]).astype(str)
+    codes = tuple(ae_models.encode_and_score(model, x)[0] for x in (x_fit, parts["test"]))
+    inputs = with_pca(codes, x_fit, parts["test"], seed)
+    return accuracies(inputs, y_fit, labels["test"].astype(str), seed)
+
+
+def mnist_run(seed: int) -> dict[str, float]:
+    """One seed on MNIST with the estimator's defaults; test MSE beside the accuracies."""
+    from ae_models import AutoencoderReducer
+    from tasks.io.arrays import load_mnist
+
+    x, y = load_mnist(SHARED / "mnist", "train")
+    xt, yt = load_mnist(SHARED / "mnist", "test")
+    x = (x.reshape(len(x), -1) / 255.0).astype(np.float32)
+    xt = (xt.reshape(len(xt), -1) / 255.0).astype(np.float32)
+    est = AutoencoderReducer(random_state=seed).fit(x)
+    codes = (est.transform(x), est.transform(xt))
+    out = accuracies(with_pca(codes, x, xt, seed), y.astype(str), yt.astype(str), seed)
+    recon = est.inverse_transform(codes[1])
+    out["test_mse"] = float(np.mean(np.square(recon - xt)))
+    return out
+
+
+def adbench_sets() -> dict[str, Path]:
+    """Every ADBench set in the shared folder, by name (``6_cardio.npz`` -> ``cardio``)."""
+    folder = SHARED / "adbench"
+    return {p.stem.split("_", 1)[1]: p for p in sorted(folder.glob("*.npz"))}
+
+
+def capped(path: Path, max_rows: int, seed: int, folder: Path) -> tuple[str, int]:
+    """``path``, or a stratified seeded subsample of ``max_rows`` rows written to ``folder``."""
+    with np.load(path) as npz:
+        x, y = npz["X"], npz["y"]
+    if len(x) <= max_rows:
+        return str(path), len(x)
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(len(x)), train_size=max_rows, stratify=y, random_state=seed
+    )
+    out = folder / f"{path.stem}-{max_rows}-{seed}.npz"
+    np.savez(out, X=x[np.sort(keep)], y=y[np.sort(keep)])
+    return str(out), max_rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="*", help="adult, mnist and ADBench names; default all")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-rows", type=int, default=20_000)
+    parser.add_argument(
+        "--set",
+        dest="sets_",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pipeline config key for the tables (e.g. train.lr=0.003); default: none",
+    )
+    args = parser.parse_args()
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.sets_)}
+    if overrides:
+        print(f"pipeline settings changed for the tables: {overrides}")
+    print(machine(), flush=True)
+    if not SHARED.is_dir():
+        sys.exit(f"benchmark needs {SHARED} (the shared data sets); set AEPIPE_SHARED")
+    every = ["adult", "mnist", *adbench_sets()]
+    names = args.sets or every
+    unknown = sorted(set(names) - set(every))
+    if unknown:
+        sys.exit(f"unknown data sets {unknown}; available: {every}")
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in names:
+            t0, runs, rows = time.perf_counter(), [], None
+            for seed in range(args.seeds):
+                home = root / name
+                if name == "mnist":
+                    runs.append(mnist_run(seed))
+                elif name == "adult":
+                    adult = str(SHARED / "adult" / "adult.data")
+                    runs.append(table_run(adult, "Salary", seed, home, overrides))
+                else:
+                    source, rows = capped(adbench_sets()[name], args.max_rows, seed, root)
+                    runs.append(table_run(source, None, seed, home, overrides))
+            mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+            results[name] = mean
+            print(
+                f"{name:<18} codes lr {mean['codes/logreg']:.4f} knn {mean['codes/knn']:.4f} | "
+                f"pca lr {mean['pca/logreg']:.4f} knn {mean['pca/knn']:.4f} | "
+                f"full lr {mean['full/logreg']:.4f} knn {mean['full/knn']:.4f}"
+                + (f" | test MSE {mean['test_mse']:.5f}" if "test_mse" in mean else "")
+                + (f" | {rows} rows" if rows else "")
+                + f" ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+    for clf in ("logreg", "knn"):
+        wins = [n for n, m in results.items() if m[f"codes/{clf}"] >= m[f"pca/{clf}"]]
+        losses = sorted(set(results) - set(wins))
+        print(f"codes below PCA ({clf}): {losses or 'none'}")
+        print(
+            target(
+                f"codes_ge_pca_{clf}_sets",
+                len(wins),
+                len(results),
+                fmt="{:.0f}",
+            )
+        )
+    if "mnist" in results:
+        m = results["mnist"]
+        print(target("mnist_test_mse", m["test_mse"], MNIST_GOALS["test_mse"], False, "{:.4f}"))
+        print(target("mnist_logreg_accuracy", m["codes/logreg"], MNIST_GOALS["logreg"]))
+        print(target("mnist_5nn_accuracy", m["codes/knn"], MNIST_GOALS["knn"], fmt="{:.4f}"))
+
+
+if __name__ == "__main__":
+    main()
