@@ -5,23 +5,21 @@ pipeline's train stage (``tasks/train.py``). Each creates its model with
 :func:`~ae_models.registry.create_model` first (a bad setting fails before any work), then
 calls :func:`fit_autoencoder`.
 
-Defaults: the two front doors share every default except the four below, kept apart on
-purpose and stated here once.
+Defaults: the two front doors share every default except the two below, kept apart on
+purpose and stated here once. Both pick the code size (:func:`auto_code_size`) and the batch
+size (:func:`~ae_models.training.auto_batch_size`) from the data unless told.
 
 ============== =========== ============ ==================================================
 setting        estimator   pipeline     why
 ============== =========== ============ ==================================================
-learning rate  3e-3        1e-3         the estimator's ``batch_size="auto"`` gives small
-                                        data sets small batches and few steps; the
-                                        pipeline's 256-row batches on large data sets
-                                        train stably at 1e-3 (MNIST's published model)
+learning rate  3e-3        1e-3         the estimator is used on small arrays, where
+                                        small batches and few steps need a larger step
+                                        size; the pipeline's large data sets train
+                                        stably at 1e-3 (MNIST's published model)
 trim_fraction  0.1         0.0          the estimator is used as an anomaly detector on
                                         data that holds anomalies (PyOD's convention);
                                         the pipeline reduces features first, and trimming
                                         costs fit on the hardest rows of clean data
-batch size     ``auto``    256          as for the learning rate
-code size      ``auto``    16           the estimator sees only an array; the pipeline's
-                                        config names its code size
 ============== =========== ============ ==================================================
 """
 
@@ -39,6 +37,13 @@ from ae_models.training import TrainConfig, TrainResult, train
 
 ESTIMATOR_LR = 3e-3
 ESTIMATOR_TRIM_FRACTION = 0.1
+MAX_AUTO_CODE = 16
+
+
+def auto_code_size(input_width: int) -> int:
+    """The code width for ``input_width`` model inputs (one-hot levels counted): 16, or half
+    the width for narrower data (6 inputs: 3), at least 1."""
+    return max(1, min(MAX_AUTO_CODE, input_width // 2))
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,12 @@ def select_device(preference: str = "auto") -> torch.device:
 BF16_MIN_WIDTH = 256  # narrower models gain nothing from bf16 on the CPU; its casts cost more
 
 
-# how scores are computed wherever they are written or served (feature table, pyfunc, the
-# training-time threshold): one rule, so a row scores the same everywhere on one machine
-SCORING_PRECISION: Precision = "auto"
+# how codes and scores are computed wherever they are written or served (feature table,
+# pyfunc, the training-time threshold): one rule, so a row scores the same everywhere. fp32,
+# not bf16 where the CPU is fast at it: downstream models read the codes as features, and
+# bf16 rounds them to 8 significant bits (10,000 MNIST rows got 793 distinct z_0 values);
+# training still uses bf16 autocast where it is native (`precision: auto`)
+SCORING_PRECISION: Precision = "fp32"
 
 
 def resolve_precision(

@@ -184,6 +184,9 @@ class Scorer:
     latent_mean: tuple[float, ...] | None = None  # hybrid: training codes' mean,
     latent_precision: tuple[float, ...] | None = None  # inverse covariance (row-major),
     mix: tuple[float, ...] | None = None  # and log-score median / spread of both parts
+    # each input's mean error term over the training rows: what "usual" is per column, so a
+    # row's columns are ranked by how unusual their error is (top_columns), not by its size
+    column_typical: tuple[float, ...] | None = None
 
     @property
     def threshold(self) -> float:
@@ -194,7 +197,13 @@ class Scorer:
         """JSON-ready form."""
         listed = {
             name: list(value) if value is not None else None
-            for name in ("feature_scale", "latent_mean", "latent_precision", "mix")
+            for name in (
+                "feature_scale",
+                "latent_mean",
+                "latent_precision",
+                "mix",
+                "column_typical",
+            )
             for value in [getattr(self, name)]
         }
         return {"kind": self.kind, **listed, **self.calibration.to_dict()}
@@ -214,6 +223,7 @@ class Scorer:
             floats("latent_mean"),
             floats("latent_precision"),
             floats("mix"),
+            floats("column_typical"),
         )
 
     @classmethod
@@ -251,13 +261,14 @@ def log_center_spread(values: np.ndarray) -> tuple[float, float]:
 
 class RowScores(NamedTuple):
     """What :func:`score_rows` gives (NumPy float32): codes, scores, and on request each
-    column's error terms, the plain MSE and the plain BCE."""
+    column's error terms, the plain MSE, the plain BCE and each column's mean error term."""
 
     codes: np.ndarray
     scores: np.ndarray
     per_column: np.ndarray | None = None
     mse: np.ndarray | None = None
     bce: np.ndarray | None = None
+    column_mean: np.ndarray | None = None
 
 
 def score_rows(
@@ -271,12 +282,14 @@ def score_rows(
     per_column: bool = False,
     mse: bool = False,
     bce: bool = False,
+    column_mean: bool = False,
 ) -> RowScores:
     """Latent codes and anomaly scores of ``scorer``'s kind of ``x``, in one pass of batches;
     with ``per_column`` each column's error terms (rows x columns), with ``mse`` and ``bce``
     the plain reconstruction MSE and BCE too (comparable across models whatever their score
-    kind)."""
+    kind), with ``column_mean`` each column's mean error term (summed batch by batch)."""
     codes, scores, columns, mses, bces = [], [], [], [], []
+    column_sum: Tensor | None = None
     scale = None
     with torch.inference_mode():
         for xb, out in forward_batches(model, x, batch_size, device, precision):
@@ -291,6 +304,9 @@ def score_rows(
             scores.append(score.cpu())
             if per_column:
                 columns.append(errors.cpu())
+            if column_mean:
+                batch_sum = errors.double().sum(dim=0).cpu()
+                column_sum = batch_sum if column_sum is None else column_sum + batch_sum
             if mse:
                 mses.append(reconstruction_error(xb, out.recon, "mse").cpu())
             if bce:
@@ -305,12 +321,14 @@ def score_rows(
             empty if mse else None,
             empty if bce else None,
         )
+    rows = sum(len(c) for c in codes)
     return RowScores(
         torch.cat(codes).numpy(),
         torch.cat(scores).numpy(),
         torch.cat(columns).numpy() if per_column else None,
         torch.cat(mses).numpy() if mse else None,
         torch.cat(bces).numpy() if bce else None,
+        (column_sum / rows).float().numpy() if column_sum is not None else None,
     )
 
 
@@ -334,10 +352,18 @@ def fit_scorer(
     if resolved not in ("scaled_mse", "hybrid"):
         scorer = Scorer(resolved, placeholder)
         fitted = score_rows(
-            model, x, scorer, batch_size=batch_size, device=device, precision=precision
+            model,
+            x,
+            scorer,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            column_mean=True,
         )
         calibration = ScoreCalibration.fit(fitted.scores, contamination)
-        return dataclasses.replace(scorer, calibration=calibration), fitted
+        typical = tuple(float(v) for v in fitted.column_mean)
+        fitted = fitted._replace(column_mean=None)
+        return dataclasses.replace(scorer, calibration=calibration, column_typical=typical), fitted
     residual_batches, latent_batches = [], []
     with torch.inference_mode():
         for xb, out in forward_batches(model, x, batch_size, device, precision):
@@ -346,7 +372,10 @@ def fit_scorer(
     residuals = torch.cat(residual_batches).numpy()
     latents = torch.cat(latent_batches)
     scale = tuple(float(v) for v in residual_scale(residuals))
-    scorer = Scorer(resolved, placeholder, scale)
+    typical = tuple(
+        float(v) for v in np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=0)
+    )
+    scorer = Scorer(resolved, placeholder, scale, column_typical=typical)
     if resolved == "hybrid":
         codes = latents.numpy().astype(np.float64)
         mean = codes.mean(axis=0)
@@ -363,6 +392,7 @@ def fit_scorer(
             tuple(float(v) for v in mean),
             tuple(float(v) for v in precision_matrix.reshape(-1)),
             (*log_center_spread(recon), *log_center_spread(distance)),
+            typical,
         )
     scale_t = scorer.scale_tensor()
     scores = []

@@ -46,7 +46,13 @@ class TrainConfig:
     """
 
     epochs: int = field(default=100, metadata={"doc": "maximum training epochs"})
-    batch_size: int = field(default=256, metadata={"doc": "rows per training batch"})
+    batch_size: int | Literal["auto"] = field(
+        default="auto",
+        metadata={
+            "doc": "rows per training batch; auto: about 50 steps an epoch, 16 to 256 rows "
+            "(256 from 12,800 training rows up)"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"doc": "Adam learning rate (the peak for onecycle)"})
     weight_decay: float = field(default=0.0, metadata={"doc": "Adam weight decay"})
     lr_schedule: Schedule = field(default="onecycle", metadata={"doc": "learning-rate schedule"})
@@ -84,9 +90,14 @@ class TrainConfig:
     trim_warmup: int = field(default=5, metadata={"doc": "epochs before trimming starts"})
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size != "auto" and (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be >= 1 or 'auto', got {self.batch_size!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.patience < 0:
@@ -106,6 +117,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the config."""
         return dataclasses.asdict(self)
+
+    def rows_per_batch(self, rows: int) -> int:
+        """The batch size for ``rows`` training rows: ``batch_size``, or for ``"auto"`` about
+        50 steps an epoch between 16 and 256 rows (a few hundred rows at 256 a batch would
+        get 2 steps an epoch and learn nothing)."""
+        if self.batch_size == "auto":
+            return auto_batch_size(rows)
+        return int(self.batch_size)
+
+
+def auto_batch_size(rows: int) -> int:
+    """About 50 steps an epoch, between 16 and 256 rows a batch (256 from 12,800 rows up)."""
+    return int(min(256, max(16, rows // 50)))
 
 
 class Callback(Protocol):
@@ -129,6 +153,7 @@ class TrainResult:
     device: str = "cpu"
     precision: str = "fp32"
     seconds: float = 0.0
+    batch_size: int = 0  # rows per batch, as ``TrainConfig.batch_size`` resolved
 
     @property
     def samples_per_second(self) -> float:
@@ -272,10 +297,11 @@ def train(
         xt = xt.to(device)
         xv = xv.to(device) if xv is not None else None
     model.to(device)
-    steps = math.ceil(len(xt) / cfg.batch_size)
+    batch_size = cfg.rows_per_batch(len(xt))
+    steps = math.ceil(len(xt) / batch_size)
     opt = _make_optimizer(model, cfg, device)
     scheduler = _make_scheduler(opt, cfg, steps)
-    result = TrainResult(device=str(device), precision=precision)
+    result = TrainResult(device=str(device), precision=precision, batch_size=batch_size)
     best_state: dict[str, Tensor] | None = None
     since_best, first_epoch = 0, 1
 
@@ -319,7 +345,7 @@ def train(
         # robust training: after the warm-up, each batch's worst-reconstructed rows (likely
         # anomalies in contaminated data) are left out of the gradient and the validation loss
         trim = cfg.trim_fraction if epoch > cfg.trim_warmup else 0.0
-        for xb in _epoch_batches(xt, cfg.batch_size, generator):
+        for xb in _epoch_batches(xt, batch_size, generator):
             with autocast(device, precision):
                 out = model(xb)
                 loss = model.trimmed_loss(xb, out, trim)
@@ -339,7 +365,7 @@ def train(
                 f"{cfg.lr:g}) or check the input for extreme values"
             )
         val_loss = (
-            evaluate_loss(model, xv, max(cfg.batch_size, 2048), device, precision, trim)
+            evaluate_loss(model, xv, max(batch_size, 2048), device, precision, trim)
             if xv is not None
             else train_loss
         )

@@ -7,6 +7,7 @@ nothing written; unexpected failures print one line too, and the full trace goes
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -21,8 +22,9 @@ EXIT_FAILURE = 1
 
 # flag -> dotted config key; each flag overrides the YAML file's value. Their help, type,
 # choices and defaults come from the config models (tasks.config.describe), so they cannot
-# drift from what a run does.
-RUN_FLAGS: dict[str, str] = {
+# drift from what a run does. `score` and `downstream` take only the flags that locate the
+# data: the model's settings come from the registered version they use.
+DATA_FLAGS: dict[str, str] = {
     "--dataset": "dataset",
     "--source": "source.path",
     "--format": "source.format",
@@ -30,6 +32,11 @@ RUN_FLAGS: dict[str, str] = {
     "--timestamp": "source.timestamp",
     "--label": "source.label",
     "--delimiter": "source.delimiter",
+    "--registered-model": "registered_model",
+    "--home": "home",
+}
+RUN_FLAGS: dict[str, str] = {
+    **DATA_FLAGS,
     "--model": "model.name",
     "--code-size": "model.code_size",
     "--epochs": "train.epochs",
@@ -38,8 +45,6 @@ RUN_FLAGS: dict[str, str] = {
     "--seed": "train.seed",
     "--device": "train.device",
     "--contamination": "contamination",
-    "--registered-model": "registered_model",
-    "--home": "home",
 }
 
 
@@ -65,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         "--model-version", default=CHAMPION, help=f"alias or version number (default {CHAMPION})"
     )
 
-    for cmd in (run, score, down):
+    for cmd, flags in ((run, RUN_FLAGS), (score, DATA_FLAGS), (down, DATA_FLAGS)):
         cmd.add_argument("config", nargs="?", help="YAML config file (flags override it)")
-        for flag, key in RUN_FLAGS.items():
+        for flag, key in flags.items():
             doc = describe(key)
             cmd.add_argument(
                 flag,
@@ -132,7 +137,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key in RUN_FLAGS.values():
-        value = getattr(args, key)
+        value = getattr(args, key, None)
         if value is not None:
             out[key] = value
     for item in args.sets:
@@ -158,6 +163,48 @@ def _prepare_environment(home: Path, create: bool = True) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
+class _FailuresToLog(logging.Filter):
+    """Keeps Prefect's failure records off the terminal: each task and flow that fails logs
+    the same message again with a traceback (about 120 lines for one bad source). Those
+    records go, traces included, to the home's error log; the terminal keeps the progress
+    lines and the one line the CLI prints at the end."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.formatter = logging.Formatter("%(asctime)s | %(levelname)s | %(name)s - %(message)s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failed = record.levelno >= logging.ERROR or "Finished in state Failed" in str(record.msg)
+        if not failed:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(self.formatter.format(record) + "\n")
+        except OSError:
+            return True  # no log file: better on the terminal than nowhere
+        return False
+
+
+def _quiet_failures(home: Path) -> Path:
+    """Route Prefect's failure records from its console handlers to ``<home>/logs``."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    path = home / "logs" / "aepipe-error.log"
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(n) for n in ("prefect", "prefect.flow_runs")),
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _FailuresToLog) for f in handler.filters
+            ):
+                handler.addFilter(_FailuresToLog(path))
+    return path
+
+
 def _config(args: argparse.Namespace) -> Any:
     """The pipeline config of a run/score/downstream command, checked before anything runs."""
     from tasks.config import build_config, load_config
@@ -165,7 +212,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides) if args.config else build_config(_nested(overrides))
-    validate_config(cfg)  # before anything is written
+    validate_config(cfg, training=args.command == "run")  # before anything is written
     check_stores(cfg, resolve_stores(cfg.home))  # and before Prefect's server starts
     return cfg
 
@@ -175,6 +222,7 @@ def _run(args: argparse.Namespace) -> int:
     _prepare_environment(resolve_stores(cfg.home).home)
     from flows.reduce_features import reduce_features
 
+    _quiet_failures(resolve_stores(cfg.home).home)
     summary = reduce_features(cfg)
     print()
     print(summary.to_text())
@@ -189,6 +237,7 @@ def _score(args: argparse.Namespace) -> int:
     # no champion: say so before Prefect starts
     champion_version(cfg.model_name, resolve_stores(cfg.home))
     _prepare_environment(resolve_stores(cfg.home).home)
+    _quiet_failures(resolve_stores(cfg.home).home)
 
     scored = score_features(cfg)
     print()
@@ -202,6 +251,7 @@ def _downstream(args: argparse.Namespace) -> int:
     from flows.train_downstream import train_downstream_flow
 
     version = args.model_version
+    _quiet_failures(resolve_stores(cfg.home).home)
     report = train_downstream_flow(cfg, int(version) if version.isdigit() else version)
     print()
     print(report.to_text())

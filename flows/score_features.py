@@ -16,7 +16,7 @@ from tasks.validate import check_stores, validate_config
 def score_features(config: PipelineConfig | None = None) -> Scored:
     """Score the rows the champion has not seen yet and append them; says so when none are new."""
     cfg = config or PipelineConfig()
-    validate_config(cfg)
+    validate_config(cfg, training=False)  # the model's settings are the version's
     stores = resolve_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     current = champion(cfg, stores)

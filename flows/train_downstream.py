@@ -19,7 +19,7 @@ def train_downstream_flow(
 ) -> DownstreamReport:
     """Fit logistic regression on the table's codes and on its two baselines; print accuracies."""
     cfg = config or PipelineConfig()
-    validate_config(cfg)
+    validate_config(cfg, training=False)  # the model's settings are the version's
     stores = resolve_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged

@@ -22,6 +22,7 @@ ENV_CATALOG_URI = "AEPIPE_CATALOG_URI"
 ENV_WAREHOUSE = "AEPIPE_WAREHOUSE"
 DEFAULT_HOME = ".aepipe"
 NAMESPACE = "aepipe"
+MLFLOW_UI_PORT = 5000  # where `aepipe ui` starts the local MLflow UI
 
 
 class Stores(BaseModel):
@@ -86,13 +87,21 @@ class Stores(BaseModel):
         """PREFECT_HOME used by the CLI, so the Prefect UI shows the runs made here."""
         return self.home / "prefect"
 
+    @property
+    def mlflow_ui_url(self) -> str:
+        """Where a browser reaches the MLflow UI: the tracking server, or the local UI that
+        :meth:`ui_commands` starts (port 5000)."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return redact_uri(self.tracking_uri).rstrip("/")
+        return f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+
     def ui_commands(self) -> dict[str, str]:
         """Shell commands that open the Prefect and MLflow UIs on these stores (a remote
         tracking server is its own UI: its address, credentials blanked out)."""
         bin_dir = _bin_dir()
         mlflow = (
             f"{bin_dir}mlflow ui --backend-store-uri {self.tracking_uri} "
-            f"--default-artifact-root {self.artifact_root.as_uri()} --port 5000"
+            f"--default-artifact-root {self.artifact_root.as_uri()} --port {MLFLOW_UI_PORT}"
         )
         if self.tracking_uri.startswith(("http://", "https://")):
             mlflow = f"open {redact_uri(self.tracking_uri)} in a browser"

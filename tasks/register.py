@@ -82,6 +82,20 @@ def decide_promotion(
 EVAL_MAX_ROWS = 20_000
 
 
+def nothing_learned(trained: TrainedModel) -> str | None:
+    """Why a model must not become champion because it reconstructs the test rows no better
+    than each column's training mean (``recon_vs_baseline`` >= 1), or None when it learned."""
+    m = trained.metrics
+    if m.get("recon_vs_baseline", 0.0) < 1.0:
+        return None
+    loss = trained.loss
+    return (
+        f"not promoted: it learned nothing (test {loss.upper()} {m[f'test_{loss}']:.5g} is no "
+        f"better than predicting each column's training mean, {m[f'baseline_{loss}']:.5g}); "
+        "train longer, with smaller batches, or on more rows"
+    )
+
+
 def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFrame:
     """Raw rows of the fixed evaluation split (the test split, its first ``EVAL_MAX_ROWS``
     rows at most), as users would send them."""
@@ -179,6 +193,9 @@ def register_model(
         )
         if reason_prefix:
             promoted, reason = True, reason_prefix + "challenger takes over"
+        learned_nothing = nothing_learned(trained)
+        if learned_nothing:  # never crowned, not even as the first version
+            promoted, reason = False, learned_nothing
         if promoted:
             make_champion(client, cfg.model_name, version)
         record_decision(

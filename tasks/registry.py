@@ -25,6 +25,7 @@ from tasks.config import ConfigError
 from tasks.tracking import configure_mlflow
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+AUTOMATIC, MANUAL = "promotion", "promotion.manual"  # tag prefixes of the two decision kinds
 EVAL_METRIC = "eval_mse"  # mean reconstruction MSE on the fixed evaluation split, scored live
 COMPARE_METRICS = (
     EVAL_METRIC,
@@ -155,20 +156,23 @@ def record_decision(
     champion_value: float | None,
     champion_version: str | None,
     reason: str,
+    prefix: str = AUTOMATIC,
 ) -> None:
-    """Write a promotion decision onto the version as ``promotion.*`` tags."""
+    """Write a promotion decision onto the version as ``<prefix>.*`` tags: ``promotion.*`` for
+    a run's automatic decision, ``promotion.manual.*`` for one made by hand, so a manual
+    promotion keeps the automatic decision's record beside its own."""
 
     def fmt(v: float | None) -> str:
         return "" if v is None else f"{v:.6g}"
 
     tags = {
-        "promotion.decision": decision,
-        "promotion.metric": metric,
-        "promotion.challenger_value": fmt(challenger_value),
-        "promotion.champion_value": fmt(champion_value),
-        "promotion.champion_version": champion_version or "",
-        "promotion.reason": reason,
-        "promotion.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        f"{prefix}.decision": decision,
+        f"{prefix}.metric": metric,
+        f"{prefix}.challenger_value": fmt(challenger_value),
+        f"{prefix}.champion_value": fmt(champion_value),
+        f"{prefix}.champion_version": champion_version or "",
+        f"{prefix}.reason": reason,
+        f"{prefix}.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
@@ -255,8 +259,12 @@ def compare_versions(name: str, stores: Stores) -> pd.DataFrame:
             "aliases": ",".join(sorted(by_version.get(str(mv.version), []))),
         }
         row.update({k: metrics.get(k) for k in COMPARE_METRICS if k in metrics})
-        row["decision"] = mv.tags.get("promotion.decision", "")
-        row["reason"] = mv.tags.get("promotion.reason", "")
+        # the latest decision: a manual one when made, with the run's own kept beside it
+        auto, manual = (mv.tags.get(f"{p}.decision", "") for p in (AUTOMATIC, MANUAL))
+        row["decision"] = manual or auto
+        row["reason"] = mv.tags.get(f"{MANUAL if manual else AUTOMATIC}.reason", "")
+        if manual and auto:
+            row["reason"] += f" (the run decided: {auto}, {mv.tags.get(AUTOMATIC + '.reason')})"
         rows.append(row)
     frame = pd.DataFrame(rows)
     metrics = [m for m in COMPARE_METRICS if m in frame.columns]
@@ -285,5 +293,6 @@ def promote_manually(name: str, version: str | int, stores: Stores, note: str = 
         champion_value=None,
         champion_version=previous,
         reason=reason,
+        prefix=MANUAL,
     )
     return f"{name} version {mv.version} is now the champion (was {previous or 'none'})"

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
-from stores import Stores, console_script, python_command
+from stores import Stores, console_script, python_command, resolve_stores
 from tasks.ingest import IngestResult
 from tasks.materialize import Materialized
 from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
 from tasks.train import TrainedModel
+
+QUALITY_FIGURES = (
+    "baseline_mse",
+    "baseline_bce",
+    "recon_vs_baseline",
+    "codes_logreg_accuracy",
+    "codes_5nn_accuracy",
+    "majority_accuracy",
+    "test_auroc",
+    "test_average_precision",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,65 @@ class RunSummary:
     prefect_ui: str
     mlflow_ui: str
     pictures: list[str]
+    experiment_id: str = ""
+    mlflow_url: str = ""  # where a browser reaches the MLflow UI
+    home_flag: str = ""  # " --home X" when the run's home is not the default one
+    quality: dict[str, float] = field(default_factory=dict)  # figures and their baselines
+
+    def warnings(self) -> list[str]:
+        """What a reader must not miss: a model that learned nothing, codes that carry no
+        more about the label than the majority class, scores no better than chance."""
+        q, out = self.quality, []
+        if q.get("recon_vs_baseline", 0.0) >= 1.0:
+            out.append(
+                "the model reconstructs no better than each column's training mean: it "
+                "learned nothing and was not promoted"
+            )
+        majority = q.get("majority_accuracy")
+        if majority is not None and q.get("codes_logreg_accuracy", 1.0) <= majority + 0.005:
+            out.append(
+                f"logistic regression on the codes ({q['codes_logreg_accuracy']:.3f}) does no "
+                f"better than always answering the majority class ({majority:.3f})"
+            )
+        if q.get("test_auroc", 1.0) <= 0.55:
+            out.append(
+                f"the anomaly scores rank the labelled anomalies about as well as chance "
+                f"(AUROC {q['test_auroc']:.3f}; chance is 0.5)"
+            )
+        return out
+
+    def quality_lines(self) -> list[str]:
+        """Each figure beside its trivial baseline, for the terminal."""
+        q, lines = self.quality, []
+        if "baseline_mse" in q:
+            lines.append(
+                f"  trivial baseline   MSE {q['baseline_mse']:.5f}   BCE {q['baseline_bce']:.5f}"
+                "   (every row reconstructed as the training columns' means)"
+            )
+        if "codes_logreg_accuracy" in q:
+            lines.append(
+                f"  codes -> label     logistic regression {q['codes_logreg_accuracy']:.3f}, "
+                f"5-NN {q['codes_5nn_accuracy']:.3f}   (majority class "
+                f"{q.get('majority_accuracy', float('nan')):.3f})"
+            )
+        if "test_auroc" in q:
+            lines.append(
+                f"  anomaly scores     AUROC {q['test_auroc']:.3f}, average precision "
+                f"{q['test_average_precision']:.3f}   (chance: AUROC 0.5)"
+            )
+        return lines
+
+    def picture_links(self) -> list[tuple[str, str]]:
+        """(title, URL) of each picture as the MLflow UI serves it (``get-artifact``), so a
+        browser opens it from the Prefect UI while that MLflow UI runs."""
+        base = self.mlflow_url
+        return [
+            (
+                Path(p).stem.replace("_", " "),
+                f"{base}/get-artifact?path=plots/{Path(p).name}&run_id={self.run_id}",
+            )
+            for p in self.pictures
+        ]
 
     def table_rows(self) -> list[dict[str, str]]:
         """The figures a scheduled run is checked by, as rows for a Prefect table artifact."""
@@ -58,6 +128,7 @@ class RunSummary:
             "promotion": self.promotion,
             "test MSE": f"{self.test_mse:.5f}",
             "test BCE": f"{self.test_bce:.5f}",
+            **{k: f"{v:.5g}" for k, v in self.quality.items()},
             "training": f"{self.train_seconds:.1f} s on {self.device}",
             "feature table rows": self.rows_written,
             "flagged is_anomaly": self.anomalies,
@@ -68,6 +139,7 @@ class RunSummary:
     def to_text(self) -> str:
         """Plain-text summary for the terminal."""
         alias = ", ".join(self.aliases)
+        home_arg = f", home={self.home!r}" if self.home_flag else ""
         return "\n".join(
             [
                 f"aepipe: reduced {self.dataset!r} from {self.features_in} to {self.code_size} "
@@ -82,31 +154,36 @@ class RunSummary:
                 f"(alias: {alias}; {self.promotion})",
                 f"  test recon error   MSE {self.test_mse:.5f}   BCE {self.test_bce:.5f}"
                 f"   (best epoch {self.best_epoch}, {self.train_seconds:.1f} s on {self.device})",
+                *self.quality_lines(),
                 f"  feature table      aepipe.{self.table}: {self.rows_written} rows, "
                 f"{self.anomalies} flagged is_anomaly",
                 f"                     warehouse {self.warehouse}",
                 f'  read it            {python_command()} -c "from feature_store import '
-                f"read_features; print(read_features('{self.table}'))\"",
-                f"                     or: {console_script('aepipe')} features {self.table}",
+                f"read_features; print(read_features('{self.table}'{home_arg}))\"",
+                f"                     or: {console_script('aepipe')} features {self.table}"
+                f"{self.home_flag}",
                 f"  MLflow run         {self.run_id} ({len(self.pictures)} pictures under "
                 "artifacts/plots)",
                 f"  Prefect UI         {self.prefect_ui}",
                 f"  MLflow UI          {self.mlflow_ui}",
+                *(f"  WARNING            {w}" for w in self.warnings()),
             ]
         )
 
     def to_markdown(self) -> str:
         """Markdown summary for the Prefect UI."""
-        fields = {k: v for k, v in asdict(self).items() if k != "pictures"}
+        skip = ("pictures", "quality", "home_flag")
+        fields = {k: v for k, v in asdict(self).items() if k not in skip} | self.quality
         rows = "\n".join(f"| {k} | {v} |" for k, v in fields.items())
-        pictures = "\n".join(
-            f"- [{Path(p).stem.replace('_', ' ')}]({Path(p).as_uri()}) (MLflow run "
-            f"{self.run_id}, artifact `plots/{Path(p).name}`)"
-            for p in self.pictures
+        warned = "".join(f"> **Warning:** {w}\n\n" for w in self.warnings())
+        run_page = f"{self.mlflow_url}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        pictures = "\n\n".join(
+            f"**{title}**\n\n![{title}]({url})" for title, url in self.picture_links()
         )
         return (
-            f"# aepipe run: {self.dataset}\n\n| field | value |\n|---|---|\n{rows}\n\n"
-            f"## Pictures\n\n{pictures or 'none'}\n"
+            f"# aepipe run: {self.dataset}\n\n{warned}| field | value |\n|---|---|\n{rows}\n\n"
+            f"## Pictures\n\nServed by the MLflow UI (start it with `{self.mlflow_ui}`); "
+            f"the run: [{run_page}]({run_page})\n\n{pictures or 'none'}\n"
         )
 
 
@@ -146,6 +223,10 @@ def summarize(
         prefect_ui=ui["prefect"],
         mlflow_ui=ui["mlflow"],
         pictures=sorted(str(p) for p in Path(trained.plots_dir).glob("*.png")),
+        experiment_id=registered.experiment_id,
+        mlflow_url=stores.mlflow_ui_url,
+        home_flag="" if stores.home == resolve_stores().home else f" --home {stores.home}",
+        quality={k: v for k, v in trained.metrics.items() if k in QUALITY_FIGURES},
     )
     if FlowRunContext.get() is not None:
         key = f"aepipe-{summary.dataset.replace('_', '-').lower()}"

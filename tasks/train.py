@@ -20,7 +20,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 import ae_models
-from ae_models.fitting import fit_autoencoder
+from ae_models.fitting import auto_code_size, fit_autoencoder
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import resolve_score, score_rows
@@ -30,6 +30,7 @@ from tasks.config import ConfigError, PipelineConfig
 from tasks.evaluation import plots
 from tasks.evaluation.metrics import (
     anomaly_metrics,
+    baseline_reconstruction,
     code_metrics,
     is_anomaly_label,
     is_classification_label,
@@ -63,6 +64,7 @@ class TrainedModel:
     history: list[dict[str, float]]
     device: str
     precision: str
+    loss: str = "mse"  # the reconstruction loss trained on: bce (sigmoid head) or mse
 
 
 def load_split_matrices(data: NormalizedData) -> dict[str, np.ndarray]:
@@ -92,9 +94,13 @@ def draw_pictures(
     scores: np.ndarray,
     labels: np.ndarray | None,
     threshold: float,
+    normalizer: Normalizer | None = None,
+    train_mean: np.ndarray | None = None,
 ) -> list[Path]:
-    """Loss curves, code histogram and projection, score histogram and (for images) a grid
-    of originals over reconstructions, as PNG files in ``folder``."""
+    """Loss curves, code histogram and projection, score histogram, and a grid of originals
+    over reconstructions for images or, for tables (``normalizer`` with other than pixel
+    columns), each source column's error beside the trivial one (``train_mean``), as PNG
+    files in ``folder``."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,6 +112,17 @@ def draw_pictures(
     ]
     with torch.no_grad():
         recon = model.eval()(torch.from_numpy(x_eval[:2000])).recon.float().numpy()
+    table = normalizer is not None and any(c.kind != "scaled" for c in normalizer.columns)
+    if table and train_mean is not None:
+        sources = normalizer.output_sources
+        names = list(dict.fromkeys(sources.values()))
+        group = np.array([names.index(sources[k]) for k in sources])
+        per_input = np.mean(np.square(x_eval[:2000] - recon), axis=0)
+        trivial = np.mean(np.square(x_eval[:2000] - train_mean), axis=0)
+        per_column = np.bincount(group, per_input, len(names))
+        per_column_trivial = np.bincount(group, trivial, len(names))
+        chart = folder / "column_errors.png"
+        return [*made, plots.column_errors(names, per_column, per_column_trivial, chart)]
     grid = plots.reconstruction_grid(
         x_eval[:2000],
         recon,
@@ -122,12 +139,21 @@ def build_model(
     normalized data lies in [0, 1], a linear head with MSE otherwise (unless ``model.params``
     sets ``output``). Bad settings become ConfigError."""
     params = {"output": "sigmoid" if unit_range else "linear", **cfg.model.params}
+    code_size = cfg.model.code_size
+    if code_size == "auto":
+        code_size = auto_code_size(input_dim)
+    elif code_size >= input_dim:
+        raise ConfigError(
+            f"model.code_size {code_size} must be smaller than the model's input width "
+            f"({input_dim} columns after normalizing, one-hot levels counted); leave it "
+            f"'auto' for {auto_code_size(input_dim)}"
+        )
     try:
         return ae_models.create_model(
             cfg.model.name,
             seed=cfg.train.seed,
             input_dim=input_dim,
-            code_size=cfg.model.code_size,
+            code_size=code_size,
             **params,
         )
     except (TypeError, ValueError) as err:
@@ -272,9 +298,14 @@ def train_autoencoder(
         "final_train_loss": float(last["train_loss"]),
         "best_epoch": float(result.best_epoch),
         "epochs_run": float(len(result.history)),
+        "batch_size": float(result.batch_size),
         "train_seconds": float(result.seconds),
         "threshold": threshold,
     }
+    metrics.update(baseline_reconstruction(parts["train"], parts[eval_split]))
+    loss = model.config.loss_name  # what the model was trained to lower: bce or mse
+    # below 1: reconstructs better than each column's training mean; 1 or more: learned nothing
+    metrics["recon_vs_baseline"] = metrics[f"test_{loss}"] / max(metrics[f"baseline_{loss}"], 1e-12)
     labels = load_split_labels(data) if data.has_label else None
     if labels is not None:
         y_fit = np.concatenate([labels["train"], labels["val"]])
@@ -307,18 +338,21 @@ def train_autoencoder(
         test_scores,
         labels[eval_split] if labels is not None else None,
         threshold,
+        Normalizer.load(data.spec_path),
+        parts["train"].mean(axis=0),
     )
     trained = TrainedModel(
         str(folder),
         str(plots_dir),
         run_id,
         cfg.model.name,
-        cfg.model.code_size,
+        model.config.code_size,
         threshold,
         metrics,
         result.history,
         result.device,
         result.precision,
+        loss,
     )
     if request_id:
         client.log_artifacts(run_id, str(folder), HANDOFF_MODEL)

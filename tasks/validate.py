@@ -7,22 +7,31 @@ import os
 from pathlib import Path
 
 import ae_models
+from ae_models.fitting import auto_code_size
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.io.sources import inspect_source
+from tasks.io.sources import ARRAY_FORMATS, inspect_source
 from tasks.tracking import check_tracking
 
 
-def validate_config(cfg: PipelineConfig) -> None:
-    """Raise ConfigError (one line) if the source, model name or sizes cannot work together."""
+def validate_config(cfg: PipelineConfig, training: bool = True) -> None:
+    """Raise ConfigError (one line) if the source, model name or sizes cannot work together.
+    ``training=False`` (scoring, downstream) checks only the source: the model's settings
+    come from the registered version used."""
+    info = inspect_source(cfg.source)
+    if not training:
+        return
     if cfg.model.name not in ae_models.list_models():
         raise ConfigError(f"unknown model {cfg.model.name!r}; available: {ae_models.list_models()}")
-    info = inspect_source(cfg.source)
     width = len(info.features)
-    if cfg.model.code_size >= width:
+    # arrays (images, IDX, NPZ, the built-in digits) give the model one input per column;
+    # a table's one-hot levels widen it, so its code size is checked once it is normalized
+    exact = info.format in (*ARRAY_FORMATS, "builtin")
+    if exact and cfg.model.code_size != "auto" and cfg.model.code_size >= width:
         raise ConfigError(
             f"model.code_size {cfg.model.code_size} must be smaller than the input width "
-            f"({width} feature columns in {cfg.source.path!r})"
+            f"({width} feature columns in {cfg.source.path!r}); leave it 'auto' for "
+            f"{auto_code_size(width)}"
         )
     named = [*cfg.normalize.columns, *cfg.normalize.log1p]
     unknown = [c for c in named if c not in info.features]

@@ -162,11 +162,24 @@ def plan_partitions(job: ScoringJob) -> list[list[int]]:
     return parts
 
 
-def top_columns(errors: np.ndarray, groups: np.ndarray, names: list[str], k: int) -> pa.Array:
-    """Per row, the ``k`` source columns with the largest error contributions, largest first:
+def top_columns(
+    errors: np.ndarray,
+    groups: np.ndarray,
+    names: list[str],
+    k: int,
+    typical: np.ndarray | None = None,
+) -> pa.Array:
+    """Per row, the ``k`` source columns whose error is most unusual, most unusual first:
     per-input error terms summed over each source column's inputs (``groups``: inputs x
-    sources, one-hot groups summed back to their column)."""
+    sources, one-hot groups summed back to their column), each divided by the same sum of
+    the inputs' ``typical`` (training mean) errors. Without that division a column with many
+    one-hot levels would top every row by its width alone; models saved without ``typical``
+    rank by the raw sums."""
     contrib = errors @ groups
+    if typical is not None:
+        usual = np.asarray(typical, np.float32) @ groups
+        floor = max(0.1 * float(np.median(usual)), 1e-12)  # a column always reconstructed
+        contrib = contrib / np.maximum(usual, floor)  # exactly does not turn noise into "top"
     k = min(k, contrib.shape[1])
     top = np.argpartition(-contrib, k - 1, axis=1)[:, :k]
     order = np.take_along_axis(contrib, top, axis=1).argsort(axis=1)[:, ::-1]
@@ -227,7 +240,9 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
                 model, x, scorer, device=job.device, per_column=groups is not None
             )
             top = (
-                top_columns(scored.per_column, groups, names, job.explain_top_k)
+                top_columns(
+                    scored.per_column, groups, names, job.explain_top_k, scorer.column_typical
+                )
                 if groups is not None
                 else None
             )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,3 +54,22 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"shared data sets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+AEPIPE = shutil.which("aepipe", path=str(Path(sys.executable).parent)) or "aepipe"
+
+
+def run_aepipe(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """Run the ``aepipe`` console script as a user would: a clean environment (no AEPIPE_ or
+    PREFECT_ settings of the test process), output captured as text."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AEPIPE_", "PREFECT_"))}
+    base.update(env or {})
+    return subprocess.run(
+        [AEPIPE, *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="session")
+def aepipe_cli():
+    """:func:`run_aepipe`, for tests of the console script."""
+    return run_aepipe

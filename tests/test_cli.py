@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-AEPIPE = shutil.which("aepipe", path=str(Path(sys.executable).parent)) or "aepipe"
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AEPIPE_", "PREFECT_"))}
-    base.update(env or {})
-    return subprocess.run(
-        [AEPIPE, *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=600
-    )
 
 
 @pytest.mark.parametrize(
@@ -32,14 +18,23 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):
             "unknown model 'resnet'; available: ['contractive', 'conv', 'deep',",
         ),
         (["--code-size", "64"], "model.code_size 64 must be smaller than the input width (64"),
-        (["--code-size", "0"], "model.code_size: Input should be greater than or equal to 1"),
+        (
+            ["--code-size", "0"],
+            "model.code_size: Value error, code_size must be >= 1 or 'auto', got 0",
+        ),
         (["no-such-config.yaml"], "config file 'no-such-config.yaml' does not exist"),
         (["--set", "train.epochs"], "--set expects KEY=VALUE"),
         (["--set", "train.nope=3"], "train.nope"),
+        (
+            ["--set", "train.epoch=3"],
+            "train.epoch: Unexpected keyword argument (did you mean 'train.epochs'?)",
+        ),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args, message) -> None:
-    result = run_cli("run", *args, cwd=tmp_path)
+def test_bad_input_is_one_line_and_writes_nothing(
+    aepipe_cli, tmp_path: Path, args, message
+) -> None:
+    result = aepipe_cli("run", *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -48,23 +43,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args, message)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_features_of_missing_store_is_one_line(tmp_path: Path) -> None:
-    result = run_cli("features", "digits", cwd=tmp_path)
+def test_features_of_missing_store_is_one_line(aepipe_cli, tmp_path: Path) -> None:
+    result = aepipe_cli("features", "digits", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("aepipe: error: no feature store at")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_scoring_without_a_model_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
-    result = run_cli("score", "--source", "digits", cwd=tmp_path)
+def test_scoring_without_a_model_is_one_line_and_writes_nothing(aepipe_cli, tmp_path: Path) -> None:
+    result = aepipe_cli("score", "--source", "digits", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("aepipe: error: no MLflow store at")
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_run_from_yaml_prints_summary_and_table_reads_back(tmp_path: Path) -> None:
-    result = run_cli("run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path)
+def test_run_from_yaml_prints_summary_and_table_reads_back(aepipe_cli, tmp_path: Path) -> None:
+    result = aepipe_cli("run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "rows ingested      1797" in out
@@ -77,7 +72,7 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(tmp_path: Path) -> No
     assert (home / "prefect").is_dir()  # the Prefect UI command shows these runs
     assert "Traceback" not in out + result.stderr
 
-    shown = run_cli("features", "digits", "--limit", "2", cwd=tmp_path)
+    shown = aepipe_cli("features", "digits", "--limit", "2", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "(1797 rows)" in shown.stdout
 
@@ -86,24 +81,49 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(tmp_path: Path) -> No
     frame = read_features("digits", home=home)
     assert len(frame) == 1797 and set(frame["model_version"]) == {1}
 
-    scored = run_cli("score", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
+    scored = aepipe_cli("score", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert "no new rows in the source (1797 rows" in scored.stdout
 
-    history = run_cli("features", "digits", "--history", cwd=tmp_path)
+    history = aepipe_cli("features", "digits", "--history", cwd=tmp_path)
     assert history.returncode == 0 and history.stdout.count("append") == 1
     snapshot = history.stdout.strip().splitlines()[-1].split()[2]
-    old = run_cli(
+    old = aepipe_cli(
         "features", "digits", "--as-of", snapshot, "--filter", "recon_error >= 0", cwd=tmp_path
     )
     assert old.returncode == 0 and "(1797 rows)" in old.stdout
-    files = run_cli("features", "digits", "--files", cwd=tmp_path)
+    files = aepipe_cli("features", "digits", "--files", cwd=tmp_path)
     assert files.returncode == 0 and all(
         Path(line).is_file() for line in files.stdout.strip().splitlines()
     )
-    bad = run_cli("features", "digits", "--as-of", "yesterday", cwd=tmp_path)
+    bad = aepipe_cli("features", "digits", "--as-of", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2 and "--as-of 'yesterday'" in bad.stderr
 
-    down = run_cli("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
+    down = aepipe_cli("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
     assert down.returncode == 0, down.stderr[-3000:]
     assert "latent codes" in down.stdout and "PCA (16 components)" in down.stdout
+
+
+def test_failure_inside_the_flow_is_one_line_with_the_trace_in_the_log(aepipe_cli, tmp_path):
+    """Issue 17.8: a source refused after the flow started (too many ragged lines) printed
+    about 120 lines of Prefect tracebacks with the message four times; now the message once,
+    the traces in the home's error log, and each ragged line quarantined with its number."""
+    import pyarrow.parquet as pq
+
+    rows = [
+        "a,b,c",
+        *(f"{i},{2 * i},x{i % 3}" for i in range(300)),
+        *(f"{i},{i}" for i in range(30)),
+    ]
+    (tmp_path / "bad.csv").write_text("\n".join(rows) + "\n")
+    result = aepipe_cli("run", "--source", "bad.csv", "--epochs", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    message = "30 of 330 rows (9.1%) of 'bad.csv' were quarantined"
+    assert (result.stdout + result.stderr).count(message) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) < 12, result.stderr
+    log = (tmp_path / ".aepipe" / "logs" / "aepipe-error.log").read_text()
+    assert "Traceback" in log and message in log
+    quarantine = next((tmp_path / ".aepipe" / "data").rglob("quarantine.parquet"))
+    where = pq.read_table(quarantine).column("location").to_pylist()
+    assert where == [f"line {n}" for n in range(302, 332)]  # header: line 1, 300 good rows

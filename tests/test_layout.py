@@ -132,5 +132,5 @@ def test_cli_flags_say_what_the_config_does() -> None:
         for part in key.split("."):
             value = value[part]
         assert value == doc.default, f"{flag}: the config's default is {value!r}"
-    assert "(default 256)" in actions["--batch-size"].help
+    assert "(default auto)" in actions["--batch-size"].help
     assert all(f in actions["--format"].help for f in ("csv", "parquet", "images", "idx", "npz"))

@@ -36,7 +36,25 @@ def code_metrics(
     a, b = scaler.transform(z_train), scaler.transform(z_test)
     logreg = LogisticRegression(max_iter=1000).fit(a, y_train).score(b, y_test)
     knn = KNeighborsClassifier(n_neighbors=min(5, len(a))).fit(a, y_train).score(b, y_test)
-    return {"codes_logreg_accuracy": float(logreg), "codes_5nn_accuracy": float(knn)}
+    values, counts = np.unique(y_train, return_counts=True)
+    majority = float((y_test == values[counts.argmax()]).mean())  # the trivial classifier
+    return {
+        "codes_logreg_accuracy": float(logreg),
+        "codes_5nn_accuracy": float(knn),
+        "majority_accuracy": majority,
+    }
+
+
+def baseline_reconstruction(x_train: np.ndarray, x_eval: np.ndarray) -> dict[str, float]:
+    """Errors of the trivial reconstruction, each column's training mean for every row: a
+    model that does not beat it has learned nothing about the rows."""
+    mean = x_train.astype(np.float64).mean(axis=0)
+    x = x_eval.astype(np.float64)
+    mse = float(np.mean(np.square(x - mean))) if len(x) else float("nan")
+    p = np.clip(mean, 1e-7, 1 - 1e-7)
+    t = np.clip(x, 0.0, 1.0)
+    bce = float(np.mean(-(t * np.log(p) + (1 - t) * np.log1p(-p)))) if len(x) else float("nan")
+    return {"baseline_mse": mse, "baseline_bce": bce}
 
 
 def anomaly_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -127,3 +127,30 @@ def reconstruction_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def column_errors(
+    names: list[str],
+    model_error: np.ndarray,
+    baseline_error: np.ndarray,
+    path: Path,
+    top: int = 30,
+) -> Path:
+    """For tables (where a grid of "images" means nothing): each source column's mean
+    squared reconstruction error on the evaluation rows (one-hot levels summed back to their
+    column), beside the trivial reconstruction's (each column's training mean); the ``top``
+    worst-reconstructed columns, worst at the top."""
+    order = np.argsort(-model_error)[:top][::-1]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(order) + 1.2))
+    rows = np.arange(len(order))
+    ax.barh(rows + 0.2, baseline_error[order], 0.4, label="column mean (trivial)", color="0.7")
+    ax.barh(rows - 0.2, model_error[order], 0.4, label="autoencoder")
+    ax.set_yticks(rows, [names[i] for i in order], fontsize=8)
+    ax.set_xlabel("mean squared error on the evaluation rows")
+    ax.set_title("reconstruction error per source column")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

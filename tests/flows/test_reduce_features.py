@@ -15,7 +15,7 @@ from feature_store import read_features
 from flows.reduce_features import reduce_features
 from stores import resolve_stores
 from tasks.config import ConfigError, build_config
-from tasks.registry import compare_versions, list_registered, promote_manually
+from tasks.registry import compare_versions, list_registered, promote_manually, registry_client
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,10 @@ def config(home, epochs: int):
 
 @pytest.fixture(scope="module")
 def two_runs(prefect_server, tmp_path_factory):
-    """Two runs on the same data: a short one, then a longer (better) one."""
+    """Two runs on the same data: a short one (long enough to beat the trivial
+    reconstruction, so it can be champion), then a longer (better) one."""
     home = tmp_path_factory.mktemp("two-runs")
-    first = reduce_features(config(home, epochs=2))
+    first = reduce_features(config(home, epochs=14))
     second = reduce_features(config(home, epochs=25))
     return home, first, second
 
@@ -218,7 +219,14 @@ def test_models_list_compare_and_manual_promotion(two_runs, capsys) -> None:
     assert set(read_features("digits", home=home)["model_version"]) == {1}
     table = compare_versions("aepipe-digits", st)
     assert table.loc[0, "decision"] == "promoted (manual)"
-    assert table.loc[0, "reason"] == "manual promotion: rollback drill"
+    assert table.loc[0, "reason"] == (
+        "manual promotion: rollback drill (the run decided: promoted, first version: no "
+        "champion yet)"
+    )
+    tags = registry_client(st).get_model_version("aepipe-digits", "1").tags
+    assert tags["promotion.decision"] == "promoted"  # the run's decision, kept
+    assert tags["promotion.manual.decision"] == "promoted (manual)"
+    assert tags["promotion.manual.champion_version"] == "2"
     assert main(["models", "promote", "aepipe-digits", "2", "--home", str(home)]) == 0
     assert main(["models", "compare", "aepipe-digits", "--home", str(home)]) == 0
     out = capsys.readouterr().out
@@ -233,11 +241,21 @@ def test_models_list_compare_and_manual_promotion(two_runs, capsys) -> None:
 
 
 def test_worse_model_is_not_promoted(prefect_server, home) -> None:
-    good = reduce_features(config(home, epochs=20))
-    worse = reduce_features(config(home, epochs=1))
+    good = reduce_features(config(home, epochs=25))
+    worse = reduce_features(config(home, epochs=14))  # learned, less than good
     assert good.aliases == ["champion"]
     assert worse.aliases == ["challenger"] and "does not beat" in worse.promotion
     assert set(read_features("digits", home=home)["model_version"]) == {good.model_version}
+
+
+def test_first_version_that_learned_nothing_is_not_crowned(prefect_server, home) -> None:
+    """Issue 17.5: one epoch on the digits reconstructs worse than each pixel's mean; even
+    as the first version it stays challenger, and the summary says so loudly."""
+    nothing = reduce_features(config(home, epochs=1))
+    assert nothing.aliases == ["challenger"]
+    assert nothing.promotion.startswith("not promoted: it learned nothing (test BCE")
+    assert "WARNING            the model reconstructs no better" in nothing.to_text()
+    assert nothing.quality["recon_vs_baseline"] >= 1.0
 
 
 def test_image_folder_with_the_conv_model(prefect_server, shared_datasets, home) -> None:
@@ -247,12 +265,13 @@ def test_image_folder_with_the_conv_model(prefect_server, shared_datasets, home)
             "dataset": "mnist_sample",
             "source": {"path": str(shared_datasets / "mnist-png-sample")},
             "model": {"name": "conv", "code_size": 16},
-            "train": {"epochs": 3, "batch_size": 32, "patience": 0},
+            "train": {"epochs": 20, "patience": 0},  # 3 at 32 a batch learned nothing
         }
     )
     summary = reduce_features(cfg)
     assert summary.rows_ingested == 500 and summary.rows_quarantined == 0
     assert summary.features_in == 784 and summary.code_size == 16
+    assert summary.aliases == ["champion"] and summary.quality["recon_vs_baseline"] < 1
     table = read_features("mnist_sample", home=home)
     assert len(table) == 500 and table["entity_id"].str.endswith(".png").all()
 

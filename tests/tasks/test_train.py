@@ -21,6 +21,7 @@ def test_tiny_table_with_a_one_wide_code(tmp_path, tmp_stores) -> None:
     assert pictures == [
         "code_activations.png",
         "code_projection.png",
+        "column_errors.png",  # a table: errors per source column, not a grid of "images"
         "loss_curves.png",
         "recon_scores.png",
     ]

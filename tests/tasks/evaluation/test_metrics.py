@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tasks.evaluation.metrics import (
     anomaly_metrics,
+    baseline_reconstruction,
     code_metrics,
     is_anomaly_label,
     is_classification_label,
@@ -24,7 +26,20 @@ def test_code_metrics_on_separable_codes() -> None:
     y = np.repeat([0, 1, 2], 100)
     z = rng.normal(size=(300, 4)) + y[:, None] * 5
     got = code_metrics(z[::2], y[::2], z[1::2], y[1::2])
-    assert got == {"codes_logreg_accuracy": 1.0, "codes_5nn_accuracy": 1.0}
+    assert got == {
+        "codes_logreg_accuracy": 1.0,
+        "codes_5nn_accuracy": 1.0,
+        "majority_accuracy": pytest.approx(1 / 3, abs=0.01),  # the trivial classifier
+    }
+
+
+def test_baseline_reconstruction_predicts_the_training_means() -> None:
+    x_train = np.array([[0.0, 1.0], [1.0, 1.0]], np.float32)
+    x_eval = np.array([[1.0, 1.0]], np.float32)
+    got = baseline_reconstruction(x_train, x_eval)
+    assert got["baseline_mse"] == pytest.approx(0.125)  # (1 - 0.5)^2 / 2 columns
+    # column 0: -log(0.5); column 1: the mean 1.0 is clipped to 1 - 1e-7, -log(1 - 1e-7)
+    assert got["baseline_bce"] == pytest.approx((np.log(2) + 1e-7) / 2, rel=1e-5)
 
 
 def test_anomaly_metrics() -> None:
