@@ -236,9 +236,14 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
 
 
 def run_fingerprint(model: Autoencoder, cfg: TrainConfig, n_train: int) -> str:
-    """What a checkpoint must match to be resumed: model config, training config, data size."""
+    """What a checkpoint must match to be resumed: model config, the shapes of its weights
+    (a default that changed between versions, such as the hidden widths, changes them),
+    training config, data size."""
     train = {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint_dir", "resume")}
-    blob = json.dumps([model.model_name, model.config.to_dict(), train, n_train], sort_keys=True)
+    shapes = [[name, list(t.shape)] for name, t in model.state_dict().items()]
+    blob = json.dumps(
+        [model.model_name, model.config.to_dict(), shapes, train, n_train], sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

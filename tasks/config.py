@@ -179,7 +179,7 @@ class ModelSpec(_Frozen):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="variant settings, e.g. {hidden: [64, 32], activation: relu}; default "
-        "widths halve",
+        "hidden widths: 256-128 for inputs narrower than 256, else halving from 256",
     )
 
 

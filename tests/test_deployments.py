@@ -139,7 +139,7 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
         config = {
             "home": str(home),
             "model": {"code_size": 8},
-            "train": {"epochs": 2, "batch_size": 64, "patience": 0},
+            "train": {"epochs": 3, "lr": 3e-3, "patience": 0},
             "train_deployment": "train-autoencoder/train-autoencoder",
         }
         run = cli(
@@ -186,4 +186,4 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
         if not r.data.tags["aepipe.request_id"].startswith("turns-")
     ]
     assert set(frame["run_id"]) == {trained_run.info.run_id}
-    assert trained_run.data.metrics["epochs_run"] == 2  # trained by the gpu pool's run
+    assert trained_run.data.metrics["epochs_run"] == 3  # trained by the gpu pool's run

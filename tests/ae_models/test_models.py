@@ -37,6 +37,14 @@ def test_published_mnist_widths() -> None:
     assert cfg.widths == (784, 256, 128, 64, 32, 16)
 
 
+def test_tables_get_hidden_layers_wider_than_their_input() -> None:
+    """Narrow inputs (tables) get 256-128 before the code, not widths halving from below the
+    input (Adult's 100 inputs had 64-32, a 6-column table 4): the code is the bottleneck."""
+    assert ae_models.DeepConfig(input_dim=100, code_size=16).widths == (100, 256, 128, 16)
+    assert ae_models.DeepConfig(input_dim=6, code_size=3).widths == (6, 256, 128, 3)
+    assert default_hidden(200, 150) == (256,)  # hidden layers wider than the code only
+
+
 def test_code_size_must_be_smaller_than_input() -> None:
     with pytest.raises(ValueError, match="code_size 64 must be smaller than the input width 64"):
         ae_models.create_model("deep", input_dim=64, code_size=64)

@@ -276,3 +276,20 @@ def test_one_cycle_on_a_handful_of_steps(rows, epochs, batch_size) -> None:
         rates.append(opt.param_groups[0]["lr"])
     assert rates[1] > rates[0], rates  # at least one step of warm-up
     assert rates[0] < max(rates) <= cfg.lr and rates[-1] < max(rates)
+
+
+def test_checkpoint_of_other_weight_shapes_is_not_resumed(digits, tmp_path, monkeypatch) -> None:
+    """A default that changes between aepipe versions (the hidden widths did) leaves the
+    config the same but the weights another shape: that checkpoint starts afresh instead of
+    failing to load."""
+    import ae_models.deep
+
+    train, val = digits
+    cfg = ae_models.TrainConfig(epochs=2, batch_size=64, checkpoint_dir=str(tmp_path))
+    monkeypatch.setattr(ae_models.deep, "TABLE_HIDDEN", (32, 16))  # an older default
+    ae_models.train(ae_models.create_model("deep", input_dim=64, code_size=8), train, val, cfg)
+    monkeypatch.undo()
+    result = ae_models.train(
+        ae_models.create_model("deep", input_dim=64, code_size=8), train, val, cfg
+    )
+    assert result.resumed_from == 0 and len(result.history) == 2

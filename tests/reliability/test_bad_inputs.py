@@ -3,7 +3,6 @@ to quarantine, and rows in = rows out + rows quarantined. docs/reliability.md ha
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,6 @@ import pytest
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.normalize import normalize_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_cli import run_cli  # noqa: E402
 
 
 def config(path: Path, **top):
@@ -56,14 +50,14 @@ def test_a_single_row_is_a_clear_error(tmp_path, tmp_stores) -> None:
         normalize_dataset(ingested, cfg)
 
 
-def test_an_unexpected_failure_is_one_line_with_the_trace_in_the_log(tmp_path) -> None:
+def test_an_unexpected_failure_is_one_line_with_the_trace_in_the_log(aepipe_cli, tmp_path) -> None:
     """Any failure the CLI did not foresee (here MLflow refusing a connection) prints one
     line, credentials blanked, and leaves the full trace, also blanked, in the home's log."""
     env = {
         "AEPIPE_TRACKING_URI": "http://bot:fake-pw-77a1@127.0.0.1:9",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
-    result = run_cli("models", "list", cwd=tmp_path, env=env)
+    result = aepipe_cli("models", "list", cwd=tmp_path, env=env)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aepipe: error: MlflowException: ")

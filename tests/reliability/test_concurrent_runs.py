@@ -23,7 +23,7 @@ def test_two_runs_on_the_same_data_set_at_once(prefect_server, home) -> None:
             {
                 "home": str(home),
                 "model": {"code_size": 4},
-                "train": {"epochs": 2, "batch_size": 64, "patience": 0, "seed": seed},
+                "train": {"epochs": 3, "lr": 3e-3, "patience": 0, "seed": seed},
             }
         )
         return reduce_features(cfg)

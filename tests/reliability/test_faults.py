@@ -16,7 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_cli import run_cli  # noqa: E402
 
 TRAIN_CHILD = """
 import json, sys, time
@@ -175,7 +174,9 @@ class _Unavailable:
         self.server.server_close()
 
 
-def test_unreachable_tracking_server_fails_fast_and_hides_the_password(tmp_path) -> None:
+def test_unreachable_tracking_server_fails_fast_and_hides_the_password(
+    aepipe_cli, tmp_path
+) -> None:
     """A tracking server that answers nothing but 503: exactly 1 + 3 attempts (the 3
     retries the message promises, counted at the server), then one line naming the server
     with its credentials blanked; nothing trained, registered or written to the table."""
@@ -184,7 +185,7 @@ def test_unreachable_tracking_server_fails_fast_and_hides_the_password(tmp_path)
     env = {"AEPIPE_TRACKING_URI": f"http://aepipe-user:{secret}@127.0.0.1:{server.port}"}
     try:
         t0 = time.monotonic()
-        result = run_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
+        result = aepipe_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
         assert time.monotonic() - t0 < 120
     finally:
         server.close()
@@ -205,11 +206,11 @@ def test_unreachable_tracking_server_fails_fast_and_hides_the_password(tmp_path)
     assert not (tmp_path / ".aepipe" / "models").exists()
 
 
-def test_an_unwritable_store_folder_is_named_before_any_work(tmp_path) -> None:
+def test_an_unwritable_store_folder_is_named_before_any_work(aepipe_cli, tmp_path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the warehouse should go")
     env = {"AEPIPE_WAREHOUSE": str(blocker / "warehouse")}
-    result = run_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
+    result = aepipe_cli("run", "--source", "digits", "--epochs", "1", cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip() == (
         f"aepipe: error: cannot use {blocker / 'warehouse'} as the warehouse folder: "

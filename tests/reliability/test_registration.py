@@ -17,7 +17,7 @@ def config(home, epochs: int):
         {
             "home": str(home),
             "model": {"code_size": 4},
-            "train": {"epochs": epochs, "batch_size": 64, "patience": 0},
+            "train": {"epochs": epochs, "lr": 3e-3, "patience": 0},
         }
     )
 
@@ -30,7 +30,7 @@ def test_a_champion_that_cannot_be_loaded_fails_registration_once(prefect_server
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    reduce_features(config(home, 2))
+    reduce_features(config(home, 3))
     st = resolve_stores(home)
     wiped = [p for p in st.artifact_root.rglob("MLmodel")]
     assert wiped, "the first run logged no model"
@@ -38,7 +38,7 @@ def test_a_champion_that_cannot_be_loaded_fails_registration_once(prefect_server
         path.unlink()
 
     with pytest.raises(Exception, match=r"the champion \(version 1\) could not be loaded"):
-        reduce_features(config(home, 3))
+        reduce_features(config(home, 4))
 
     client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
     versions = client.search_model_versions("name='aepipe-digits'")

@@ -17,11 +17,6 @@ import torch
 import ae_models
 from ae_models import AutoencoderReducer
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_cli import run_cli  # noqa: E402
-
 
 class _Payload:
     """Unpickling this creates ``marker``: proof that code ran."""
@@ -51,9 +46,9 @@ def test_a_crafted_pickle_in_a_model_folder_is_refused_not_run(tmp_path, loader)
     assert not marker.exists()
 
 
-def test_a_config_cannot_write_outside_the_stores(tmp_path) -> None:
+def test_a_config_cannot_write_outside_the_stores(aepipe_cli, tmp_path) -> None:
     outside = tmp_path / "elsewhere"
-    result = run_cli(
+    result = aepipe_cli(
         "run", "--source", "digits", "--set", f"train.checkpoint_dir={outside}", cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -62,11 +57,11 @@ def test_a_config_cannot_write_outside_the_stores(tmp_path) -> None:
         f"aepipe: error: train.checkpoint_dir '{outside}' resolves to {outside}, outside the "
         f"aepipe home {home}; aepipe writes only inside its stores (set AEPIPE_HOME to move them)"
     )
-    sneaky = run_cli(
+    sneaky = aepipe_cli(
         "run", "--source", "digits", "--set", "train.checkpoint_dir=../../x", cwd=tmp_path
     )
     assert sneaky.returncode == 2 and "outside the aepipe home" in sneaky.stderr
-    named = run_cli("run", "--source", "digits", "--set", "dataset=../evil", cwd=tmp_path)
+    named = aepipe_cli("run", "--source", "digits", "--set", "dataset=../evil", cwd=tmp_path)
     assert named.returncode == 2 and "dataset" in named.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written, inside or outside
 
@@ -78,7 +73,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_credentials_never_reach_logs_params_or_artifacts(tmp_path) -> None:
+def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) -> None:
     """A real MLflow tracking server reached with a user and a (fake) password in the URI:
     the run works, and the secret appears in no output, log, MLflow param or tag, Prefect
     artifact or database written here."""
@@ -119,7 +114,7 @@ def test_credentials_never_reach_logs_params_or_artifacts(tmp_path) -> None:
         uri = f"http://aepipe-bot:{secret}@127.0.0.1:{port}"
         work = tmp_path / "work"
         work.mkdir()
-        result = run_cli(
+        result = aepipe_cli(
             "run", "--source", "digits", "--epochs", "2", cwd=work,
             env={"AEPIPE_TRACKING_URI": uri},
         )  # fmt: skip
