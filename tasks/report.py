@@ -140,6 +140,10 @@ class RunSummary:
         """Plain-text summary for the terminal."""
         alias = ", ".join(self.aliases)
         home_arg = f", home={self.home!r}" if self.home_flag else ""
+        # not the champion (the table's default reader): point at this run's own rows
+        own = "champion" not in self.aliases
+        version_arg = f", {self.model_version}" if own else ""
+        version_flag = f" --version {self.model_version}" if own else ""
         return "\n".join(
             [
                 f"aepipe: reduced {self.dataset!r} from {self.features_in} to {self.code_size} "
@@ -159,9 +163,9 @@ class RunSummary:
                 f"{self.anomalies} flagged is_anomaly",
                 f"                     warehouse {self.warehouse}",
                 f'  read it            {python_command()} -c "from feature_store import '
-                f"read_features; print(read_features('{self.table}'{home_arg}))\"",
+                f"read_features; print(read_features('{self.table}'{version_arg}{home_arg}))\"",
                 f"                     or: {console_script('aepipe')} features {self.table}"
-                f"{self.home_flag}",
+                f"{version_flag}{self.home_flag}",
                 f"  MLflow run         {self.run_id} ({len(self.pictures)} pictures under "
                 "artifacts/plots)",
                 f"  Prefect UI         {self.prefect_ui}",

@@ -255,6 +255,9 @@ def test_first_version_that_learned_nothing_is_not_crowned(prefect_server, home)
     assert nothing.aliases == ["challenger"]
     assert nothing.promotion.startswith("not promoted: it learned nothing (test BCE")
     assert "WARNING            the model reconstructs no better" in nothing.to_text()
+    # no champion to read by default: the read-it lines name this run's version
+    assert "read_features('digits', 1, home=" in nothing.to_text()
+    assert len(read_features("digits", 1, home=home)) == 1797
     assert nothing.quality["recon_vs_baseline"] >= 1.0
 
 
