@@ -204,8 +204,7 @@ def test_codes_written_carry_float32_precision(shared_datasets, monkeypatch) -> 
     from ae_models.scoring import fit_scorer
     from tasks.io.arrays import load_mnist
 
-    x, _ = load_mnist(shared_datasets / "mnist", "test")
-    x = (x.reshape(len(x), -1) / 255.0).astype(np.float32)
+    x, _ = load_mnist(shared_datasets / "mnist", "test")  # 10,000 x 784 in [0, 1]
     model = ae_models.create_model("deep", seed=0, input_dim=784, code_size=16)
     scorer, _ = fit_scorer(model, x[:2000])
     exact = ae_models.encode_and_score(model, x, precision="fp32")[0]
