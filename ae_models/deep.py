@@ -10,7 +10,6 @@ from torch import nn
 from ae_models.base import AEConfig, Autoencoder, activation
 from ae_models.registry import register_model
 
-
 TABLE_HIDDEN = (256, 128)  # hidden widths for inputs narrower than 256 (tables)
 
 
