@@ -21,7 +21,7 @@ def adult_run(request, tmp_path_factory, aepipe_cli) -> dict:
     home = cwd / "elsewhere"
     source = str(shared / "adult" / "adult.data")
     run = aepipe_cli(
-        "run", "--source", source, "--label", "Salary", "--epochs", "25", "--home", str(home),
+        "run", "--source", source, "--label", "Salary", "--epochs", "12", "--home", str(home),
         cwd=cwd,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -110,7 +110,7 @@ def png_run(request, tmp_path_factory, aepipe_cli) -> dict:
     shared = request.getfixturevalue("shared_datasets")
     cwd = tmp_path_factory.mktemp("png-cli")
     run = aepipe_cli(
-        "run", "--source", str(shared / "mnist-png-sample"), "--model", "conv", "--epochs", "30",
+        "run", "--source", str(shared / "mnist-png-sample"), "--model", "conv", "--epochs", "15",
         cwd=cwd,
     )  # fmt: skip
     return {"run": run, "home": cwd / ".aepipe"}
