@@ -167,6 +167,18 @@ class Normalizer:
         """Map from each normalized column back to its source column."""
         return {name: c.source for c in self.columns for name in c.outputs}
 
+    @property
+    def fixed_scale(self) -> bool:
+        """Whether every column is a fixed scaling (image pixels), none fitted to a table."""
+        return bool(self.columns) and all(c.kind == "scaled" for c in self.columns)
+
+    def source_groups(self) -> tuple[list[str], np.ndarray]:
+        """The source columns in order, and for each normalized column (in output order) the
+        index of its source column: one-hot levels share their column's index."""
+        names = list(dict.fromkeys(c.source for c in self.columns))
+        index = {name: i for i, name in enumerate(names)}
+        return names, np.array([index[c.source] for c in self.columns for _ in c.outputs])
+
     # -- fitting ---------------------------------------------------------------------------
 
     @classmethod
@@ -270,7 +282,7 @@ class Normalizer:
         one-hot and pixels; centred and scaled for standard and robust scaling. Columns in
         ``known`` (ids, timestamps) are expected extras and not warned about."""
         self.check_columns(frame, known)
-        if self.columns and all(c.kind == "scaled" for c in self.columns):
+        if self.fixed_scale:
             return self._transform_scaled(frame)
         return self._fill(len(frame), lambda c: _pandas_values(c, frame[c.source]))
 
@@ -278,7 +290,7 @@ class Normalizer:
         """:meth:`transform` for an Arrow record batch or table, without pandas for the
         column types raw Parquet holds (numbers, booleans, text; others go through pandas)."""
         self._check_names(batch.schema.names, known, stacklevel=3)
-        if self.columns and all(c.kind == "scaled" for c in self.columns):
+        if self.fixed_scale:
             types = (batch.schema.field(c).type.id for c in self.source_columns)
             if all(t in _ARROW_NUMERIC for t in types):
                 # column-major: each source column fills a contiguous stretch

@@ -112,11 +112,8 @@ def draw_pictures(
     ]
     with torch.no_grad():
         recon = model.eval()(torch.from_numpy(x_eval[:2000])).recon.float().numpy()
-    table = normalizer is not None and any(c.kind != "scaled" for c in normalizer.columns)
-    if table and train_mean is not None:
-        sources = normalizer.output_sources
-        names = list(dict.fromkeys(sources.values()))
-        group = np.array([names.index(sources[k]) for k in sources])
+    if normalizer is not None and not normalizer.fixed_scale and train_mean is not None:
+        names, group = normalizer.source_groups()
         per_input = np.mean(np.square(x_eval[:2000] - recon), axis=0)
         trivial = np.mean(np.square(x_eval[:2000] - train_mean), axis=0)
         per_column = np.bincount(group, per_input, len(names))

@@ -106,7 +106,7 @@ def new_job(
     spec = options.get("normalizer") or options.pop("explain_spec", None)
     top_k = cfg.explain_top_k
     if top_k is None:  # pixels explain nothing a reader can use: off for images by default
-        pixels = spec is not None and all(c.kind == "scaled" for c in Normalizer.load(spec).columns)
+        pixels = spec is not None and Normalizer.load(spec).fixed_scale
         top_k = 0 if pixels or spec is None else 3
     job = ScoringJob(
         table=cfg.dataset,
@@ -197,10 +197,9 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     inputs = normalizer.source_columns if normalizer else job.features
     groups = names = None
     if job.explain_top_k and job.explain_spec:
-        sources = Normalizer.load(job.explain_spec).output_sources
-        names = list(dict.fromkeys(sources.values()))
-        groups = np.zeros((len(sources), len(names)), np.float32)
-        groups[np.arange(len(sources)), [names.index(v) for v in sources.values()]] = 1.0
+        names, source_of = Normalizer.load(job.explain_spec).source_groups()
+        groups = np.zeros((len(source_of), len(names)), np.float32)
+        groups[np.arange(len(source_of)), source_of] = 1.0
     schema = feature_schema(model.config.code_size)
     scored_at = datetime.fromisoformat(job.scored_at)
     seen = None
