@@ -113,6 +113,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the version's Parquet file paths (for DuckDB, polars, Spark) instead of rows",
     )
+    feats.add_argument(
+        "--latest",
+        action="store_true",
+        help="one row per entity: its newest version (latest event time)",
+    )
+    feats.add_argument(
+        "--maintain",
+        action="store_true",
+        help="expire old snapshots and delete files no kept snapshot needs, instead of rows",
+    )
+    feats.add_argument(
+        "--retain-days",
+        type=float,
+        default=7.0,
+        help="with --maintain: keep snapshots this recent (default 7)",
+    )
+    feats.add_argument(
+        "--orphan-age-hours",
+        type=float,
+        default=24.0,
+        help="with --maintain: delete unreferenced files only once this old (default 24)",
+    )
     feats.add_argument("--home", default=None, help="state folder")
 
     models = sub.add_parser("models", help="list, compare and promote registered models")
@@ -267,6 +289,21 @@ def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
 def _features(args: argparse.Namespace) -> int:
     from feature_store import read_features
 
+    if args.maintain:
+        from datetime import timedelta
+
+        from feature_store import maintain_table
+
+        if args.retain_days < 0 or args.orphan_age_hours < 0:
+            raise _UsageError("--retain-days and --orphan-age-hours must not be negative")
+        done = maintain_table(
+            args.table,
+            retain=timedelta(days=args.retain_days),
+            orphan_age=timedelta(hours=args.orphan_age_hours),
+            home=args.home,
+        )
+        print(done.to_text())
+        return 0
     if args.history:
         from feature_store import table_history
 
@@ -292,7 +329,9 @@ def _features(args: argparse.Namespace) -> int:
 
         print("\n".join(data_files(args.table, version, as_of=as_of, home=args.home)))
         return 0
-    frame = read_features(args.table, version, as_of=as_of, filter=args.filter, home=args.home)
+    frame = read_features(
+        args.table, version, as_of=as_of, filter=args.filter, latest=args.latest, home=args.home
+    )
     print(frame.head(args.limit).to_string(max_cols=12))
     print(f"({len(frame)} rows)")
     return 0

@@ -2,12 +2,14 @@
 
 ``catalog`` finds and creates tables, ``write`` stages and commits a model version's rows,
 ``read`` reads them back (by version number or alias, now or as of a time), ``historical``
-joins them to entities point-in-time. No MLflow here: aliases come from the table's own
+joins them to entities point-in-time, ``maintain`` expires old snapshots and deletes the files
+nothing needs. No MLflow here: aliases come from the table's own
 record or from a ``resolve`` callable the caller hands in.
 """
 
 from feature_store.catalog import FeatureStoreError, list_tables, load_table, table_identifier
 from feature_store.historical import get_historical_features
+from feature_store.maintain import Maintained, maintain_table
 from feature_store.read import data_files, read_features, read_features_arrow, table_history
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, feature_schema, latent_columns
 from feature_store.write import (
@@ -24,6 +26,7 @@ __all__ = [
     "ENTITY_KEY",
     "EVENT_TIMESTAMP",
     "FeatureStoreError",
+    "Maintained",
     "StagedFeatures",
     "commit_features",
     "data_files",
@@ -33,6 +36,7 @@ __all__ = [
     "latent_columns",
     "list_tables",
     "load_table",
+    "maintain_table",
     "prepare_table",
     "read_features",
     "read_features_arrow",

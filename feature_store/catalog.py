@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 MODEL_NAME_PROPERTY = "aepipe.model_name"
 ALIAS_PROPERTY = "aepipe.alias."  # + alias name: the version that held it at the last commit
+# JSON list of {"at": epoch ms, "aliases": {alias: version}}: every change of the record, so a
+# read as of a time resolves "champion" to the version that held it then
+ALIAS_LOG_PROPERTY = "aepipe.alias_log"
 COMMIT_RETRIES_PROPERTY = "commit.retry.num-retries"
 COMMIT_RETRIES = "10"  # pyiceberg retries a commit that lost a race with another writer
 
@@ -149,3 +152,22 @@ def recorded_aliases(tbl: Table) -> dict[str, int]:
         for key, value in tbl.properties.items()
         if key.startswith(ALIAS_PROPERTY)
     }
+
+
+def alias_log(tbl: Table) -> list[tuple[int, dict[str, int]]]:
+    """Every change of the table's recorded aliases, oldest first: (epoch ms, aliases)."""
+    import json
+
+    entries = json.loads(tbl.properties.get(ALIAS_LOG_PROPERTY, "[]"))
+    return [(int(e["at"]), {k: int(v) for k, v in e["aliases"].items()}) for e in entries]
+
+
+def aliases_at(tbl: Table, at_ms: int) -> dict[str, int] | None:
+    """The aliases the table recorded at ``at_ms``; None when its log starts later (or the
+    table was written before aepipe kept one)."""
+    found = None
+    for when, aliases in alias_log(tbl):
+        if when > at_ms:
+            break
+        found = aliases
+    return found

@@ -22,6 +22,7 @@ from feature_store.schema import (
     IS_ANOMALY,
     LATENT_PREFIX,
     RECON_ERROR,
+    SCORED_AT,
 )
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ def get_historical_features(
     resolve: Resolver | None = None,
 ) -> pd.DataFrame:
     """``entity_df`` with, on each row, the latest features of its entity whose
-    ``event_timestamp`` is at or before the row's ``timestamp_column`` (no future leakage).
+    ``event_timestamp`` is at or before the row's ``timestamp_column`` (no future leakage):
+    the entity's version as it was then; of two rows with one event time, the later scored.
 
     ``features`` are the feature-table columns to attach (default: every ``z_*`` column plus
     ``recon_error`` and ``is_anomaly``); the matched row's ``event_timestamp`` comes along as
@@ -83,7 +85,7 @@ def get_historical_features(
 
     ids = pd.unique(left[ENTITY_KEY])
     id_filter = In(ENTITY_KEY, set(ids.tolist())) if 0 < len(ids) <= ID_FILTER_LIMIT else None
-    wanted = None if features is None else [ENTITY_KEY, EVENT_TIMESTAMP, *features]
+    wanted = None if features is None else [ENTITY_KEY, EVENT_TIMESTAMP, SCORED_AT, *features]
     right = read_features_arrow(
         table,
         model_version,
@@ -101,15 +103,16 @@ def get_historical_features(
     clash = [c for c in [*features, "feature_timestamp"] if c in entity_df.columns]
     if clash:
         raise FeatureStoreError(f"entity_df already has column(s) {clash}; rename them first")
-    right = right[[ENTITY_KEY, EVENT_TIMESTAMP, *features]].rename(
-        columns={EVENT_TIMESTAMP: "feature_timestamp"}
+    right = right[[ENTITY_KEY, EVENT_TIMESTAMP, SCORED_AT, *features]].rename(
+        columns={EVENT_TIMESTAMP: "feature_timestamp", SCORED_AT: "__scored"}
     )
     right[ENTITY_KEY] = right[ENTITY_KEY].astype(left[ENTITY_KEY].dtype)
     right["feature_timestamp"] = _utc(right["feature_timestamp"], "feature table event_timestamp")
     right["__ft"] = right["feature_timestamp"]
     joined = pd.merge_asof(
         left.sort_values("__at", kind="stable"),
-        right.sort_values("__ft", kind="stable"),
+        # of rows with one event time, merge_asof takes the last: the latest scored
+        right.sort_values(["__ft", "__scored"], kind="stable"),
         left_on="__at",
         right_on="__ft",
         by=ENTITY_KEY,

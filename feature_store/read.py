@@ -13,16 +13,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from feature_store.catalog import (
     MODEL_NAME_PROPERTY,
     FeatureStoreError,
+    alias_log,
+    aliases_at,
     as_stores,
     load_table,
     recorded_aliases,
 )
-from feature_store.schema import LATENT_PREFIX, MODEL_VERSION
+from feature_store.schema import (
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    LATENT_PREFIX,
+    MODEL_VERSION,
+    SCORED_AT,
+)
 from stores import Stores
 
 if TYPE_CHECKING:
@@ -36,6 +46,20 @@ Resolver = Callable[[str, str], int]  # (registered model name, alias) -> versio
 AsOf = datetime | str | int
 
 
+def _as_of_ms(tbl: Table, table: str, as_of: AsOf) -> int:
+    """``as_of`` in epoch milliseconds: a time (aware, or naive meaning UTC; ISO text works),
+    or a snapshot id's commit time."""
+    if isinstance(as_of, int) and not isinstance(as_of, bool):
+        snap = tbl.snapshot_by_id(as_of)
+        if snap is None:
+            raise FeatureStoreError(f"table {table!r} has no snapshot {as_of}")
+        return snap.timestamp_ms
+    when = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
 def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> int:
     """Snapshot id current at ``as_of``: a time (aware, or naive meaning UTC; ISO text works)
     or a snapshot id."""
@@ -43,10 +67,9 @@ def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> int:
         if tbl.snapshot_by_id(as_of) is None:
             raise FeatureStoreError(f"table {table!r} has no snapshot {as_of}")
         return as_of
-    when = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    snap = tbl.snapshot_as_of_timestamp(int(when.timestamp() * 1000))
+    at_ms = _as_of_ms(tbl, table, as_of)
+    when = datetime.fromtimestamp(at_ms / 1000, UTC)
+    snap = tbl.snapshot_as_of_timestamp(at_ms)
     if snap is None:
         history = tbl.history()
         first = (
@@ -55,7 +78,8 @@ def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> int:
             else "none yet"
         )
         raise FeatureStoreError(
-            f"table {table!r} did not exist yet at {when.isoformat()} (first commit: {first})"
+            f"table {table!r} has no snapshot at or before {when.isoformat()} (its oldest "
+            f"kept snapshot: {first}; older ones never existed or were expired by upkeep)"
         )
     return snap.snapshot_id
 
@@ -92,6 +116,7 @@ def read_features_arrow(
     as_of: AsOf | None = None,
     columns: list[str] | None = None,
     filter: str | BooleanExpression | None = None,
+    latest: bool = False,
     home: str | os.PathLike[str] | Stores | None = None,
     resolve: Resolver | None = None,
 ) -> pa.Table:
@@ -99,18 +124,22 @@ def read_features_arrow(
 
     ``model_version`` is a version number, an alias such as ``"champion"`` (resolved by
     ``resolve``, or as the table recorded it at its last commit), or ``None`` for every
-    version. ``as_of`` reads the table as it was at that
-    time or snapshot id (Iceberg time travel). ``columns`` selects columns; ``filter`` is a
-    pyiceberg row filter, as text (``"recon_error > 0.1"``) or an expression. Latent columns
-    that the chosen version does not have are dropped.
+    version. ``as_of`` reads the table as it was at that time or snapshot id (Iceberg time
+    travel), and resolves an alias as it was then (from the table's alias log). ``columns``
+    selects columns; ``filter`` is a pyiceberg row filter, as text (``"recon_error > 0.1"``)
+    or an expression. ``latest`` keeps one row per entity (per model version): its newest
+    event time, ties broken by the latest ``scored_at``. Latent columns that the chosen
+    version does not have are dropped.
     """
     from pyiceberg.expressions import AlwaysTrue, And, EqualTo
 
     st = as_stores(home)
     tbl = load_table(table, st)
     row_filter: Any = AlwaysTrue()
+    at_ms = _as_of_ms(tbl, table, as_of) if as_of is not None else None
     if model_version is not None:
-        row_filter = EqualTo(MODEL_VERSION, version_number(tbl, table, model_version, resolve))
+        number = version_number(tbl, table, model_version, resolve, at_ms)
+        row_filter = EqualTo(MODEL_VERSION, number)
     if filter is not None:
         row_filter = And(row_filter, _parse_filter(filter))
     snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
@@ -118,10 +147,17 @@ def read_features_arrow(
     unknown = [c for c in columns or [] if c not in known]
     if unknown:
         raise FeatureStoreError(f"table {table!r} has no column(s) {unknown}; columns: {known}")
-    selected = tuple(columns) if columns else ("*",)
+    selected: tuple[str, ...] = ("*",)
+    if columns:
+        needed = [ENTITY_KEY, EVENT_TIMESTAMP, SCORED_AT, MODEL_VERSION] if latest else []
+        selected = tuple(dict.fromkeys([*columns, *needed]))
     result = tbl.scan(
         row_filter=row_filter, selected_fields=selected, snapshot_id=snapshot_id
     ).to_arrow()
+    if latest:
+        result = newest_versions(result)
+        if columns:
+            result = result.select(columns)
     if model_version is not None and result.num_rows == 0 and filter is None:
         when = f" as of {as_of}" if as_of is not None else ""
         raise FeatureStoreError(
@@ -153,23 +189,67 @@ def data_files(
     st = as_stores(home)
     tbl = load_table(table, st)
     row_filter: Any = AlwaysTrue()
+    at_ms = _as_of_ms(tbl, table, as_of) if as_of is not None else None
     if model_version is not None:
-        row_filter = EqualTo(MODEL_VERSION, version_number(tbl, table, model_version, resolve))
+        number = version_number(tbl, table, model_version, resolve, at_ms)
+        row_filter = EqualTo(MODEL_VERSION, number)
     snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
     tasks = tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files()
     return [t.file.file_path.removeprefix("file://") for t in tasks]
 
 
+def newest_versions(rows: pa.Table) -> pa.Table:
+    """One row per (model version, entity): the newest event time, ties broken by the latest
+    ``scored_at``; in entity order."""
+    if rows.num_rows == 0:
+        return rows
+    order = pc.sort_indices(
+        rows,
+        sort_keys=[
+            (MODEL_VERSION, "ascending"),
+            (ENTITY_KEY, "ascending"),
+            (EVENT_TIMESTAMP, "descending"),
+            (SCORED_AT, "descending"),
+        ],
+    )
+    rows = rows.take(order)
+    first = np.ones(rows.num_rows, bool)
+    if rows.num_rows > 1:
+        head, tail = slice(0, rows.num_rows - 1), slice(1, None)
+        changed = pc.or_(
+            *(
+                pc.not_equal(rows.column(c)[tail], rows.column(c)[head])
+                for c in (ENTITY_KEY, MODEL_VERSION)
+            )
+        )
+        first[1:] = changed.to_numpy(zero_copy_only=False)
+    return rows.filter(pa.array(first))
+
+
 def version_number(
-    tbl: Table, table: str, model_version: str | int, resolve: Resolver | None
+    tbl: Table,
+    table: str,
+    model_version: str | int,
+    resolve: Resolver | None,
+    at_ms: int | None = None,
 ) -> int:
     """A version number from a number, or from an alias of the table's registered model:
-    through ``resolve`` when given, else from the aliases the table recorded."""
+    as the table's alias log had it at ``at_ms`` when given, else through ``resolve`` when
+    given, else from the aliases the table recorded."""
     if isinstance(model_version, int) or model_version.isdigit():
         return int(model_version)
     model_name = tbl.properties.get(MODEL_NAME_PROPERTY)
     if not model_name:
         raise FeatureStoreError(f"table {table!r} does not record its registered model")
+    if at_ms is not None and alias_log(tbl):
+        then = aliases_at(tbl, at_ms) or {}
+        if model_version not in then:
+            when = datetime.fromtimestamp(at_ms / 1000, UTC).isoformat()
+            raise FeatureStoreError(
+                f"table {table!r} records no version with alias {model_version!r} at {when} "
+                f"(recorded then: {then or 'none'}); pass a version number"
+            )
+        return then[model_version]
     if resolve is not None:
         return resolve(model_name, model_version)
     recorded = recorded_aliases(tbl)
@@ -199,6 +279,7 @@ def read_features(
     as_of: AsOf | None = None,
     columns: list[str] | None = None,
     filter: str | BooleanExpression | None = None,
+    latest: bool = False,
     home: str | os.PathLike[str] | Stores | None = None,
     resolve: Resolver | None = None,
 ) -> pd.DataFrame:
@@ -209,6 +290,7 @@ def read_features(
         as_of=as_of,
         columns=columns,
         filter=filter,
+        latest=latest,
         home=home,
         resolve=resolve,
     ).to_pandas()

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from feature_store.catalog import (
+    ALIAS_LOG_PROPERTY,
     ALIAS_PROPERTY,
     MODEL_NAME_PROPERTY,
     FeatureStoreError,
     _racing,
+    alias_log,
     ensure_table,
     get_catalog,
     list_tables,
@@ -376,11 +378,20 @@ def _commit(
 
 
 def _set_aliases(tx: Any, tbl: Table, aliases: Mapping[str, int]) -> None:
-    """Within transaction ``tx``: the table's recorded aliases become ``aliases``."""
+    """Within transaction ``tx``: the table's recorded aliases become ``aliases``, and a
+    change is added to its alias log with the time (what ``as_of`` reads resolve by)."""
+    import json
+
+    wanted_map = {a: int(v) for a, v in aliases.items()}
     stale = [ALIAS_PROPERTY + a for a in recorded_aliases(tbl) if a not in aliases]
     if stale:
         tx.remove_properties(*stale)
-    wanted = {ALIAS_PROPERTY + a: str(int(v)) for a, v in aliases.items()}
+    wanted = {ALIAS_PROPERTY + a: str(v) for a, v in wanted_map.items()}
+    log = alias_log(tbl)
+    if not log or log[-1][1] != wanted_map:
+        entries = [{"at": at, "aliases": a} for at, a in log]
+        entries.append({"at": int(time.time() * 1000), "aliases": wanted_map})
+        wanted[ALIAS_LOG_PROPERTY] = json.dumps(entries, separators=(",", ":"))
     if any(tbl.properties.get(k) != v for k, v in wanted.items()):
         tx.set_properties(wanted)
 

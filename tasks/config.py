@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +37,17 @@ def retry_unless_config_error(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(getattr(state, "data", None), ConfigError)
 
 
+def run_logger(fallback: logging.Logger) -> Any:
+    """The Prefect run's logger inside a flow or task run (its lines reach the UI and the
+    run's log), else ``fallback``."""
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # outside a Prefect run: plain logging
+        return fallback
+
+
 def io_task(name: str) -> Any:
     """Decorator making a Prefect task of a stage that touches I/O (sources, MLflow, the
     catalog): two retries after 1 s and 5 s, none for a ConfigError."""
@@ -65,7 +77,17 @@ class SourceConfig(_Frozen):
         "auto", description="the reader; auto tells it from the path"
     )
     entity_id: str | None = Field(None, description="id column; default: source row number")
-    timestamp: str | None = Field(None, description="event time column; default: ingest time")
+    timestamp: str | None = Field(
+        None,
+        description="event time column; default: ingest time. With it, each (entity id, "
+        "event time) pair is a version of the entity: all are kept and scored",
+    )
+    append_only: bool = Field(
+        False,
+        description="the source only ever gains rows (an event log): scoring then looks only "
+        "past the last scored event time, and falls back to comparing every (id, time) pair "
+        "when the counts show rows arrived late",
+    )
     label: str | None = Field(None, description="kept aside, never a model input")
     include: list[str] | None = Field(None, description="feature columns; default: all others")
     exclude: list[str] = Field(default_factory=list, description="columns to leave out")
@@ -183,6 +205,23 @@ class ModelSpec(_Frozen):
     )
 
 
+class MaintainConfig(_Frozen):
+    """Feature-table upkeep (the maintain-features flow, ``aepipe features --maintain``)."""
+
+    retain_days: float = Field(
+        7,
+        ge=0,
+        description="expire snapshots older than this; time travel to any later time keeps "
+        "working (the current snapshot and the last one before the cutoff are kept)",
+    )
+    orphan_age_hours: float = Field(
+        24,
+        ge=0,
+        description="delete unreferenced files (a killed writer's) only once this old: "
+        "younger ones may belong to a write still in flight",
+    )
+
+
 class PipelineConfig(_Frozen):
     """Everything one ``reduce_features`` run needs."""
 
@@ -233,6 +272,7 @@ class PipelineConfig(_Frozen):
     dask_address: str | None = Field(
         None, description="scheduler of an existing Dask cluster; default: a LocalCluster"
     )
+    maintain: MaintainConfig = Field(default_factory=MaintainConfig)
     train_deployment: str | None = Field(
         None,
         description="hand training to this Prefect deployment (e.g. "

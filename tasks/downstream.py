@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
 
 from feature_store import read_features
-from feature_store.schema import ENTITY_KEY, LABEL, LATENT_PREFIX, SPLIT
+from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, LATENT_PREFIX, SPLIT
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.normalize import NormalizedData
@@ -72,12 +73,20 @@ def train_downstream_model(
     features = read_features(cfg.dataset, model_version, home=stores)
     latent = [c for c in features.columns if c.startswith(LATENT_PREFIX)]
     version = int(features["model_version"].iloc[0])
-    table = pq.read_table(data.path, columns=[ENTITY_KEY, SPLIT, LABEL, *data.features])
-    base = table.select([ENTITY_KEY, SPLIT, LABEL]).to_pandas()
-    base[ENTITY_KEY] = base[ENTITY_KEY].astype(str)
-    codes = features[[ENTITY_KEY, *latent]].drop_duplicates(ENTITY_KEY, keep="last")
-    codes[ENTITY_KEY] = codes[ENTITY_KEY].astype(str)
-    joined = base.merge(codes, on=ENTITY_KEY, how="left", validate="one_to_one")
+    table = pq.read_table(
+        data.path, columns=[ENTITY_KEY, EVENT_TIMESTAMP, SPLIT, LABEL, *data.features]
+    )
+    base = table.select([ENTITY_KEY, EVENT_TIMESTAMP, SPLIT, LABEL]).to_pandas()
+    # the key: (id, event time) when the source has versions over time, else the id
+    key = [ENTITY_KEY, EVENT_TIMESTAMP] if cfg.source.timestamp else [ENTITY_KEY]
+    codes = features[[*key, *latent]].drop_duplicates(key, keep="last")
+    for frame in (base, codes):
+        frame[ENTITY_KEY] = frame[ENTITY_KEY].astype(str)
+        if EVENT_TIMESTAMP in key:
+            frame[EVENT_TIMESTAMP] = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True).dt.as_unit(
+                "us"
+            )
+    joined = base.merge(codes, on=key, how="left", validate="one_to_one")
     have = joined[latent].notna().all(axis=1).to_numpy() & joined[LABEL].notna().to_numpy()
     if not have.any():
         raise ConfigError(

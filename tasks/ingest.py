@@ -359,20 +359,27 @@ def _ingest_array_part(
 
 
 def _cross_part_duplicates(
-    parts: list[IngestedPart],
+    parts: list[IngestedPart], versioned: bool
 ) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Per part, a mask of rows whose entity id an earlier part already has (kept there), and
-    those repeated ids in order."""
+    """Per part, a mask of rows whose key an earlier part already has (kept there), and the
+    quarantine reasons of those rows in order. The key is the entity id, or the (entity id,
+    event time) pair when the source has a timestamp column (``versioned``)."""
+    from tasks.io.tables import duplicate_reason, version_keys
+
     seen = pd.Index([], dtype=object)
     masks: dict[int, np.ndarray] = {}
     repeated: list[str] = []
+    columns = [ENTITY_KEY, EVENT_TIMESTAMP] if versioned else [ENTITY_KEY]
     for p in parts:
-        ids = pq.read_table(p.path, columns=[ENTITY_KEY]).column(0).to_pandas()
-        dup = seen.get_indexer(ids) >= 0 if len(seen) else np.zeros(len(ids), bool)
+        frame = pq.read_table(p.path, columns=columns).to_pandas()
+        ids = frame[ENTITY_KEY].astype("string")
+        ts = frame[EVENT_TIMESTAMP] if versioned else None
+        keys = version_keys(ids, ts) if ts is not None else ids
+        dup = seen.get_indexer(keys) >= 0 if len(seen) else np.zeros(len(keys), bool)
         if dup.any():
             masks[p.index] = dup
-            repeated += ids[dup].tolist()
-        seen = seen.append(pd.Index(ids[~dup]))
+            repeated += [duplicate_reason(ids.iloc[i], ts, i) for i in np.flatnonzero(dup)]
+        seen = seen.append(pd.Index(keys[~dup].to_numpy(dtype=object)))
     return masks, repeated
 
 
@@ -392,13 +399,11 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     written = [p for p in parts if p.path]
     dups, repeated = {}, []
     if cfg.source.entity_id and len(written) > 1:
-        dups, repeated = _cross_part_duplicates(written)
+        dups, repeated = _cross_part_duplicates(written, bool(cfg.source.timestamp))
     quarantine = [pq.read_table(p.quarantine) for p in parts if p.quarantine]
     if repeated:
         quarantine.append(
-            _quarantine_table(
-                [(f"entity id {i!r}", f"duplicate entity id {i!r}") for i in repeated]
-            )
+            _quarantine_table([(reason.removeprefix("duplicate "), reason) for reason in repeated])
         )
     rows_in = sum(p.rows_in for p in parts)
     n_quarantined = sum(t.num_rows for t in quarantine)

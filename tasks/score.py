@@ -1,36 +1,49 @@
 """Incremental scoring: new source rows through the champion, appended to the feature table.
 
-"New" means: rows whose event timestamp is after the last one the champion has scored, when
-the source names a timestamp column; otherwise rows whose entity id the champion has not
-scored yet (new files in a folder, new rows at the end of a file, new image files). The
+"New" means: rows whose key the champion's rows in the feature table do not hold yet. The key
+is (entity id, event time) when the source names a timestamp column, so an update of a known
+entity (a new time), a new entity and a late row (an earlier time not yet scored) are all new;
+otherwise it is the entity id (new files in a folder, new rows at the end of a file, new image
+files). An append-only source (``source.append_only``) takes a fast path: rows after the last
+scored time, checked against the table's row count. The
 champion's own normalizer (its JSON spec, logged with the model) prepares the rows, so scoring
 applies exactly the transform the model was trained with.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import task
 
 from ae_models.preprocessing import NORMALIZER_FILE
 from feature_store import FeatureStoreError, load_table
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, TIMESTAMP
+from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION, TIMESTAMP
 from stores import Stores
 from tasks import registry
-from tasks.config import PipelineConfig, io_task
+from tasks.config import PipelineConfig, io_task, run_logger
 from tasks.ingest import IngestResult
 from tasks.write_features import (
     Committed,
     ModelRef,
     ScoringJob,
     new_job,
-    save_seen_ids,
+    save_row_positions,
     write_in_process,
 )
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
+log = logging.getLogger(__name__)
 
 Champion = ModelRef  # the registered version that scores new data, and its model folder
 
@@ -45,7 +58,7 @@ class Scored:
     rows_seen: int
     rows_written: int
     anomalies: int
-    since: str | None
+    selection: str  # which rows were taken as new, and how they were found
     snapshot_id: int | None
 
     def to_text(self) -> str:
@@ -53,8 +66,8 @@ class Scored:
         where = f"{self.table} (model {self.model_name} v{self.model_version})"
         if not self.rows_written:
             return (
-                f"no new rows in the source ({self.rows_seen} rows, all scored already"
-                f"{', up to ' + self.since if self.since else ''}); nothing written to {where}"
+                f"no new rows in the source ({self.rows_seen} rows, all scored already: "
+                f"{self.selection}); nothing written to {where}"
             )
         return (
             f"scored {self.rows_written} new of {self.rows_seen} source rows into {where}: "
@@ -71,37 +84,105 @@ def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
     return Champion(cfg.model_name, int(mv.version), mv.run_id, str(folder))
 
 
-def _scored_state(table: str, version: int, stores: Stores, by_time: bool) -> pa.Array | None:
-    """What the version has scored: its latest event timestamp (``by_time``), else its ids."""
+@dataclass(frozen=True)
+class NewRows:
+    """Which source rows a scoring run scores: all of them (``rows`` and ``after`` None), the
+    row positions in the Parquet file ``rows``, or those after the event time ``after`` (the
+    append-only fast path); ``how`` says which, for the run's log."""
+
+    rows: str | None
+    after: str | None
+    how: str
+
+
+def _version_files(tbl: Table, version: int) -> list[Any]:
+    from pyiceberg.expressions import EqualTo
+
+    return [t.file for t in tbl.scan(row_filter=EqualTo(MODEL_VERSION, version)).plan_files()]
+
+
+def _watermark(tbl: Table, files: list[Any]) -> tuple[datetime | None, int]:
+    """The latest event time a version has scored and its row count, from the data files'
+    statistics in the table's manifests (no data read); None when a file lacks them."""
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import TimestamptzType
+
+    field_id = tbl.schema().find_field(EVENT_TIMESTAMP).field_id
+    uppers = [(f.upper_bounds or {}).get(field_id) for f in files]
+    rows = sum(f.record_count for f in files)
+    if not uppers or any(u is None for u in uppers):
+        return None, rows
+    micros = max(from_bytes(TimestamptzType(), u) for u in uppers)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros), rows
+
+
+def find_new_rows(
+    source: str, table: str, version: int, cfg: PipelineConfig, stores: Stores
+) -> NewRows:
+    """The rows of the ingested ``source`` the version has not scored yet.
+
+    The key is (entity id, event time) when the source names a timestamp column, else the
+    entity id. Rows whose key the version's rows already hold are left out, so updates
+    (a new time for a known id), new entities and late rows (an earlier time, not yet
+    scored) are all scored once. Cost: the version's key columns are read from the table and
+    joined with the source's (a hash join; about a second per million rows). With
+    ``source.append_only`` the table's statistics give its latest event time and row count;
+    when the source holds exactly that many rows up to that time, only later rows are new
+    (nothing read from the table); otherwise rows arrived late and the full comparison runs.
+    """
     try:
         tbl = load_table(table, stores)
     except FeatureStoreError:
-        return None
+        return NewRows(None, None, "all rows (no feature table yet)")
+    files = _version_files(tbl, version)
+    if not files:
+        return NewRows(None, None, f"all rows (version {version} has none in the table)")
+    versioned = cfg.source.timestamp is not None
+    if versioned and cfg.source.append_only:
+        mark, scored = _watermark(tbl, files)
+        if mark is not None:
+            times = pq.read_table(source, columns=[EVENT_TIMESTAMP]).column(0)
+            upto = pc.sum(pc.less_equal(times, pa.scalar(mark, TIMESTAMP))).as_py() or 0
+            if upto == scored:
+                return NewRows(None, mark.isoformat(), f"rows after {mark.isoformat()}")
+            run_logger(log).warning(
+                "append-only source %s holds %d rows up to %s where the table has %d: rows "
+                "arrived late or were removed; comparing every (id, time) pair instead",
+                source,
+                upto,
+                mark.isoformat(),
+                scored,
+            )
+    keys = [ENTITY_KEY, EVENT_TIMESTAMP] if versioned else [ENTITY_KEY]
     from pyiceberg.expressions import EqualTo
 
-    column = EVENT_TIMESTAMP if by_time else ENTITY_KEY
-    seen = tbl.scan(
-        row_filter=EqualTo("model_version", version), selected_fields=(column,)
+    done = tbl.scan(
+        row_filter=EqualTo(MODEL_VERSION, version), selected_fields=tuple(keys)
     ).to_arrow()
-    if seen.num_rows == 0:
-        return None
-    if by_time:
-        return pa.array([pc.max(seen.column(column)).as_py()], TIMESTAMP)
-    return pc.unique(seen.column(column).combine_chunks())
+    src = pq.read_table(source, columns=keys)
+    src = src.append_column(_POSITION, pa.array(np.arange(src.num_rows, dtype=np.int64)))
+    casts = {ENTITY_KEY: pa.string(), EVENT_TIMESTAMP: TIMESTAMP}
+    src = src.cast(pa.schema([pa.field(k, casts[k]) for k in keys] + [src.schema.field(_POSITION)]))
+    done = done.cast(pa.schema([pa.field(k, casts[k]) for k in keys])).combine_chunks()
+    new = src.join(done, keys=keys, join_type="left anti", use_threads=True)
+    positions = np.sort(new.column(_POSITION).to_numpy())
+    path = save_row_positions(positions, stores.data_dir / cfg.dataset / "scoring")
+    what = "(entity id, event time) pairs" if versioned else "entity ids"
+    return NewRows(path, None, f"{len(positions)} rows whose {what} the table lacks")
+
+
+_POSITION = "__position"
 
 
 def scoring_job(
     ingested: IngestResult, champion: Champion, cfg: PipelineConfig, stores: Stores
 ) -> ScoringJob:
-    """The job that appends the champion's features for the source rows it has not scored:
-    those after its latest event time (``source.timestamp`` set), else unseen entity ids."""
-    by_time = cfg.source.timestamp is not None
-    state = _scored_state(cfg.dataset, champion.version, stores, by_time)
-    after = seen = None
-    if state is not None and by_time:
-        after = state[0].as_py().isoformat()
-    elif state is not None:
-        seen = save_seen_ids(state, stores.data_dir / cfg.dataset / "scoring")
+    """The job that appends the champion's features for the source rows it has not scored
+    (:func:`find_new_rows`)."""
+    new = find_new_rows(ingested.path, cfg.dataset, champion.version, cfg, stores)
+    run_logger(log).info(
+        "scoring %s with %s v%d: %s", cfg.dataset, champion.model_name, champion.version, new.how
+    )
     return new_job(
         champion,
         cfg,
@@ -110,16 +191,17 @@ def scoring_job(
         mode="append",
         device=cfg.train.device,
         normalizer=str(Path(champion.model_dir) / NORMALIZER_FILE),
-        seen=seen,
-        after=after,
+        rows=new.rows,
+        after=new.after,
+        selection=new.how,
         properties={"source_fingerprint": ingested.fingerprint},
     )
 
 
 def scored_summary(job: ScoringJob, ingested: IngestResult, committed: Committed) -> Scored:
     """What a scoring run did, from its job and commit."""
-    if job.seen:
-        Path(job.seen).unlink(missing_ok=True)
+    if job.rows:
+        Path(job.rows).unlink(missing_ok=True)
     return Scored(
         job.table,
         job.model_name,
@@ -127,7 +209,7 @@ def scored_summary(job: ScoringJob, ingested: IngestResult, committed: Committed
         ingested.rows,
         committed.rows,
         committed.anomalies,
-        job.after,
+        job.selection,
         committed.snapshot_id,
     )
 

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
-from prefect.logging import get_run_logger
 
 import ae_models
 from ae_models.fitting import auto_code_size, fit_autoencoder
@@ -26,7 +25,7 @@ from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import resolve_score, score_rows
 from feature_store.schema import LABEL, SPLIT
 from stores import Stores
-from tasks.config import ConfigError, PipelineConfig
+from tasks.config import ConfigError, PipelineConfig, run_logger
 from tasks.evaluation import plots
 from tasks.evaluation.metrics import (
     anomaly_metrics,
@@ -184,10 +183,7 @@ class _Progress:
 
 
 def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:  # outside a Prefect run: plain logging
-        return log
+    return run_logger(log)
 
 
 def checkpoint_dir(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> Path:

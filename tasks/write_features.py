@@ -10,6 +10,7 @@ configured, so partitions spread over the cluster's workers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,8 +54,8 @@ class ScoringJob:
     """What the partition tasks need to turn rows of ``source`` into feature-table rows.
 
     ``normalizer`` is the spec of the model's normalizer for raw rows, or None when the
-    ``features`` columns are already normalized. ``seen`` (a Parquet file of entity ids) and
-    ``after`` (an ISO time) skip rows that were scored before.
+    ``features`` columns are already normalized. ``rows`` (a Parquet file of the source's row
+    positions, sorted) or ``after`` (an ISO time) keep only the rows not scored before.
     """
 
     table: str
@@ -67,7 +68,8 @@ class ScoringJob:
     mode: Literal["replace", "append"]
     normalizer: str | None = None
     features: list[str] = field(default_factory=list)
-    seen: str | None = None
+    rows: str | None = None
+    selection: str = "all rows"  # which rows are scored, in words, for the run's summary
     after: str | None = None
     device: str = "auto"
     partition_rows: int = 500_000
@@ -148,12 +150,32 @@ class Committed:
     partitions: int
 
 
+def _row_group_starts(meta: pq.FileMetaData) -> np.ndarray:
+    """The source row position each row group starts at, and the total rows at the end."""
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+
+def _selected_positions(job: ScoringJob) -> np.ndarray | None:
+    """The sorted source row positions the job scores, or None for every row."""
+    if not job.rows:
+        return None
+    return pq.read_table(job.rows).column(0).to_numpy()
+
+
 def plan_partitions(job: ScoringJob) -> list[list[int]]:
-    """Row-group index lists of about ``job.partition_rows`` rows each (at least one list)."""
+    """Row-group index lists of about ``job.partition_rows`` rows each (at least one list);
+    row groups holding none of the job's selected rows are left out."""
     meta = pq.ParquetFile(job.source).metadata
+    starts = _row_group_starts(meta)
+    selected = _selected_positions(job)
     parts: list[list[int]] = [[]]
     rows = 0
     for i in range(meta.num_row_groups):
+        if selected is not None:
+            lo, hi = np.searchsorted(selected, starts[i : i + 2])
+            if lo == hi:
+                continue
         if rows >= job.partition_rows:
             parts.append([])
             rows = 0
@@ -189,6 +211,20 @@ def top_columns(
     return pa.ListArray.from_arrays(offsets, values)
 
 
+def _batches_at(
+    source: pq.ParquetFile, row_groups: list[int], columns: list[str]
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Batches of ``row_groups``, each with the source row position of its first row."""
+    starts = _row_group_starts(source.metadata)
+    for group in row_groups:
+        start = int(starts[group])
+        for batch in source.iter_batches(
+            batch_size=SCORE_BATCH, row_groups=[group], columns=columns
+        ):
+            yield batch, start
+            start += batch.num_rows
+
+
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     """Encode and score one partition's rows and stage them as feature-table data files."""
     model, meta = ae_models.load_model(job.model_dir)
@@ -202,12 +238,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         groups[np.arange(len(source_of)), source_of] = 1.0
     schema = feature_schema(model.config.code_size)
     scored_at = datetime.fromisoformat(job.scored_at)
-    seen = None
-    if job.seen:
-        import pandas as pd
-
-        # the ids' hash table is built once per partition, not once per batch
-        seen = pd.Index(pq.read_table(job.seen).column(ENTITY_KEY).to_pandas())
+    selected = _selected_positions(job)
     after = pa.scalar(datetime.fromisoformat(job.after), TIMESTAMP) if job.after else None
     anomalies = 0
 
@@ -215,18 +246,16 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         nonlocal anomalies
         # pre_buffer off: on wide files its read-ahead grows with the file (475 MB at 1M rows)
         source = pq.ParquetFile(job.source, pre_buffer=False)
-        for batch in source.iter_batches(
-            batch_size=SCORE_BATCH,
-            row_groups=row_groups,
-            columns=[ENTITY_KEY, EVENT_TIMESTAMP, *inputs],
-        ):
+        for batch, start in _batches_at(source, row_groups, [ENTITY_KEY, EVENT_TIMESTAMP, *inputs]):
             if after is not None:
                 batch = batch.filter(
                     pc.greater(batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP), after)
                 )
-            elif seen is not None:
-                new = seen.get_indexer(batch.column(ENTITY_KEY).to_pandas()) < 0
-                batch = batch.filter(pa.array(new))
+            elif selected is not None:
+                lo, hi = np.searchsorted(selected, [start, start + batch.num_rows])
+                keep = np.zeros(batch.num_rows, bool)
+                keep[selected[lo:hi] - start] = True
+                batch = batch.filter(pa.array(keep))
             if batch.num_rows == 0:
                 continue
             if normalizer is not None:
@@ -310,11 +339,12 @@ def discard_parts(job: ScoringJob, parts: list[StagedPart]) -> None:
     discard_features([p.staged for p in parts], job.stores)
 
 
-def save_seen_ids(ids: pa.Array, folder: Path) -> str:
-    """Write already-scored entity ids to a Parquet file the partition tasks read."""
+def save_row_positions(positions: np.ndarray, folder: Path) -> str:
+    """Write the sorted source row positions a job scores to a Parquet file its partition
+    tasks read (on any worker that shares the home)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"seen-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.parquet"
-    pq.write_table(pa.table({ENTITY_KEY: ids}), path)
+    path = folder / f"rows-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.parquet"
+    pq.write_table(pa.table({"position": pa.array(positions, pa.int64())}), path)
     return str(path)
 
 

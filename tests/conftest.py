@@ -61,7 +61,8 @@ AEPIPE = shutil.which("aepipe", path=str(Path(sys.executable).parent)) or "aepip
 
 def run_aepipe(*args: str, cwd: Path, env: dict[str, str] | None = None):
     """Run the ``aepipe`` console script as a user would: a clean environment (no AEPIPE_ or
-    PREFECT_ settings of the test process), output captured as text."""
+    PREFECT_ settings of the test process), output captured as text. The CLI then starts
+    its own temporary Prefect server in the run's home, as a new user's first run does."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AEPIPE_", "PREFECT_"))}
     base.update(env or {})
     return subprocess.run(
@@ -70,6 +71,17 @@ def run_aepipe(*args: str, cwd: Path, env: dict[str, str] | None = None):
 
 
 @pytest.fixture(scope="session")
-def aepipe_cli():
-    """:func:`run_aepipe`, for tests of the console script."""
-    return run_aepipe
+def aepipe_cli(prefect_server):
+    """:func:`run_aepipe` against the session's Prefect server (``PREFECT_API_URL``), as a
+    user with a running server has it: each call would otherwise start and migrate a
+    temporary server of its own, 10-20 s. Pass ``own_server=True`` for a test of that path
+    (the README's first run, or one that inspects the run's own Prefect database)."""
+    from prefect.settings import get_current_settings
+
+    url = str(get_current_settings().api.url)
+
+    def run(*args: str, cwd: Path, env: dict[str, str] | None = None, own_server: bool = False):
+        shared = {} if own_server else {"PREFECT_API_URL": url}
+        return run_aepipe(*args, cwd=cwd, env={**shared, **(env or {})})
+
+    return run

@@ -59,7 +59,9 @@ def test_scoring_without_a_model_is_one_line_and_writes_nothing(aepipe_cli, tmp_
 
 @pytest.mark.slow
 def test_run_from_yaml_prints_summary_and_table_reads_back(aepipe_cli, tmp_path: Path) -> None:
-    result = aepipe_cli("run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path)
+    result = aepipe_cli(
+        "run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path, own_server=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "rows ingested      1797" in out
@@ -98,6 +100,13 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(aepipe_cli, tmp_path:
     )
     bad = aepipe_cli("features", "digits", "--as-of", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2 and "--as-of 'yesterday'" in bad.stderr
+    latest = aepipe_cli("features", "digits", "--latest", "--limit", "1", cwd=tmp_path)
+    assert latest.returncode == 0 and "(1797 rows)" in latest.stdout  # one version each
+    upkeep = aepipe_cli("features", "digits", "--maintain", cwd=tmp_path)
+    assert upkeep.returncode == 0, upkeep.stderr[-2000:]
+    assert upkeep.stdout.startswith("digits: expired 0 snapshot(s) older than")
+    negative = aepipe_cli("features", "digits", "--maintain", "--retain-days", "-1", cwd=tmp_path)
+    assert negative.returncode == 2 and "must not be negative" in negative.stderr
 
     down = aepipe_cli("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
     assert down.returncode == 0, down.stderr[-3000:]

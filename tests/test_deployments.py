@@ -131,7 +131,7 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
         for pool in ("cpu", "gpu"):
             cli("work-pool", "create", pool, "--type", "process")
         deployed = cli("--no-prompt", "deploy", "--all")
-        for name in ("reduce-features", "train-autoencoder", "score-features"):
+        for name in ("reduce-features", "train-autoencoder", "score-features", "maintain-features"):
             assert name in deployed.stdout
         start("worker-cpu", "worker", "start", "--pool", "cpu")
         start("worker-gpu", "worker", "start", "--pool", "gpu")
@@ -154,6 +154,17 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
             timeout=660,
         )
         assert "Completed" in run.stdout, run.stdout[-3000:]
+        upkeep = cli(
+            "deployment",
+            "run",
+            "maintain-features/maintain-features",
+            "--params",
+            json.dumps({"config": {"home": str(home)}}),
+            "--watch",
+            "--watch-timeout",
+            "300",
+        )
+        assert "Completed" in upkeep.stdout, upkeep.stdout[-3000:]
         two_training_runs_take_turns(api)
     except BaseException:
         for log in sorted(logs.iterdir()):

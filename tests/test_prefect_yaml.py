@@ -39,4 +39,6 @@ def test_deployments_are_valid() -> None:
     assert score["parameters"] == reduce["parameters"]  # the same data set, one definition
     trainer = deployments["train-autoencoder"]
     assert trainer["work_pool"]["name"] == "gpu" and trainer["concurrency_limit"]["limit"] == 1
+    upkeep = deployments["maintain-features"]
+    assert upkeep["schedules"][0]["cron"] == "30 3 * * *" and upkeep["work_pool"]["name"] == "cpu"
     assert all(d["tags"] == ["aepipe"] for d in deployments.values())

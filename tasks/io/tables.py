@@ -193,7 +193,7 @@ class TableReader:
         self.src, self.columns, self.features, self.label = src, columns, features, label
         self.slices, self.first_row = slices, first_row
         self.kinds: dict[str, str] = dict(kinds or {})
-        self.seen_ids: set[str] = set()
+        self.seen_ids: set[str] = set()  # keys of rows kept so far
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
 
@@ -348,13 +348,6 @@ class TableReader:
                 if src.entity_id
                 else pd.Series(positions.astype(str), dtype="string")
             )
-            if src.entity_id:  # row numbers are unique by construction; given ids may not be
-                id_missing = ids.isna().to_numpy()
-                flag(id_missing, lambda i: "missing entity id")
-                live = ~id_missing & ~rejects.bad
-                dup = live & (ids.duplicated().to_numpy() | ids.isin(self.seen_ids).to_numpy())
-                flag(dup, lambda i, ids=ids: f"duplicate entity id {ids.iloc[i]!r}")
-                self.seen_ids.update(ids[live & ~dup].tolist())
             ts = None
             if src.timestamp:
                 raw_ts = cols[src.timestamp].to_pandas()
@@ -363,6 +356,15 @@ class TableReader:
                     ts.isna().to_numpy(),
                     lambda i, t=raw_ts: f"timestamp {t.iloc[i]!r} cannot be parsed",
                 )
+            if src.entity_id:  # row numbers are unique by construction; given ids may not be
+                id_missing = ids.isna().to_numpy()
+                flag(id_missing, lambda i: "missing entity id")
+                live = ~id_missing & ~rejects.bad
+                # the key: the id, or (id, event time) when the source has versions over time
+                keys = ids if ts is None else version_keys(ids, ts)
+                dup = live & (keys.duplicated().to_numpy() | keys.isin(self.seen_ids).to_numpy())
+                flag(dup, lambda i, ids=ids, ts=ts: duplicate_reason(ids.iloc[i], ts, i))
+                self.seen_ids.update(keys[live & ~dup].tolist())
             out = pd.DataFrame(typed)
             out.insert(0, "__id", ids)
             if ts is not None:
@@ -379,6 +381,20 @@ class TableReader:
             keep = ~rejects.bad
             quarantine = [(f"row {positions[i]}", r) for i, r in sorted(rejects.reasons.items())]
             yield Chunk(out[keep].reset_index(drop=True), positions[keep], quarantine)
+
+
+def version_keys(ids: pd.Series, ts: pd.Series) -> pd.Series:
+    """One text key per (entity id, event time) pair: what makes a row a distinct version of
+    its entity when the source names a timestamp column."""
+    micros = ts.fillna(pd.Timestamp(0, tz="UTC")).dt.as_unit("us").astype("int64")
+    return ids.astype("string") + "\x1f" + micros.astype("string")
+
+
+def duplicate_reason(entity: str, ts: pd.Series | None, i: int) -> str:
+    """The quarantine reason of a repeated key: the id, and its event time when it has one."""
+    if ts is None:
+        return f"duplicate entity id {entity!r}"
+    return f"duplicate entity id {entity!r} at {ts.iloc[i].isoformat()}"
 
 
 NUMBER = (

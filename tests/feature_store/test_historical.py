@@ -14,7 +14,13 @@ from feature_store import FeatureStoreError, feature_schema, get_historical_feat
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def rows(entity_ids: list[str], days: list[int], z: list[float], version: int = 1) -> pa.Table:
+def rows(
+    entity_ids: list[str],
+    days: list[int],
+    z: list[float],
+    version: int = 1,
+    scored_days: list[int] | None = None,
+) -> pa.Table:
     n = len(entity_ids)
     return pa.Table.from_pydict(
         {
@@ -28,7 +34,7 @@ def rows(entity_ids: list[str], days: list[int], z: list[float], version: int = 
             "model_name": ["m"] * n,
             "model_version": [version] * n,
             "run_id": ["r"] * n,
-            "scored_at": [T0] * n,
+            "scored_at": [T0 + timedelta(days=d) for d in scored_days or [0] * n],
         },
         schema=feature_schema(1),
     )
@@ -96,3 +102,32 @@ def test_bad_entity_frames_are_refused(table) -> None:
     clash = pd.DataFrame({"entity_id": ["a"], "event_timestamp": [T0], "z_0": [1.0]})
     with pytest.raises(FeatureStoreError, match="already has column"):
         get_historical_features(clash, "h", 1, home=table)
+
+
+def test_versions_of_an_entity_latest_and_ties_by_scored_at(table) -> None:
+    """a: versions on days 0, 10, 20; b: day 5. A second row for a's day 10, scored later (a
+    rescoring), wins over the first in a point-in-time join and a latest read; a second row
+    for b's day 5, scored earlier, does not."""
+    from feature_store import read_features, write_features
+
+    write_features(
+        "h",
+        rows(["a", "b"], [10, 5], [7.0, 8.0], scored_days=[30, -1]),
+        code_size=1,
+        model_name="m",
+        model_version=1,
+        stores=table,
+        mode="append",
+    )
+    entities = pd.DataFrame(
+        {"entity_id": ["a", "b"], "event_timestamp": [T0 + timedelta(days=12)] * 2}
+    )
+    out = get_historical_features(entities, "h", 1, home=table)
+    # the later scored of two rows with one time, whichever was written first
+    assert out["z_0"].tolist() == [7.0, 9.0]
+    latest = read_features("h", 1, latest=True, home=table).set_index("entity_id")
+    assert sorted(latest.index) == ["a", "b"]
+    assert latest.loc["a", "z_0"] == 3.0  # day 20: the newest event time
+    assert latest.loc["b", "z_0"] == 9.0  # day 5 twice: the later scored, written first
+    picked = read_features("h", 1, latest=True, columns=["entity_id", "z_0"], home=table)
+    assert list(picked.columns) == ["entity_id", "z_0"] and len(picked) == 2

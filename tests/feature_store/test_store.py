@@ -203,7 +203,7 @@ def test_as_of_reads_the_table_as_it_was(tmp_stores) -> None:
     naive = between.astimezone(UTC).replace(tzinfo=None).isoformat()
     assert len(read_features("t", 1, as_of=naive, home=tmp_stores)) == 5
     assert len(read_features("t", 1, as_of=first.snapshot_id, home=tmp_stores)) == 5
-    with pytest.raises(FeatureStoreError, match="did not exist yet"):
+    with pytest.raises(FeatureStoreError, match="has no snapshot at or before"):
         read_features("t", 1, as_of=datetime(2000, 1, 1, tzinfo=UTC), home=tmp_stores)
     with pytest.raises(FeatureStoreError, match="no snapshot 12345"):
         read_features("t", 1, as_of=12345, home=tmp_stores)
@@ -352,3 +352,45 @@ def test_aliases_are_recorded_with_the_commit_and_resolved_by_reads(tmp_stores) 
     with pytest.raises(FeatureStoreError, match="alias 'challenger'"):
         read_features("t", "challenger", home=tmp_stores)
     assert record_aliases("other-model", {"champion": 9}, tmp_stores) == []
+
+
+def test_as_of_resolves_aliases_as_they_were_then(tmp_stores) -> None:
+    """The table logs each change of its aliases with the time: a read as of a moment names
+    the version that was champion at that moment, not the one that is now."""
+    from feature_store import commit_features, record_aliases, stage_features
+
+    def land(version: int, aliases: dict[str, int]) -> None:
+        staged = stage_features(
+            "t",
+            make_batch(3, 2, version),
+            code_size=2,
+            model_name="m",
+            model_version=version,
+            stores=tmp_stores,
+        )
+        commit_features(
+            [staged], model_name="m", model_version=version, stores=tmp_stores, aliases=aliases
+        )
+        time.sleep(0.02)
+
+    land(1, {"champion": 1})
+    first = load_table("t", tmp_stores).current_snapshot().snapshot_id
+    during_v1 = datetime.now(UTC)
+    time.sleep(0.02)
+    land(2, {"champion": 2, "challenger": 1})
+    during_v2 = datetime.now(UTC)
+    time.sleep(0.02)
+    record_aliases("m", {"champion": 1}, tmp_stores)  # rolled back by hand, no write
+
+    def champion(**kw) -> set[int]:
+        return set(read_features("t", home=tmp_stores, **kw)["model_version"])
+
+    assert champion() == {1}
+    assert champion(as_of=during_v1) == {1}
+    assert champion(as_of=during_v2) == {2}
+    assert champion(as_of=first) == {1}
+    with pytest.raises(FeatureStoreError, match="records no version with alias 'challenger' at"):
+        read_features("t", "challenger", as_of=during_v1, home=tmp_stores)
+    assert set(
+        read_features("t", "challenger", as_of=during_v2, home=tmp_stores)["model_version"]
+    ) == {1}

@@ -124,7 +124,7 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     ingest_states = task_states(state.state_details.flow_run_id, "ingest-partitions")
     assert ingest_states["merge-ingest"] == ingest_states["ingest-partition"] == "Completed"
     assert raw.exists() and state.result().rows_written == 0
-    assert "no new rows" in nothing.to_text() and nothing.since is not None
+    assert "no new rows" in nothing.to_text() and "0 rows whose" in nothing.selection
     assert snapshot(home) == before
 
     sales(40, 300, 2).to_parquet(folder / "2026-03-14.parquet")

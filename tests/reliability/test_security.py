@@ -116,7 +116,7 @@ def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) 
         work.mkdir()
         result = aepipe_cli(
             "run", "--source", "digits", "--epochs", "2", cwd=work,
-            env={"AEPIPE_TRACKING_URI": uri},
+            env={"AEPIPE_TRACKING_URI": uri}, own_server=True,  # its Prefect database is read
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert f"open http://***@127.0.0.1:{port} in a browser" in result.stdout

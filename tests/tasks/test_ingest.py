@@ -138,6 +138,58 @@ def test_duplicate_entity_ids_are_quarantined(tmp_path, tmp_stores) -> None:
     ]
 
 
+def test_with_a_timestamp_each_id_and_time_pair_is_a_version(tmp_path, tmp_stores) -> None:
+    csv = tmp_path / "customers.csv"
+    csv.write_text(
+        "id,updated_at,a\n"
+        "c1,2026-03-01T08:00:00Z,1\n"
+        "c1,2026-03-02T08:00:00Z,2\n"  # an update of c1: a second version, kept
+        "c2,2026-03-01T09:00:00Z,3\n"
+        "c1,2026-03-02T08:00:00Z,4\n"  # same id, same time: a true duplicate
+        + "".join(f"c{i},2026-03-01T10:00:00Z,{i}\n" for i in range(3, 103))
+    )
+    src = {"path": str(csv), "entity_id": "id", "timestamp": "updated_at"}
+    ingested = ingest_source(build_config({"source": src, "model": {"code_size": 1}}), tmp_stores)
+    raw = pq.read_table(ingested.path).to_pandas()
+    assert ingested.rows == 103 and ingested.quarantined == 1
+    c1 = raw[raw["entity_id"] == "c1"].sort_values("event_timestamp")
+    assert c1["a"].tolist() == [1.0, 2.0]
+    assert pq.read_table(ingested.quarantine_path).to_pylist() == [
+        {"location": "row 3", "reason": "duplicate entity id 'c1' at 2026-03-02T08:00:00+00:00"}
+    ]
+
+
+def test_versions_and_duplicates_across_partitions(tmp_path, tmp_stores) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    day = pd.DataFrame(
+        {"id": [f"c{i}" for i in range(60)], "t": pd.Timestamp("2026-03-01", tz="UTC"), "a": 1.0}
+    )
+    later = day.head(30).assign(t=pd.Timestamp("2026-03-02", tz="UTC"), a=2.0)
+    again = day.head(1)  # a row the first file has: a true duplicate in another partition
+    day.to_parquet(folder / "1.parquet")
+    pd.concat([later, again]).to_parquet(folder / "2.parquet")
+    src = {"path": str(folder), "entity_id": "id", "timestamp": "t", "max_quarantine_fraction": 0.1}
+    cfg = build_config({"source": src, "model": {"code_size": 1}, "partition_rows": 1})
+    ingested = ingest_source(cfg, tmp_stores)
+    assert (ingested.rows, ingested.quarantined) == (90, 1)
+    reasons = pq.read_table(ingested.quarantine_path).column("reason").to_pylist()
+    assert reasons == ["duplicate entity id 'c0' at 2026-03-01T00:00:00+00:00"]
+
+
+def test_a_timestamp_column_missing_from_a_later_file_is_named(tmp_path, tmp_stores) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    frame = pd.DataFrame({"id": ["a", "b"], "t": pd.Timestamp("2026-03-01", tz="UTC"), "x": 1.0})
+    frame.to_parquet(folder / "1.parquet")
+    frame.drop(columns="t").assign(id=["c", "d"]).to_parquet(folder / "2.parquet")
+    src = {"path": str(folder), "entity_id": "id", "timestamp": "t"}
+    cfg = build_config({"source": src, "model": {"code_size": 1}})
+    with pytest.raises(ValueError, match=r"2.parquet' lacks column\(s\) \['t'\]") as err:
+        ingest_source(cfg, tmp_stores)
+    assert "\n" not in str(err.value)
+
+
 def test_content_digest_follows_the_bytes(tmp_path, tmp_stores) -> None:
     csv = tmp_path / "t.csv"
     csv.write_text("a,b\n1,2\n3,4\n")

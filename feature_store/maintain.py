@@ -1,0 +1,138 @@
+"""Table upkeep: expire old snapshots and delete the files no kept snapshot refers to.
+
+Every scoring run adds a snapshot, and a replaced version's files stay for time travel; a
+writer killed before its commit leaves staged files nobody will commit. :func:`maintain_table`
+expires snapshots older than the retention (pyiceberg's ``expire_snapshots``), keeping the
+current one and the last one before the cutoff (what a read as of any time inside the
+retention window resolves to), then deletes every file under the table's location that no
+kept snapshot and no kept metadata file refers to: the expired snapshots' manifest lists,
+manifests and data files, and orphans older than ``orphan_age`` (younger ones may belong to
+a write still in flight, whose staged files are unreferenced until it commits).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from feature_store.catalog import as_stores, load_table
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
+    from stores import Stores
+
+RETAIN = timedelta(days=7)
+ORPHAN_AGE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Maintained:
+    """What one maintenance run did to a table."""
+
+    table: str
+    expired: int  # snapshots expired
+    kept: int  # snapshots kept
+    deleted: int  # files deleted: those of expired snapshots, and orphans
+    orphans: int  # of them, files no snapshot ever committed (killed writers)
+    freed_bytes: int
+    cutoff: datetime
+
+    def to_text(self) -> str:
+        """The line the CLI and the flow print."""
+        return (
+            f"{self.table}: expired {self.expired} snapshot(s) older than "
+            f"{self.cutoff.isoformat(timespec='seconds')}, kept {self.kept}; deleted "
+            f"{self.deleted} file(s) ({self.orphans} orphaned), {self.freed_bytes / 1e6:.1f} MB"
+        )
+
+
+def _path(tbl: Table, location: str) -> str:
+    """A file location as the table's file system names it (no scheme)."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    return PyArrowFileIO.parse_location(location, tbl.io.properties)[2]
+
+
+def _snapshot_files(tbl: Table, snapshots: list[Any]) -> set[str]:
+    """Every file the snapshots refer to: manifest lists, manifests and live data files."""
+    files: set[str] = set()
+    manifests: set[str] = set()
+    for snap in snapshots:
+        files.add(_path(tbl, snap.manifest_list))
+        for manifest in snap.manifests(tbl.io):
+            if manifest.manifest_path in manifests:
+                continue
+            manifests.add(manifest.manifest_path)
+            files.add(_path(tbl, manifest.manifest_path))
+            for entry in manifest.fetch_manifest_entry(tbl.io, discard_deleted=True):
+                files.add(_path(tbl, entry.data_file.file_path))
+    return files
+
+
+def _metadata_files(tbl: Table) -> set[str]:
+    """The current metadata file, those its log keeps, and its statistics files."""
+    meta = tbl.metadata
+    files = {_path(tbl, tbl.metadata_location)}
+    files |= {_path(tbl, e.metadata_file) for e in meta.metadata_log}
+    files |= {_path(tbl, s.statistics_path) for s in meta.statistics}
+    files |= {_path(tbl, s.statistics_path) for s in meta.partition_statistics}
+    return files
+
+
+def maintain_table(
+    table: str,
+    *,
+    retain: timedelta = RETAIN,
+    orphan_age: timedelta = ORPHAN_AGE,
+    home: str | os.PathLike[str] | Stores | None = None,
+    now: datetime | None = None,
+) -> Maintained:
+    """Expire the table's snapshots older than ``retain`` and delete the files no kept
+    snapshot needs (see the module docstring); returns what was done. Time-travel reads of
+    any time within ``retain`` of ``now`` (default: the clock; snapshot ages are measured
+    from it) keep working. Orphans' ages are always measured on the clock."""
+    import pyarrow.fs as pafs
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    if retain < timedelta(0) or orphan_age < timedelta(0):
+        raise ValueError("retain and orphan_age must not be negative")
+    st = as_stores(home)
+    tbl = load_table(table, st)
+    now = now or datetime.now(UTC)
+    cutoff = now - retain
+    cutoff_ms = int(cutoff.timestamp() * 1000)
+    snapshots = {s.snapshot_id: s for s in tbl.snapshots()}
+    keep = {s for s, snap in snapshots.items() if snap.timestamp_ms >= cutoff_ms}
+    current = tbl.current_snapshot()
+    if current is not None:
+        keep.add(current.snapshot_id)
+    before = [e for e in tbl.history() if e.timestamp_ms < cutoff_ms]
+    if before:  # a read as of the cutoff (or any later time before the next commit) needs it
+        keep.add(max(before, key=lambda e: e.timestamp_ms).snapshot_id)
+    expire = [s for s in snapshots if s not in keep]
+    dropped = _snapshot_files(tbl, [snapshots[s] for s in expire]) if expire else set()
+    if expire:
+        tbl.maintenance.expire_snapshots().by_ids(expire).commit()
+        tbl = tbl.refresh()
+    needed = _snapshot_files(tbl, tbl.snapshots()) | _metadata_files(tbl)
+
+    scheme, netloc, root = PyArrowFileIO.parse_location(tbl.location(), tbl.io.properties)
+    fs = tbl.io.fs_by_scheme(scheme, netloc)
+    listed = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    orphan_cutoff = datetime.now(UTC) - orphan_age  # file times are the clock's, always
+    deleted = orphans = freed = 0
+    for info in listed:
+        if info.type != pafs.FileType.File or info.path in needed:
+            continue
+        if info.path not in dropped:  # never committed (or a metadata file the log let go)
+            mtime = info.mtime
+            if mtime is None or mtime.replace(tzinfo=mtime.tzinfo or UTC) > orphan_cutoff:
+                continue  # may be a write in flight (or its age is unknown)
+            orphans += 1
+        fs.delete_file(info.path)
+        deleted += 1
+        freed += info.size or 0
+    return Maintained(table, len(expire), len(keep), deleted, orphans, freed, cutoff)

@@ -1,0 +1,41 @@
+"""Scheduled upkeep of the feature tables: old snapshots expired, unneeded files deleted."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import flow
+
+from feature_store import Maintained, list_tables, maintain_table
+from stores import Stores, resolve_stores
+from tasks.config import PipelineConfig, io_task
+
+
+def maintain_one(table: str, cfg: PipelineConfig, stores: Stores) -> Maintained:
+    """Expire ``table``'s snapshots older than ``cfg.maintain.retain_days`` and delete the
+    files no kept snapshot needs (orphans once ``orphan_age_hours`` old)."""
+    return maintain_table(
+        table,
+        retain=timedelta(days=cfg.maintain.retain_days),
+        orphan_age=timedelta(hours=cfg.maintain.orphan_age_hours),
+        home=stores,
+    )
+
+
+maintain_task = io_task("maintain-table")(maintain_one)
+
+
+@flow(name="maintain-features", log_prints=True)
+def maintain_features(
+    config: PipelineConfig | None = None, tables: list[str] | None = None
+) -> list[Maintained]:
+    """Maintain ``tables`` (default: every feature table in the store), one task each."""
+    cfg = config or PipelineConfig()
+    stores = resolve_stores(cfg.home)
+    names = tables if tables is not None else list_tables(stores)
+    done = [maintain_task(name, cfg, stores) for name in names]
+    for result in done:
+        print(result.to_text())
+    if not names:
+        print(f"no feature tables under {stores.home}: nothing to maintain")
+    return done
