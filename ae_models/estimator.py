@@ -154,7 +154,7 @@ class AutoencoderReducer:
     rows and fattens the training scores' tail (``contamination="auto"`` then flags more
     training rows): set ``trim_fraction=0`` there.
     ``batch_size="auto"`` gives small data sets enough steps an epoch
-    (:func:`~ae_models.training.auto_batch_size`);
+    (:func:`~ae_models.train_config.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
     (:func:`~ae_models.fitting.auto_code_size`).
     Fitted on a DataFrame, it keeps the column names in ``feature_names_in_`` and refuses a

@@ -7,7 +7,7 @@ calls :func:`fit_autoencoder`.
 
 Defaults: the two front doors share every default except the two below, kept apart on
 purpose and stated here once. Both pick the code size (:func:`auto_code_size`) and the batch
-size (:func:`~ae_models.training.auto_batch_size`) from the data unless told.
+size (:func:`~ae_models.train_config.auto_batch_size`) from the data unless told.
 
 ============== =========== ============ ==================================================
 setting        estimator   pipeline     why

@@ -25,13 +25,26 @@ def register_model(name: str) -> Callable[[T], T]:
     return wrap
 
 
+BUILTIN_VARIANTS = ("contractive", "conv", "deep", "denoising", "sparse", "vae")
+
+
+def _load_builtins() -> None:
+    """Import the built-in variants (each registers itself); once, on first need."""
+    import importlib
+
+    for name in BUILTIN_VARIANTS:
+        importlib.import_module(f"ae_models.{name}")
+
+
 def list_models() -> list[str]:
-    """Names of all registered autoencoder variants, sorted."""
-    return sorted(_MODELS)
+    """Names of all autoencoder variants, sorted: the built-in ones (known without importing
+    PyTorch) and any registered since."""
+    return sorted(set(BUILTIN_VARIANTS) | set(_MODELS))
 
 
 def get_model_class(name: str) -> type[Autoencoder]:
     """The class registered as ``name``; a ValueError lists the available names otherwise."""
+    _load_builtins()
     try:
         return _MODELS[name]
     except KeyError:

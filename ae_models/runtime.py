@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from ae_models.train_config import Precision
 
 
 def select_device(preference: str = "auto") -> torch.device:
