@@ -164,23 +164,26 @@ def _selected_positions(job: ScoringJob) -> np.ndarray | None:
 
 
 def plan_partitions(job: ScoringJob) -> list[list[int]]:
-    """Row-group index lists of about ``job.partition_rows`` rows each (at least one list);
-    row groups holding none of the job's selected rows are left out."""
+    """Row-group index lists of about ``job.partition_rows`` rows to score each (at least
+    one list); with a selection, row groups holding none of its rows are left out and only
+    the selected rows count."""
     meta = pq.ParquetFile(job.source).metadata
     starts = _row_group_starts(meta)
     selected = _selected_positions(job)
     parts: list[list[int]] = [[]]
     rows = 0
     for i in range(meta.num_row_groups):
+        size = meta.row_group(i).num_rows
         if selected is not None:
             lo, hi = np.searchsorted(selected, starts[i : i + 2])
             if lo == hi:
                 continue
+            size = int(hi - lo)
         if rows >= job.partition_rows:
             parts.append([])
             rows = 0
         parts[-1].append(i)
-        rows += meta.row_group(i).num_rows
+        rows += size
     return parts
 
 
@@ -211,18 +214,17 @@ def top_columns(
     return pa.ListArray.from_arrays(offsets, values)
 
 
-def _batches_at(
-    source: pq.ParquetFile, row_groups: list[int], columns: list[str]
-) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Batches of ``row_groups``, each with the source row position of its first row."""
-    starts = _row_group_starts(source.metadata)
-    for group in row_groups:
-        start = int(starts[group])
-        for batch in source.iter_batches(
-            batch_size=SCORE_BATCH, row_groups=[group], columns=columns
-        ):
-            yield batch, start
-            start += batch.num_rows
+def _taken(
+    source: pq.ParquetFile,
+    group: int,
+    columns: list[str],
+    selected: np.ndarray,
+    starts: np.ndarray,
+) -> pa.Table:
+    """The ``selected`` rows (sorted source positions) that lie in row group ``group``."""
+    lo, hi = np.searchsorted(selected, starts[group : group + 2])
+    rows = source.read_row_group(group, columns=columns)
+    return rows.take(pa.array(selected[lo:hi] - starts[group]))
 
 
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
@@ -242,22 +244,43 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     after = pa.scalar(datetime.fromisoformat(job.after), TIMESTAMP) if job.after else None
     anomalies = 0
 
-    def batches():
-        nonlocal anomalies
+    def wanted() -> Iterator[pa.RecordBatch]:
+        """The rows to score, in batches of about SCORE_BATCH rows: a selection's few rows
+        per source batch are gathered first, so each batch is scored and written once."""
         # pre_buffer off: on wide files its read-ahead grows with the file (475 MB at 1M rows)
         source = pq.ParquetFile(job.source, pre_buffer=False)
-        for batch, start in _batches_at(source, row_groups, [ENTITY_KEY, EVENT_TIMESTAMP, *inputs]):
+        held: list[pa.RecordBatch] = []
+        rows = 0
+        columns = [ENTITY_KEY, EVENT_TIMESTAMP, *inputs]
+        if selected is not None:  # a few rows of each group: read it whole, take them
+            starts = _row_group_starts(source.metadata)
+            found: Iterator[pa.RecordBatch] = (
+                batch
+                for group in row_groups
+                for batch in _taken(source, group, columns, selected, starts).to_batches()
+            )
+        else:
+            found = source.iter_batches(
+                batch_size=SCORE_BATCH, row_groups=row_groups, columns=columns
+            )
+        for batch in found:
             if after is not None:
                 batch = batch.filter(
                     pc.greater(batch.column(EVENT_TIMESTAMP).cast(TIMESTAMP), after)
                 )
-            elif selected is not None:
-                lo, hi = np.searchsorted(selected, [start, start + batch.num_rows])
-                keep = np.zeros(batch.num_rows, bool)
-                keep[selected[lo:hi] - start] = True
-                batch = batch.filter(pa.array(keep))
             if batch.num_rows == 0:
                 continue
+            held.append(batch)
+            rows += batch.num_rows
+            if rows >= SCORE_BATCH:
+                yield pa.concat_batches(held)
+                held, rows = [], 0
+        if held:
+            yield pa.concat_batches(held)
+
+    def batches():
+        nonlocal anomalies
+        for batch in wanted():
             if normalizer is not None:
                 x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP))
             else:

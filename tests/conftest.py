@@ -15,6 +15,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="aepipe-test-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers, one per core:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # each its own core, no oversubscription
 
 import pytest
 

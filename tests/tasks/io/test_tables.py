@@ -37,7 +37,7 @@ def test_bad_csv_rows_go_to_quarantine(tmp_path, tmp_stores) -> None:
         "c, 2024-01-03, inf, true, Oslo\n"  # non-finite
         "d, 2024-01-04, 2, true\n"  # ragged
         "e, yesterday-ish, 3, false, Oslo\n"  # bad timestamp
-        "a, 2024-01-06, 4, true, Oslo\n"  # duplicate id
+        "a, 2024-01-01, 4, true, Oslo\n"  # duplicate (id, time): a true duplicate
         "f, 2024-01-07, ?, false, ?\n"  # missing values are fine
         "g, 2024-01-08, 5, maybe, Oslo\n"  # not a boolean
         + "".join(f"h{i}, 2024-02-0{i}, {i}, true, Oslo\n" for i in range(1, 5))
@@ -57,7 +57,7 @@ def test_bad_csv_rows_go_to_quarantine(tmp_path, tmp_stores) -> None:
     assert reasons["row 1"] == "column 'x' has non-numeric value 'abc'"
     assert reasons["row 2"] == "column 'x' has a non-finite value 'inf'"
     assert reasons["row 3"] == "timestamp 'yesterday-ish' cannot be parsed"
-    assert reasons["row 4"] == "duplicate entity id 'a'"
+    assert reasons["row 4"] == "duplicate entity id 'a' at 2024-01-01T00:00:00+00:00"
     assert reasons["row 6"] == "column 'flag' has non-boolean value 'maybe'"
     assert str(raw["event_timestamp"].dtype) == "datetime64[us, UTC]"
     assert raw["flag"].tolist() == [True, False, True, True, True, True]
