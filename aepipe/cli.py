@@ -137,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     feats.add_argument("--home", default=None, help="state folder")
 
+    drift = sub.add_parser("drift", help="print a data set's drift checks, one per scoring run")
+    drift.add_argument("dataset", help="data set name (its feature table's name)")
+    drift.add_argument("--limit", type=int, default=20, help="latest checks to print (default 20)")
+    drift.add_argument("--home", default=None, help="state folder")
+
     models = sub.add_parser("models", help="list, compare and promote registered models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="registered models with their champion and challenger")
@@ -286,6 +291,20 @@ def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides({}, overrides)
 
 
+def _drift(args: argparse.Namespace) -> int:
+    from feature_store import read_drift
+
+    frame = read_drift(args.dataset, args.home)
+    shown = frame[
+        ["scored_at", "model_version", "rows", "drifted", "flagged_rate", "expected_rate",
+         "score_p_value", "drifted_columns", "reason"]
+    ].tail(args.limit)  # fmt: skip
+    print(shown.to_string(index=False))
+    found = int(frame["drifted"].sum())
+    print(f"({len(frame)} checks, {found} with drift)")
+    return 0
+
+
 def _features(args: argparse.Namespace) -> int:
     from feature_store import read_features
 
@@ -384,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "score": _score,
         "downstream": _downstream,
         "features": _features,
+        "drift": _drift,
         "models": _models,
         "ui": _ui,
     }

@@ -8,6 +8,7 @@ record or from a ``resolve`` callable the caller hands in.
 """
 
 from feature_store.catalog import FeatureStoreError, list_tables, load_table, table_identifier
+from feature_store.drift_table import drift_table, read_drift, record_drift
 from feature_store.historical import get_historical_features
 from feature_store.maintain import Maintained, maintain_table
 from feature_store.read import data_files, read_features, read_features_arrow, table_history
@@ -31,6 +32,7 @@ __all__ = [
     "commit_features",
     "data_files",
     "discard_features",
+    "drift_table",
     "feature_schema",
     "get_historical_features",
     "latent_columns",
@@ -38,9 +40,11 @@ __all__ = [
     "load_table",
     "maintain_table",
     "prepare_table",
+    "read_drift",
     "read_features",
     "read_features_arrow",
     "record_aliases",
+    "record_drift",
     "stage_features",
     "table_history",
     "table_identifier",

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
+from ae_models.drift import DriftCheck
 from ae_models.preprocessing import NORMALIZER_FILE
 from feature_store import FeatureStoreError, load_table
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION, TIMESTAMP
@@ -60,6 +61,7 @@ class Scored:
     anomalies: int
     selection: str  # which rows were taken as new, and how they were found
     snapshot_id: int | None
+    drift: DriftCheck | None = None  # the new rows against the model's reference
 
     def to_text(self) -> str:
         """The lines the CLI prints at the end of a scoring run."""
@@ -69,10 +71,11 @@ class Scored:
                 f"no new rows in the source ({self.rows_seen} rows, all scored already: "
                 f"{self.selection}); nothing written to {where}"
             )
-        return (
+        text = (
             f"scored {self.rows_written} new of {self.rows_seen} source rows into {where}: "
             f"{self.anomalies} flagged as anomalies; snapshot {self.snapshot_id}"
         )
+        return text + (f"\n{self.drift.to_text()}" if self.drift is not None else "")
 
 
 def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
@@ -211,6 +214,7 @@ def scored_summary(job: ScoringJob, ingested: IngestResult, committed: Committed
         committed.anomalies,
         job.selection,
         committed.snapshot_id,
+        committed.drift,
     )
 
 

@@ -221,6 +221,30 @@ def start_run(
     return client, run.info.run_id
 
 
+def drift_reference(
+    normalizer: Normalizer,
+    train_inputs: np.ndarray,
+    train_codes: np.ndarray,
+    held_out_calibrated: np.ndarray,
+    held_out_flagged: np.ndarray,
+) -> dict[str, Any]:
+    """What a later scoring run's drift check compares its rows with (``model.json``'s
+    ``"drift"``): the source columns' distributions and the codes from the training rows,
+    the calibrated scores and flagged share from rows held out of training. Pixel columns
+    of images get no per-column reference (the scores and codes cover them)."""
+    from ae_models.drift import build_reference
+
+    columns, position = [], 0
+    for spec in normalizer.columns:
+        index = list(range(position, position + len(spec.outputs)))
+        position += len(spec.outputs)
+        if not normalizer.fixed_scale:
+            columns.append({"name": spec.source, "kind": spec.kind, "index": index})
+    return build_reference(
+        held_out_calibrated, held_out_flagged, train_inputs, columns, train_codes
+    )
+
+
 def train_autoencoder(
     data: NormalizedData, cfg: PipelineConfig, stores: Stores, request_id: str | None = None
 ) -> TrainedModel:
@@ -318,6 +342,13 @@ def train_autoencoder(
             "features": data.features,
             "metrics": metrics,
             "train": cfg.train.to_dict(),
+            "drift": drift_reference(
+                Normalizer.load(data.spec_path),
+                parts["train"],
+                z_fit,
+                scorer.calibration.calibrate(test_scores),
+                test_scores > threshold,
+            ),
         },
     )
     (folder / NORMALIZER_FILE).write_bytes(Path(data.spec_path).read_bytes())

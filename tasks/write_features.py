@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
+from ae_models.drift import DriftCheck, DriftCounts, count_batch, drift_decision
 from ae_models.outputs import score_outputs
 from ae_models.preprocessing import Normalizer, model_input
 from ae_models.scoring import Scorer
@@ -32,12 +33,14 @@ from feature_store import (
     discard_features,
     load_table,
     prepare_table,
+    record_drift,
     stage_features,
 )
 from feature_store.schema import (
     ENTITY_KEY,
     EVENT_TIMESTAMP,
     IS_ANOMALY,
+    SPLIT,
     TIMESTAMP,
     feature_batch,
     feature_schema,
@@ -136,6 +139,7 @@ class StagedPart:
 
     staged: StagedFeatures
     anomalies: int
+    drift: DriftCounts | None = None  # the rows' drift counts (None: no reference, no rows)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class Committed:
     model_version: int
     snapshot_id: int | None
     partitions: int
+    drift: DriftCheck | None = None  # the written rows against the model's reference
 
 
 def _row_group_starts(meta: pq.FileMetaData) -> np.ndarray:
@@ -243,6 +248,11 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     selected = _selected_positions(job)
     after = pa.scalar(datetime.fromisoformat(job.after), TIMESTAMP) if job.after else None
     anomalies = 0
+    reference = meta.get("drift")
+    drift: DriftCounts | None = None
+    source_names = pq.read_schema(job.source).names
+    # the first write of a version scores its training rows too; they are not new data
+    held_out_only = SPLIT in source_names
 
     def wanted() -> Iterator[pa.RecordBatch]:
         """The rows to score, in batches of about SCORE_BATCH rows: a selection's few rows
@@ -251,7 +261,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         source = pq.ParquetFile(job.source, pre_buffer=False)
         held: list[pa.RecordBatch] = []
         rows = 0
-        columns = [ENTITY_KEY, EVENT_TIMESTAMP, *inputs]
+        columns = [ENTITY_KEY, EVENT_TIMESTAMP, *([SPLIT] if held_out_only else []), *inputs]
         if selected is not None:  # a few rows of each group: read it whole, take them
             starts = _row_group_starts(source.metadata)
             found: Iterator[pa.RecordBatch] = (
@@ -277,6 +287,18 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
                 held, rows = [], 0
         if held:
             yield pa.concat_batches(held)
+
+    def count(scored: Any, x: np.ndarray, batch: pa.RecordBatch) -> None:
+        nonlocal drift
+        if reference is None or scored.calibrated is None:
+            return  # a model saved before drift references: scoring works, nothing checked
+        keep = slice(None)
+        if held_out_only:
+            keep = pc.not_equal(batch.column(SPLIT), "train").to_numpy(zero_copy_only=False)
+        found = count_batch(
+            reference, scored.calibrated[keep], scored.flagged[keep], x[keep], scored.codes[keep]
+        )
+        drift = found if drift is None else drift.merge(found)
 
     def batches():
         nonlocal anomalies
@@ -310,6 +332,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
             )
             anomalies += int(pc.sum(out.column(IS_ANOMALY)).as_py() or 0)
             yield out
+            count(scored, x, batch)  # once the writer took the rows (they passed its checks)
 
     staged = stage_features(
         job.table,
@@ -319,7 +342,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         model_version=job.model_version,
         stores=job.stores,
     )
-    return StagedPart(staged, anomalies)
+    return StagedPart(staged, anomalies, drift)
 
 
 def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
@@ -341,6 +364,10 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
             aliases=aliases,
         )
     snapshot = load_table(job.table, job.stores).current_snapshot() if rows else None
+    check = None
+    if rows:
+        check = drift_of(job, parts)
+        record_drift(job.table, drift_row(check, job), job.stores)
     return Committed(
         job.table,
         rows,
@@ -348,7 +375,42 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
         job.model_version,
         snapshot.snapshot_id if snapshot else None,
         len(parts),
+        check,
     )
+
+
+def drift_of(job: ScoringJob, parts: list[StagedPart]) -> DriftCheck:
+    """The drift check of every partition's rows together, against the model's reference."""
+    reference = ae_models.read_meta(job.model_dir).get("drift")
+    counts = [p.drift for p in parts if p.drift is not None]
+    merged = None
+    for found in counts:
+        merged = found if merged is None else merged.merge(found)
+    return drift_decision(reference, merged)
+
+
+def drift_row(check: DriftCheck, job: ScoringJob) -> dict[str, Any]:
+    """One row of the data set's drift table for ``check``."""
+    import json
+
+    return {
+        "scored_at": datetime.fromisoformat(job.scored_at),
+        "model_name": job.model_name,
+        "model_version": job.model_version,
+        "run_id": job.run_id,
+        "rows": check.rows,
+        "checked": check.checked,
+        "drifted": check.drifted,
+        "reason": check.reason,
+        "flagged_rate": check.flagged_rate,
+        "expected_rate": check.expected_rate,
+        "score_p_value": check.score_p_value,
+        "score_ks": check.score_ks,
+        "rate_p_value": check.rate_p_value,
+        "code_p_value": check.code_p_value,
+        "drifted_columns": list(check.drifted_columns),
+        "psi": json.dumps(check.psi),
+    }
 
 
 def write_in_process(job: ScoringJob) -> Committed:

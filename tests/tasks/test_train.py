@@ -25,3 +25,36 @@ def test_tiny_table_with_a_one_wide_code(tmp_path, tmp_stores) -> None:
         "loss_curves.png",
         "recon_scores.png",
     ]
+
+
+def test_the_model_keeps_a_drift_reference(tmp_path, tmp_stores) -> None:
+    """model.json carries what a later drift check needs: per source column a compact
+    distribution, the held-out rows' calibrated scores, the codes' mean and covariance."""
+    import numpy as np
+    import pandas as pd
+
+    import ae_models
+
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(0, 1, n)
+    pd.DataFrame(
+        {"x": x, "y": 2 * x + rng.normal(0, 0.1, n), "kind": rng.choice(["p", "q"], n)}
+    ).to_csv(tmp_path / "t.csv", index=False)
+    cfg = build_config(
+        {"source": {"path": str(tmp_path / "t.csv")}, "model": {"code_size": 2},
+         "train": {"epochs": 2}}
+    )  # fmt: skip
+    data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
+    trained = train_autoencoder(data, cfg, tmp_stores)
+    drift = ae_models.read_meta(trained.model_dir)["drift"]
+    assert [(c["name"], c["kind"]) for c in drift["columns"]] == [
+        ("x", "bins"),
+        ("y", "bins"),
+        ("kind", "levels"),
+    ]
+    assert len(drift["columns"][0]["expected"]) == 10  # deciles
+    assert drift["rows"] == data.split_rows["train"]
+    assert drift["score_rows"] == data.split_rows["test"]  # held out of training
+    assert len(drift["score_quantiles"]) == 201 and 0 <= drift["flagged_rate"] <= 1
+    assert len(drift["code_mean"]) == 2 and np.shape(drift["code_cov"]) == (2, 2)

@@ -1,0 +1,78 @@
+"""Every scoring run checks its rows against the model's reference: a batch like the
+training data raises nothing, a shifted one is found with the columns that moved, a batch
+too small is not judged; each check is a row of the data set's drift table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_store import read_drift
+from flows.reduce_features import reduce_features
+from flows.score_features import score_features
+from tasks.config import build_config
+
+pytestmark = pytest.mark.slow
+T0 = datetime(2026, 7, 1, tzinfo=UTC)
+
+
+def orders(n: int, start: int, seed: int, scale: float = 1.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    amount = rng.gamma(4.0, 10.0, n) * scale
+    return pd.DataFrame(
+        {
+            "order_id": [f"o{i}" for i in range(start, start + n)],
+            "ts": [(T0 + timedelta(minutes=i)).isoformat() for i in range(start, start + n)],
+            "amount": amount.round(2),
+            "items": np.maximum(1, np.round(amount / 10 + rng.normal(0, 0.5, n))),
+            "region": rng.choice(["north", "south", "east"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+
+
+def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path) -> None:
+    path = tmp_path / "orders.csv"
+    parts = [orders(3000, 0, 1)]
+    pd.concat(parts).to_csv(path, index=False)
+    cfg = build_config(
+        {
+            "home": str(home),
+            "dataset": "orders",
+            "source": {"path": str(path), "entity_id": "order_id", "timestamp": "ts"},
+            "model": {"code_size": 2, "params": {"hidden": [16]}},
+            "train": {"epochs": 8, "lr": 3e-3, "patience": 0},
+        }
+    )
+    reduce_features(cfg)  # the first write checks its held-out rows
+
+    parts.append(orders(600, 3000, 2))  # like the training data
+    pd.concat(parts).to_csv(path, index=False)
+    same = score_features(cfg)
+    assert same.drift is not None and same.drift.checked and not same.drift.drifted
+    assert "drift: none found in 600 rows" in same.to_text()
+
+    parts.append(orders(600, 3600, 3, scale=1.6))  # bigger orders: amount and items moved
+    pd.concat(parts).to_csv(path, index=False)
+    moved = score_features(cfg)
+    assert moved.drift.drifted
+    assert set(moved.drift.drifted_columns[:2]) == {"amount", "items"}
+    assert "region" not in moved.drift.drifted_columns
+    assert "drift: DETECTED in 600 rows" in moved.to_text()
+
+    parts.append(orders(50, 4200, 4, scale=3.0))  # too few rows to judge
+    pd.concat(parts).to_csv(path, index=False)
+    few = score_features(cfg)
+    assert not few.drift.checked and "50 rows, fewer than the 200" in few.drift.to_text()
+
+    history = read_drift("orders", home=home)
+    assert list(history["rows"])[1:] == [600, 600, 50]
+    assert list(history["drifted"])[1:] == [False, True, False]
+    # the first write scores every row, but checks only those held out of training (val and
+    # test, about 30 %): training rows score lower than any new rows would
+    assert 700 < history["rows"].iloc[0] < 1100 and not history["drifted"].iloc[0]
+    shown = aepipe_cli("drift", "orders", "--home", str(home), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "(4 checks, 1 with drift)" in shown.stdout
