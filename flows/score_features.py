@@ -8,7 +8,14 @@ from flows.ingest import ingest
 from flows.partitions import run_partitioned
 from stores import resolve_stores
 from tasks.config import PipelineConfig
-from tasks.score import Scored, champion, prepare_scoring, scored_summary
+from tasks.score import (
+    DRIFT_EVENT,
+    Scored,
+    announce_drift,
+    champion,
+    prepare_scoring,
+    scored_summary,
+)
 from tasks.validate import check_stores, validate_config
 
 
@@ -25,4 +32,6 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     committed = run_partitioned(job, cfg)  # partitions on the configured task runner
     scored = scored_summary(job, ingested, committed)
     print(scored.to_text())
+    if announce_drift(scored, cfg):  # the reduce-features deployment's trigger retrains
+        print(f"emitted {DRIFT_EVENT} for aepipe.dataset.{cfg.dataset}")
     return scored

@@ -223,6 +223,17 @@ class MaintainConfig(_Frozen):
     )
 
 
+class DriftConfig(_Frozen):
+    """The drift check of every write, and what a detected drift sets off."""
+
+    retrain: bool = Field(
+        True,
+        description="on drift, emit the Prefect event aepipe.drift.detected, which the "
+        "reduce-features deployment's trigger answers with a retrain of the data set; "
+        "false: record the drift only",
+    )
+
+
 class PipelineConfig(_Frozen):
     """Everything one ``reduce_features`` run needs."""
 
@@ -274,6 +285,7 @@ class PipelineConfig(_Frozen):
         None, description="scheduler of an existing Dask cluster; default: a LocalCluster"
     )
     maintain: MaintainConfig = Field(default_factory=MaintainConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     train_deployment: str | None = Field(
         None,
         description="hand training to this Prefect deployment (e.g. "

@@ -227,5 +227,42 @@ def score_new_rows(
     return scored_summary(job, ingested, write_in_process(job))
 
 
+DRIFT_EVENT = "aepipe.drift.detected"
+
+
+def announce_drift(scored: Scored, cfg: PipelineConfig) -> bool:
+    """Emit the Prefect event ``aepipe.drift.detected`` for the data set when the run found
+    drift and ``drift.retrain`` is on: the resource ``aepipe.dataset.<name>``, the check's
+    evidence and the run's config (what the reduce-features trigger retrains with) as its
+    payload. Whether an event was emitted."""
+    if scored.drift is None or not scored.drift.drifted or not cfg.drift.retrain:
+        return False
+    from prefect.events import emit_event
+
+    check = scored.drift
+    emit_event(
+        event=DRIFT_EVENT,
+        resource={
+            "prefect.resource.id": f"aepipe.dataset.{cfg.dataset}",
+            "prefect.resource.name": cfg.dataset,
+        },
+        related=[
+            {
+                "prefect.resource.id": f"aepipe.model.{scored.model_name}.{scored.model_version}",
+                "prefect.resource.role": "model",
+            }
+        ],
+        payload={
+            "rows": check.rows,
+            "score_p_value": check.score_p_value,
+            "flagged_rate": check.flagged_rate,
+            "expected_rate": check.expected_rate,
+            "drifted_columns": list(check.drifted_columns),
+            "config": cfg.model_dump(mode="json"),
+        },
+    )
+    return True
+
+
 champion = io_task("load-champion")(load_champion)
 prepare_scoring = task(name="prepare-scoring")(scoring_job)

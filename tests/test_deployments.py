@@ -91,6 +91,31 @@ def two_training_runs_take_turns(api: str) -> None:
     assert second["start_time"] >= first["end_time"], (first, second)
 
 
+def drift_retrains_through_the_trigger(api: str, cli, config: dict) -> None:
+    """The event a scoring run emits on drift (tests/flows/test_drift.py checks the flow
+    emits it) makes reduce-features' trigger start a run with the config it carries."""
+    deployment = call(api, "GET", "/deployments/name/reduce-features/reduce-features")
+    by_deployment = {"deployments": {"id": {"any_": [deployment["id"]]}}}
+    before = {r["id"] for r in call(api, "POST", "/flow_runs/filter", by_deployment)}
+    retrain = {k: v for k, v in config.items() if k != "train_deployment"}
+    retrain["train"] = {"epochs": 2, "lr": 3e-3, "patience": 0}
+    cli(
+        "event", "emit", "aepipe.drift.detected", "--resource-id", "aepipe.dataset.digits",
+        "--payload", json.dumps({"rows": 600, "config": retrain}),
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while True:
+        runs = [r for r in call(api, "POST", "/flow_runs/filter", by_deployment)]
+        new = [r for r in runs if r["id"] not in before]
+        if new and new[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
+            break
+        assert time.monotonic() < deadline, [r["state_name"] for r in new] or "no run"
+        time.sleep(2)
+    (run,) = new
+    assert run["state_type"] == "COMPLETED", run["state_name"]
+    assert run["parameters"]["config"]["train"]["epochs"] == 2  # the event's config
+
+
 def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -166,6 +191,7 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
         )
         assert "Completed" in upkeep.stdout, upkeep.stdout[-3000:]
         two_training_runs_take_turns(api)
+        drift_retrains_through_the_trigger(api, cli, config)
     except BaseException:
         for log in sorted(logs.iterdir()):
             print(f"--- {log.name}\n{log.read_text()[-4000:]}")

@@ -33,6 +33,10 @@ def test_deployments_are_valid() -> None:
             CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
     reduce = deployments["reduce-features"]
     assert reduce["schedules"][0]["cron"] == "0 2 * * *"
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    (retrain,) = [DeploymentEventTrigger.model_validate(t) for t in reduce["triggers"]]
+    assert retrain.expect == {"aepipe.drift.detected"} and retrain.enabled
     assert reduce["work_pool"]["name"] == "cpu"
     score = deployments["score-features"]
     assert score["schedules"][0]["cron"] == "15 * * * *" and score["work_pool"]["name"] == "cpu"

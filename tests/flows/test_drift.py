@@ -33,6 +33,20 @@ def orders(n: int, start: int, seed: int, scale: float = 1.0) -> pd.DataFrame:
     )
 
 
+def drift_events() -> list:
+    """The aepipe.drift.detected events the session's Prefect server has received."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    time.sleep(2)  # events are sent and stored asynchronously
+    with get_client(sync_client=True) as client:
+        wanted = EventFilter(event=EventNameFilter(name=["aepipe.drift.detected"]))
+        page = client.read_events(wanted, limit=50)  # the server's most
+    return [e for e in page.events if e.resource.id == "aepipe.dataset.orders"]
+
+
 def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path) -> None:
     path = tmp_path / "orders.csv"
     parts = [orders(3000, 0, 1)]
@@ -61,18 +75,27 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path) -> N
     assert set(moved.drift.drifted_columns[:2]) == {"amount", "items"}
     assert "region" not in moved.drift.drifted_columns
     assert "drift: DETECTED in 600 rows" in moved.to_text()
+    (event,) = drift_events()  # the reduce-features deployment's trigger retrains on it
+    assert event.resource.id == "aepipe.dataset.orders"
+    assert event.payload["config"]["dataset"] == "orders"
+    assert event.payload["drifted_columns"] == moved.drift.drifted_columns
+    quiet = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"retrain": False})})
+    parts.append(orders(600, 3600 + 600, 5, scale=1.6))
+    pd.concat(parts).to_csv(path, index=False)
+    assert score_features(quiet).drift.drifted
+    assert len(drift_events()) == 1  # drift.retrain false: recorded, no event
 
-    parts.append(orders(50, 4200, 4, scale=3.0))  # too few rows to judge
+    parts.append(orders(50, 4800, 4, scale=3.0))  # too few rows to judge
     pd.concat(parts).to_csv(path, index=False)
     few = score_features(cfg)
     assert not few.drift.checked and "50 rows, fewer than the 200" in few.drift.to_text()
 
     history = read_drift("orders", home=home)
-    assert list(history["rows"])[1:] == [600, 600, 50]
-    assert list(history["drifted"])[1:] == [False, True, False]
+    assert list(history["rows"])[1:] == [600, 600, 600, 50]
+    assert list(history["drifted"])[1:] == [False, True, True, False]
     # the first write scores every row, but checks only those held out of training (val and
     # test, about 30 %): training rows score lower than any new rows would
     assert 700 < history["rows"].iloc[0] < 1100 and not history["drifted"].iloc[0]
     shown = aepipe_cli("drift", "orders", "--home", str(home), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "(4 checks, 1 with drift)" in shown.stdout
+    assert "(5 checks, 2 with drift)" in shown.stdout
