@@ -32,6 +32,7 @@ SCORE_QUANTILES = 201
 MIN_ROWS = 200
 ALPHA = 0.01
 _EPS = 1e-4  # PSI: empty bins
+NO_REFERENCE = "the model was saved without a drift reference"
 
 
 def _deciles(values: np.ndarray) -> list[float]:
@@ -43,6 +44,11 @@ def _deciles(values: np.ndarray) -> list[float]:
 def _binned(values: np.ndarray, edges: list[float]) -> np.ndarray:
     """Counts of ``values`` in the bins the inner ``edges`` make (len(edges) + 1 bins)."""
     return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+
+def _levels(block: np.ndarray) -> np.ndarray:
+    """A categorical column's one-hot inputs, or a boolean's one input as two levels."""
+    return block if block.shape[1] > 1 else np.column_stack([1 - block[:, 0], block])
 
 
 def build_reference(
@@ -65,7 +71,7 @@ def build_reference(
     for col in columns:
         block = inputs[:, col["index"]]
         if col["kind"] in ("categorical", "boolean"):
-            levels = block if block.shape[1] > 1 else np.column_stack([1 - block[:, 0], block])
+            levels = _levels(block)
             counts = levels.sum(axis=0) + 0.5  # a level the held-out rows lack is rare, not 0
             expected = [float(v) for v in counts / counts.sum()]
             refs.append(
@@ -180,7 +186,7 @@ def count_batch(
     for col in reference["columns"]:
         block = inputs[:, col["index"]]
         if col["kind"] == "levels":
-            levels = block if block.shape[1] > 1 else np.column_stack([1 - block[:, 0], block])
+            levels = _levels(block)
             columns.append(levels.sum(axis=0).astype(np.float64))
         else:
             columns.append(_binned(block[:, 0], col["edges"]).astype(np.float64))
@@ -204,9 +210,9 @@ def drift_decision(
     from scipy import stats
 
     n = counts.rows if counts is not None else 0
-    if reference is None or counts is None:
-        return DriftCheck(n, False, "the model was saved without a drift reference")
-    if n < min_rows:
+    if reference is None:
+        return DriftCheck(n, False, NO_REFERENCE)
+    if counts is None or n < min_rows:
         return DriftCheck(n, False, f"{n} rows, fewer than the {min_rows} a check needs")
 
     def effective(n_ref: int) -> int:  # two-sample: the reference is a sample too
@@ -274,9 +280,7 @@ def check_drift(
     min_rows: int = MIN_ROWS,
 ) -> DriftCheck:
     """Test one batch of scored rows against ``reference`` (:func:`build_reference`)."""
-    counts = (
-        count_batch(reference, calibrated_scores, flagged, inputs, codes)
-        if reference is not None
-        else DriftCounts(len(calibrated_scores), np.zeros(1), 0, np.zeros(1), [])
-    )
+    if reference is None:
+        return DriftCheck(len(calibrated_scores), False, NO_REFERENCE)
+    counts = count_batch(reference, calibrated_scores, flagged, inputs, codes)
     return drift_decision(reference, counts, alpha=alpha, min_rows=min_rows)

@@ -46,29 +46,18 @@ Resolver = Callable[[str, str], int]  # (registered model name, alias) -> versio
 AsOf = datetime | str | int
 
 
-def _as_of_ms(tbl: Table, table: str, as_of: AsOf) -> int:
-    """``as_of`` in epoch milliseconds: a time (aware, or naive meaning UTC; ISO text works),
-    or a snapshot id's commit time."""
+def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> tuple[int, int]:
+    """The snapshot id current at ``as_of`` and that moment in epoch milliseconds: ``as_of`` is
+    a time (aware, or naive meaning UTC; ISO text works) or a snapshot id (its commit time)."""
     if isinstance(as_of, int) and not isinstance(as_of, bool):
         snap = tbl.snapshot_by_id(as_of)
         if snap is None:
             raise FeatureStoreError(f"table {table!r} has no snapshot {as_of}")
-        return snap.timestamp_ms
+        return as_of, snap.timestamp_ms
     when = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
-
-
-def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> int:
-    """Snapshot id current at ``as_of``: a time (aware, or naive meaning UTC; ISO text works)
-    or a snapshot id."""
-    if isinstance(as_of, int) and not isinstance(as_of, bool):
-        if tbl.snapshot_by_id(as_of) is None:
-            raise FeatureStoreError(f"table {table!r} has no snapshot {as_of}")
-        return as_of
-    at_ms = _as_of_ms(tbl, table, as_of)
-    when = datetime.fromtimestamp(at_ms / 1000, UTC)
+    at_ms = int(when.timestamp() * 1000)
     snap = tbl.snapshot_as_of_timestamp(at_ms)
     if snap is None:
         history = tbl.history()
@@ -81,7 +70,27 @@ def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> int:
             f"table {table!r} has no snapshot at or before {when.isoformat()} (its oldest "
             f"kept snapshot: {first}; older ones never existed or were expired by upkeep)"
         )
-    return snap.snapshot_id
+    return snap.snapshot_id, at_ms
+
+
+def _version_slice(
+    tbl: Table,
+    table: str,
+    model_version: str | int | None,
+    as_of: AsOf | None,
+    resolve: Resolver | None,
+) -> tuple[Any, int | None]:
+    """The row filter of a version's rows (every row for None) and the snapshot to read
+    (None: the current one); an alias read ``as_of`` resolves as it was then."""
+    from pyiceberg.expressions import AlwaysTrue, EqualTo
+
+    snapshot_id = at_ms = None
+    if as_of is not None:
+        snapshot_id, at_ms = _as_of_snapshot(tbl, table, as_of)
+    if model_version is None:
+        return AlwaysTrue(), snapshot_id
+    number = version_number(tbl, table, model_version, resolve, at_ms)
+    return EqualTo(MODEL_VERSION, number), snapshot_id
 
 
 def table_history(table: str, home: str | os.PathLike[str] | Stores | None = None) -> pd.DataFrame:
@@ -131,18 +140,12 @@ def read_features_arrow(
     event time, ties broken by the latest ``scored_at``. Latent columns that the chosen
     version does not have are dropped.
     """
-    from pyiceberg.expressions import AlwaysTrue, And, EqualTo
+    from pyiceberg.expressions import And
 
-    st = as_stores(home)
-    tbl = load_table(table, st)
-    row_filter: Any = AlwaysTrue()
-    at_ms = _as_of_ms(tbl, table, as_of) if as_of is not None else None
-    if model_version is not None:
-        number = version_number(tbl, table, model_version, resolve, at_ms)
-        row_filter = EqualTo(MODEL_VERSION, number)
+    tbl = load_table(table, as_stores(home))
+    row_filter, snapshot_id = _version_slice(tbl, table, model_version, as_of, resolve)
     if filter is not None:
         row_filter = And(row_filter, _parse_filter(filter))
-    snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
     known = tbl.schema().as_arrow().names
     unknown = [c for c in columns or [] if c not in known]
     if unknown:
@@ -184,16 +187,8 @@ def data_files(
     """Paths of the Parquet files that hold a version's rows in the current (or ``as_of``)
     snapshot: what DuckDB, polars or Spark read directly. Take the list from here rather than
     globbing the warehouse, which also keeps files of replaced versions for time travel."""
-    from pyiceberg.expressions import AlwaysTrue, EqualTo
-
-    st = as_stores(home)
-    tbl = load_table(table, st)
-    row_filter: Any = AlwaysTrue()
-    at_ms = _as_of_ms(tbl, table, as_of) if as_of is not None else None
-    if model_version is not None:
-        number = version_number(tbl, table, model_version, resolve, at_ms)
-        row_filter = EqualTo(MODEL_VERSION, number)
-    snapshot_id = _as_of_snapshot(tbl, table, as_of) if as_of is not None else None
+    tbl = load_table(table, as_stores(home))
+    row_filter, snapshot_id = _version_slice(tbl, table, model_version, as_of, resolve)
     tasks = tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files()
     return [t.file.file_path.removeprefix("file://") for t in tasks]
 

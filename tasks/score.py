@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -98,18 +98,15 @@ class NewRows:
     how: str
 
 
-def _version_files(tbl: Table, version: int) -> list[Any]:
-    from pyiceberg.expressions import EqualTo
-
-    return [t.file for t in tbl.scan(row_filter=EqualTo(MODEL_VERSION, version)).plan_files()]
-
-
-def _watermark(tbl: Table, files: list[Any]) -> tuple[datetime | None, int]:
+def _watermark(tbl: Table, version: int) -> tuple[datetime | None, int]:
     """The latest event time a version has scored and its row count, from the data files'
-    statistics in the table's manifests (no data read); None when a file lacks them."""
+    statistics in the table's manifests (no data read); None when it has no files or a file
+    lacks them."""
     from pyiceberg.conversions import from_bytes
+    from pyiceberg.expressions import EqualTo
     from pyiceberg.types import TimestamptzType
 
+    files = [t.file for t in tbl.scan(row_filter=EqualTo(MODEL_VERSION, version)).plan_files()]
     field_id = tbl.schema().find_field(EVENT_TIMESTAMP).field_id
     uppers = [(f.upper_bounds or {}).get(field_id) for f in files]
     rows = sum(f.record_count for f in files)
@@ -137,12 +134,9 @@ def find_new_rows(
         tbl = load_table(table, stores)
     except FeatureStoreError:
         return NewRows(None, None, "all rows (no feature table yet)")
-    files = _version_files(tbl, version)
-    if not files:
-        return NewRows(None, None, f"all rows (version {version} has none in the table)")
     versioned = cfg.source.timestamp is not None
     if versioned and cfg.source.append_only:
-        mark, scored = _watermark(tbl, files)
+        mark, scored = _watermark(tbl, version)
         if mark is not None:
             times = pq.read_table(source, columns=[EVENT_TIMESTAMP]).column(0)
             upto = pc.sum(pc.less_equal(times, pa.scalar(mark, TIMESTAMP))).as_py() or 0
@@ -162,6 +156,8 @@ def find_new_rows(
     done = tbl.scan(
         row_filter=EqualTo(MODEL_VERSION, version), selected_fields=tuple(keys)
     ).to_arrow()
+    if done.num_rows == 0:
+        return NewRows(None, None, f"all rows (version {version} has none in the table)")
     src = pq.read_table(source, columns=keys)
     src = src.append_column(_POSITION, pa.array(np.arange(src.num_rows, dtype=np.int64)))
     casts = {ENTITY_KEY: pa.string(), EVENT_TIMESTAMP: TIMESTAMP}
