@@ -116,6 +116,10 @@ class DriftCheck:
     column_p_values: dict[str, float] = field(default_factory=dict)
     psi: dict[str, float] = field(default_factory=dict)
     drifted_columns: list[str] = field(default_factory=list)  # largest PSI first
+    # share of the batch's and of the reference's calibrated scores in HISTOGRAM_BINS equal
+    # bins of [0, 1] (the picture beside each check)
+    score_histogram: list[float] = field(default_factory=list)
+    reference_histogram: list[float] = field(default_factory=list)
 
     def to_text(self) -> str:
         """The run summary's line."""
@@ -168,6 +172,7 @@ class DriftCounts:
 
 
 SCORE_BINS = 1000  # the KS distance from counts is exact to 1 / SCORE_BINS
+HISTOGRAM_BINS = 20  # the coarser bins of a check's score histogram
 
 
 def count_batch(
@@ -224,6 +229,8 @@ def drift_decision(
     ref_cdf = np.interp(edges, q, np.linspace(0, 1, len(q)), left=0.0, right=1.0)
     ecdf = np.cumsum(counts.score_hist) / n
     ks = float(np.max(np.abs(ecdf - ref_cdf)))
+    step = SCORE_BINS // HISTOGRAM_BINS
+    coarse = np.diff(ref_cdf[step - 1 :: step], prepend=0.0)
     p_values = {"score": float(stats.kstwo.sf(ks, n_eff))}
 
     expected_rate = float(reference["flagged_rate"])
@@ -266,6 +273,10 @@ def drift_decision(
         column_p_values=column_p,
         psi=psi,
         drifted_columns=drifted_columns,
+        score_histogram=[
+            float(v) for v in counts.score_hist.reshape(HISTOGRAM_BINS, -1).sum(axis=1) / n
+        ],
+        reference_histogram=[float(v) for v in coarse],
     )
 
 

@@ -21,7 +21,7 @@ from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.normalize import NormalizedData
 from tasks.registry import CHAMPION
-from tasks.tracking import configure_mlflow, ensure_experiment
+from tasks.tracking import configure_mlflow, ensure_experiment, experiment_name
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def _log(
     import mlflow
 
     configure_mlflow(stores)
-    experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
+    experiment_id = ensure_experiment(experiment_name(cfg.dataset), stores)
     keys = {"latent codes": "latent", "normalized features": "normalized"}
     with mlflow.start_run(
         experiment_id=experiment_id,

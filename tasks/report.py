@@ -12,6 +12,7 @@ from prefect.context import FlowRunContext
 from stores import Stores, console_script, python_command, resolve_stores
 from tasks.ingest import IngestResult
 from tasks.materialize import Materialized
+from tasks.monitor import artifact_key
 from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
 from tasks.train import TrainedModel
@@ -233,12 +234,15 @@ def summarize(
         quality={k: v for k, v in trained.metrics.items() if k in QUALITY_FIGURES},
     )
     if FlowRunContext.get() is not None:
-        key = f"aepipe-{summary.dataset.replace('_', '-').lower()}"
         create_markdown_artifact(
-            summary.to_markdown(), key=f"{key}-run", description="aepipe run summary"
+            summary.to_markdown(),
+            key=artifact_key(summary.dataset, "run"),
+            description="aepipe run summary",
         )
         create_table_artifact(
-            summary.table_rows(), key=f"{key}-summary", description="aepipe run summary table"
+            summary.table_rows(),
+            key=artifact_key(summary.dataset, "summary"),
+            description="aepipe run summary table",
         )
     return summary
 

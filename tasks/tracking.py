@@ -64,6 +64,12 @@ def configure_mlflow(stores: Stores) -> Any:
     return mlflow.MlflowClient(stores.tracking_uri, stores.tracking_uri)
 
 
+def experiment_name(dataset: str, what: str = "") -> str:
+    """The MLflow experiment of a data set's training runs, or of its ``what`` runs
+    (``monitoring``: the drift checks' runs)."""
+    return f"aepipe-{dataset}" + (f"-{what}" if what else "")
+
+
 def ensure_experiment(name: str, stores: Stores) -> str:
     """Experiment id for ``name``; a new local experiment keeps artifacts under the home folder."""
     import mlflow

@@ -35,7 +35,13 @@ from tasks.evaluation.metrics import (
     is_classification_label,
 )
 from tasks.normalize import NormalizedData
-from tasks.tracking import MlflowLogger, configure_mlflow, ensure_experiment, git_commit
+from tasks.tracking import (
+    MlflowLogger,
+    configure_mlflow,
+    ensure_experiment,
+    experiment_name,
+    git_commit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +209,7 @@ def start_run(
 ) -> tuple[Any, str]:
     """Open the MLflow run of this training (params and tags now, metrics as they come)."""
     client = configure_mlflow(stores)
-    experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
+    experiment_id = ensure_experiment(experiment_name(cfg.dataset), stores)
     tags = {"aepipe.source": cfg.source.path, "aepipe.model": cfg.model.name}
     if request_id:
         tags[REQUEST_TAG] = request_id
@@ -392,7 +398,7 @@ def trained_from_mlflow(request_id: str, cfg: PipelineConfig, stores: Stores) ->
     import mlflow
 
     client = configure_mlflow(stores)
-    experiment_id = ensure_experiment(f"aepipe-{cfg.dataset}", stores)
+    experiment_id = ensure_experiment(experiment_name(cfg.dataset), stores)
     runs = client.search_runs([experiment_id], f"tags.`{REQUEST_TAG}` = '{request_id}'")
     if not runs:
         raise RuntimeError(f"no MLflow training run is tagged {REQUEST_TAG}={request_id}")

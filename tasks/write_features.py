@@ -33,7 +33,6 @@ from feature_store import (
     discard_features,
     load_table,
     prepare_table,
-    record_drift,
     stage_features,
 )
 from feature_store.schema import (
@@ -48,6 +47,7 @@ from feature_store.schema import (
 from stores import Stores
 from tasks import registry
 from tasks.config import PipelineConfig, io_task
+from tasks.monitor import record_check
 
 SCORE_BATCH = 16_384
 
@@ -367,7 +367,7 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
     check = None
     if rows:
         check = drift_of(job, parts)
-        record_drift(job.table, drift_row(check, job), job.stores)
+        record_check(check, job)
     return Committed(
         job.table,
         rows,
@@ -387,30 +387,6 @@ def drift_of(job: ScoringJob, parts: list[StagedPart]) -> DriftCheck:
     for found in counts:
         merged = found if merged is None else merged.merge(found)
     return drift_decision(reference, merged)
-
-
-def drift_row(check: DriftCheck, job: ScoringJob) -> dict[str, Any]:
-    """One row of the data set's drift table for ``check``."""
-    import json
-
-    return {
-        "scored_at": datetime.fromisoformat(job.scored_at),
-        "model_name": job.model_name,
-        "model_version": job.model_version,
-        "run_id": job.run_id,
-        "rows": check.rows,
-        "checked": check.checked,
-        "drifted": check.drifted,
-        "reason": check.reason,
-        "flagged_rate": check.flagged_rate,
-        "expected_rate": check.expected_rate,
-        "score_p_value": check.score_p_value,
-        "score_ks": check.score_ks,
-        "rate_p_value": check.rate_p_value,
-        "code_p_value": check.code_p_value,
-        "drifted_columns": list(check.drifted_columns),
-        "psi": json.dumps(check.psi),
-    }
 
 
 def write_in_process(job: ScoringJob) -> Committed:

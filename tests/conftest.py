@@ -87,3 +87,31 @@ def aepipe_cli(prefect_server):
         return run_aepipe(*args, cwd=cwd, env={**shared, **(env or {})})
 
     return run
+
+
+def orders_frame(n: int, start: int, seed: int, scale: float = 1.0):
+    """``n`` orders from ``start`` on, a minute apart (id, time, amount, items, region);
+    ``scale`` > 1 makes them bigger: the amount and the items drift, the region does not."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    rng = np.random.default_rng(seed)
+    amount = rng.gamma(4.0, 10.0, n) * scale
+    return pd.DataFrame(
+        {
+            "order_id": [f"o{i}" for i in range(start, start + n)],
+            "ts": [(t0 + timedelta(minutes=i)).isoformat() for i in range(start, start + n)],
+            "amount": amount.round(2),
+            "items": np.maximum(1, np.round(amount / 10 + rng.normal(0, 0.5, n))),
+            "region": rng.choice(["north", "south", "east"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def orders():
+    """:func:`orders_frame`: a stream of order batches for the drift tests."""
+    return orders_frame

@@ -14,7 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from feature_store import read_drift
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -91,32 +94,55 @@ def two_training_runs_take_turns(api: str) -> None:
     assert second["start_time"] >= first["end_time"], (first, second)
 
 
-def drift_retrains_through_the_trigger(api: str, cli, config: dict) -> None:
-    """The event a scoring run emits on drift (tests/flows/test_drift.py checks the flow
-    emits it) makes reduce-features' trigger start a run with the config it carries."""
+def drift_retrains_through_the_trigger(api: str, cli, home: Path, orders) -> None:
+    """Score-features deployment runs on a clean batch and on a drifted one: the drifted
+    run emits aepipe.drift.detected and reduce-features' trigger starts one retrain with
+    that run's config; the clean run starts nothing."""
+    path = home.parent / "orders.csv"
+    parts = [orders(3000, 0, 1)]
+    config = {
+        "home": str(home),
+        "dataset": "orders",
+        "source": {"path": str(path), "entity_id": "order_id", "timestamp": "ts"},
+        "model": {"code_size": 2, "params": {"hidden": [16]}},
+        "train": {"epochs": 8, "lr": 3e-3, "patience": 0},
+    }
+
+    def run(name: str) -> None:
+        pd.concat(parts).to_csv(path, index=False)
+        params = json.dumps({"config": config})
+        done = cli(
+            "deployment", "run", f"{name}/{name}", "--params", params,
+            "--watch", "--watch-timeout", "300", timeout=360,
+        )  # fmt: skip
+        assert "Completed" in done.stdout, done.stdout[-3000:]
+
+    run("reduce-features")
     deployment = call(api, "GET", "/deployments/name/reduce-features/reduce-features")
     by_deployment = {"deployments": {"id": {"any_": [deployment["id"]]}}}
     before = {r["id"] for r in call(api, "POST", "/flow_runs/filter", by_deployment)}
-    retrain = {k: v for k, v in config.items() if k != "train_deployment"}
-    retrain["train"] = {"epochs": 2, "lr": 3e-3, "patience": 0}
-    cli(
-        "event", "emit", "aepipe.drift.detected", "--resource-id", "aepipe.dataset.digits",
-        "--payload", json.dumps({"rows": 600, "config": retrain}),
-    )  # fmt: skip
+    parts.append(orders(600, 3000, 2))  # like the training data
+    run("score-features")
+    parts.append(orders(600, 3600, 3, scale=1.6))  # bigger orders
+    run("score-features")
     deadline = time.monotonic() + 300
     while True:
         runs = [r for r in call(api, "POST", "/flow_runs/filter", by_deployment)]
         new = [r for r in runs if r["id"] not in before]
-        if new and new[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
+        if new and all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for r in new):
             break
         assert time.monotonic() < deadline, [r["state_name"] for r in new] or "no run"
         time.sleep(2)
-    (run,) = new
-    assert run["state_type"] == "COMPLETED", run["state_name"]
-    assert run["parameters"]["config"]["train"]["epochs"] == 2  # the event's config
+    (retrain,) = new  # the drifted batch's; the clean batch's run would be here by now
+    assert retrain["state_type"] == "COMPLETED", retrain["state_name"]
+    assert retrain["parameters"]["config"]["dataset"] == "orders"
+    assert retrain["parameters"]["config"]["train"]["epochs"] == 8  # the scoring run's config
+    history = read_drift("orders", home=home)  # the retrain's first write is checked too
+    scored = history[history["model_version"] == 1]
+    assert list(scored["drifted"]) == [False, False, True]  # first write, clean, drifted
 
 
-def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
+def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path, orders) -> None:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AEPIPE_"))} | {
@@ -191,7 +217,7 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path) -> None:
         )
         assert "Completed" in upkeep.stdout, upkeep.stdout[-3000:]
         two_training_runs_take_turns(api)
-        drift_retrains_through_the_trigger(api, cli, config)
+        drift_retrains_through_the_trigger(api, cli, home, orders)
     except BaseException:
         for log in sorted(logs.iterdir()):
             print(f"--- {log.name}\n{log.read_text()[-4000:]}")

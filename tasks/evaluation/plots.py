@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ae_models.drift import DriftCheck
 
 
 def _plt():
@@ -150,6 +154,35 @@ def column_errors(
     ax.set_xlabel("mean squared error on the evaluation rows")
     ax.set_title("reconstruction error per source column")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def drift_histogram(check: DriftCheck, title: str, path: Path) -> Path:
+    """A drift check's calibrated scores against the reference's (held-out rows at training
+    time), as shares of rows per bin of [0, 1]: on data like the training data both are
+    flat; drift piles rows up on the right."""
+    plt = _plt()
+    bins = len(check.score_histogram)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colour = "tab:orange" if check.drifted else "tab:blue"
+    shares, reference = check.score_histogram, check.reference_histogram
+    ax.bar(edges[:-1], shares, width=1 / bins, align="edge", alpha=0.6, color=colour,
+           label=f"this run ({check.rows} rows)")  # fmt: skip
+    ax.step(edges, [*reference, reference[-1]], where="post", color="black",
+            label="training reference")  # fmt: skip
+    verdict = "DRIFT" if check.drifted else "no drift"
+    ax.set(
+        xlabel="calibrated anomaly score",
+        ylabel="share of rows",
+        title=f"{title}: {verdict} (score p={check.score_p_value:.2g}, flagged "
+        f"{check.flagged_rate:.1%} vs {check.expected_rate:.1%})",
+    )
+    ax.title.set_fontsize(9)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -4,9 +4,6 @@ too small is not judged; each check is a row of the data set's drift table."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,21 +14,6 @@ from tasks.config import build_config
 from tasks.score import announce_drift
 
 pytestmark = pytest.mark.slow
-T0 = datetime(2026, 7, 1, tzinfo=UTC)
-
-
-def orders(n: int, start: int, seed: int, scale: float = 1.0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    amount = rng.gamma(4.0, 10.0, n) * scale
-    return pd.DataFrame(
-        {
-            "order_id": [f"o{i}" for i in range(start, start + n)],
-            "ts": [(T0 + timedelta(minutes=i)).isoformat() for i in range(start, start + n)],
-            "amount": amount.round(2),
-            "items": np.maximum(1, np.round(amount / 10 + rng.normal(0, 0.5, n))),
-            "region": rng.choice(["north", "south", "east"], n, p=[0.5, 0.3, 0.2]),
-        }
-    )
 
 
 def drift_events(expected: int, timeout: float = 90) -> list:
@@ -54,7 +36,7 @@ def drift_events(expected: int, timeout: float = 90) -> list:
         time.sleep(1)
 
 
-def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path) -> None:
+def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orders) -> None:
     path = tmp_path / "orders.csv"
     parts = [orders(3000, 0, 1)]
     pd.concat(parts).to_csv(path, index=False)
@@ -108,3 +90,33 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path) -> N
     shown = aepipe_cli("drift", "orders", "--home", str(home), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "(5 checks, 2 with drift)" in shown.stdout
+
+    # every check is a metric step of the version's MLflow monitoring run, with a picture
+    import mlflow
+
+    from stores import resolve_stores
+    from tasks.monitor import MONITOR_TAG, PICTURES, VERSION_TAG
+
+    st = resolve_stores(home)
+    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
+    version = client.get_model_version(moved.model_name, str(moved.model_version))
+    run = client.get_run(version.tags[VERSION_TAG])
+    assert run.data.tags[MONITOR_TAG] == f"{moved.model_name}/{moved.model_version}"
+    detected = client.get_metric_history(run.info.run_id, "drift_detected")
+    assert [m.value for m in sorted(detected, key=lambda m: m.step)] == [0, 0, 1, 1, 0]
+    assert run.data.metrics["drift_rows"] == 50 and "psi/amount" in run.data.metrics
+    pictures = client.list_artifacts(run.info.run_id, PICTURES)
+    assert len(pictures) == 4  # the check of 50 rows has none
+
+    # and the Prefect UI shows each run's check as a table and the picture
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        keys = ArtifactFilterKey(any_=["aepipe-orders-drift", "aepipe-orders-drift-scores"])
+        found = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=keys))
+    tables = [a for a in found if a.type == "table"]
+    images = [a for a in found if a.type == "image"]
+    assert len(tables) == 5 and len(images) == 4
+    assert any("amount" in str(a.data) and "drift" in str(a.data) for a in tables)
+    assert all(f"run_id={run.info.run_id}" in str(a.data) for a in images)
