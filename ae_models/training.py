@@ -208,6 +208,9 @@ def train(
     steps = math.ceil(len(xt) / batch_size)
     opt = _make_optimizer(model, cfg, device)
     scheduler = _make_scheduler(opt, cfg, steps)
+    # fp16's narrow exponent underflows small gradients: the loss is scaled up before
+    # backward and the gradients unscaled before clipping and the step (off for fp32, bf16)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     result = TrainResult(device=str(device), precision=precision, batch_size=batch_size)
     best_state: dict[str, Tensor] | None = None
     since_best, first_epoch = 0, 1
@@ -220,6 +223,8 @@ def train(
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         best_state = state["best_state"]
         result.history = list(state["history"])
         result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
@@ -257,10 +262,12 @@ def train(
                 out = model(xb)
                 loss = model.trimmed_loss(xb, out, trim)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip:
+                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)  # skipped when the scaled gradients overflowed
+            scaler.update()
             if per_step:
                 scheduler.step()
             total += loss.detach().double() * len(xb)
@@ -305,6 +312,7 @@ def train(
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "scaler": scaler.state_dict(),
                     "best_state": best_state,
                     "best_epoch": result.best_epoch,
                     "best_val_loss": result.best_val_loss,

@@ -95,6 +95,44 @@ def test_bf16_autocast_on_cpu_trains_like_fp32(digits) -> None:
     assert losses["bf16"] != losses["fp32"]  # and autocast really ran in bf16
 
 
+def test_fp16_scales_the_loss_and_clips_the_unscaled_gradients(
+    digits, tmp_path, monkeypatch
+) -> None:
+    """fp16 is a GPU precision (refused on the CPU); its path, autocast to fp16 with a
+    gradient scaler, runs here with the refusal bypassed. The scaler multiplies the loss by
+    about 2**16; clipping must see the unscaled gradients (norms like fp32's), or it would
+    clip gradients 65,000 times too large."""
+    import ae_models.training as training
+
+    train, val = digits
+    monkeypatch.setattr(training, "resolve_precision", lambda p, device, width=None: p)
+    clip = torch.nn.utils.clip_grad_norm_
+    norms: list[float] = []
+
+    def recorded(parameters, max_norm):
+        norms.append(float(clip(parameters, max_norm)))
+        return norms[-1]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded)
+    losses, median_norm = {}, {}
+    for precision in ("fp32", "fp16"):
+        model = ae_models.create_model("deep", seed=0, input_dim=64, code_size=8)
+        cfg = ae_models.TrainConfig(
+            epochs=6, batch_size=64, lr=3e-3, precision=precision, seed=0, patience=0,
+            grad_clip=1.0, checkpoint_dir=str(tmp_path / precision),
+        )  # fmt: skip
+        norms.clear()
+        result = ae_models.train(model, train, val, cfg)
+        assert result.precision == precision
+        losses[precision] = result.history[-1]["val_loss"]
+        median_norm[precision] = float(np.median(norms))
+    assert losses["fp16"] == pytest.approx(losses["fp32"], rel=0.05)
+    assert median_norm["fp16"] == pytest.approx(median_norm["fp32"], rel=0.5)
+    state = torch.load(tmp_path / "fp16" / training.CHECKPOINT, weights_only=True)
+    assert state["scaler"]["scale"] >= 2.0**10  # the loss was scaled
+    assert torch.load(tmp_path / "fp32" / training.CHECKPOINT, weights_only=True)["scaler"] == {}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
