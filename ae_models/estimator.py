@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
 from ae_models.base import Autoencoder
@@ -25,6 +26,8 @@ from ae_models.serialization import load_model, save_model
 from ae_models.training import TrainConfig, TrainResult, encode_and_score
 
 ESTIMATOR_FILE = "estimator.json"
+SCORES_FILE = "decision_scores.npy"  # the training scores (predict_proba, predict_confidence)
+CODE_PREFIX = "z_"  # the codes' column names, as in the feature tables (z_0, z_1, ...)
 _PARAMS = (
     "model",
     "code_size",
@@ -47,21 +50,41 @@ _PARAMS = (
 
 
 def check_array(x: Any, what: str = "X", n_features: int | None = None) -> np.ndarray:
-    """``x`` as a 2-D float32 array; a ValueError names the problem (shape, width, NaN/inf)."""
+    """``x`` as a 2-D float32 array; a ValueError names the problem (shape, width, NaN/inf),
+    in scikit-learn's words where its checks expect them."""
+    from scipy.sparse import issparse
+
+    if issparse(x):
+        raise TypeError(
+            f"{what} is a sparse matrix; sparse input is not supported (an autoencoder's "
+            f"layers are dense): pass {what}.toarray()"
+        )
     try:
-        arr = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as err:
+        raw = np.asarray(x)
+        if np.iscomplexobj(raw):
+            raise ValueError(f"Complex data not supported: {what} holds complex numbers")
+        arr = raw.astype(np.float32, copy=False)
+    except TypeError as err:
+        raise TypeError(f"{what} must be numeric: {err}") from None
+    except ValueError as err:
+        if str(err).startswith("Complex"):
+            raise
         raise ValueError(f"{what} must be numeric: {err}") from None
     if arr.ndim != 2:
         raise ValueError(
-            f"{what} must be 2-D (rows x features), got an array of shape {arr.shape}; "
-            "reshape a single row with x.reshape(1, -1)"
+            f"{what} must be 2-D (rows x features), got an array of shape {arr.shape}. "
+            "Reshape your data: x.reshape(1, -1) for a single row"
         )
     if arr.shape[0] == 0:
         raise ValueError(f"{what} has no rows")
+    if arr.shape[1] == 0:
+        raise ValueError(
+            f"{what} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required."
+        )
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(
-            f"{what} has {arr.shape[1]} features, but the model was fitted on {n_features}"
+            f"{what} has {arr.shape[1]} features, but AutoencoderReducer is expecting "
+            f"{n_features} features as input."
         )
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -133,7 +156,7 @@ def check_feature_names(fitted: np.ndarray | None, x: Any) -> None:
     )
 
 
-class AutoencoderReducer:
+class AutoencoderReducer(TransformerMixin, BaseEstimator):
     """Learned dimensionality reduction and reconstruction-based anomaly scores.
 
     ``fit(X)`` trains the named variant; ``transform`` gives latent codes,
@@ -160,6 +183,12 @@ class AutoencoderReducer:
     Fitted on a DataFrame, it keeps the column names in ``feature_names_in_`` and refuses a
     frame whose columns differ or come in another order (scikit-learn's convention).
     Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).
+
+    A scikit-learn transformer (``clone``, ``Pipeline``, ``set_output(transform="pandas")``
+    with columns ``z_0``, ``z_1``, ...; ``check_estimator`` passes, see the tests for the
+    checks left out and why) and a PyOD-style detector (``decision_scores_``, ``labels_``,
+    ``threshold_``, ``predict_proba``, ``predict_confidence``; labels are PyOD's 1 for an
+    anomaly, 0 otherwise, not scikit-learn's outlier convention of -1 and 1).
     """
 
     def __init__(
@@ -200,13 +229,13 @@ class AutoencoderReducer:
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
-        self.model_kwargs = dict(model_kwargs)
+        self._model_kwargs = dict(model_kwargs)
 
     # -- scikit-learn protocol -----------------------------------------------------------
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor parameters, model keyword arguments included (for ``clone``)."""
-        return {**{p: getattr(self, p) for p in _PARAMS}, **self.model_kwargs}
+        return {**{p: getattr(self, p) for p in _PARAMS}, **self._model_kwargs}
 
     def set_params(self, **params: Any) -> AutoencoderReducer:
         """Set constructor parameters; unknown names go to the model keyword arguments."""
@@ -214,14 +243,21 @@ class AutoencoderReducer:
             if key in _PARAMS:
                 setattr(self, key, value)
             else:
-                self.model_kwargs[key] = value
+                self._model_kwargs[key] = value
         return self
 
-    def __repr__(self) -> str:
-        defaults = AutoencoderReducer().get_params()
-        changed = {k: v for k, v in self.get_params().items() if defaults.get(k, object()) != v}
-        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
-        return f"AutoencoderReducer({args})"
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # codes are float32 whatever X is
+        return tags
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """The codes' column names: ``z_0`` ... ``z_<code_size - 1>``, as in the feature
+        tables (``set_output(transform="pandas")`` names the columns with them)."""
+        self._check_fitted()
+        return np.asarray(
+            [f"{CODE_PREFIX}{i}" for i in range(self.model_.config.code_size)], dtype=object
+        )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -254,7 +290,12 @@ class AutoencoderReducer:
         self._check_params()
         x = check_array(X)
         if len(x) < 2:
-            raise ValueError(f"X needs at least 2 rows to fit, got {len(x)}")
+            raise ValueError(f"X needs at least 2 rows to fit, got {len(x)} sample")
+        if x.shape[1] < 2:
+            raise ValueError(
+                "X has 1 feature(s): an autoencoder's code must be narrower than its input, "
+                "so it needs at least 2"
+            )
         in_unit = bool(x.min() >= 0.0 and x.max() <= 1.0)
         if self.loss == "bce" and not in_unit:
             raise ValueError(
@@ -268,7 +309,7 @@ class AutoencoderReducer:
             input_dim=x.shape[1],
             code_size=auto_code_size(x.shape[1]) if self.code_size == "auto" else self.code_size,
             output="sigmoid" if loss == "bce" else "linear",
-            **self.model_kwargs,
+            **self._model_kwargs,
         )
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(len(x))
@@ -356,6 +397,59 @@ class AutoencoderReducer:
         """1 for rows whose score exceeds ``threshold_`` (anomalies), else 0."""
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
+    def _training_scores(self) -> np.ndarray:
+        if not hasattr(self, "decision_scores_"):
+            raise ValueError(
+                "this AutoencoderReducer was saved without its training scores (before "
+                "aepipe kept them); fit it again for predict_proba and predict_confidence"
+            )
+        return np.asarray(self.decision_scores_, np.float64)
+
+    def predict_proba(
+        self,
+        X: Any,
+        method: Literal["linear", "unify"] = "linear",
+        return_confidence: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """[P(normal), P(anomaly)] per row (n x 2), as PyOD's detectors give them:
+        ``linear`` scales the score by the training scores' range (min-max, clipped to
+        [0, 1]); ``unify`` is Kriegel et al.'s Gaussian scaling (the erf of the score
+        standardized by the training scores, clipped). With ``return_confidence`` also
+        :meth:`predict_confidence`. :meth:`calibrated_score` is the better-founded
+        probability-like score (the share of training rows scoring lower)."""
+        from scipy.special import erf
+
+        if method not in ("linear", "unify"):
+            raise ValueError(f"method must be 'linear' or 'unify', got {method!r}")
+        scores = self.decision_function(X).astype(np.float64)
+        train = self._training_scores()
+        if method == "linear":
+            span = float(train.max() - train.min())
+            anomaly = (scores - train.min()) / (span if span > 0 else 1.0)
+        else:
+            anomaly = erf((scores - train.mean()) / (train.std() * np.sqrt(2)))
+        anomaly = np.clip(anomaly, 0.0, 1.0)
+        probs = np.column_stack([1.0 - anomaly, anomaly])
+        return (probs, self.predict_confidence(X)) if return_confidence else probs
+
+    def predict_confidence(self, X: Any) -> np.ndarray:
+        """How surely each row's label (:meth:`predict`) would stay the same if the model
+        were fitted on another sample of the training data, in [0, 1] (Perini et al.'s
+        ExCeeD, as PyOD computes it)."""
+        from scipy.stats import binom
+
+        scores = self.decision_function(X).astype(np.float64)
+        train = np.sort(self._training_scores())
+        n = len(train)
+        below = np.searchsorted(train, scores, side="right")  # training scores <= each
+        posterior = (1.0 + below) / (2.0 + n)
+        c = self.contamination
+        share = float(c) if c != "auto" else float(np.mean(self.labels_))
+        confidence = 1.0 - binom.cdf(n - int(n * share), n, posterior)
+        normal = scores <= self.threshold_
+        confidence[normal] = 1.0 - confidence[normal]
+        return confidence
+
     def score(self, X: Any, y: Any = None) -> float:
         """Negative mean reconstruction loss (BCE or MSE, as trained) on ``X``: higher is
         better."""
@@ -390,6 +484,7 @@ class AutoencoderReducer:
             "history_": self.history_,
         }
         (folder / ESTIMATOR_FILE).write_text(json.dumps(state, indent=1))
+        np.save(folder / SCORES_FILE, np.asarray(self.decision_scores_), allow_pickle=False)
         return folder
 
     @classmethod
@@ -408,4 +503,8 @@ class AutoencoderReducer:
         est.threshold_ = state["threshold_"]
         est.scorer_ = Scorer.from_dict(state["scorer_"])
         est.history_ = state["history_"]
+        scores = folder / SCORES_FILE
+        if scores.is_file():  # saved before the training scores were kept: no predict_proba
+            est.decision_scores_ = np.load(scores, allow_pickle=False)
+            est.labels_ = (est.decision_scores_ > est.threshold_).astype(np.int64)
         return est
