@@ -2,8 +2,8 @@
 
 At training time :func:`build_reference` summarizes held-out rows the model never trained on:
 their calibrated anomaly scores (quantiles), the share flagged, per source column a compact
-distribution (decile bins of a numeric column's model input, level frequencies of a
-categorical or boolean one) and the codes' mean and covariance. It is stored in the
+distribution (decile and percentile bins of a numeric column's model input, level
+frequencies of a categorical or boolean one) and the codes' mean and covariance. It is stored in the
 model's ``model.json`` under ``"drift"``.
 
 :func:`check_drift` tests a batch of scored rows against it, each test with a p-value:
@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-BINS = 10  # decile bins of each numeric column
+BINS = 10  # decile bins of each numeric column (its PSI)
+CDF_BINS = 100  # percentile bins of each numeric column (its KS test)
 SCORE_QUANTILES = 201
 MIN_ROWS = 200
 ALPHA = 0.01
@@ -35,9 +36,9 @@ _EPS = 1e-4  # PSI: empty bins
 NO_REFERENCE = "the model was saved without a drift reference"
 
 
-def _deciles(values: np.ndarray) -> list[float]:
-    """Inner edges of about-equal-count bins of ``values`` (ties merged)."""
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
+def _deciles(values: np.ndarray, bins: int = BINS) -> list[float]:
+    """Inner edges of ``bins`` about-equal-count bins of ``values`` (ties merged)."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
     return [float(e) for e in edges]
 
 
@@ -79,11 +80,12 @@ def build_reference(
             )
         else:
             edges = _deciles(block[:, 0])
-            counts = _binned(block[:, 0], edges)
-            expected = [float(v) for v in counts / rows]
+            expected = [float(v) for v in _binned(block[:, 0], edges) / rows]
+            fine = _deciles(block[:, 0], CDF_BINS)
+            cdf = [float(v) for v in _binned(block[:, 0], fine) / rows]
             refs.append(
                 {"name": col["name"], "kind": "bins", "index": col["index"][:1], "edges": edges}
-                | {"expected": expected}
+                | {"expected": expected, "cdf_edges": fine, "cdf_expected": cdf}
             )
     codes = np.asarray(codes, np.float64)
     return {
@@ -138,6 +140,24 @@ class DriftCheck:
         )
 
 
+MIN_EXPECTED = 5.0  # rows a chi-square cell must expect (Cochran's rule)
+
+
+def _pooled(observed: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cells of a chi-square test with the sparse ones pooled: the cells expecting fewer
+    than MIN_EXPECTED rows (a rare level, a bin no training value fell in) become one cell,
+    with the next-smallest cells added while it still expects fewer. Without pooling, one
+    row of a level the reference saw 0.01 % of the time would be a false alarm."""
+    order = np.argsort(expected, kind="stable")
+    exp, obs = expected[order], observed[order]
+    k = int(np.searchsorted(exp, MIN_EXPECTED))  # cells below the minimum
+    if k == 0:
+        return obs, exp
+    while k < len(exp) and exp[:k].sum() < MIN_EXPECTED:
+        k += 1
+    return np.append(obs[k:], obs[:k].sum()), np.append(exp[k:], exp[:k].sum())
+
+
 def _holm(p_values: dict[str, float], alpha: float) -> set[str]:
     """The tests Holm's step-down procedure rejects at family-wise level ``alpha``."""
     ordered = sorted(p_values.items(), key=lambda kv: kv[1])
@@ -159,6 +179,9 @@ class DriftCounts:
     flagged: int
     code_sum: np.ndarray
     columns: list[np.ndarray]  # per reference column, rows per bin or level
+    # per reference column, rows per percentile bin (None: a level column, or a reference
+    # saved before percentile bins)
+    fine: list[np.ndarray | None] = field(default_factory=list)
 
     def merge(self, other: DriftCounts) -> DriftCounts:
         """The counts of both batches together."""
@@ -168,6 +191,10 @@ class DriftCounts:
             self.flagged + other.flagged,
             self.code_sum + other.code_sum,
             [a + b for a, b in zip(self.columns, other.columns, strict=True)],
+            [
+                None if a is None or b is None else a + b
+                for a, b in zip(self.fine, other.fine, strict=True)
+            ],
         )
 
 
@@ -187,20 +214,24 @@ def count_batch(
     hist = np.bincount(
         np.minimum((scores * SCORE_BINS).astype(np.int64), SCORE_BINS - 1), minlength=SCORE_BINS
     )
-    columns = []
+    columns, fine = [], []
     for col in reference["columns"]:
         block = inputs[:, col["index"]]
         if col["kind"] == "levels":
             levels = _levels(block)
             columns.append(levels.sum(axis=0).astype(np.float64))
+            fine.append(None)
         else:
             columns.append(_binned(block[:, 0], col["edges"]).astype(np.float64))
+            cdf = col.get("cdf_edges")
+            fine.append(None if cdf is None else _binned(block[:, 0], cdf).astype(np.float64))
     return DriftCounts(
         len(scores),
         hist,
         int(np.sum(flagged)),
         np.asarray(codes, np.float64).sum(axis=0),
         columns,
+        fine,
     )
 
 
@@ -247,13 +278,18 @@ def drift_decision(
 
     psi: dict[str, float] = {}
     column_p: dict[str, float] = {}
-    for col, observed in zip(reference["columns"], counts.columns, strict=True):
+    fine = counts.fine or [None] * len(counts.columns)
+    for col, observed, percentiles in zip(reference["columns"], counts.columns, fine, strict=True):
         expected = np.asarray(col["expected"], np.float64)
-        keep = expected > 0  # bins of a numeric column: never empty by construction
-        obs, exp = observed[keep], expected[keep] * n
-        stat = float(np.sum((obs - exp) ** 2 / exp))
-        dof = max(int(keep.sum()) - 1, 1)
-        column_p[col["name"]] = float(stats.chi2.sf(stat * n_eff / n, dof))
+        if percentiles is not None:  # a numeric column: KS on its percentile bins
+            cdf = np.cumsum(np.asarray(col["cdf_expected"], np.float64))
+            gap = np.abs(np.cumsum(percentiles) / n - cdf)[:-1]
+            column_p[col["name"]] = float(stats.kstwo.sf(gap.max(), n_eff)) if len(gap) else 1.0
+        else:  # levels (or a reference without percentiles): chi-square, sparse cells pooled
+            obs, exp = _pooled(observed, expected * n)
+            stat = float(np.sum((obs - exp) ** 2 / exp))
+            dof = len(exp) - 1  # 0: every cell pooled into one, nothing to test
+            column_p[col["name"]] = float(stats.chi2.sf(stat * n_eff / n, dof)) if dof else 1.0
         o, e = np.maximum(observed / n, _EPS), np.maximum(expected, _EPS)
         psi[col["name"]] = float(np.sum((o - e) * np.log(o / e)))
     rejected = _holm({**p_values, **{f"column:{c}": p for c, p in column_p.items()}}, alpha)

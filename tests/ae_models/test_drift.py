@@ -88,3 +88,42 @@ def test_partitions_count_apart_and_merge_to_the_whole(reference) -> None:
     merged = drift_decision(reference, halves[0].merge(halves[1]))
     whole = check_drift(reference, calibrated, flagged, inputs, codes)
     assert merged == whole and merged.rows == 1000
+
+
+def test_a_level_the_reference_never_saw_alarms_only_when_it_is_common() -> None:
+    """One row of a level absent from the reference rows is no evidence of drift (its
+    expected count is near 0, so a raw chi-square cell would explode): sparse cells are
+    pooled. A new level in a tenth of the rows is drift."""
+    rng = np.random.default_rng(5)
+    columns = [{"name": "plan", "kind": "categorical", "index": [0, 1, 2]}]
+
+    def plans(n: int, new: int) -> np.ndarray:
+        level = rng.choice(2, n, p=[0.7, 0.3])
+        level[:new] = 2  # the level the reference never saw
+        return np.eye(3)[rng.permutation(level)]
+
+    def codes(n: int) -> np.ndarray:
+        return rng.normal(0, 1, (n, 2))
+
+    ref = build_reference(
+        rng.random(3000), np.zeros(3000, bool), plans(20000, 0), columns, codes(20000)
+    )
+    one = plans(500, 1)
+    assert not check_drift(ref, rng.random(500), np.zeros(500, bool), one, codes(500)).drifted
+    common = plans(500, 50)
+    found = check_drift(ref, rng.random(500), np.zeros(500, bool), common, codes(500))
+    assert found.drifted and found.drifted_columns == ["plan"]
+
+
+def test_a_reference_without_percentile_bins_still_checks(reference) -> None:
+    """Models saved before percentile bins (KS per numeric column) test their decile bins
+    with a chi-square instead."""
+    legacy = {
+        **reference,
+        "columns": [
+            {k: v for k, v in col.items() if not k.startswith("cdf_")}
+            for col in reference["columns"]
+        ],
+    }
+    assert check(legacy, 500, 7, shift=0.05).drifted
+    assert not check(legacy, 500, 1).drifted
