@@ -145,8 +145,9 @@ def publish_to_prefect(check: DriftCheck, job: ScoringJob, run_id: str | None) -
     image artifact of it (served by the MLflow UI), on the current Prefect run."""
     from prefect.artifacts import create_image_artifact, create_table_artifact
 
+    verdict = "drift" if check.drifted else "no drift" if check.checked else "not checked"
     rows = [
-        {"figure": "decision", "value": "drift" if check.drifted else "no drift"},
+        {"figure": "decision", "value": verdict},
         {"figure": "rows checked", "value": str(check.rows)},
     ]
     if check.checked:
