@@ -137,7 +137,7 @@ def log_to_mlflow(check: DriftCheck, job: ScoringJob, picture: Path | None) -> s
 
 def picture_name(job: ScoringJob) -> str:
     """The file name of a check's score histogram: the scoring time, sortable."""
-    return f"scores-{datetime.fromisoformat(job.scored_at).strftime('%Y%m%dT%H%M%S%fZ')}.png"
+    return f"scores-{datetime.fromisoformat(job.scored_at).strftime('%Y%m%dT%H%M%S%fZ')}.svg"
 
 
 def publish_to_prefect(check: DriftCheck, job: ScoringJob, run_id: str | None) -> None:

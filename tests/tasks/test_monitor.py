@@ -44,3 +44,15 @@ def test_a_check_is_recorded_when_mlflow_cannot_take_it(tmp_stores, caplog) -> N
     history = read_drift("orders", home=broken)
     assert list(history["drifted"]) == [True] and list(history["rows"]) == [500]
     assert "recorded in the drift table, but not on the MLflow monitoring run" in caplog.text
+
+
+def test_the_score_histogram_is_an_svg_a_browser_opens(tmp_path) -> None:
+    from xml.dom import minidom
+
+    from tasks.evaluation.plots import drift_histogram
+
+    path = drift_histogram(CHECK, "orders <v1> & more", tmp_path / "scores.svg")
+    svg = minidom.parse(str(path)).documentElement  # well-formed, the title escaped
+    assert svg.tagName == "svg" and svg.getAttribute("xmlns") == "http://www.w3.org/2000/svg"
+    assert len(svg.getElementsByTagName("rect")) >= 20  # a bar a bin
+    assert "DRIFT" in path.read_text() and "orders &lt;v1&gt; &amp; more" in path.read_text()
