@@ -36,7 +36,7 @@ _EPS = 1e-4  # PSI: empty bins
 NO_REFERENCE = "the model was saved without a drift reference"
 
 
-def _deciles(values: np.ndarray, bins: int = BINS) -> list[float]:
+def _quantile_edges(values: np.ndarray, bins: int) -> list[float]:
     """Inner edges of ``bins`` about-equal-count bins of ``values`` (ties merged)."""
     edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
     return [float(e) for e in edges]
@@ -79,9 +79,9 @@ def build_reference(
                 {"name": col["name"], "kind": "levels", "index": col["index"], "expected": expected}
             )
         else:
-            edges = _deciles(block[:, 0])
+            edges = _quantile_edges(block[:, 0], BINS)
             expected = [float(v) for v in _binned(block[:, 0], edges) / rows]
-            fine = _deciles(block[:, 0], CDF_BINS)
+            fine = _quantile_edges(block[:, 0], CDF_BINS)
             cdf = [float(v) for v in _binned(block[:, 0], fine) / rows]
             refs.append(
                 {"name": col["name"], "kind": "bins", "index": col["index"][:1], "edges": edges}
