@@ -9,9 +9,11 @@ version: when, which metric, both values, and why.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
-from ae_models.outputs import RECON_ERROR, RECON_MSE
+from ae_models.outputs import ENTITY_ID, RECON_ERROR, RECON_MSE
 from feature_store.schema import EVENT_TIMESTAMP, LABEL, SPLIT
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
@@ -43,7 +45,15 @@ from tasks.train import TrainedModel
 
 LOWER_IS_BETTER = ("mse", "bce", "loss", "error")
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "mlflow"]
+# what the served model imports (tasks/pyfunc_model.py and ae_models), pinned to the versions
+# it was trained with, so `mlflow models serve` and `build-docker` rebuild the same set later
+SERVED_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn")
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of each package the served model needs, as installed now. A local
+    build tag (torch's ``+cpu``) is dropped: ``torch==2.13.0`` matches any build of it."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in SERVED_PACKAGES]
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,39 @@ def mean_score(predict: Any, rows: pd.DataFrame) -> float:
     return float(np.mean(out[RECON_MSE] if RECON_MSE in out else out[RECON_ERROR]))
 
 
+def optional_columns(schema: Any, names: tuple[str, ...]) -> Any:
+    """``schema`` (an MLflow input schema) with the columns ``names`` marked optional: the
+    served model passes an entity id through when it is given one and numbers rows if not."""
+    from mlflow.types import ColSpec, Schema
+
+    return Schema(
+        [ColSpec(c.type, c.name, required=False) if c.name in names else c for c in schema.inputs]
+    )
+
+
+def training_dataset(cfg: PipelineConfig, ingested: IngestResult, schema: Any) -> Any:
+    """The ingested table as an MLflow dataset: its source, content digest, the raw columns'
+    schema and its row count (metadata only: the rows stay in the data store)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class IngestedDataset(MetaDataset):
+        @property
+        def profile(self) -> dict[str, int]:
+            return {"num_rows": ingested.rows, "num_elements": ingested.rows * len(schema.inputs)}
+
+        def to_dict(self) -> dict[str, str]:
+            return super().to_dict() | {"profile": json.dumps(self.profile)}
+
+    with warnings.catch_warnings():
+        # MLflow registers its local source type twice and warns that a path is ambiguous
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        source = resolve_dataset_source(cfg.source.path)
+    return IngestedDataset(
+        source, name=cfg.dataset, digest=ingested.content_digest[:16], schema=schema
+    )
+
+
 def register_model(
     trained: TrainedModel,
     ingested: IngestResult,
@@ -150,17 +193,9 @@ def register_model(
         mlflow.log_metrics({**trained.metrics, EVAL_METRIC: challenger_eval})
         if Path(trained.plots_dir).is_dir():
             mlflow.log_artifacts(trained.plots_dir, artifact_path="plots")
-        with warnings.catch_warnings():
-            # MLflow registers its local source type twice and warns that a path is ambiguous
-            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            dataset = mlflow.data.from_pandas(
-                example,
-                source=cfg.source.path,
-                name=cfg.dataset,
-                digest=ingested.content_digest[:16],
-            )
-        mlflow.log_input(dataset, context="training")
         signature = infer_signature(example, predictor.predict(None, example))
+        signature.inputs = optional_columns(signature.inputs, (ENTITY_ID,))
+        mlflow.log_input(training_dataset(cfg, ingested, signature.inputs), context="training")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_FILE),
@@ -169,7 +204,7 @@ def register_model(
             code_paths=[str(Path(ae_models.__file__).parent)],
             signature=signature,
             input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(),
         )
     # registering, comparing with the champion and promoting is a read-then-write: runs
     # sharing this home take turns, so two at once cannot both replace the champion

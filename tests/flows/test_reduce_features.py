@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,6 +22,7 @@ from flows.reduce_features import reduce_features
 from stores import resolve_stores
 from tasks.config import ConfigError, build_config
 from tasks.registry import compare_versions, list_registered, promote_manually, registry_client
+from tests.services import free_port, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +129,15 @@ def test_better_challenger_is_promoted_and_recorded(two_runs) -> None:
     assert "eval_mse" in run.data.metrics and "codes_5nn_accuracy" in run.data.metrics
     assert run.data.tags["aepipe.precision"] in ("fp32", "bf16")
     assert len(client.get_metric_history(second.run_id, "val_loss")) == 25
-    assert run.inputs.dataset_inputs[0].dataset.name == "digits"
+    dataset = run.inputs.dataset_inputs[0].dataset  # the ingested table, not an example
+    assert dataset.name == "digits" and json.loads(dataset.source) == {"uri": "digits"}
+    assert json.loads(dataset.profile)["num_rows"] == 1797
+    columns = json.loads(dataset.schema)["mlflow_colspec"]
+    assert len(columns) == 65 and columns[0] == {
+        "type": "string",
+        "name": "entity_id",
+        "required": False,  # predict numbers rows without one
+    }
     plots = {a.path for a in client.list_artifacts(second.run_id, "plots")}
     assert plots == {
         f"plots/{n}.png"
@@ -178,6 +193,84 @@ def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path
         "models:/aepipe-digits@champion", dst_path=str(tmp_path)
     )
     assert sorted(p.name for p in (Path(code) / "code").iterdir()) == ["ae_models"]
+
+
+def test_mlflow_models_serve_answers_like_the_feature_table(two_runs, tmp_path) -> None:
+    """Issue 21.1: the README's `mlflow models serve` on the champion answers the logged
+    serving example with the feature table's codes and scores; a missing column is a 400
+    that names it; rows without an entity id are numbered."""
+    import mlflow
+
+    home, _, _ = two_runs
+    st = resolve_stores(home)
+    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
+    champion = int(client.get_model_version_by_alias("aepipe-digits", "champion").version)
+    model = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/aepipe-digits@champion", dst_path=str(tmp_path), tracking_uri=st.tracking_uri
+        )
+    )
+    pins = (model / "requirements.txt").read_text().split()
+    assert pins[0].startswith("mlflow==") and all(re.fullmatch(r"[\w-]+==[\d.]+", p) for p in pins)
+    assert "torch==" + metadata.version("torch").split("+")[0] in pins
+    example = json.loads((model / "serving_input_example.json").read_text())
+
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)  # the scoring server runs the venv's uvicorn
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": st.tracking_uri,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    log = tmp_path / "serve.log"
+    serve = ["models", "serve", "-m", "models:/aepipe-digits@champion", "--env-manager", "local"]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(Path(bin_dir) / "mlflow"), *serve, "-h", "127.0.0.1", "-p", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def post(body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        wait_http(f"{url}/ping", server, log)
+        status, answer = post(example)
+        assert status == 200, answer
+        got = pd.DataFrame(answer["predictions"]).set_index("entity_id")
+        feats = read_features("digits", champion, home=home).set_index("entity_id").loc[got.index]
+        codes = [c for c in feats.columns if c.startswith("z_")]
+        assert codes and list(got.columns[: len(codes)]) == codes
+        assert np.allclose(got[codes].to_numpy(), feats[codes].to_numpy(), atol=1e-5)
+        assert np.allclose(got["recon_error"], feats["recon_error"], atol=1e-6)
+
+        split = example["dataframe_split"]
+        at = split["columns"].index("pixel_3_3")
+        missing = {"dataframe_split": {
+            "columns": [c for i, c in enumerate(split["columns"]) if i != at],
+            "data": [[v for i, v in enumerate(row) if i != at] for row in split["data"]],
+        }}  # fmt: skip
+        status, answer = post(missing)
+        assert status == 400 and "missing inputs ['pixel_3_3']" in answer["message"]
+
+        no_ids = {"dataframe_split": {
+            "columns": split["columns"][1:], "data": [row[1:] for row in split["data"]],
+        }}  # fmt: skip
+        assert split["columns"][0] == "entity_id"
+        status, answer = post(no_ids)
+        assert status == 200, answer
+        assert [r["entity_id"] for r in answer["predictions"]] == ["0", "1", "2", "3", "4"]
+    finally:
+        stop(server)
 
 
 def test_reads_resolve_aliases_from_the_table_or_the_registry(two_runs) -> None:
