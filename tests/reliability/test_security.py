@@ -16,6 +16,7 @@ import torch
 
 import ae_models
 from ae_models import AutoencoderReducer
+from tests.services import free_port
 
 
 class _Payload:
@@ -66,19 +67,13 @@ def test_a_config_cannot_write_outside_the_stores(aepipe_cli, tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing written, inside or outside
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) -> None:
     """A real MLflow tracking server reached with a user and a (fake) password in the URI:
     the run works, and the secret appears in no output, log, MLflow param or tag, Prefect
     artifact or database written here."""
     secret = "fake-s3cret-c0ffee"
-    port = _free_port()
+    port = free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     server = subprocess.Popen(
