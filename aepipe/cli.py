@@ -154,6 +154,17 @@ def _parser() -> argparse.ArgumentParser:
     for p in (mlist, mcompare, mpromote):
         p.add_argument("--home", default=None, help="state folder")
 
+    serve = sub.add_parser(
+        "serve",
+        help="serve prefect.yaml's deployments (schedules, drift trigger) from this process "
+        "on a running Prefect server: one machine, no work pool or worker",
+    )
+    serve.add_argument(
+        "config", nargs="?", help="YAML config for the deployments (default: prefect.yaml's)"
+    )
+    serve.add_argument("--file", default=None, help="prefect.yaml to serve (default: aepipe's)")
+    serve.add_argument("--home", default=None, help="state folder of the served runs")
+
     ui = sub.add_parser("ui", help="print the commands that open the Prefect and MLflow UIs")
     ui.add_argument("--home", default=None, help="state folder")
     return parser
@@ -269,6 +280,36 @@ def _score(args: argparse.Namespace) -> int:
     scored = score_features(cfg)
     print()
     print(scored.to_text())
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from prefect.settings import get_current_settings
+
+    from flows.serve import PREFECT_YAML, serve
+    from tasks.config import load_config
+    from tasks.validate import check_stores, validate_config
+
+    api = get_current_settings().api.url
+    if not api:
+        raise _UsageError(
+            "aepipe serve needs a running Prefect server (a temporary one would vanish with "
+            "its schedules): start `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    project = Path(args.file) if args.file else PREFECT_YAML
+    config = None
+    if args.config:
+        cfg = load_config(args.config, {"home": args.home} if args.home else {})
+        validate_config(cfg, training=True)
+        check_stores(cfg, resolve_stores(cfg.home))
+        config = cfg.model_dump(mode="json")
+    home = resolve_stores(args.home).home
+    os.environ.setdefault("AEPIPE_HOME", str(home))  # runs without a home of their own use this
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    print(f"aepipe: serving {project} on {api} (state in {home}); Ctrl-C stops and pauses them")
+    serve(project, config)
     return 0
 
 
@@ -405,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "features": _features,
         "drift": _drift,
         "models": _models,
+        "serve": _serve,
         "ui": _ui,
     }
     try:

@@ -7,8 +7,9 @@ from datetime import timedelta
 from prefect import flow
 
 from feature_store import Maintained, list_tables, maintain_table
-from stores import Stores, resolve_stores
+from stores import Stores
 from tasks.config import PipelineConfig, io_task
+from tasks.credentials import run_stores
 
 
 def maintain_one(table: str, cfg: PipelineConfig, stores: Stores) -> Maintained:
@@ -31,7 +32,7 @@ def maintain_features(
 ) -> list[Maintained]:
     """Maintain ``tables`` (default: every feature table in the store), one task each."""
     cfg = config or PipelineConfig()
-    stores = resolve_stores(cfg.home)
+    stores = run_stores(cfg.home)
     names = tables if tables is not None else list_tables(stores)
     done = [maintain_task(name, cfg, stores) for name in names]
     for result in done:

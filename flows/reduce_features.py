@@ -6,8 +6,8 @@ from prefect import flow
 
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
-from stores import resolve_stores
 from tasks.config import PipelineConfig
+from tasks.credentials import run_stores
 from tasks.materialize import materialize_job
 from tasks.normalize import normalize
 from tasks.register import register
@@ -21,7 +21,7 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     """Turn a data set into a versioned feature table of latent codes and anomaly scores."""
     cfg = config or PipelineConfig()
     validate_config(cfg)
-    stores = resolve_stores(cfg.home)
+    stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg)

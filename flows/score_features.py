@@ -6,8 +6,8 @@ from prefect import flow
 
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
-from stores import resolve_stores
 from tasks.config import PipelineConfig
+from tasks.credentials import run_stores
 from tasks.score import (
     DRIFT_EVENT,
     Scored,
@@ -24,7 +24,7 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     """Score the rows the champion has not seen yet and append them; says so when none are new."""
     cfg = config or PipelineConfig()
     validate_config(cfg, training=False)  # the model's settings are the version's
-    stores = resolve_stores(cfg.home)
+    stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     current = champion(cfg, stores)
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged

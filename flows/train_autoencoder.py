@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from stores import resolve_stores
 from tasks.config import PipelineConfig
+from tasks.credentials import run_stores
 from tasks.normalize import NormalizedData
 from tasks.train import TrainedModel, train
 
@@ -19,4 +19,4 @@ def train_autoencoder_flow(
     ``request_id`` tags the MLflow run, whose artifacts then carry the trained model back to
     the ``reduce-features`` run that asked for it.
     """
-    return train(data, config, resolve_stores(config.home), request_id)
+    return train(data, config, run_stores(config.home), request_id)

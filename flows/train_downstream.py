@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.ingest import ingest
-from stores import resolve_stores
 from tasks.config import PipelineConfig
+from tasks.credentials import run_stores
 from tasks.downstream import DownstreamReport, train_downstream
 from tasks.normalize import normalize
 from tasks.registry import CHAMPION
@@ -20,7 +20,7 @@ def train_downstream_flow(
     """Fit logistic regression on the table's codes and on its two baselines; print accuracies."""
     cfg = config or PipelineConfig()
     validate_config(cfg, training=False)  # the model's settings are the version's
-    stores = resolve_stores(cfg.home)
+    stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg)

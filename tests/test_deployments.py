@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,31 +17,12 @@ import pandas as pd
 import pytest
 
 from feature_store import read_drift
+from tests.services import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"prefect server did not answer in {timeout} s: {log.read_text()[-3000:]}")
 
 
 def call(api: str, method: str, path: str, body: dict | None = None) -> dict | list:
@@ -178,9 +158,17 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path, orders) ->
 
     try:
         server = start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        wait_healthy(api, server, logs / "server.log")
+        wait_http(f"{api}/health", server, logs / "server.log")
         for pool in ("cpu", "gpu"):
             cli("work-pool", "create", pool, "--type", "process")
+        # prefect.yaml's runs read their store settings from this block: MLflow lives where
+        # only the block says
+        tracking = f"sqlite:///{tmp_path / 'secret-mlflow.db'}"
+        secret = f"Secret(value={{'AEPIPE_TRACKING_URI': {tracking!r}}}).save('aepipe-stores')"
+        subprocess.run(
+            [sys.executable, "-c", f"from prefect.blocks.system import Secret; {secret}"],
+            env=env, check=True, timeout=120,
+        )  # fmt: skip
         deployed = cli("--no-prompt", "deploy", "--all")
         for name in ("reduce-features", "train-autoencoder", "score-features", "maintain-features"):
             assert name in deployed.stdout
@@ -234,12 +222,11 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path, orders) ->
     import mlflow
 
     from feature_store import read_features
-    from stores import resolve_stores
 
-    st = resolve_stores(home)
     frame = read_features("digits", home=home)
     assert len(frame) == 1797 and set(frame["model_version"]) == {1}
-    client = mlflow.MlflowClient(st.tracking_uri, st.tracking_uri)
+    assert not (home / "mlflow.db").exists()  # the runs took the Secret block's store
+    client = mlflow.MlflowClient(tracking, tracking)
     (trained_run,) = [
         r
         for r in client.search_runs(

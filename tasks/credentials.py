@@ -1,0 +1,87 @@
+"""Store settings and credentials from a Prefect Secret block, for deployed runs.
+
+A deployment names a Secret block in ``AEPIPE_SECRET_BLOCK`` (``prefect.yaml`` sets
+``aepipe-stores`` for every deployment); the block holds a JSON object of the store settings
+and credentials a run needs, for example::
+
+    {"AEPIPE_TRACKING_URI": "https://mlflow.example.com",
+     "MLFLOW_TRACKING_USERNAME": "aepipe", "MLFLOW_TRACKING_PASSWORD": "...",
+     "AEPIPE_CATALOG_URI": "postgresql+psycopg2://aepipe:...@db:5432/catalog"}
+
+A run loads it before it resolves its stores and puts the values in its own process's
+environment (a worker starts one process per flow run), so nothing secret is in the
+deployment, the flow parameters or the worker's shell. The values are encrypted at rest by
+Prefect and never logged; only the names are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from stores import Stores, resolve_stores
+from tasks.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENV_SECRET_BLOCK = "AEPIPE_SECRET_BLOCK"
+# what a block may set: the store settings and the credentials their clients read
+ALLOWED_SETTINGS = (
+    "AEPIPE_HOME",
+    "AEPIPE_TRACKING_URI",
+    "AEPIPE_CATALOG_URI",
+    "AEPIPE_WAREHOUSE",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "PGPASSWORD",
+)
+
+
+def load_secret_block(name: str | None = None) -> list[str]:
+    """Put the settings of the Secret block ``name`` (default ``$AEPIPE_SECRET_BLOCK``) into
+    this process's environment, over what it had; return the names set. No name: nothing
+    happens. A block that does not exist is logged and skipped (the run uses this machine's
+    environment); a block that is not a JSON object of known settings is a ConfigError."""
+    name = name if name is not None else os.environ.get(ENV_SECRET_BLOCK, "")
+    if not name:
+        return []
+    from prefect.blocks.system import Secret
+
+    try:
+        value: Any = Secret.load(name).get()
+    except ValueError as err:
+        if "Unable to find block document" not in str(err):
+            raise
+        logger.info("no Secret block %r: store settings come from this machine's environment", name)
+        return []
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"Secret block {name!r} must hold a JSON object of settings such as "
+            f'{{"AEPIPE_TRACKING_URI": "..."}}, not a {type(value).__name__}'
+        )
+    unknown = sorted(set(value) - set(ALLOWED_SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"Secret block {name!r} sets {unknown}, which aepipe does not read; "
+            f"allowed: {list(ALLOWED_SETTINGS)}"
+        )
+    bad = sorted(k for k, v in value.items() if not isinstance(v, str))
+    if bad:
+        raise ConfigError(f"Secret block {name!r}: the values of {bad} must be strings")
+    os.environ.update(value)
+    logger.info("store settings from Secret block %r: %s", name, ", ".join(sorted(value)))
+    return sorted(value)
+
+
+def run_stores(home: str | os.PathLike[str] | None = None) -> Stores:
+    """The stores of a flow run: the deployment's Secret block first, then
+    :func:`stores.resolve_stores` for ``home``."""
+    load_secret_block()
+    return resolve_stores(home)
