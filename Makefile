@@ -7,7 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.aepipe-installed
 PIP_VERSION := 26.3
 
-.PHONY: setup demo test lint format lock clean
+# Python 3.13 for `make test-py313` (CI's second interpreter): on PATH, or pyenv's
+# (the first that runs: pyenv's shim on PATH may refuse when 3.13 is not its global)
+PYTHON313 ?= $(shell for p in python3.13 $$(pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13; \
+	do $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null && \
+	{ echo $$p; break; }; done)
+VENV313 ?= .venv-py313
+# the smoke subset on 3.13: the estimator, and flows end to end (train, register, write, score)
+SMOKE := tests/ae_models/test_estimator.py \
+	tests/flows/test_score_features.py::test_without_timestamps_new_rows_are_new_entity_ids
+
+.PHONY: setup demo test test-py313 lint format lock clean
 
 setup: $(STAMP)
 
@@ -27,20 +37,30 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# The pinned set on Python 3.13 in a second venv, and the smoke subset (CI runs it after
+# `make test`; aepipe supports 3.11 to 3.13).
+test-py313:
+	@test -n "$(PYTHON313)" || { echo "python3.13 not found: set PYTHON313=/path/to/python3.13"; exit 2; }
+	@test -x $(VENV313)/bin/python || $(PYTHON313) -m venv $(VENV313)
+	$(VENV313)/bin/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	$(VENV313)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(VENV313)/bin/python -m pytest -q -n 2 $(SMOKE)
+
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 format: setup
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-# Re-resolve the pinned set after changing dependencies in pyproject.toml.
+# Re-resolve the pinned set after changing dependencies in pyproject.toml: every extra, so
+# the benchmarks' peers (bench) and the Dask runner (dask) keep their pins.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
-	.lock-venv/bin/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev,bench,dask]" "torch==2.13.0"
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
 		| grep -v '^aepipe' | sed 's/+cpu$$//'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .aepipe .pytest_cache .ruff_cache .hypothesis benchmarks/out
+	rm -rf $(VENV) $(VENV313) .aepipe .pytest_cache .ruff_cache .hypothesis benchmarks/out
