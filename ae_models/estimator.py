@@ -13,16 +13,12 @@ from sklearn.exceptions import NotFittedError
 
 from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
-from ae_models.fitting import (
-    ESTIMATOR_LR,
-    ESTIMATOR_TRIM_FRACTION,
-    auto_code_size,
-    fit_autoencoder,
-)
+from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TRIM_FRACTION, fit_autoencoder
 from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
 from ae_models.scoring import SCORE_KINDS, Scorer, score_rows
 from ae_models.serialization import load_model, save_model
+from ae_models.train_config import auto_code_size
 from ae_models.training import TrainConfig, TrainResult, encode_and_score
 
 ESTIMATOR_FILE = "estimator.json"
@@ -179,7 +175,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     ``batch_size="auto"`` gives small data sets enough steps an epoch
     (:func:`~ae_models.train_config.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
-    (:func:`~ae_models.fitting.auto_code_size`).
+    (:func:`~ae_models.train_config.auto_code_size`).
     Fitted on a DataFrame, it keeps the column names in ``feature_names_in_`` and refuses a
     frame whose columns differ or come in another order (scikit-learn's convention).
     Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).

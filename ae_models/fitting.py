@@ -6,8 +6,9 @@ pipeline's train stage (``tasks/train.py``). Each creates its model with
 calls :func:`fit_autoencoder`.
 
 Defaults: the two front doors share every default except the two below, kept apart on
-purpose and stated here once. Both pick the code size (:func:`auto_code_size`) and the batch
-size (:func:`~ae_models.train_config.auto_batch_size`) from the data unless told.
+purpose and stated here once. Both pick the code size
+(:func:`~ae_models.train_config.auto_code_size`) and the batch size
+(:func:`~ae_models.train_config.auto_batch_size`) from the data unless told.
 
 ============== =========== ============ ==================================================
 setting        estimator   pipeline     why
@@ -37,13 +38,6 @@ from ae_models.training import TrainConfig, TrainResult, train
 
 ESTIMATOR_LR = 3e-3
 ESTIMATOR_TRIM_FRACTION = 0.1
-MAX_AUTO_CODE = 16
-
-
-def auto_code_size(input_width: int) -> int:
-    """The code width for ``input_width`` model inputs (one-hot levels counted): 16, or half
-    the width for narrower data (6 inputs: 3), at least 1."""
-    return max(1, min(MAX_AUTO_CODE, input_width // 2))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,15 @@ class TrainConfig:
         return int(self.batch_size)
 
 
+MAX_AUTO_CODE = 16
+
+
+def auto_code_size(input_width: int) -> int:
+    """The code width for ``input_width`` model inputs (one-hot levels counted): 16, or half
+    the width for narrower data (6 inputs: 3), at least 1."""
+    return max(1, min(MAX_AUTO_CODE, input_width // 2))
+
+
 def auto_batch_size(rows: int) -> int:
     """About 50 steps an epoch, between 16 and 256 rows a batch (256 from 12,800 rows up)."""
     return int(min(256, max(16, rows // 50)))

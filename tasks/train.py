@@ -19,10 +19,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 import ae_models
-from ae_models.fitting import auto_code_size, fit_autoencoder
+from ae_models.fitting import fit_autoencoder
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import resolve_score, score_rows
+from ae_models.train_config import auto_code_size
 from feature_store.schema import LABEL, SPLIT
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig, run_logger

@@ -89,6 +89,26 @@ def aepipe_cli(prefect_server):
     return run
 
 
+@pytest.fixture
+def aepipe_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """The ``aepipe`` command run in this process (``main(argv)`` from ``cwd``), for checks of
+    what it prints and writes: a console-script subprocess costs 2-5 s of imports a call;
+    :func:`run_aepipe` stays for the cases about the script or a run's own process."""
+    from aepipe.cli import main
+
+    for var in [v for v in os.environ if v.startswith("AEPIPE_")]:
+        monkeypatch.delenv(var)
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        status = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), status, out.out, out.err)
+
+    return run
+
+
 def orders_frame(n: int, start: int, seed: int, scale: float = 1.0):
     """``n`` orders from ``start`` on, a minute apart (id, time, amount, items, region);
     ``scale`` > 1 makes them bigger: the amount and the items drift, the region does not."""

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
-    aepipe_cli, tmp_path: Path, args, message
+    aepipe_main, tmp_path: Path, args, message
 ) -> None:
-    result = aepipe_cli("run", *args, cwd=tmp_path)
+    result = aepipe_main("run", *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -44,21 +44,26 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 
 def test_features_of_missing_store_is_one_line(aepipe_cli, tmp_path: Path) -> None:
+    """The console script itself (the cases above run its main() in this process)."""
     result = aepipe_cli("features", "digits", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("aepipe: error: no feature store at")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_scoring_without_a_model_is_one_line_and_writes_nothing(aepipe_cli, tmp_path: Path) -> None:
-    result = aepipe_cli("score", "--source", "digits", cwd=tmp_path)
+def test_scoring_without_a_model_is_one_line_and_writes_nothing(
+    aepipe_main, tmp_path: Path
+) -> None:
+    result = aepipe_main("score", "--source", "digits", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("aepipe: error: no MLflow store at")
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_run_from_yaml_prints_summary_and_table_reads_back(aepipe_cli, tmp_path: Path) -> None:
+def test_run_from_yaml_prints_summary_and_table_reads_back(
+    aepipe_cli, aepipe_main, tmp_path: Path
+) -> None:
     result = aepipe_cli(
         "run", str(ROOT / "configs" / "digits.yaml"), "--epochs", "3", cwd=tmp_path, own_server=True
     )
@@ -74,7 +79,7 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(aepipe_cli, tmp_path:
     assert (home / "prefect").is_dir()  # the Prefect UI command shows these runs
     assert "Traceback" not in out + result.stderr
 
-    shown = aepipe_cli("features", "digits", "--limit", "2", cwd=tmp_path)
+    shown = aepipe_main("features", "digits", "--limit", "2", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "(1797 rows)" in shown.stdout
 
@@ -87,25 +92,25 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(aepipe_cli, tmp_path:
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert "no new rows in the source (1797 rows" in scored.stdout
 
-    history = aepipe_cli("features", "digits", "--history", cwd=tmp_path)
+    history = aepipe_main("features", "digits", "--history", cwd=tmp_path)
     assert history.returncode == 0 and history.stdout.count("append") == 1
     snapshot = history.stdout.strip().splitlines()[-1].split()[2]
-    old = aepipe_cli(
+    old = aepipe_main(
         "features", "digits", "--as-of", snapshot, "--filter", "recon_error >= 0", cwd=tmp_path
     )
     assert old.returncode == 0 and "(1797 rows)" in old.stdout
-    files = aepipe_cli("features", "digits", "--files", cwd=tmp_path)
+    files = aepipe_main("features", "digits", "--files", cwd=tmp_path)
     assert files.returncode == 0 and all(
         Path(line).is_file() for line in files.stdout.strip().splitlines()
     )
-    bad = aepipe_cli("features", "digits", "--as-of", "yesterday", cwd=tmp_path)
+    bad = aepipe_main("features", "digits", "--as-of", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2 and "--as-of 'yesterday'" in bad.stderr
-    latest = aepipe_cli("features", "digits", "--latest", "--limit", "1", cwd=tmp_path)
+    latest = aepipe_main("features", "digits", "--latest", "--limit", "1", cwd=tmp_path)
     assert latest.returncode == 0 and "(1797 rows)" in latest.stdout  # one version each
-    upkeep = aepipe_cli("features", "digits", "--maintain", cwd=tmp_path)
+    upkeep = aepipe_main("features", "digits", "--maintain", cwd=tmp_path)
     assert upkeep.returncode == 0, upkeep.stderr[-2000:]
     assert upkeep.stdout.startswith("digits: expired 0 snapshot(s) older than")
-    negative = aepipe_cli("features", "digits", "--maintain", "--retain-days", "-1", cwd=tmp_path)
+    negative = aepipe_main("features", "digits", "--maintain", "--retain-days", "-1", cwd=tmp_path)
     assert negative.returncode == 2 and "must not be negative" in negative.stderr
 
     down = aepipe_cli("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
