@@ -10,6 +10,7 @@ are library code in :mod:`tasks.io`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL
 from stores import Stores
 from tasks import normalize
-from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task
+from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
 from tasks.io import arrays
 from tasks.io.parquet import ParquetSink, with_features, write_options, write_table
 from tasks.io.sources import (
@@ -37,6 +38,8 @@ from tasks.io.sources import (
     json_digest,
     source_fingerprint,
 )
+
+log = logging.getLogger(__name__)
 
 DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0..16
 
@@ -208,13 +211,23 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
             return IngestPlan(**plan, parts=parts, layout=layout, labelled=labelled)
         if info.format in (*ARRAY_FORMATS, "builtin"):
             return IngestPlan(**plan, parts=[IngestPart(0, [src.path])])
-        from tasks.io.tables import TableReader, parquet_files
+        from tasks.io.tables import TableReader, check_parquet_files, parquet_files
 
         reader = TableReader(src, info.columns, info.features, src.label)
         kinds = reader.decide_kinds()
         if info.format == "csv":
             return IngestPlan(**plan, parts=[IngestPart(0, [src.path])], kinds=kinds)
-        parts = _parquet_parts(parquet_files(src.path), cfg.partition_rows)
+        files = parquet_files(src.path)
+        needed = [c for c in (src.entity_id, src.timestamp, src.label) if c] + info.features
+        extra = check_parquet_files(files, needed, kinds)
+        if extra:
+            run_logger(log).warning(
+                "ignoring column(s) %s of %r that its first file lacks (the features are "
+                "the first file's columns)",
+                extra,
+                src.path,
+            )
+        parts = _parquet_parts(files, cfg.partition_rows)
         return IngestPlan(**plan, parts=parts, kinds=kinds)
     except arrays.SourceReadError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
@@ -414,7 +427,11 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     else:
         where.unlink(missing_ok=True)
     try:
-        _check_quarantine(cfg, rows_in, n_quarantined, where if quarantine else None)
+        first = None
+        if quarantine:
+            row = quarantine[0].slice(0, 1).to_pylist()[0]
+            first = f"{row['location']}, {row['reason']}"
+        _check_quarantine(cfg, rows_in, n_quarantined, where if quarantine else None, first)
     except ConfigError:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -523,7 +540,11 @@ def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
 
 
 def _check_quarantine(
-    cfg: PipelineConfig, rows_in: int, quarantined: int, where: Path | None
+    cfg: PipelineConfig,
+    rows_in: int,
+    quarantined: int,
+    where: Path | None,
+    first: str | None = None,
 ) -> None:
     if rows_in == 0:
         raise ConfigError(f"source {cfg.source.path!r} has no rows")
@@ -532,7 +553,9 @@ def _check_quarantine(
         raise ConfigError(
             f"{quarantined} of {rows_in} rows ({share:.1%}) of {cfg.source.path!r} were "
             f"quarantined, more than source.max_quarantine_fraction "
-            f"{cfg.source.max_quarantine_fraction:.1%}; see {where}"
+            f"{cfg.source.max_quarantine_fraction:.1%}"
+            + (f" (the first: {first})" if first else "")
+            + f"; see {where}"
         )
     if quarantined == rows_in:
         raise ConfigError(f"no usable rows in {cfg.source.path!r}; see {where}")

@@ -30,7 +30,7 @@ from feature_store import FeatureStoreError, load_table
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION, TIMESTAMP
 from stores import Stores
 from tasks import registry
-from tasks.config import PipelineConfig, io_task, run_logger
+from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
 from tasks.ingest import IngestResult
 from tasks.write_features import (
     Committed,
@@ -173,11 +173,55 @@ def find_new_rows(
 _POSITION = "__position"
 
 
+# what each of the normalizer's column kinds reads (tasks.io.tables.type_class of the raw
+# Parquet column the ingest wrote: numbers as float64 or pixels, booleans, text)
+KIND_HOLDS = {"scaled": "number", "numeric": "number", "boolean": "boolean", "categorical": "text"}
+
+
+def check_source_shape(ingested: IngestResult, champion: Champion) -> None:
+    """Before anything is scored: the source still has every column the champion was trained
+    on, each holding the kind of value it held then (a ConfigError naming the columns and
+    both kinds: a number column turned text is not scored as unseen categories); columns
+    the champion does not know are logged and ignored."""
+    from ae_models.preprocessing import Normalizer
+    from tasks.io.tables import type_class
+
+    spec = Normalizer.load(Path(champion.model_dir) / NORMALIZER_FILE)
+    schema = pq.read_schema(ingested.path)
+    model = f"{champion.model_name} v{champion.version}"
+    missing = [c for c in spec.source_columns if c not in schema.names]
+    if missing:
+        raise ConfigError(
+            f"the source lacks {len(missing)} column(s) {model} was trained on: "
+            f"{missing[:10]}; restore them, or retrain on the new shape"
+        )
+    changed = [
+        f"{c.source!r} ({KIND_HOLDS[c.kind]} then, {now} now)"
+        for c in spec.columns
+        if (now := type_class(schema.field(c.source).type)) not in (KIND_HOLDS[c.kind], "null")
+    ]
+    if changed:
+        raise ConfigError(
+            f"{len(changed)} column(s) hold another kind of value than when {model} was "
+            f"trained: {', '.join(changed[:10])}; fix the source, or retrain on the new shape"
+        )
+    known = set(spec.source_columns)
+    extra = [c for c in ingested.features if c not in known]
+    if extra:
+        run_logger(log).warning(
+            "ignoring %d column(s) %s was not trained on: %s (retrain to use them)",
+            len(extra),
+            model,
+            extra[:10],
+        )
+
+
 def scoring_job(
     ingested: IngestResult, champion: Champion, cfg: PipelineConfig, stores: Stores
 ) -> ScoringJob:
     """The job that appends the champion's features for the source rows it has not scored
-    (:func:`find_new_rows`)."""
+    (:func:`find_new_rows`), once the source's shape is checked against the champion's."""
+    check_source_shape(ingested, champion)
     new = find_new_rows(ingested.path, cfg.dataset, champion.version, cfg, stores)
     run_logger(log).info(
         "scoring %s with %s v%d: %s", cfg.dataset, champion.model_name, champion.version, new.how

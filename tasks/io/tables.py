@@ -47,6 +47,65 @@ def parquet_files(path: str) -> list[str]:
     return [path]
 
 
+def type_class(t: pa.DataType) -> str:
+    """What a Parquet column holds, as far as aepipe's column kinds care: ``number``,
+    ``boolean``, ``text``, ``time``, ``null`` (all missing), or the type itself."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "text"
+    if pa.types.is_temporal(t):
+        return "time"
+    return str(t)
+
+
+# the kinds of value a file may hold for a column of each kind: numbers and booleans may
+# also come as text, which is then checked value by value (rows that do not parse are
+# quarantined); text columns take only text (a number there cannot be checked against the
+# levels, and would be scored as an unseen one)
+KIND_ACCEPTS = {"num": {"number", "text"}, "bool": {"boolean", "text"}, "cat": {"text"}}
+
+
+def check_parquet_files(files: list[str], needed: list[str], kinds: dict[str, str]) -> list[str]:
+    """Check every file of a Parquet source before any row is read: each has the ``needed``
+    columns, and each feature column (``kinds``: its decided kind) holds a kind of value
+    that kind accepts (:data:`KIND_ACCEPTS`; int64 and float64 are both numbers). Raises
+    ValueError naming the file, the column and both types; returns the columns some file
+    has beyond the first file's (read by nobody: the features are the first file's)."""
+    first: dict[str, tuple[pa.DataType, str]] = {}
+    base: set[str] | None = None
+    extra: list[str] = []
+    for path in files:
+        schema = pq.read_schema(path)
+        names = set(schema.names)
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
+        if base is None:
+            base = names
+        extra += [c for c in schema.names if c not in base and c not in extra]
+        for name, kind in kinds.items():
+            t = schema.field(name).type
+            held = type_class(t)
+            if held == "null":
+                continue
+            first.setdefault(name, (t, path))
+            if held not in KIND_ACCEPTS[kind]:
+                was, where = first[name]
+                raise ValueError(
+                    f"column {name!r} is {was} in {where!r} but {t} in {path!r}: a column "
+                    "must hold one kind of value in every file (cast the file back, or "
+                    "ingest the new shape as another data set)"
+                )
+    return extra
+
+
 class _Utf8Repair(io.RawIOBase):
     """A CSV file's bytes with every sequence that is not UTF-8 replaced by U+FFFD.
 
