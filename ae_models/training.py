@@ -9,6 +9,7 @@ one tensor; each epoch is shuffled in contiguous chunks so batches are plain sli
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ae_models.base import Autoencoder, reconstruction_error
+from ae_models.cpus import CpuShare
 from ae_models.runtime import autocast, resolve_precision, seed_everything, select_device
 from ae_models.train_config import Precision, TrainConfig
 
@@ -250,90 +252,95 @@ def train(
     )
     start = time.perf_counter()
     per_step = scheduler is not None and cfg.lr_schedule == "onecycle"
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        # robust training: after the warm-up, each batch's worst-reconstructed rows (likely
-        # anomalies in contaminated data) are left out of the gradient and the validation loss
-        trim = cfg.trim_fraction if epoch > cfg.trim_warmup else 0.0
-        for xb in _epoch_batches(xt, batch_size, generator):
-            with autocast(device, precision):
-                out = model(xb)
-                loss = model.trimmed_loss(xb, out, trim)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)  # skipped when the scaled gradients overflowed
-            scaler.update()
-            if per_step:
+    # on the CPU, this loop's share of the cores, rebalanced as other loops start and end
+    share = CpuShare() if device.type == "cpu" else contextlib.nullcontext()
+    with share:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            # robust training: after the warm-up, each batch's worst-reconstructed rows (likely
+            # anomalies in contaminated data) are left out of the gradient and the validation loss
+            trim = cfg.trim_fraction if epoch > cfg.trim_warmup else 0.0
+            for xb in _epoch_batches(xt, batch_size, generator):
+                if isinstance(share, CpuShare):
+                    share.tick()
+                with autocast(device, precision):
+                    out = model(xb)
+                    loss = model.trimmed_loss(xb, out, trim)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)  # skipped when the scaled gradients overflowed
+                scaler.update()
+                if per_step:
+                    scheduler.step()
+                total += loss.detach().double() * len(xb)
+            train_loss = float(total) / len(xt)
+            train_seconds = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training loss became {train_loss} in epoch {epoch}; lower lr (now "
+                    f"{cfg.lr:g}) or check the input for extreme values"
+                )
+            val_loss = (
+                evaluate_loss(model, xv, max(batch_size, 2048), device, precision, trim)
+                if xv is not None
+                else train_loss
+            )
+            logs = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+                "train_seconds": train_seconds,
+                "rows": len(xt),
+            }
+            result.history.append(logs)
+            if val_loss < result.best_val_loss - cfg.min_delta:
+                result.best_val_loss, result.best_epoch, since_best = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+            elif scheduler is not None and not per_step:
                 scheduler.step()
-            total += loss.detach().double() * len(xb)
-        train_loss = float(total) / len(xt)
-        train_seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"training loss became {train_loss} in epoch {epoch}; lower lr (now "
-                f"{cfg.lr:g}) or check the input for extreme values"
-            )
-        val_loss = (
-            evaluate_loss(model, xv, max(batch_size, 2048), device, precision, trim)
-            if xv is not None
-            else train_loss
-        )
-        logs = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
-            "rows": len(xt),
-        }
-        result.history.append(logs)
-        if val_loss < result.best_val_loss - cfg.min_delta:
-            result.best_val_loss, result.best_epoch, since_best = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_loss)
-        elif scheduler is not None and not per_step:
-            scheduler.step()
-        stop = bool(cfg.patience) and since_best >= cfg.patience
-        if ckpt_path is not None:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "scaler": scaler.state_dict(),
-                    "best_state": best_state,
-                    "best_epoch": result.best_epoch,
-                    "best_val_loss": result.best_val_loss,
-                    "since_best": since_best,
-                    "history": result.history,
-                    "rng_shuffle": generator.get_state(),
-                    "rng_torch": torch.get_rng_state(),
-                    "finished": stop or epoch == cfg.epochs,
-                    "stopped_early": stop,
-                },
-            )
-        _call(callbacks, "on_epoch_end", epoch, logs)
-        if stop:
-            result.stopped_early = True
-            log.info(
-                "early stop at epoch %d (best %d, val %.5f)",
-                epoch,
-                result.best_epoch,
-                result.best_val_loss,
-            )
-            break
+            stop = bool(cfg.patience) and since_best >= cfg.patience
+            if ckpt_path is not None:
+                _save_checkpoint(
+                    ckpt_path,
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                        "scaler": scaler.state_dict(),
+                        "best_state": best_state,
+                        "best_epoch": result.best_epoch,
+                        "best_val_loss": result.best_val_loss,
+                        "since_best": since_best,
+                        "history": result.history,
+                        "rng_shuffle": generator.get_state(),
+                        "rng_torch": torch.get_rng_state(),
+                        "finished": stop or epoch == cfg.epochs,
+                        "stopped_early": stop,
+                    },
+                )
+            _call(callbacks, "on_epoch_end", epoch, logs)
+            if stop:
+                result.stopped_early = True
+                log.info(
+                    "early stop at epoch %d (best %d, val %.5f)",
+                    epoch,
+                    result.best_epoch,
+                    result.best_val_loss,
+                )
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -355,11 +362,14 @@ def forward_batches(
     model.to(dev).eval()
     xt = as_tensor(x)
     mode = resolve_precision(precision, dev, xt.shape[1] if xt.ndim == 2 else None)
-    for start in range(0, len(xt), batch_size):
-        xb = xt[start : start + batch_size].to(dev)
-        with autocast(dev, mode):
-            out = model(xb)
-        yield xb, out
+    with CpuShare() if dev.type == "cpu" else contextlib.nullcontext() as share:
+        for start in range(0, len(xt), batch_size):
+            if share is not None:
+                share.tick()
+            xb = xt[start : start + batch_size].to(dev)
+            with autocast(dev, mode):
+                out = model(xb)
+            yield xb, out
 
 
 @torch.inference_mode()

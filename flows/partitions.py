@@ -49,8 +49,8 @@ def write_partitions(job: ScoringJob) -> Committed:
 
 
 def task_runner_for(cfg: PipelineConfig) -> Any:
-    """Threads by default; prefect-dask's DaskTaskRunner on a LocalCluster or at
-    ``cfg.dask_address`` when ``cfg.task_runner`` is ``dask``."""
+    """Threads by default (one per usable CPU); prefect-dask's DaskTaskRunner on a
+    LocalCluster or at ``cfg.dask_address`` when ``cfg.task_runner`` is ``dask``."""
     if cfg.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
@@ -59,9 +59,15 @@ def task_runner_for(cfg: PipelineConfig) -> Any:
         return DaskTaskRunner(
             cluster_kwargs={"processes": True, "dashboard_address": None, "env": _worker_env()}
         )
+    from prefect.settings import get_current_settings
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner()
+    from ae_models.cpus import usable_cpus
+
+    # Prefect's default is a thread per partition, all at once; as many as there are CPUs
+    # this process may use, unless PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS says
+    chosen = get_current_settings().tasks.runner.thread_pool_max_workers
+    return ThreadPoolTaskRunner(max_workers=chosen or usable_cpus())
 
 
 def _worker_env() -> dict[str, str]:

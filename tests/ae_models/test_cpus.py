@@ -1,0 +1,93 @@
+"""Compute threads within the CPUs a process may use, shared between loops at once (issue
+22.1): the affinity mask and a container's quota cap them; loops running at once split
+them; a killed holder's share stops counting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from ae_models.cpus import CpuShare, _cgroup_quota, usable_cpus
+
+
+def test_affinity_caps_the_usable_cpus() -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to pin a process to one")
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from ae_models.cpus import usable_cpus; print(usable_cpus())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    assert usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_cgroup_quotas_v2_and_v1(tmp_path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_quota(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_quota(tmp_path) is None
+
+
+def test_loops_at_once_split_the_cpus_and_take_them_back(tmp_path) -> None:
+    usable = usable_cpus()
+    before = torch.get_num_threads()
+    with CpuShare(tmp_path) as first:
+        alone = first.threads
+        assert alone == max(1, min(before, usable))
+        entered, leave = threading.Event(), threading.Event()
+
+        def other() -> None:
+            with CpuShare(tmp_path) as second:
+                assert second.live() == 2
+                entered.set()
+                leave.wait(30)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert entered.wait(30)
+        assert first.live() == 2
+        assert first.rebalance() == max(1, min(before, usable // 2))
+        with CpuShare(tmp_path) as nested:  # inside this loop (validation): no new share
+            assert nested.slot is None and first.live() == 2
+        leave.set()
+        thread.join(30)
+        assert first.live() == 1 and first.rebalance() == alone
+    assert torch.get_num_threads() == before
+    assert list(tmp_path.glob("*.slot")) == []
+
+
+def test_a_killed_holders_share_stops_counting(tmp_path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from ae_models.cpus import CpuShare\n"
+        f"with CpuShare(Path({str(tmp_path)!r})):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with CpuShare(tmp_path) as mine:
+            assert mine.live() == 2
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(30)
+            deadline = time.monotonic() + 10
+            while mine.live() != 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert mine.live() == 1
+            assert [p.name for p in tmp_path.glob("*.slot")] == [mine.slot.name]
+    finally:
+        holder.kill()
