@@ -41,6 +41,14 @@ def table_identifier(table: str) -> str:
     return table if "." in table else f"{NAMESPACE}.{table}"
 
 
+def store_exists(stores: Stores) -> bool:
+    """Whether the stores hold a feature store yet: a remote catalog always counts; a local
+    SQLite one once its database file exists."""
+    if stores.catalog_uri.startswith("sqlite:///"):
+        return Path(stores.catalog_uri.removeprefix("sqlite:///")).exists()
+    return True
+
+
 def get_catalog(stores: Stores, create: bool = False) -> Catalog:
     """The pyiceberg SQL catalog of ``stores``; with ``create=False`` a missing local one is an
     error rather than silently created."""

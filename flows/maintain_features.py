@@ -7,6 +7,7 @@ from datetime import timedelta
 from prefect import flow
 
 from feature_store import Maintained, list_tables, maintain_table
+from feature_store.catalog import store_exists
 from stores import Stores
 from tasks.config import PipelineConfig, io_task
 from tasks.credentials import run_stores
@@ -33,6 +34,9 @@ def maintain_features(
     """Maintain ``tables`` (default: every feature table in the store), one task each."""
     cfg = config or PipelineConfig()
     stores = run_stores(cfg.home)
+    if tables is None and not store_exists(stores):  # upkeep scheduled before a first run
+        print(f"no feature store under {stores.home} yet: nothing to maintain")
+        return []
     names = tables if tables is not None else list_tables(stores)
     done = [maintain_task(name, cfg, stores) for name in names]
     for result in done:

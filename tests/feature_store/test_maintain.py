@@ -83,3 +83,14 @@ def test_the_maintain_features_flow_upkeeps_every_table(prefect_server, home) ->
     assert (done.table, done.expired, done.kept) == ("t", 1, 1)  # only the current one kept
     assert len(data_files(st)) == 1
     assert len(read_features("t", 1, home=st)) == 2
+
+
+def test_upkeep_before_any_run_completes_with_nothing_to_do(prefect_server, home) -> None:
+    """The daily maintain-features schedule can fire before the first run made a store: the
+    run completes (it failed on the missing catalog before) and says so (the message:
+    tests/test_serve.py, from a served run's output)."""
+    from flows.maintain_features import maintain_features
+    from tasks.config import build_config
+
+    assert maintain_features(build_config({"home": str(home)})) == []
+    assert not home.exists()  # and made none
