@@ -8,6 +8,7 @@ from flows.ingest import ingest
 from flows.partitions import run_partitioned
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
+from tasks.registry import scoring_lock
 from tasks.score import (
     DRIFT_EVENT,
     Scored,
@@ -28,8 +29,11 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     current = champion(cfg, stores)
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
-    job = prepare_scoring(ingested, current, cfg, stores)
-    committed = run_partitioned(job, cfg)  # partitions on the configured task runner
+    # runs scoring this data set at once take turns from finding the new rows to appending
+    # them (else each would append the same rows); the later one finds only what is left
+    with scoring_lock(stores, cfg.dataset):
+        job = prepare_scoring(ingested, current, cfg, stores)
+        committed = run_partitioned(job, cfg)  # partitions on the configured task runner
     scored = scored_summary(job, ingested, committed)
     print(scored.to_text())
     if announce_drift(scored, cfg):  # the reduce-features deployment's trigger retrains

@@ -52,6 +52,22 @@ def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
     """Runs (processes or threads) sharing this home take turns inside: registering a version
     and promoting it is a read-then-write that two runs at once would interleave. A lock file
     under ``<home>/locks`` (POSIX ``flock``; where there is none, no lock)."""
+    with home_lock(stores, f"registry-{model_name}"):
+        yield
+
+
+@contextmanager
+def scoring_lock(stores: Stores, dataset: str) -> Iterator[None]:
+    """Scoring runs of one data set take turns from finding the new rows to appending them:
+    two at once would both find the same rows new and both append them."""
+    with home_lock(stores, f"scoring-{dataset}"):
+        yield
+
+
+@contextmanager
+def home_lock(stores: Stores, name: str) -> Iterator[None]:
+    """An exclusive lock named ``name``, for processes and threads sharing this home: a file
+    under ``<home>/locks`` held with POSIX ``flock`` (where there is none, no lock)."""
     try:
         import fcntl
     except ImportError:  # Windows: runs on one home rarely overlap there
@@ -59,7 +75,7 @@ def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
         return
     folder = stores.home / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"registry-{re.sub(r'[^A-Za-z0-9_.-]', '_', model_name)}.lock"
+    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -263,8 +263,10 @@ def score_new_rows(
 ) -> Scored:
     """Score the new rows in this process, partition after partition, and append them in one
     commit (the score-features flow runs the partitions as tasks instead)."""
-    job = scoring_job(ingested, champion, cfg, stores)
-    return scored_summary(job, ingested, write_in_process(job))
+    with registry.scoring_lock(stores, cfg.dataset):  # see flows/score_features.py
+        job = scoring_job(ingested, champion, cfg, stores)
+        committed = write_in_process(job)
+    return scored_summary(job, ingested, committed)
 
 
 DRIFT_EVENT = "aepipe.drift.detected"

@@ -62,3 +62,43 @@ def test_two_runs_on_the_same_data_set_at_once(prefect_server, home) -> None:
     assert set(read_features("digits", home=home)["model_version"]) == {champion}
     table = load_table("digits", st)
     assert table.scan().to_arrow().num_rows == 2 * 1797
+
+
+def test_scoring_runs_at_once_append_each_new_row_once(prefect_server, home, orders) -> None:
+    """Issue 22.1: scoring runs started together on one table all finish, and the new rows
+    land once. Without the scoring lock each run found the same rows new and appended
+    them: 3 runs, every new row 3 times (checked by removing the lock)."""
+    import threading
+
+    import pandas as pd
+
+    from tasks.ingest import ingest_source
+    from tasks.score import load_champion, score_new_rows
+
+    source = home.parent / "orders.csv"
+    orders(800, 0, 1).to_csv(source, index=False)
+    cfg = build_config(
+        {
+            "home": str(home),
+            "dataset": "orders",
+            "source": {"path": str(source), "entity_id": "order_id", "timestamp": "ts"},
+            "model": {"code_size": 2},
+            "train": {"epochs": 4, "lr": 3e-3, "patience": 0},
+        }
+    )
+    reduce_features(cfg)
+    pd.concat([orders(800, 0, 1), orders(300, 800, 2)]).to_csv(source, index=False)
+    st = resolve_stores(home)
+    ingested = ingest_source(cfg, st)
+    champion = load_champion(cfg, st)
+    together = threading.Barrier(3)
+
+    def run(_: int) -> int:
+        together.wait(60)  # the three find their new rows at the same moment
+        return score_new_rows(ingested, champion, cfg, st).rows_written
+
+    with ThreadPoolExecutor(3) as pool:
+        wrote = sorted(pool.map(run, range(3)))  # raises if a run failed
+    assert wrote == [0, 0, 300]  # one found the rows new; the others found none left
+    table = read_features("orders", home=home)
+    assert len(table) == 1100 and not table.duplicated(["entity_id", "event_timestamp"]).any()
