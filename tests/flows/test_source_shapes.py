@@ -33,7 +33,8 @@ def config(home, path):
     return build_config(
         {
             "home": str(home),
-            "dataset": "orders",
+            # not "orders": tests/flows/test_drift.py reads that one's events and artifacts
+            "dataset": "shapes",
             "source": {"path": str(path), "entity_id": "order_id", "timestamp": "ts"},
             "model": {"code_size": 2},
             "train": {"epochs": 4, "patience": 0, "lr": 3e-3},
@@ -63,12 +64,12 @@ def csv_home(prefect_server, tmp_path_factory):
 
 
 def fails_and_writes_nothing(home, path, message: str) -> None:
-    table = load_table("orders", home=home)
-    before = (table.current_snapshot().snapshot_id, len(read_features("orders", home=home)))
+    table = load_table("shapes", home=home)
+    before = (table.current_snapshot().snapshot_id, len(read_features("shapes", home=home)))
     with pytest.raises(ConfigError, match=message):
         score_features(config(home, path))
-    table = load_table("orders", home=home)
-    after = (table.current_snapshot().snapshot_id, len(read_features("orders", home=home)))
+    table = load_table("shapes", home=home)
+    after = (table.current_snapshot().snapshot_id, len(read_features("shapes", home=home)))
     assert after == before
 
 
@@ -85,10 +86,10 @@ def test_parquet_columns_are_matched_by_name_and_new_ones_ignored(parquet_home, 
     with caplog.at_level("WARNING"):
         score_features(config(home, src))
     assert "ignoring column(s) ['coupon']" in caplog.text and "its first file lacks" in caplog.text
-    rows = read_features("orders", home=home).set_index("entity_id").loc[later["order_id"]]
+    rows = read_features("shapes", home=home).set_index("entity_id").loc[later["order_id"]]
     assert len(rows) == 200
     mlflow.set_tracking_uri(resolve_stores(home).tracking_uri)
-    model = mlflow.pyfunc.load_model("models:/aepipe-orders@champion")
+    model = mlflow.pyfunc.load_model("models:/aepipe-shapes@champion")
     expected = model.predict(later.rename(columns={"order_id": "entity_id"}).drop(columns="ts"))
     assert rows["z_0"].to_numpy() == pytest.approx(expected["z_0"].to_numpy(), abs=1e-5)
 
@@ -126,7 +127,7 @@ def test_csv_shape_changes(csv_home) -> None:
         # a column lost: named, before anything is scored
         first.drop(columns=["items"]).to_csv(path, index=False)
         fails_and_writes_nothing(
-            home, path, r"lacks 1 column\(s\) aepipe-orders v1 was trained on: \['items'\]"
+            home, path, r"lacks 1 column\(s\) aepipe-shapes v1 was trained on: \['items'\]"
         )
         # a text column rewritten as numbers: the ingest now reads it as a number column
         first.assign(region=[i % 3 for i in range(800)]).to_csv(path, index=False)

@@ -80,7 +80,8 @@ def test_scoring_runs_at_once_append_each_new_row_once(prefect_server, home, ord
     cfg = build_config(
         {
             "home": str(home),
-            "dataset": "orders",
+            # not "orders": tests/flows/test_drift.py reads that one's events and artifacts
+            "dataset": "scored_at_once",
             "source": {"path": str(source), "entity_id": "order_id", "timestamp": "ts"},
             "model": {"code_size": 2},
             "train": {"epochs": 4, "lr": 3e-3, "patience": 0},
@@ -100,5 +101,5 @@ def test_scoring_runs_at_once_append_each_new_row_once(prefect_server, home, ord
     with ThreadPoolExecutor(3) as pool:
         wrote = sorted(pool.map(run, range(3)))  # raises if a run failed
     assert wrote == [0, 0, 300]  # one found the rows new; the others found none left
-    table = read_features("orders", home=home)
+    table = read_features("scored_at_once", home=home)
     assert len(table) == 1100 and not table.duplicated(["entity_id", "event_timestamp"]).any()
