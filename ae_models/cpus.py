@@ -7,8 +7,8 @@ processes each take every core: two 3-epoch fits on 20,000 MNIST rows took 30 s 
 once on 2 cores, against 5.3 s alone (1 thread each: 6.6 s at once). So each training loop
 and each scoring partition holds a :class:`CpuShare`, a slot file in a folder of the
 machine's temp directory, locked while it lives (the lock dies with its process, so a
-killed run's slot stops counting); at the start and at every epoch it counts the live
-slots and sets torch's threads to ``usable_cpus() // live`` (at least 1, never more than
+killed run's slot stops counting); on entry it counts the live slots and sets torch's
+threads to ``usable_cpus() // live`` (at least 1, never more than
 the process started with: ``OMP_NUM_THREADS`` still caps it), and again every quarter
 second while it runs (:meth:`CpuShare.tick`, per batch).
 """
@@ -66,14 +66,15 @@ def usable_cpus() -> int:
 
 class CpuShare:
     """A share of the machine's usable CPUs for one compute loop, as a context manager;
-    :meth:`rebalance` (called on entry and by the loop every epoch) sets torch's threads to
-    this loop's share. Without file locks (Windows) it only caps at :func:`usable_cpus`."""
+    :meth:`rebalance` (called on entry, then through :meth:`tick` per batch) sets torch's
+    threads to this loop's share. Without file locks (Windows) it only caps at
+    :func:`usable_cpus`."""
 
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder or SLOTS
         self.slot: Path | None = None
         self._handle: Any = None
-        self._start_threads = 0
+        self._usable = 1
         self._checked = 0.0
         self._outer: CpuShare | None = None
         self.threads = 0
@@ -90,7 +91,7 @@ class CpuShare:
             if _active == 0:
                 _base_threads = torch.get_num_threads()
             _active += 1
-            self._start_threads = _base_threads
+        self._usable = usable_cpus()  # fixed for the process: read once, not per rebalance
         with contextlib.suppress(OSError, ImportError):
             import fcntl
 
@@ -156,7 +157,7 @@ class CpuShare:
         import torch
 
         self._checked = time.monotonic()
-        share = max(1, min(self._start_threads, usable_cpus() // self.live()))
+        share = max(1, min(_base_threads, self._usable // self.live()))
         if share != self.threads:
             if torch.get_num_threads() != share:
                 torch.set_num_threads(share)
