@@ -10,7 +10,8 @@ machine's temp directory, locked while it lives (the lock dies with its process,
 killed run's slot stops counting); on entry it counts the live slots and sets torch's
 threads to ``usable_cpus() // live`` (at least 1, never more than
 the process started with: ``OMP_NUM_THREADS`` still caps it), and again every quarter
-second while it runs (:meth:`CpuShare.tick`, per batch).
+second while it runs (:meth:`CpuShare.tick`, per batch). Arrow's compute pool, which also
+sizes itself to the affinity but not to a quota, is capped once (:func:`cap_arrow_threads`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def usable_cpus() -> int:
     return max(1, n)
 
 
+def cap_arrow_threads() -> int:
+    """Cap Arrow's CPU pool (Parquet decoding, compute kernels) at :func:`usable_cpus`: Arrow
+    sizes it to the affinity mask but not to a container's CPU quota. Returns its size."""
+    import pyarrow as pa
+
+    usable = usable_cpus()
+    if pa.cpu_count() > usable:
+        pa.set_cpu_count(usable)
+    return pa.cpu_count()
+
+
 class CpuShare:
     """A share of the machine's usable CPUs for one compute loop, as a context manager;
     :meth:`rebalance` (called on entry, then through :meth:`tick` per batch) sets torch's
@@ -90,6 +102,7 @@ class CpuShare:
         with _lock:
             if _active == 0:
                 _base_threads = torch.get_num_threads()
+                cap_arrow_threads()
             _active += 1
         self._usable = usable_cpus()  # fixed for the process: read once, not per rebalance
         with contextlib.suppress(OSError, ImportError):

@@ -91,3 +91,20 @@ def test_a_killed_holders_share_stops_counting(tmp_path) -> None:
             assert [p.name for p in tmp_path.glob("*.slot")] == [mine.slot.name]
     finally:
         holder.kill()
+
+
+def test_arrow_pool_is_capped_at_a_cpu_quota(monkeypatch, tmp_path) -> None:
+    """Issue 22.1: Arrow sizes its pool to the affinity mask, not to a container's CPU
+    quota; the first compute loop caps it at the usable CPUs."""
+    import pyarrow as pa
+
+    import ae_models.cpus as cpus
+
+    before = pa.cpu_count()
+    monkeypatch.setattr(cpus, "_cgroup_quota", lambda: 1.0)  # a `--cpus 1` container
+    try:
+        assert cpus.usable_cpus() == 1
+        with CpuShare(tmp_path):
+            assert pa.cpu_count() == 1
+    finally:
+        pa.set_cpu_count(before)
