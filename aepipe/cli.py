@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ae_models.preprocessing import SchemaError
     from feature_store import FeatureStoreError
+    from stores.space import StoreFull
     from tasks.config import ConfigError
 
     handlers = {
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ConfigError, SchemaError, FeatureStoreError, _UsageError) as err:
+    except (ConfigError, SchemaError, FeatureStoreError, StoreFull, _UsageError) as err:
         print(f"aepipe: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

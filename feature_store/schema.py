@@ -63,6 +63,12 @@ def feature_schema(code_size: int) -> pa.Schema:
     return pa.schema([*BASE_FIELDS, *latent, *TAIL_FIELDS])
 
 
+def row_bytes(code_size: int) -> int:
+    """An upper bound of a feature row's size in a data file: 4 bytes a code value, and the
+    id, times, scores, model columns and explanations (compression only makes it smaller)."""
+    return 4 * code_size + 192
+
+
 def code_size_of(schema: pa.Schema) -> int:
     """Number of ``z_*`` columns in ``schema``."""
     return sum(1 for name in schema.names if _LATENT.match(name))

@@ -27,8 +27,9 @@ from feature_store.catalog import (
     load_table,
     recorded_aliases,
 )
-from feature_store.schema import validate_batch
+from feature_store.schema import row_bytes, validate_batch
 from stores import Stores, resolve_stores
+from stores.space import StoreFull, is_disk_full, local_folder, room_for
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -191,15 +192,40 @@ def stage_features(
     model_name: str,
     model_version: int,
     stores: Stores | None = None,
+    expected_rows: int | None = None,
 ) -> StagedFeatures:
     """Validate and write feature rows as data files of ``table`` without committing them.
 
     ``batches`` is consumed as a stream into rolling Parquet files (memory holds one row
     group). :func:`commit_features` makes staged files visible in one commit, from any process;
     :func:`discard_features` deletes them. A bad first batch is refused before any table is
-    created; a failure mid-stream deletes what was written.
+    created; a failure mid-stream deletes what was written. With ``expected_rows`` (an upper
+    bound) a local warehouse without room for them is refused before anything is written;
+    a disk that fills mid-stream is a :class:`~stores.space.StoreFull` naming the warehouse.
     """
     st = stores or resolve_stores()
+    if expected_rows is None and isinstance(batches, pa.Table):
+        expected_rows = batches.num_rows
+    with room_for(
+        local_folder(st.warehouse),
+        (expected_rows or 0) * row_bytes(code_size),
+        "warehouse",
+        f"writing {expected_rows} feature rows to {table!r}"
+        if expected_rows
+        else f"writing feature rows to {table!r}",
+    ):
+        return _stage(table, batches, code_size, model_name, model_version, st)
+
+
+def _stage(
+    table: str,
+    batches: Iterable[pa.RecordBatch | pa.Table] | pa.Table,
+    code_size: int,
+    model_name: str,
+    model_version: int,
+    st: Stores,
+) -> StagedFeatures:
+    """:func:`stage_features` once the warehouse's room is checked."""
     stream = iter([batches] if isinstance(batches, pa.Table) else batches)
     first = next(stream, None)
     if first is not None:
@@ -279,6 +305,14 @@ def commit_features(
     except (FeatureStoreError, ValueError):
         discard_features(parts, st)  # the commit did not land
         raise
+    except OSError as err:  # the new metadata file did not fit: the commit did not land
+        if not is_disk_full(err):
+            raise
+        discard_features(parts, st)
+        raise StoreFull(
+            f"no room in the warehouse {local_folder(st.warehouse) or st.warehouse} for the "
+            f"commit's metadata of {tbl.name()[-1]!r}: {err}; nothing was written"
+        ) from err
     return rows
 
 

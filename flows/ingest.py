@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 from prefect import flow, unmapped
 
 from flows.partitions import map_with_progress, task_runner_for
 from stores import Stores
+from stores.space import room_for
 from tasks.config import PipelineConfig
 from tasks.ingest import (
     IngestedPart,
+    IngestPlan,
     IngestResult,
     ingest_part_task,
     merge_ingest_task,
     plan_ingest_task,
 )
+
+
+def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
+    """An upper bound of what ingesting ``plan`` writes to the data folder: the partitions'
+    files and the merged copy, each at most the source's size (images: their decoded
+    pixels, and the pixels as float32 that the ingest also normalizes)."""
+    if plan.layout is not None:
+        images = sum(len(p.files) for p in plan.parts)
+        return 2 * images * math.prod(plan.layout.shape) * (1 + 4)
+    if plan.info.format == "builtin":  # scikit-learn's digits: 1797 rows of 64 pixels
+        return 2 * 1797 * len(plan.info.features) * 8
+    path = Path(cfg.source.path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return 2 * sum(f.stat().st_size for f in files)
 
 
 @flow(name="ingest-partitions")
@@ -24,19 +42,25 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     Parquet file; on an unchanged source every task is a cache hit and nothing is read."""
     plan = plan_ingest_task(cfg, stores)
     refresh = not plan.raw_path.exists()  # cached results must point at files that exist
-    parts = map_with_progress(
-        ingest_part_task.with_options(refresh_cache=refresh),
-        (plan, plan.parts, unmapped(cfg)),
-        key="ingest-progress",
-        description="Source partitions ingested",
-    )
-    done = [p for p in parts if isinstance(p, IngestedPart)]
-    if len(done) < len(parts):
-        import shutil
-
+    if not refresh:  # an unchanged source: cache hits, nothing written
+        needed, what = 0, "reading the cached ingest"
+    else:
+        needed, what = ingest_bytes(plan, cfg), f"ingesting {cfg.source.path!r}"
+    try:
+        with room_for(stores.data_dir, needed, "data", what):
+            parts = map_with_progress(
+                ingest_part_task.with_options(refresh_cache=refresh),
+                (plan, plan.parts, unmapped(cfg)),
+                key="ingest-progress",
+                description="Source partitions ingested",
+            )
+            done = [p for p in parts if isinstance(p, IngestedPart)]
+            if len(done) < len(parts):
+                raise next(p for p in parts if isinstance(p, BaseException))
+            return merge_ingest_task.with_options(refresh_cache=refresh)(plan, done, cfg)
+    except BaseException:  # a partition or the merge failed: its files go
         shutil.rmtree(Path(plan.work), ignore_errors=True)
-        raise next(p for p in parts if isinstance(p, BaseException))
-    return merge_ingest_task.with_options(refresh_cache=refresh)(plan, done, cfg)
+        raise
 
 
 def ingest(cfg: PipelineConfig, stores: Stores) -> IngestResult:

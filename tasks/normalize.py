@@ -23,6 +23,7 @@ from prefect import task
 
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer, SchemaError
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT
+from stores.space import room_for
 from tasks.config import ConfigError, PipelineConfig
 from tasks.io.parquet import ParquetSink, with_features
 from tasks.io.sources import json_digest
@@ -163,8 +164,10 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     del train_parts
     names = normalizer.output_columns
     keep = [ENTITY_KEY, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
+    width = len(names) * 4 + 32  # float32 features, the id, time, label and split
+    room = room_for(folder, sum(counts.values()) * width, "data", f"normalizing {ingested.path}")
     try:
-        with ParquetSink(path) as sink:  # encodes a batch while the next is transformed
+        with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
             batches = source.iter_batches(batch_size=batch_rows)
             for batch, codes in zip(batches, split_codes, strict=True):
                 # column-major, so each output column is a zero-copy slice

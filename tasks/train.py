@@ -24,8 +24,9 @@ from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import resolve_score, score_rows
 from ae_models.train_config import auto_code_size
-from feature_store.schema import LABEL, SPLIT
+from feature_store.schema import LABEL, SPLIT, row_bytes
 from stores import Stores
+from stores.space import StoreFull, ensure_room, is_disk_full, local_folder
 from tasks.config import ConfigError, PipelineConfig, run_logger
 from tasks.evaluation import plots
 from tasks.evaluation.metrics import (
@@ -252,6 +253,26 @@ def drift_reference(
     )
 
 
+PICTURES_BYTES = 4 << 20  # the run's PNG pictures, and the pyfunc's code in MLflow
+
+
+def check_room(model: ae_models.Autoencoder, data: NormalizedData, stores: Stores) -> None:
+    """Before training: the models folder has room for the checkpoints and the saved model,
+    a local MLflow store for the logged model, and a local warehouse for the feature rows
+    (a :class:`~stores.space.StoreFull` naming the first that lacks it)."""
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    # checkpoint: weights, best weights and Adam's two moments; then the saved model
+    ensure_room(stores.models_dir, 5 * weights + PICTURES_BYTES, "models", "training")
+    if stores.tracking_uri.startswith("sqlite:"):
+        ensure_room(stores.artifact_root, weights + PICTURES_BYTES, "MLflow artifacts", "the model")
+    ensure_room(
+        local_folder(stores.warehouse),
+        data.rows * row_bytes(model.config.code_size),
+        "warehouse",
+        f"writing {data.rows} feature rows",
+    )
+
+
 def train_autoencoder(
     data: NormalizedData, cfg: PipelineConfig, stores: Stores, request_id: str | None = None
 ) -> TrainedModel:
@@ -280,6 +301,7 @@ def train_autoencoder(
         resolve_score(cfg.score, model.config.output, model.model_name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_room(model, data, stores)  # before the MLflow run: a full disk leaves no trace
     client, run_id = start_run(cfg, stores, request_id)
     # tiny data sets may have no test (or even validation) rows: measure on what there is
     eval_split = next(s for s in ("test", "val", "train") if len(parts[s]))
@@ -295,8 +317,13 @@ def train_autoencoder(
             # scored the way the feature table will be (SCORING_PRECISION): the threshold fits
             score_precision=SCORING_PRECISION,
         )
-    except BaseException:
+    except BaseException as err:
         client.set_terminated(run_id, status="FAILED")
+        if is_disk_full(err):  # the disk filled while checkpointing: say which store
+            raise StoreFull(
+                f"no room in the models store {stores.models_dir} for a training checkpoint "
+                f"({err}); free some space there or set AEPIPE_HOME to a larger disk"
+            ) from err
         raise
     result, scorer = fit.result, fit.scorer
     client.set_tag(run_id, "aepipe.device", result.device)

@@ -334,6 +334,8 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
             yield out
             count(scored, x, batch)  # once the writer took the rows (they passed its checks)
 
+    meta_rows = pq.ParquetFile(job.source).metadata
+    expected = sum(meta_rows.row_group(g).num_rows for g in row_groups)  # an upper bound
     staged = stage_features(
         job.table,
         batches(),
@@ -341,6 +343,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         model_name=job.model_name,
         model_version=job.model_version,
         stores=job.stores,
+        expected_rows=expected,
     )
     return StagedPart(staged, anomalies, drift)
 

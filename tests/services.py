@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,22 @@ def stop(proc: subprocess.Popen, grace: float = 30) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str) -> Iterator[Path]:
+    """``folder`` as a size-limited tmpfs (``size`` as mount takes it: ``4m``) while the block
+    runs; a skip with the reason where mounting is refused (not root, no CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = shutil.which("mount") or "/bin/mount"
+    done = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs here: {(done.stderr or done.stdout).strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(folder)], check=False)
