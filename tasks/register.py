@@ -9,9 +9,11 @@ version: when, which metric, both values, and why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +42,7 @@ from tasks.registry import (
     registry_lock,
     version_by_alias,
 )
-from tasks.tracking import configure_mlflow
+from tasks.tracking import TrackingUnavailable, check_tracking, configure_mlflow
 from tasks.train import TrainedModel
 
 LOWER_IS_BETTER = ("mse", "bce", "loss", "error")
@@ -158,6 +160,26 @@ def training_dataset(cfg: PipelineConfig, ingested: IngestResult, schema: Any) -
     )
 
 
+@contextlib.contextmanager
+def kept_when_tracking_goes(trained: TrainedModel, stores: Stores) -> Iterator[None]:
+    """A failure of the block while the tracking server does not answer becomes one line
+    (:class:`~tasks.tracking.TrackingUnavailable`) saying the trained model is kept."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as err:
+        try:
+            check_tracking(stores)
+        except TrackingUnavailable as down:
+            raise TrackingUnavailable(
+                f"{down} (it stopped answering during registration); the trained model is "
+                f"kept ({trained.model_dir}, MLflow run {trained.run_id}) and the next run "
+                "with the same settings registers it without training again"
+            ) from err
+        raise
+
+
 def register_model(
     trained: TrainedModel,
     ingested: IngestResult,
@@ -166,88 +188,93 @@ def register_model(
     stores: Stores,
 ) -> RegisteredModel:
     """Finish the training run (metrics, pictures, dataset, pyfunc model), register a version as
-    ``challenger``, and promote it to ``champion`` if it wins on the evaluation split."""
-    import mlflow
-    from mlflow.models import infer_signature
+    ``challenger``, and promote it to ``champion`` if it wins on the evaluation split.
 
-    from tasks.pyfunc_model import AutoencoderPyfunc
+    A tracking server that stops answering meanwhile fails it in one line
+    (:class:`~tasks.tracking.TrackingUnavailable`); the trained model stays, and the next run
+    with the same settings registers it without training again."""
+    with kept_when_tracking_goes(trained, stores):
+        import mlflow
+        from mlflow.models import infer_signature
 
-    client = configure_mlflow(stores)
-    rows = evaluation_rows(ingested, data)
-    example = rows.head(5)
-    predictor = AutoencoderPyfunc().load_folder(trained.model_dir)
-    challenger_eval = mean_score(lambda r: predictor.predict(None, r), rows)
-    metric = cfg.promotion_metric
-    measured = {**trained.metrics, EVAL_METRIC: challenger_eval}
-    if metric not in measured:  # checked before anything is registered
-        raise ConfigError(
-            f"promotion_metric {metric!r} is not measured for this run; use one of "
-            f"{sorted(measured)}"
+        from tasks.pyfunc_model import AutoencoderPyfunc
+
+        client = configure_mlflow(stores)
+        rows = evaluation_rows(ingested, data)
+        example = rows.head(5)
+        predictor = AutoencoderPyfunc().load_folder(trained.model_dir)
+        challenger_eval = mean_score(lambda r: predictor.predict(None, r), rows)
+        metric = cfg.promotion_metric
+        measured = {**trained.metrics, EVAL_METRIC: challenger_eval}
+        if metric not in measured:  # checked before anything is registered
+            raise ConfigError(
+                f"promotion_metric {metric!r} is not measured for this run; use one of "
+                f"{sorted(measured)}"
+            )
+        challenger_value = float(measured[metric])
+        # the run was opened by the train stage, which logged params and per-epoch losses
+        with mlflow.start_run(run_id=trained.run_id) as run, warnings.catch_warnings():
+            # pixel columns are integers; MLflow hints that integers cannot hold missing values
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
+            run_id, experiment_id = run.info.run_id, run.info.experiment_id
+            mlflow.log_metrics({**trained.metrics, EVAL_METRIC: challenger_eval})
+            if Path(trained.plots_dir).is_dir():
+                mlflow.log_artifacts(trained.plots_dir, artifact_path="plots")
+            signature = infer_signature(example, predictor.predict(None, example))
+            signature.inputs = optional_columns(signature.inputs, (ENTITY_ID,))
+            mlflow.log_input(training_dataset(cfg, ingested, signature.inputs), context="training")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_FILE),
+                artifacts={"model_dir": trained.model_dir},
+                # the served model's only code: the network and its preprocessing
+                code_paths=[str(Path(ae_models.__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(),
+            )
+        # registering, comparing with the champion and promoting is a read-then-write: runs
+        # sharing this home take turns, so two at once cannot both replace the champion
+        with registry_lock(stores, cfg.model_name):
+            version = register_challenger(client, info.model_uri, cfg.model_name)
+            current = version_by_alias(client, cfg.model_name, CHAMPION)
+            champion_value: float | None = None
+            reason_prefix = ""
+            if current is not None:
+                if metric == EVAL_METRIC:
+                    champ = _load_champion_or_fail(client, cfg.model_name, current, version)
+                    try:
+                        champion_value = mean_score(champ.predict, rows)
+                    except Exception as err:  # the champion cannot score today's data
+                        reason_prefix = f"champion cannot score the evaluation split ({err}); "
+                        champion_value = None
+                else:
+                    champion_value = client.get_run(current.run_id).data.metrics.get(metric)
+            promoted, reason = decide_promotion(
+                metric, challenger_value, champion_value, cfg.promotion_direction
+            )
+            if reason_prefix:
+                promoted, reason = True, reason_prefix + "challenger takes over"
+            learned_nothing = nothing_learned(trained)
+            if learned_nothing:  # never crowned, not even as the first version
+                promoted, reason = False, learned_nothing
+            if promoted:
+                make_champion(client, cfg.model_name, version)
+            record_decision(
+                client,
+                cfg.model_name,
+                version,
+                decision="promoted" if promoted else "refused",
+                metric=metric,
+                challenger_value=challenger_value,
+                champion_value=champion_value,
+                champion_version=str(current.version) if current is not None else None,
+                reason=reason,
+            )
+        aliases = [CHAMPION] if promoted else [CHALLENGER]
+        return RegisteredModel(
+            run_id, experiment_id, cfg.model_name, version, aliases, promoted, reason
         )
-    challenger_value = float(measured[metric])
-    # the run was opened by the train stage, which logged params and per-epoch losses
-    with mlflow.start_run(run_id=trained.run_id) as run, warnings.catch_warnings():
-        # pixel columns are integers; MLflow hints that integers cannot hold missing values
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
-        run_id, experiment_id = run.info.run_id, run.info.experiment_id
-        mlflow.log_metrics({**trained.metrics, EVAL_METRIC: challenger_eval})
-        if Path(trained.plots_dir).is_dir():
-            mlflow.log_artifacts(trained.plots_dir, artifact_path="plots")
-        signature = infer_signature(example, predictor.predict(None, example))
-        signature.inputs = optional_columns(signature.inputs, (ENTITY_ID,))
-        mlflow.log_input(training_dataset(cfg, ingested, signature.inputs), context="training")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_FILE),
-            artifacts={"model_dir": trained.model_dir},
-            # the served model's only code: the network and its preprocessing
-            code_paths=[str(Path(ae_models.__file__).parent)],
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-        )
-    # registering, comparing with the champion and promoting is a read-then-write: runs
-    # sharing this home take turns, so two at once cannot both replace the champion
-    with registry_lock(stores, cfg.model_name):
-        version = register_challenger(client, info.model_uri, cfg.model_name)
-        current = version_by_alias(client, cfg.model_name, CHAMPION)
-        champion_value: float | None = None
-        reason_prefix = ""
-        if current is not None:
-            if metric == EVAL_METRIC:
-                champ = _load_champion_or_fail(client, cfg.model_name, current, version)
-                try:
-                    champion_value = mean_score(champ.predict, rows)
-                except Exception as err:  # the champion cannot score today's data
-                    reason_prefix = f"champion cannot score the evaluation split ({err}); "
-                    champion_value = None
-            else:
-                champion_value = client.get_run(current.run_id).data.metrics.get(metric)
-        promoted, reason = decide_promotion(
-            metric, challenger_value, champion_value, cfg.promotion_direction
-        )
-        if reason_prefix:
-            promoted, reason = True, reason_prefix + "challenger takes over"
-        learned_nothing = nothing_learned(trained)
-        if learned_nothing:  # never crowned, not even as the first version
-            promoted, reason = False, learned_nothing
-        if promoted:
-            make_champion(client, cfg.model_name, version)
-        record_decision(
-            client,
-            cfg.model_name,
-            version,
-            decision="promoted" if promoted else "refused",
-            metric=metric,
-            challenger_value=challenger_value,
-            champion_value=champion_value,
-            champion_version=str(current.version) if current is not None else None,
-            reason=reason,
-        )
-    aliases = [CHAMPION] if promoted else [CHALLENGER]
-    return RegisteredModel(
-        run_id, experiment_id, cfg.model_name, version, aliases, promoted, reason
-    )
 
 
 CHAMPION_LOAD_ATTEMPTS = 3  # a transient MLflow or artifact error: tried again, 1 s then 2 s

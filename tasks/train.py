@@ -253,6 +253,32 @@ def drift_reference(
     )
 
 
+TRAINED_RECORD = "trained.json"  # in the checkpoint folder: the last model trained there
+
+
+def unregistered_training(record: Path, stores: Stores) -> TrainedModel | None:
+    """The model a run with the same settings trained and saved but never registered (its
+    tracking server went away between, say): from ``record``, when the model folder is
+    still there and its MLflow run is active with no registered version; else None."""
+    if not record.is_file():
+        return None
+    try:
+        trained = TrainedModel(**json.loads(record.read_text()))
+    except (ValueError, TypeError):  # unreadable, or written by another aepipe
+        return None
+    if not Path(trained.model_dir).is_dir():
+        return None
+    client = configure_mlflow(stores)
+    try:
+        run = client.get_run(trained.run_id)
+        registered = client.search_model_versions(f"run_id = '{trained.run_id}'")
+    except Exception:  # another tracking store, the run deleted: train anew
+        return None
+    if run.info.lifecycle_stage != "active" or registered:
+        return None
+    return trained
+
+
 PICTURES_BYTES = 4 << 20  # the run's PNG pictures, and the pyfunc's code in MLflow
 
 
@@ -301,6 +327,15 @@ def train_autoencoder(
         resolve_score(cfg.score, model.config.output, model.model_name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    record = Path(train_cfg.checkpoint_dir) / TRAINED_RECORD
+    pending = unregistered_training(record, stores)
+    if pending is not None:
+        _logger().warning(
+            "the model MLflow run %s trained with these settings was never registered (the "
+            "run stopped before registration); registering it now, not training again",
+            pending.run_id,
+        )
+        return pending
     check_room(model, data, stores)  # before the MLflow run: a full disk leaves no trace
     client, run_id = start_run(cfg, stores, request_id)
     # tiny data sets may have no test (or even validation) rows: measure on what there is
@@ -412,6 +447,8 @@ def train_autoencoder(
         result.precision,
         loss,
     )
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(dataclasses.asdict(trained)))  # until it is registered
     if request_id:
         client.log_artifacts(run_id, str(folder), HANDOFF_MODEL)
         if plots_dir.is_dir():

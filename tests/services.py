@@ -69,3 +69,36 @@ def small_filesystem(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(folder)], check=False)
+
+
+def start_mlflow(folder: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:``port`` keeping its runs and artifacts in
+    ``folder`` (started again on the same folder, it has them all back); returns once it
+    accepts connections. Stop it with :func:`stop`."""
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"server-{port}.log"
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", server, log)
+    return server

@@ -3,11 +3,6 @@ stores, and credentials never reach logs, MLflow params or Prefect artifacts."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +11,7 @@ import torch
 
 import ae_models
 from ae_models import AutoencoderReducer
-from tests.services import free_port
+from tests.services import free_port, start_mlflow, stop
 
 
 class _Payload:
@@ -75,37 +70,8 @@ def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) 
     secret = "fake-s3cret-c0ffee"
     port = free_port()
     server_dir = tmp_path / "server"
-    server_dir.mkdir()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{server_dir / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(server_dir / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=server_dir,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_mlflow(server_dir, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the MLflow server did not start")
-                time.sleep(0.5)
         uri = f"http://aepipe-bot:{secret}@127.0.0.1:{port}"
         work = tmp_path / "work"
         work.mkdir()
@@ -130,5 +96,4 @@ def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) 
             if path.is_file():
                 assert secret.encode() not in path.read_bytes(), path
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
