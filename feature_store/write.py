@@ -302,6 +302,8 @@ def commit_features(
             **{f"aepipe.{k}": str(v) for k, v in (properties or {}).items()},
         }
         _commit(tbl, data_files, slice_filter if mode == "replace" else None, summary, aliases)
+    except CommitStateUnknown:
+        raise
     except (FeatureStoreError, ValueError):
         discard_features(parts, st)  # the commit did not land
         raise
@@ -365,6 +367,9 @@ def write_features(
     )
 
 
+CATALOG_WAIT_S = 120.0  # how long a commit waits for a locked or restarting catalog database
+
+
 def _commit(
     tbl: Table,
     new_files: list[Any],
@@ -374,41 +379,95 @@ def _commit(
 ) -> None:
     """One snapshot: add ``new_files`` and, when ``replace`` is a filter, drop the files of that
     slice (identity partitions, so whole files), and record ``aliases``; pyiceberg retries lost
-    races on the refreshed table. Raises FeatureStoreError when the commit is known not to have
-    landed."""
+    races on the refreshed table. A catalog database that is locked by another writer or
+    restarting is waited for (``CATALOG_WAIT_S``), and a commit that landed before its
+    connection broke is recognised by its id, not made twice. Raises FeatureStoreError when
+    the commit is known not to have landed."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
+    from sqlalchemy.exc import OperationalError
 
-    for attempt in range(REPLAN_ATTEMPTS):
+    summary = {**summary, COMMIT_ID: uuid.uuid4().hex}
+    deadline = time.monotonic() + CATALOG_WAIT_S
+    attempt = waited = 0
+    while True:
         try:
-            with tbl.transaction() as tx:
-                if aliases is not None:
-                    _set_aliases(tx, tbl, aliases)
-                old = [t.file for t in tbl.scan(row_filter=replace).plan_files()] if replace else []
-                producer = tx.update_snapshot(snapshot_properties=summary)
-                if old:
-                    with producer.overwrite() as ow:
-                        ow.delete_by_predicate(replace)
-                        for f in old:
-                            ow.delete_data_file(f)
-                        for f in new_files:
-                            ow.append_data_file(f)
-                else:
-                    with producer.fast_append() as app:
-                        for f in new_files:
-                            app.append_data_file(f)
+            if attempt or waited:  # the table as the catalog has it now
+                tbl = tbl.refresh()
+            if waited and _landed(tbl, summary[COMMIT_ID]):
+                return  # the connection broke after the commit went in
+            _commit_once(tbl, new_files, replace, summary, aliases)
             return
         except (CommitFailedException, ValidationException) as err:
             # pyiceberg retries a lost race by re-applying the same file list; when another
             # writer replaced the same slice meanwhile, the files to delete are gone: plan the
             # replacement again on the refreshed table (measured: 1 run in 3 of two processes
             # replacing one version 3 times each failed here before)
-            if attempt == REPLAN_ATTEMPTS - 1:
+            attempt += 1
+            if attempt == REPLAN_ATTEMPTS:
                 raise FeatureStoreError(
                     f"could not commit to feature table {tbl.name()[-1]!r}: {err}; "
                     "nothing was written"
                 ) from err
-            time.sleep(0.05 * 2**attempt * (1 + random.random()))
-            tbl = tbl.refresh()
+            time.sleep(0.05 * 2 ** (attempt - 1) * (1 + random.random()))
+        except OperationalError as err:  # locked by another writer, restarting, unreachable
+            waited += 1
+            if time.monotonic() > deadline:
+                reason = str(err.orig if err.orig is not None else err).splitlines()[0]
+                name, waited_s = tbl.name()[-1], f"{CATALOG_WAIT_S:.0f} s"
+                if "locked" in reason:  # refused before it wrote: it did not land
+                    raise FeatureStoreError(
+                        f"the catalog database stayed locked by another writer for {waited_s} "
+                        f"and did not take the commit to feature table {name!r} ({reason}); "
+                        "nothing was written"
+                    ) from err
+                raise CommitStateUnknown(
+                    f"the catalog database did not answer for {waited_s} while committing to "
+                    f"feature table {name!r} ({reason}); the commit may have landed: see "
+                    f"`aepipe features {name} --history` before writing again (the data "
+                    "files are kept; table upkeep deletes them if no snapshot took them)"
+                ) from err
+            time.sleep(min(2.0, 0.1 * 2**waited) * (1 + random.random()))
+
+
+COMMIT_ID = "aepipe.commit_id"  # snapshot summary: which commit made it
+
+
+class CommitStateUnknown(FeatureStoreError):
+    """The catalog stopped answering during a commit: it may or may not have landed, so its
+    data files are kept (deleting them could break a landed snapshot)."""
+
+
+def _landed(tbl: Table, commit_id: str) -> bool:
+    """Whether a snapshot of ``tbl`` was made by the commit ``commit_id``."""
+    return any(
+        s.summary is not None and s.summary.get(COMMIT_ID) == commit_id for s in tbl.snapshots()
+    )
+
+
+def _commit_once(
+    tbl: Table,
+    new_files: list[Any],
+    replace: Any,
+    summary: dict[str, str],
+    aliases: Mapping[str, int] | None,
+) -> None:
+    """The commit of :func:`_commit`, once (pyiceberg's own retries of lost races inside)."""
+    with tbl.transaction() as tx:
+        if aliases is not None:
+            _set_aliases(tx, tbl, aliases)
+        old = [t.file for t in tbl.scan(row_filter=replace).plan_files()] if replace else []
+        producer = tx.update_snapshot(snapshot_properties=summary)
+        if old:
+            with producer.overwrite() as ow:
+                ow.delete_by_predicate(replace)
+                for f in old:
+                    ow.delete_data_file(f)
+                for f in new_files:
+                    ow.append_data_file(f)
+        else:
+            with producer.fast_append() as app:
+                for f in new_files:
+                    app.append_data_file(f)
 
 
 def _set_aliases(tx: Any, tbl: Table, aliases: Mapping[str, int]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -21,6 +23,7 @@ from feature_store import (
     write_features,
 )
 from feature_store import write as store
+from feature_store.write import commit_features, stage_features
 
 
 def make_batch(
@@ -394,3 +397,56 @@ def test_as_of_resolves_aliases_as_they_were_then(tmp_stores) -> None:
     assert set(
         read_features("t", "challenger", as_of=during_v2, home=tmp_stores)["model_version"]
     ) == {1}
+
+
+def _hold_catalog(stores, seconds: float, held: threading.Event) -> None:
+    """Another writer on the catalog's SQLite database: its write lock for ``seconds``."""
+    db = stores.catalog_uri.removeprefix("sqlite:///")
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    held.set()
+    time.sleep(seconds)
+    con.execute("COMMIT")
+    con.close()
+
+
+def _staged(stores, n: int = 100):
+    return stage_features(
+        "t", make_batch(n, 2, 1), code_size=2, model_name="m", model_version=1, stores=stores
+    )
+
+
+def test_a_commit_waits_for_a_locked_catalog_and_lands_once(tmp_stores) -> None:
+    """Issue 22.2: another writer holds the catalog database's lock past SQLite's 5 s busy
+    timeout: the commit waits and lands once (it failed with "database is locked" before)."""
+    staged = _staged(tmp_stores)
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_catalog, args=(tmp_stores, 7.0, held))
+    holder.start()
+    held.wait()
+    start = time.monotonic()
+    rows = commit_features([staged], model_name="m", model_version=1, stores=tmp_stores)
+    holder.join()
+    assert rows == 100 and time.monotonic() - start >= 6.5
+    frame = read_features("t", 1, home=tmp_stores)
+    assert len(frame) == 100 and frame["entity_id"].is_unique
+    assert len(load_table("t", tmp_stores).snapshots()) == 1
+
+
+def test_a_catalog_locked_past_the_wait_is_one_line_and_keeps_nothing(
+    tmp_stores, monkeypatch
+) -> None:
+    monkeypatch.setattr(store, "CATALOG_WAIT_S", 1.0)
+    staged = _staged(tmp_stores)
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_catalog, args=(tmp_stores, 8.0, held))
+    holder.start()
+    held.wait()
+    with pytest.raises(FeatureStoreError) as err:
+        commit_features([staged], model_name="m", model_version=1, stores=tmp_stores)
+    holder.join()
+    message = str(err.value)
+    assert "stayed locked by another writer for 1 s" in message and "\n" not in message
+    assert message.endswith("nothing was written")
+    assert data_files(tmp_stores) == set()  # the staged files were deleted
+    assert load_table("t", tmp_stores).current_snapshot() is None
