@@ -102,3 +102,37 @@ def start_mlflow(folder: Path, port: int) -> subprocess.Popen:
     )
     wait_http(f"http://127.0.0.1:{port}/health", server, log)
     return server
+
+
+def prefect_env(folder: Path, port: int) -> dict[str, str]:
+    """The environment of a user's shell pointed at a Prefect server on ``port`` whose
+    database and home are in ``folder`` (no AEPIPE_ or PREFECT_ settings of the tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AEPIPE_"))}
+    return env | {
+        "PREFECT_HOME": str(folder / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no scheduled runs in a test
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+
+
+def start_prefect(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``prefect server start`` with ``env`` (see :func:`prefect_env`); returns once it answers
+    (started again on the same database, it has every run back). Stop it with :func:`stop`."""
+    import sys
+
+    api = env["PREFECT_API_URL"]
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", port],
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_http(f"{api}/health", server, log)
+    return server

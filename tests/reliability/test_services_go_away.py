@@ -4,17 +4,23 @@ leaves behind."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from prefect import task
 
 import flows.reduce_features as reduce_flow
+from feature_store import read_features
 from flows.reduce_features import reduce_features
 from tasks.config import build_config
 from tasks.register import register_model
 from tasks.tracking import TrackingUnavailable
-from tests.services import free_port, start_mlflow, stop
+from tests.conftest import AEPIPE
+from tests.services import free_port, prefect_env, start_mlflow, start_prefect, stop
 
 pytestmark = pytest.mark.slow
 
@@ -70,3 +76,61 @@ def test_mlflow_stopped_before_registration_keeps_the_model_for_the_next_run(
         assert summary.rows_written == 1797
     finally:
         stop(server)
+
+
+def _api(env: dict[str, str], path: str, body: dict | None = None) -> list | dict:
+    """A POST (a GET without ``body``) to the Prefect REST API of ``env``."""
+    request = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_the_prefect_server_restarted_during_a_run(tmp_path) -> None:
+    """`aepipe run` against a Prefect server that is stopped while the run trains and started
+    again on its database: the run goes on (Prefect's client retries a server it reached
+    before, for about a minute) and the server ends up with the run and every task COMPLETED."""
+    env = prefect_env(tmp_path, free_port())
+    log = tmp_path / "prefect-server.log"
+    server = start_prefect(env, log)
+    work = tmp_path / "work"
+    work.mkdir()
+    run = subprocess.Popen(
+        [AEPIPE, "run", "--source", "digits", "--epochs", "30", "--set", "train.patience=0"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not any(
+            t["name"].startswith("train") and t["state_type"] == "RUNNING"
+            for t in _api(env, "/task_runs/filter", {})
+        ):
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:]
+            time.sleep(0.5)
+        stop(server)  # mid-training
+        server = start_prefect(env, log)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, out[-2000:] + err[-3000:]
+        (flow_run,) = [
+            r
+            for r in _api(env, "/flow_runs/filter", {})
+            if r["name"] and not r["parent_task_run_id"]
+        ]
+        assert flow_run["state_type"] == "COMPLETED"
+        tasks = _api(env, "/task_runs/filter", {})
+        assert tasks and {t["state_type"] for t in tasks} == {"COMPLETED"}, [
+            (t["name"], t["state_type"]) for t in tasks
+        ]
+    finally:
+        run.kill()
+        stop(server)
+    frame = read_features("digits", home=work / ".aepipe")
+    assert len(frame) == 1797 and frame["entity_id"].is_unique
