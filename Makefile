@@ -35,7 +35,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The pinned set on Python 3.13 in a second venv, and the smoke subset (CI runs it after
 # `make test`; aepipe supports 3.11 to 3.13).

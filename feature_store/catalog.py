@@ -30,6 +30,18 @@ ALIAS_PROPERTY = "aepipe.alias."  # + alias name: the version that held it at th
 ALIAS_LOG_PROPERTY = "aepipe.alias_log"
 COMMIT_RETRIES_PROPERTY = "commit.retry.num-retries"
 COMMIT_RETRIES = "10"  # pyiceberg retries a commit that lost a race with another writer
+METADATA_VERSIONS = 20  # metadata files kept besides the current one; older ones deleted
+MERGE_MANIFESTS_AT = 20  # an append merges the data manifests once there are this many
+# Every table gets these: a scoring run a day (or an hour) adds a commit each time, and the
+# metadata must not grow with every commit: old metadata files go at commit time, manifests
+# are merged by appends, and table upkeep expires the snapshots (soak: benchmarks/soak.py).
+TABLE_PROPERTIES = {
+    COMMIT_RETRIES_PROPERTY: COMMIT_RETRIES,
+    "write.metadata.previous-versions-max": str(METADATA_VERSIONS),
+    "write.metadata.delete-after-commit.enabled": "true",
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": str(MERGE_MANIFESTS_AT),
+}
 
 
 class FeatureStoreError(LookupError):
@@ -129,13 +141,14 @@ def ensure_table(catalog: Catalog, table: str, code_size: int, model_name: str) 
         tbl = catalog.create_table_if_not_exists(
             ident,
             schema=schema,
-            properties={MODEL_NAME_PROPERTY: model_name, COMMIT_RETRIES_PROPERTY: COMMIT_RETRIES},
+            properties={MODEL_NAME_PROPERTY: model_name, **TABLE_PROPERTIES},
         )
         if tbl.spec().is_unpartitioned():
             with tbl.update_spec() as spec:
                 for col in PARTITION_COLUMNS:
                     spec.add_identity(col)
         return tbl
+    tbl = with_table_properties(tbl)
     current = tbl.schema().as_arrow()
     wanted = _table_schema(code_size)
     if code_size_of(current) < code_size or set(wanted.names) - set(current.names):
@@ -143,6 +156,17 @@ def ensure_table(catalog: Catalog, table: str, code_size: int, model_name: str) 
         with tbl.update_schema() as update:
             update.union_by_name(_table_schema(code_size))
     return tbl
+
+
+def with_table_properties(tbl: Table) -> Table:
+    """``tbl`` with those of :data:`TABLE_PROPERTIES` it lacks (a table an older aepipe made);
+    values set on the table stay."""
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if k not in tbl.properties}
+    if not missing:
+        return tbl
+    with tbl.transaction() as tx:
+        tx.set_properties(missing)
+    return tbl.refresh()
 
 
 def _table_schema(code_size: int) -> pa.Schema:

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from feature_store.catalog import (
+    TABLE_PROPERTIES,
     FeatureStoreError,
     _racing,
     as_stores,
     get_catalog,
     table_identifier,
+    with_table_properties,
 )
 from feature_store.schema import TIMESTAMP
 from stores import Stores
@@ -59,9 +61,11 @@ def record_drift(dataset: str, row: Mapping[str, Any], stores: Stores | None = N
 
     def ensure() -> Any:
         catalog.create_namespace_if_not_exists(ident.split(".")[0])
-        return catalog.create_table_if_not_exists(ident, schema=DRIFT_SCHEMA)
+        return catalog.create_table_if_not_exists(
+            ident, schema=DRIFT_SCHEMA, properties=TABLE_PROPERTIES
+        )
 
-    tbl = _racing(ensure)
+    tbl = _racing(lambda: with_table_properties(ensure()))
     tbl.append(pa.Table.from_pylist([dict(row)], schema=DRIFT_SCHEMA))
 
 

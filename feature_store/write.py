@@ -464,8 +464,8 @@ def _commit_once(
                     ow.delete_data_file(f)
                 for f in new_files:
                     ow.append_data_file(f)
-        else:
-            with producer.fast_append() as app:
+        else:  # merging the manifests once there are many (the table's properties)
+            with producer.merge_append() as app:
                 for f in new_files:
                     app.append_data_file(f)
 

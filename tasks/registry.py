@@ -9,7 +9,6 @@ talks to the registry: it is handed version numbers, or :func:`alias_resolver`.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import pandas as pd
 
 from feature_store import FeatureStoreError, record_aliases
 from stores import Stores
+from stores.locks import home_lock
 from tasks.config import ConfigError
 from tasks.tracking import configure_mlflow
 
@@ -62,26 +62,6 @@ def scoring_lock(stores: Stores, dataset: str) -> Iterator[None]:
     two at once would both find the same rows new and both append them."""
     with home_lock(stores, f"scoring-{dataset}"):
         yield
-
-
-@contextmanager
-def home_lock(stores: Stores, name: str) -> Iterator[None]:
-    """An exclusive lock named ``name``, for processes and threads sharing this home: a file
-    under ``<home>/locks`` held with POSIX ``flock`` (where there is none, no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: runs on one home rarely overlap there
-        yield
-        return
-    folder = stores.home / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def version_by_alias(client: Any, name: str, alias: str = CHAMPION) -> Any | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stores import Stores, redact_uri
+from stores.locks import home_lock
 from tasks.config import ConfigError
 
 # A remote tracking server that is down should fail a run in about a minute, not after
@@ -61,7 +62,18 @@ def configure_mlflow(stores: Stores) -> Any:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(stores.tracking_uri)
     mlflow.set_registry_uri(stores.tracking_uri)
+    if stores.tracking_uri.startswith("sqlite:") and stores.tracking_uri not in _opened:
+        # the first client creates and migrates a new SQLite store: two processes doing it
+        # at once broke the migration ("Circular dependency detected"); they take turns
+        with home_lock(stores, "mlflow-store"):
+            client = mlflow.MlflowClient(stores.tracking_uri, stores.tracking_uri)
+            client.search_experiments(max_results=1)
+        _opened.add(stores.tracking_uri)
+        return client
     return mlflow.MlflowClient(stores.tracking_uri, stores.tracking_uri)
+
+
+_opened: set[str] = set()  # local stores this process has opened (so they exist, migrated)
 
 
 def experiment_name(dataset: str, what: str = "") -> str:

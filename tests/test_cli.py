@@ -88,7 +88,7 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(
     frame = read_features("digits", home=home)
     assert len(frame) == 1797 and set(frame["model_version"]) == {1}
 
-    scored = aepipe_cli("score", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
+    scored = aepipe_main("score", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert "no new rows in the source (1797 rows" in scored.stdout
 
@@ -113,7 +113,7 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(
     negative = aepipe_main("features", "digits", "--maintain", "--retain-days", "-1", cwd=tmp_path)
     assert negative.returncode == 2 and "must not be negative" in negative.stderr
 
-    down = aepipe_cli("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
+    down = aepipe_main("downstream", str(ROOT / "configs" / "digits.yaml"), cwd=tmp_path)
     assert down.returncode == 0, down.stderr[-3000:]
     assert "latent codes" in down.stdout and "PCA (16 components)" in down.stdout
 

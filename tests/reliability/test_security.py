@@ -77,7 +77,7 @@ def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) 
         work.mkdir()
         result = aepipe_cli(
             "run", "--source", "digits", "--epochs", "2", cwd=work,
-            env={"AEPIPE_TRACKING_URI": uri}, own_server=True,  # its Prefect database is read
+            env={"AEPIPE_TRACKING_URI": uri},
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert f"open http://***@127.0.0.1:{port} in a browser" in result.stdout
@@ -92,7 +92,14 @@ def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) 
                 assert secret not in value
         seen = result.stdout + result.stderr
         assert secret not in seen
-        for path in list(work.rglob("*")) + list(server_dir.rglob("*")):
+        # the session's Prefect server keeps the run's parameters, logs and artifacts
+        from prefect.settings import get_current_settings
+
+        database = get_current_settings().server.database.connection_url.get_secret_value()
+        prefect_db = Path(database.split("///", 1)[1])
+        prefect_files = list(prefect_db.parent.glob(prefect_db.name + "*"))  # -wal, -shm too
+        assert prefect_files
+        for path in list(work.rglob("*")) + list(server_dir.rglob("*")) + prefect_files:
             if path.is_file():
                 assert secret.encode() not in path.read_bytes(), path
     finally:

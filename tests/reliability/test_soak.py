@@ -1,0 +1,25 @@
+"""Long life (issue 22.5): the short version of ``benchmarks/soak.py``, 16 scoring runs of one
+long-lived process with upkeep every 4 runs and the table's metadata bounds set low (5 old
+metadata files, manifests merged at 5), so the short run reaches them;
+``python -m benchmarks.soak`` runs the issue's 200 with the defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.soak import caps, soak
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_long_lived_process_stays_flat_and_its_table_bounded(prefect_server, tmp_path) -> None:
+    """Without the upkeep the snapshots grow by one a run; without deleting old metadata
+    files or merging manifests the metadata files grow by three a run: each breaks its cap
+    within these 16 runs."""
+    report = soak(tmp_path, runs=16, maintain_every=4, versions=5, merge_at=5)
+    most_snapshots, most_metadata = caps(4, 5, 5)
+    assert (report.rows_lost, report.rows_twice) == (0, 0)
+    assert max(report.snapshots) <= most_snapshots, report.snapshots
+    assert max(report.metadata_files) <= most_metadata, report.metadata_files
+    assert report.rss_growth() <= 0.10, report.rss_mb
+    assert report.read_ratio() <= 2.0, report.read_seconds
