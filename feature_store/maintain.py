@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 RETAIN = timedelta(days=7)
 ORPHAN_AGE = timedelta(days=1)
+COMPACT_AT = 4  # small data files in one version's slice that upkeep rewrites as one
+SMALL_FILE_BYTES = 32 << 20  # a data file under this is small (a scoring run's append)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Maintained:
     orphans: int  # of them, files no snapshot ever committed (killed writers)
     freed_bytes: int
     cutoff: datetime
+    compacted: int = 0  # small data files rewritten as one file per version
 
     def to_text(self) -> str:
         """The line the CLI and the flow print."""
@@ -46,6 +49,7 @@ class Maintained:
             f"{self.table}: expired {self.expired} snapshot(s) older than "
             f"{self.cutoff.isoformat(timespec='seconds')}, kept {self.kept}; deleted "
             f"{self.deleted} file(s) ({self.orphans} orphaned), {self.freed_bytes / 1e6:.1f} MB"
+            + (f"; compacted {self.compacted} small file(s)" if self.compacted else "")
         )
 
 
@@ -89,6 +93,7 @@ def maintain_table(
     orphan_age: timedelta = ORPHAN_AGE,
     home: str | os.PathLike[str] | Stores | None = None,
     now: datetime | None = None,
+    compact_at: int = COMPACT_AT,
 ) -> Maintained:
     """Expire the table's snapshots older than ``retain`` and delete the files no kept
     snapshot needs (see the module docstring); returns what was done. Time-travel reads of
@@ -100,6 +105,7 @@ def maintain_table(
     if retain < timedelta(0) or orphan_age < timedelta(0):
         raise ValueError("retain and orphan_age must not be negative")
     st = as_stores(home)
+    compacted = compact_table(load_table(table, st), compact_at) if compact_at else 0
     tbl = load_table(table, st)
     now = now or datetime.now(UTC)
     cutoff = now - retain
@@ -135,4 +141,58 @@ def maintain_table(
         fs.delete_file(info.path)
         deleted += 1
         freed += info.size or 0
-    return Maintained(table, len(expire), len(keep), deleted, orphans, freed, cutoff)
+    return Maintained(table, len(expire), len(keep), deleted, orphans, freed, cutoff, compacted)
+
+
+def compact_table(tbl: Table, compact_at: int = COMPACT_AT) -> int:
+    """Rewrite each version's small data files as one file, in one commit per version that
+    swaps exactly those files (rows, values and order kept; rows appended meanwhile stay,
+    as they are in other files); returns the files rewritten. A slice changed by another
+    writer meanwhile is left for the next upkeep."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+    from pyiceberg.io.pyarrow import parquet_file_to_data_file
+
+    from feature_store.write import _conform, _DataFiles
+
+    if tbl.current_snapshot() is None:
+        return 0
+    slices: dict[tuple, list[Any]] = {}
+    for task in tbl.scan().plan_files():
+        if task.file.file_size_in_bytes < SMALL_FILE_BYTES:
+            slices.setdefault(tuple(task.file.partition), []).append(task.file)
+    target = tbl.schema().as_arrow()
+    rewritten = 0
+    for key, files in sorted(slices.items()):
+        if len(files) < compact_at:
+            continue
+        parts = []
+        for f in files:
+            with tbl.io.new_input(f.file_path).open() as stream:
+                parts.append(_conform(pq.read_table(stream), target))
+        writer = _DataFiles(tbl)
+        try:
+            writer.write(pa.concat_tables(parts))
+            new = [parquet_file_to_data_file(tbl.io, tbl.metadata, p) for p in writer.close()]
+            summary = {"aepipe.mode": "compact"}
+            if key:  # a feature table's slice: (model name, version)
+                summary["aepipe.model_version"] = str(key[-1])
+            with (
+                tbl.transaction() as tx,
+                tx.update_snapshot(snapshot_properties=summary).overwrite() as ow,
+            ):
+                for f in files:
+                    ow.delete_data_file(f)
+                for f in new:
+                    ow.append_data_file(f)
+        except (CommitFailedException, ValidationException):
+            writer.remove()  # another writer changed the slice: next time
+            tbl = tbl.refresh()
+            continue
+        except BaseException:
+            writer.remove()
+            raise
+        rewritten += len(files)
+        tbl = tbl.refresh()
+    return rewritten

@@ -106,7 +106,7 @@ class _DataFiles:
 
     def write(self, table: pa.Table) -> None:
         """Add rows (already conformed to the table schema and of one partition)."""
-        if self.partition_key is None:
+        if self.partition_key is None and not self.tbl.spec().is_unpartitioned():
             from pyiceberg.io.pyarrow import _determine_partitions
 
             meta = self.tbl.metadata

@@ -21,6 +21,7 @@ def maintain_one(table: str, cfg: PipelineConfig, stores: Stores) -> Maintained:
         retain=timedelta(days=cfg.maintain.retain_days),
         orphan_age=timedelta(hours=cfg.maintain.orphan_age_hours),
         home=stores,
+        compact_at=cfg.maintain.compact_files,
     )
 
 

@@ -221,6 +221,12 @@ class MaintainConfig(_Frozen):
         description="delete unreferenced files (a killed writer's) only once this old: "
         "younger ones may belong to a write still in flight",
     )
+    compact_files: int = Field(
+        4,
+        ge=0,
+        description="rewrite a model version's small data files (a scoring run's appends) as "
+        "one file once it has this many, so reads stay fast; 0: never",
+    )
 
 
 class DriftConfig(_Frozen):
