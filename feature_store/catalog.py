@@ -31,7 +31,7 @@ ALIAS_LOG_PROPERTY = "aepipe.alias_log"
 COMMIT_RETRIES_PROPERTY = "commit.retry.num-retries"
 COMMIT_RETRIES = "10"  # pyiceberg retries a commit that lost a race with another writer
 METADATA_VERSIONS = 20  # metadata files kept besides the current one; older ones deleted
-MERGE_MANIFESTS_AT = 20  # an append merges the data manifests once there are this many
+MERGE_MANIFESTS_AT = 8  # an append merges the data manifests once there are this many
 # Every table gets these: a scoring run a day (or an hour) adds a commit each time, and the
 # metadata must not grow with every commit: old metadata files go at commit time, manifests
 # are merged by appends, and table upkeep expires the snapshots (soak: benchmarks/soak.py).

@@ -146,8 +146,8 @@ def maintain_table(
 
 def compact_table(tbl: Table, compact_at: int = COMPACT_AT) -> int:
     """Rewrite each version's small data files as one file, in one commit per version that
-    swaps exactly those files (rows, values and order kept; rows appended meanwhile stay,
-    as they are in other files); returns the files rewritten. A slice changed by another
+    swaps exactly those files (rows and values kept; rows appended meanwhile stay, as they
+    are in other files); returns the files rewritten. A slice changed by another
     writer meanwhile is left for the next upkeep."""
     import pyarrow as pa
     import pyarrow.parquet as pq

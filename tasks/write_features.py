@@ -334,8 +334,11 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
             yield out
             count(scored, x, batch)  # once the writer took the rows (they passed its checks)
 
-    meta_rows = pq.ParquetFile(job.source).metadata
-    expected = sum(meta_rows.row_group(g).num_rows for g in row_groups)  # an upper bound
+    # an upper bound of the rows written: the new rows (all partitions'), or the groups' rows
+    groups_meta = pq.ParquetFile(job.source).metadata
+    expected = sum(groups_meta.row_group(g).num_rows for g in row_groups)
+    if selected is not None:
+        expected = min(expected, len(selected))
     staged = stage_features(
         job.table,
         batches(),

@@ -150,3 +150,19 @@ def test_every_test_the_reliability_table_names_exists() -> None:
         if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)
     ]
     assert not missing, missing
+
+
+def test_the_reliability_summary_counts_the_tables_rows() -> None:
+    """The figures at the top of docs/reliability.md (faults survived, bad inputs tried)
+    are the rows of the tables below it, so adding a case without counting it fails."""
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+
+    def rows(section: str) -> int:
+        body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+        return sum(1 for line in body.splitlines() if line.startswith("| ")) - 1  # the header
+
+    faults = int(re.search(r"\| Faults survived \| (\d+)", text).group(1))
+    bad = int(re.search(r"\| Bad inputs tried \| (\d+)", text).group(1))
+    assert (faults, bad) == (rows("Crashes and faults"), rows("Bad inputs"))

@@ -94,3 +94,29 @@ def test_upkeep_before_any_run_completes_with_nothing_to_do(prefect_server, home
 
     assert maintain_features(build_config({"home": str(home)})) == []
     assert not home.exists()  # and made none
+
+
+def test_upkeep_compacts_a_versions_appended_files_and_keeps_every_row(tmp_stores) -> None:
+    """Issue 22.5: each scoring run appends a small file; upkeep rewrites a version's small
+    files as one (rows, values and order kept), leaves other versions' alone below the
+    count, and a read as of before the compaction still sees the same rows."""
+    write(tmp_stores, make_batch(10, 2, 1), 2, 1)
+    for i in range(4):
+        write(tmp_stores, make_batch(5, 2, 1, start=100 + 10 * i), 2, 1, mode="append")
+    write(tmp_stores, make_batch(3, 2, 2), 2, 2)
+    before = read_features("t", 1, home=tmp_stores).sort_values("entity_id")
+    just_before = datetime.now(UTC)
+    time.sleep(0.05)
+
+    done = maintain_table("t", home=tmp_stores)
+
+    assert done.compacted == 5 and "compacted 5 small file(s)" in done.to_text()
+    files = [t.file for t in load_table("t", tmp_stores).scan().plan_files()]
+    assert sorted(f.partition[1] for f in files) == [1, 2]  # one file per version now
+    after = read_features("t", 1, home=tmp_stores).sort_values("entity_id")
+    assert after.reset_index(drop=True).equals(before.reset_index(drop=True))
+    as_of = read_features("t", 1, as_of=just_before, home=tmp_stores)
+    assert len(as_of) == 30 and len(read_features("t", 2, home=tmp_stores)) == 3
+    assert table_history("t", tmp_stores)["mode"].iloc[-1] == "compact"
+    write(tmp_stores, make_batch(5, 2, 1, start=500), 2, 1, mode="append")  # appends go on
+    assert len(read_features("t", 1, home=tmp_stores)) == 35
