@@ -85,6 +85,7 @@ def experiment_name(dataset: str, what: str = "") -> str:
 def ensure_experiment(name: str, stores: Stores) -> str:
     """Experiment id for ``name``; a new local experiment keeps artifacts under the home folder."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
@@ -92,7 +93,13 @@ def ensure_experiment(name: str, stores: Stores) -> str:
     location = None
     if stores.tracking_uri.startswith("sqlite:"):
         location = (stores.artifact_root / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another run created it since we looked: use theirs
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def git_commit() -> str | None:

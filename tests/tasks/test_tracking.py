@@ -22,3 +22,23 @@ def test_mlflow_logger_records_each_epoch(tmp_stores) -> None:
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run.info.run_id, "lr")) == 4
+
+
+def test_an_experiment_another_run_created_meanwhile_is_used(tmp_stores, monkeypatch) -> None:
+    """Two first runs at once: both look the experiment up, find none, and create it; the
+    second create fails with "already exists" (it failed the run in a fresh clone's suite).
+    The lookup is made to miss once, as the losing run's did."""
+    import mlflow
+
+    configure_mlflow(tmp_stores)
+    made = ensure_experiment("aepipe-race", tmp_stores)
+    real = mlflow.get_experiment_by_name
+    calls = []
+
+    def missed_once(name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", missed_once)
+    assert ensure_experiment("aepipe-race", tmp_stores) == made
+    assert len(calls) == 2
