@@ -44,6 +44,9 @@ TABLE_PROPERTIES = {
 }
 
 
+COMMIT_ID = "aepipe.commit_id"  # snapshot summary: which commit made it
+
+
 class FeatureStoreError(LookupError):
     """A feature table, version or store that does not exist; the message says which."""
 
@@ -147,7 +150,6 @@ def ensure_table(catalog: Catalog, table: str, code_size: int, model_name: str) 
             with tbl.update_spec() as spec:
                 for col in PARTITION_COLUMNS:
                     spec.add_identity(col)
-        return tbl
     tbl = with_table_properties(tbl)
     current = tbl.schema().as_arrow()
     wanted = _table_schema(code_size)
@@ -202,4 +204,33 @@ def aliases_at(tbl: Table, at_ms: int) -> dict[str, int] | None:
         if when > at_ms:
             break
         found = aliases
+    return found
+
+
+def commits(tbl: Table) -> list[list[Any]]:
+    """The table's snapshots in commit order, grouped by the commit that made them: a
+    replacement is two snapshots (the version's rows deleted, the new files added) that one
+    catalog update made visible together, so readers and upkeep treat them as one."""
+    groups: list[list[Any]] = []
+    last_id = None
+    for entry in tbl.history():
+        snap = tbl.snapshot_by_id(entry.snapshot_id)
+        if snap is None:
+            continue
+        commit_id = snap.summary.get(COMMIT_ID) if snap.summary is not None else None
+        if groups and commit_id is not None and commit_id == last_id:
+            groups[-1].append(snap)
+        else:
+            groups.append([snap])
+        last_id = commit_id
+    return groups
+
+
+def commit_as_of(tbl: Table, at_ms: int) -> list[Any] | None:
+    """The last commit (its snapshots) that had landed by ``at_ms``; None before the first."""
+    found = None
+    for group in commits(tbl):
+        if group[-1].timestamp_ms > at_ms:
+            break
+        found = group
     return found

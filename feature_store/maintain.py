@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from feature_store.catalog import as_stores, load_table
+from feature_store.catalog import as_stores, commits, load_table
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -35,8 +35,8 @@ class Maintained:
     """What one maintenance run did to a table."""
 
     table: str
-    expired: int  # snapshots expired
-    kept: int  # snapshots kept
+    expired: int  # commits whose snapshots expired (a replacement's two snapshots: one commit)
+    kept: int  # commits kept
     deleted: int  # files deleted: those of expired snapshots, and orphans
     orphans: int  # of them, files no snapshot ever committed (killed writers)
     freed_bytes: int
@@ -46,7 +46,7 @@ class Maintained:
     def to_text(self) -> str:
         """The line the CLI and the flow print."""
         return (
-            f"{self.table}: expired {self.expired} snapshot(s) older than "
+            f"{self.table}: expired {self.expired} commit(s) older than "
             f"{self.cutoff.isoformat(timespec='seconds')}, kept {self.kept}; deleted "
             f"{self.deleted} file(s) ({self.orphans} orphaned), {self.freed_bytes / 1e6:.1f} MB"
             + (f"; compacted {self.compacted} small file(s)" if self.compacted else "")
@@ -111,14 +111,17 @@ def maintain_table(
     cutoff = now - retain
     cutoff_ms = int(cutoff.timestamp() * 1000)
     snapshots = {s.snapshot_id: s for s in tbl.snapshots()}
-    keep = {s for s, snap in snapshots.items() if snap.timestamp_ms >= cutoff_ms}
+    groups = commits(tbl)  # a replacement's two snapshots are one commit: kept or expired as one
+    kept_commits = [g for g in groups if g[-1].timestamp_ms >= cutoff_ms]
+    before = [g for g in groups if g[-1].timestamp_ms < cutoff_ms]
+    if before:  # a read as of the cutoff (or any later time before the next commit) needs it
+        kept_commits.append(before[-1])
+    keep = {snap.snapshot_id for g in kept_commits for snap in g}
     current = tbl.current_snapshot()
     if current is not None:
         keep.add(current.snapshot_id)
-    before = [e for e in tbl.history() if e.timestamp_ms < cutoff_ms]
-    if before:  # a read as of the cutoff (or any later time before the next commit) needs it
-        keep.add(max(before, key=lambda e: e.timestamp_ms).snapshot_id)
     expire = [s for s in snapshots if s not in keep]
+    expired_commits = sum(1 for g in groups if all(s.snapshot_id in expire for s in g))
     dropped = _snapshot_files(tbl, [snapshots[s] for s in expire]) if expire else set()
     if expire:
         tbl.maintenance.expire_snapshots().by_ids(expire).commit()
@@ -141,7 +144,9 @@ def maintain_table(
         fs.delete_file(info.path)
         deleted += 1
         freed += info.size or 0
-    return Maintained(table, len(expire), len(keep), deleted, orphans, freed, cutoff, compacted)
+    return Maintained(
+        table, expired_commits, len(kept_commits), deleted, orphans, freed, cutoff, compacted
+    )
 
 
 def compact_table(tbl: Table, compact_at: int = COMPACT_AT) -> int:

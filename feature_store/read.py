@@ -23,6 +23,8 @@ from feature_store.catalog import (
     alias_log,
     aliases_at,
     as_stores,
+    commit_as_of,
+    commits,
     load_table,
     recorded_aliases,
 )
@@ -58,8 +60,8 @@ def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> tuple[int, int]:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     at_ms = int(when.timestamp() * 1000)
-    snap = tbl.snapshot_as_of_timestamp(at_ms)
-    if snap is None:
+    landed = commit_as_of(tbl, at_ms)
+    if landed is None:
         history = tbl.history()
         first = (
             datetime.fromtimestamp(history[0].timestamp_ms / 1000, UTC).isoformat()
@@ -70,7 +72,7 @@ def _as_of_snapshot(tbl: Table, table: str, as_of: AsOf) -> tuple[int, int]:
             f"table {table!r} has no snapshot at or before {when.isoformat()} (its oldest "
             f"kept snapshot: {first}; older ones never existed or were expired by upkeep)"
         )
-    return snap.snapshot_id, at_ms
+    return landed[-1].snapshot_id, at_ms
 
 
 def _version_slice(
@@ -100,15 +102,16 @@ def table_history(table: str, home: str | os.PathLike[str] | Stores | None = Non
 
     tbl = load_table(table, as_stores(home))
     rows = []
-    for entry in tbl.history():
-        snap = tbl.snapshot_by_id(entry.snapshot_id)
-        summary = snap.summary if snap is not None else None
+    for commit in commits(tbl):
+        snap = commit[-1]  # a replacement's delete and add: one commit, its last snapshot
+        summary = snap.summary
         extra = summary.additional_properties if summary is not None else {}
+        operation = str(summary.operation.value) if summary is not None else None
         rows.append(
             {
-                "committed_at": datetime.fromtimestamp(entry.timestamp_ms / 1000, UTC),
-                "snapshot_id": entry.snapshot_id,
-                "operation": str(summary.operation.value) if summary is not None else None,
+                "committed_at": datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC),
+                "snapshot_id": snap.snapshot_id,
+                "operation": "overwrite" if len(commit) > 1 else operation,
                 "model_version": extra.get("aepipe.model_version"),
                 "mode": extra.get("aepipe.mode"),
                 "rows": extra.get("aepipe.rows"),

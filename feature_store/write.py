@@ -17,6 +17,7 @@ import pyarrow as pa
 from feature_store.catalog import (
     ALIAS_LOG_PROPERTY,
     ALIAS_PROPERTY,
+    COMMIT_ID,
     MODEL_NAME_PROPERTY,
     FeatureStoreError,
     _racing,
@@ -82,70 +83,61 @@ class _DataFiles:
 
     Rows are buffered up to a row group (``ROW_GROUP_BYTES``) and appended to the open file,
     which is closed at ``FILE_BYTES``; so a write holds one row group in memory however large
-    its input, and the files come out large enough for readers. The files carry Iceberg field
-    ids, as pyiceberg's own writer writes them; the commit reads their statistics back.
+    its input, and the files come out large enough for readers. Files go where the table's
+    location provider puts them (``data/model_name=.../model_version=.../``) through the
+    table's FileIO (a local folder or an object store), with the table's field ids (so a
+    column dropped and added again never reads old values); the commit adds them with
+    pyiceberg's public ``add_files`` (which takes such files from pyiceberg 0.11 on).
     """
 
     def __init__(self, tbl: Table) -> None:
-        from pyiceberg.io.fileformat import FileFormatFactory
-        from pyiceberg.manifest import FileFormat
-        from pyiceberg.table.locations import load_location_provider
-
         self.tbl = tbl
-        meta = tbl.metadata
-        self.schema = meta.schema()
-        self.model = FileFormatFactory.get(FileFormat.PARQUET)
-        self.locations = load_location_provider(meta.location, meta.properties)
+        self.arrow_schema = tbl.schema().as_arrow()  # field ids in the fields' metadata
+        self.locations = tbl.location_provider()
         self.write_uuid, self.counter = uuid.uuid4(), itertools.count()
         self.paths: list[str] = []
-        self.partition_key: Any = None
+        self.partition_path: str | None = None
         self._held: list[pa.Table] = []
         self._held_bytes = 0
         self._writer: Any = None
+        self._stream: Any = None
         self._file_bytes = 0
 
     def write(self, table: pa.Table) -> None:
         """Add rows (already conformed to the table schema and of one partition)."""
-        if self.partition_key is None and not self.tbl.spec().is_unpartitioned():
-            from pyiceberg.io.pyarrow import _determine_partitions
-
-            meta = self.tbl.metadata
-            first = next(iter(_determine_partitions(meta.spec(), self.schema, table.slice(0, 1))))
-            self.partition_key = first.partition_key
+        if self.partition_path is None:
+            self.partition_path = _partition_path(self.tbl, table)
         self._held.append(table)
         self._held_bytes += table.nbytes
         if self._held_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
-        from pyiceberg.io.pyarrow import _to_requested_schema, pyarrow_to_schema
+        import pyarrow.parquet as pq
 
         if not self._held:
             return
-        table = pa.concat_tables(self._held)
+        table = pa.concat_tables(self._held).cast(self.arrow_schema)
         self._held, self._held_bytes = [], 0
-        source_schema = pyarrow_to_schema(table.schema, name_mapping=self.schema.name_mapping)
-        batches = [
-            _to_requested_schema(
-                self.schema, source_schema, b, include_field_ids=True, format_model=self.model
-            )
-            for b in table.to_batches()
-        ]
         if self._writer is None:
             name = f"00000-{next(self.counter)}-{self.write_uuid}.parquet"
-            path = self.locations.new_data_location(name, self.partition_key)
+            if self.partition_path:
+                name = f"{self.partition_path}/{name}"
+            path = self.locations.new_data_location(name)
             self.paths.append(path)
-            self._writer = self.model.create_writer(
-                self.tbl.io.new_output(path), self.schema, self.tbl.metadata.properties
+            self._stream = self.tbl.io.new_output(path).create(overwrite=False)
+            self._writer = pq.ParquetWriter(
+                self._stream, self.arrow_schema, compression="zstd", store_schema=False
             )
-        self._writer.write(pa.Table.from_batches(batches))
+        self._writer.write_table(table)
         self._file_bytes += table.nbytes
         if self._file_bytes >= FILE_BYTES:
             self._close_file()
 
     def _close_file(self) -> None:
         self._writer.close()
-        self._writer, self._file_bytes = None, 0
+        self._stream.close()
+        self._writer, self._stream, self._file_bytes = None, None, 0
 
     def close(self) -> list[str]:
         """Finish the open file; the paths of the data files written."""
@@ -156,13 +148,40 @@ class _DataFiles:
 
     def remove(self) -> None:
         """Delete every file this writer created (the write failed or did not commit)."""
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
+        for closing in (self._writer, self._stream):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
+        self._writer = self._stream = None
         for path in self.paths:
             with contextlib.suppress(OSError):
                 self.tbl.io.delete(path)
+
+
+def _slice_path(tbl: Table, model_name: str, model_version: int) -> str:
+    """The partition folder of one model version's rows in a feature table."""
+    from pyiceberg.typedef import Record
+
+    return tbl.spec().partition_to_path(Record(model_name, model_version), tbl.schema())
+
+
+def _partition_path(tbl: Table, table: pa.Table) -> str:
+    """The partition folder (``model_name=.../model_version=...``) of rows of one partition,
+    as the table's partition spec names it; empty for an unpartitioned table."""
+    from pyiceberg.typedef import Record
+
+    spec, schema = tbl.spec(), tbl.schema()
+    if spec.is_unpartitioned():
+        return ""
+    values = []
+    for field in spec.fields:
+        source = schema.find_field(field.source_id).name
+        values.append(
+            field.transform.transform(schema.find_type(field.source_id))(
+                table.column(source)[0].as_py()
+            )
+        )
+    return spec.partition_to_path(Record(*values), schema)
 
 
 @dataclass(frozen=True)
@@ -269,7 +288,6 @@ def commit_features(
     land. An append of nothing commits nothing.
     """
     from pyiceberg.expressions import And, EqualTo
-    from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
     if mode not in ("replace", "append"):
         raise ValueError(f"mode must be 'replace' or 'append', got {mode!r}")
@@ -284,13 +302,11 @@ def commit_features(
         discard_features(parts, st)
         return 0
     try:
-        data_files = [
-            parquet_file_to_data_file(tbl.io, tbl.metadata, path) for s in parts for path in s.paths
-        ]
-        expected = (model_name, model_version)
-        for f in data_files:
-            if tuple(f.partition) != expected:
-                raise ValueError(f"staged file {f.file_path} holds {tuple(f.partition)}")
+        paths = [path for s in parts for path in s.paths]
+        folder = f"/{_slice_path(tbl, model_name, model_version)}/"
+        for path in paths:
+            if folder not in path:
+                raise ValueError(f"staged file {path} is not in {folder.strip('/')}")
         slice_filter = And(
             EqualTo("model_name", model_name), EqualTo("model_version", model_version)
         )
@@ -301,7 +317,7 @@ def commit_features(
             "aepipe.rows": str(rows),
             **{f"aepipe.{k}": str(v) for k, v in (properties or {}).items()},
         }
-        _commit(tbl, data_files, slice_filter if mode == "replace" else None, summary, aliases)
+        _commit(tbl, paths, slice_filter if mode == "replace" else None, summary, aliases)
     except CommitStateUnknown:
         raise
     except (FeatureStoreError, ValueError):
@@ -372,7 +388,7 @@ CATALOG_WAIT_S = 120.0  # how long a commit waits for a locked or restarting cat
 
 def _commit(
     tbl: Table,
-    new_files: list[Any],
+    new_files: list[str],
     replace: Any,
     summary: dict[str, str],
     aliases: Mapping[str, int] | None = None,
@@ -429,9 +445,6 @@ def _commit(
             time.sleep(min(2.0, 0.1 * 2**waited) * (1 + random.random()))
 
 
-COMMIT_ID = "aepipe.commit_id"  # snapshot summary: which commit made it
-
-
 class CommitStateUnknown(FeatureStoreError):
     """The catalog stopped answering during a commit: it may or may not have landed, so its
     data files are kept (deleting them could break a landed snapshot)."""
@@ -446,28 +459,22 @@ def _landed(tbl: Table, commit_id: str) -> bool:
 
 def _commit_once(
     tbl: Table,
-    new_files: list[Any],
+    new_files: list[str],
     replace: Any,
     summary: dict[str, str],
     aliases: Mapping[str, int] | None,
 ) -> None:
-    """The commit of :func:`_commit`, once (pyiceberg's own retries of lost races inside)."""
+    """The commit of :func:`_commit`, once, on pyiceberg's public transaction API: the
+    slice's rows deleted (identity partitions: whole files dropped, nothing rewritten) and
+    the new files added, in one transaction, so one catalog update makes both visible.
+    pyiceberg retries lost races inside it; an append merges the manifests once there are
+    many (the table's properties)."""
     with tbl.transaction() as tx:
         if aliases is not None:
             _set_aliases(tx, tbl, aliases)
-        old = [t.file for t in tbl.scan(row_filter=replace).plan_files()] if replace else []
-        producer = tx.update_snapshot(snapshot_properties=summary)
-        if old:
-            with producer.overwrite() as ow:
-                ow.delete_by_predicate(replace)
-                for f in old:
-                    ow.delete_data_file(f)
-                for f in new_files:
-                    ow.append_data_file(f)
-        else:  # merging the manifests once there are many (the table's properties)
-            with producer.merge_append() as app:
-                for f in new_files:
-                    app.append_data_file(f)
+        if replace is not None and any(True for _ in tbl.scan(row_filter=replace).plan_files()):
+            tx.delete(replace, snapshot_properties=summary)
+        tx.add_files(new_files, snapshot_properties=summary, check_duplicate_files=False)
 
 
 def _set_aliases(tx: Any, tbl: Table, aliases: Mapping[str, int]) -> None:

@@ -109,7 +109,7 @@ def test_run_from_yaml_prints_summary_and_table_reads_back(
     assert latest.returncode == 0 and "(1797 rows)" in latest.stdout  # one version each
     upkeep = aepipe_main("features", "digits", "--maintain", cwd=tmp_path)
     assert upkeep.returncode == 0, upkeep.stderr[-2000:]
-    assert upkeep.stdout.startswith("digits: expired 0 snapshot(s) older than")
+    assert upkeep.stdout.startswith("digits: expired 0 commit(s) older than")
     negative = aepipe_main("features", "digits", "--maintain", "--retain-days", "-1", cwd=tmp_path)
     assert negative.returncode == 2 and "must not be negative" in negative.stderr
 

@@ -51,7 +51,7 @@ def test_expired_snapshots_and_their_files_go_reads_in_the_window_stay(tmp_store
     with pytest.raises(FeatureStoreError, match="older ones never existed or were expired"):
         read_features("t", 1, as_of=times[0], home=tmp_stores)
     assert len(table_history("t", tmp_stores)) == 4
-    assert "expired 1 snapshot(s)" in done.to_text()
+    assert "expired 1 commit(s)" in done.to_text()
     again = maintain_table("t", home=tmp_stores, now=now)
     assert (again.expired, again.deleted) == (0, 0)  # nothing left to do
     assert load_table("t", tmp_stores).current_snapshot() is not None

@@ -23,6 +23,7 @@ from feature_store import (
     write_features,
 )
 from feature_store import write as store
+from feature_store.catalog import commit_as_of, commits
 from feature_store.write import commit_features, stage_features
 
 
@@ -138,16 +139,30 @@ def test_reading_what_is_not_there(tmp_stores) -> None:
         read_features("t", 5, home=tmp_stores)
 
 
-def test_replacing_a_version_is_one_overwrite_snapshot_of_whole_files(tmp_stores) -> None:
+def test_replacing_a_version_is_one_commit_of_whole_files(tmp_stores) -> None:
+    """A replacement deletes the version's files and adds the new ones in one transaction:
+    two snapshots (pyiceberg's public delete and add_files) made visible by one catalog
+    update; history and time travel see one commit."""
     write(tmp_stores, make_batch(5, 3, 1), 3, 1)
     write(tmp_stores, make_batch(6, 3, 2), 3, 2)
-    before = load_table("t", tmp_stores).current_snapshot().snapshot_id
+    tbl = load_table("t", tmp_stores)
+    before, updates = tbl.current_snapshot().snapshot_id, len(tbl.metadata.metadata_log)
     write(tmp_stores, make_batch(4, 3, 1), 3, 1)
-    snap = load_table("t", tmp_stores).current_snapshot()
-    assert snap.parent_snapshot_id == before
-    assert snap.summary.operation.value == "overwrite"
-    assert snap.summary["deleted-records"] == "5" and snap.summary["added-records"] == "4"
+    tbl = load_table("t", tmp_stores)
+    assert len(tbl.metadata.metadata_log) == updates + 1  # one catalog update
+    delete, add = commits(tbl)[-1]
+    assert delete.parent_snapshot_id == before and add.parent_snapshot_id == delete.snapshot_id
+    assert delete.summary.operation.value == "delete" and delete.summary["deleted-records"] == "5"
+    assert delete.summary.get("deleted-data-files") == "1"  # the whole file, not rewritten
+    assert add.summary["added-records"] == "4" and add.summary["total-records"] == "10"
+    history = table_history("t", tmp_stores)
+    assert list(history["operation"]) == ["append", "append", "overwrite"]
+    assert history["snapshot_id"].iloc[-1] == add.snapshot_id
     assert len(read_features("t", 2, home=tmp_stores)) == 6
+    assert len(read_features("t", 1, home=tmp_stores)) == 4
+    # just before the add landed, the commit had not: the delete alone is never seen
+    assert commit_as_of(tbl, add.timestamp_ms - 1)[-1].snapshot_id == before
+    assert commit_as_of(tbl, add.timestamp_ms)[-1].snapshot_id == add.snapshot_id
 
 
 def test_append_adds_rows_and_an_empty_append_commits_nothing(tmp_stores) -> None:
