@@ -57,7 +57,7 @@ format: setup
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
-	.lock-venv/bin/python -m pip install --quiet -e ".[dev,bench,dask]" "torch==2.13.0"
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev,bench,scale]" "torch==2.13.0"
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
 		| grep -v '^aepipe' | sed 's/+cpu$$//'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from feature_store.schema import LATENT_PREFIX, PARTITION_COLUMNS, code_size_of, feature_schema
-from stores import NAMESPACE, Stores, resolve_stores
+from stores import ENV_WAREHOUSE, NAMESPACE, Stores, resolve_stores
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -65,12 +65,18 @@ def store_exists(stores: Stores) -> bool:
 
 
 def get_catalog(stores: Stores, create: bool = False) -> Catalog:
-    """The pyiceberg SQL catalog of ``stores``; with ``create=False`` a missing local one is an
-    error rather than silently created."""
-    from pyiceberg.catalog.sql import SqlCatalog
+    """The Iceberg catalog of ``stores`` (``AEPIPE_CATALOG``: a SQL URI, a REST catalog's URL,
+    or a catalog configured for pyiceberg by name), loaded with pyiceberg's ``load_catalog``;
+    with ``create=False`` a missing local SQLite one is an error rather than silently
+    created."""
+    from pyiceberg.catalog import load_catalog
 
-    if stores.catalog_uri.startswith("sqlite:///"):
-        db = Path(stores.catalog_uri.removeprefix("sqlite:///"))
+    from stores import catalog_kind
+    from stores.remote import fileio_properties
+
+    uri = stores.catalog_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
         if not db.exists():
             if not create:
                 raise FeatureStoreError(
@@ -80,7 +86,15 @@ def get_catalog(stores: Stores, create: bool = False) -> Catalog:
             db.parent.mkdir(parents=True, exist_ok=True)
     if stores.warehouse.startswith("file://") and create:
         Path(stores.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    return _racing(lambda: SqlCatalog("aepipe", uri=stores.catalog_uri, warehouse=stores.warehouse))
+    kind = catalog_kind(uri)
+    if kind == "named":  # configured in .pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__*
+        return _racing(lambda: load_catalog(uri))
+    props = {"type": kind, "uri": uri, "warehouse": stores.warehouse}
+    if kind == "rest" and not os.environ.get(ENV_WAREHOUSE):
+        del props["warehouse"]  # a REST catalog places tables itself unless told
+    if stores.warehouse.startswith(("s3://", "s3a://", "s3n://")):
+        props.update(fileio_properties())
+    return _racing(lambda: load_catalog("aepipe", **props))
 
 
 def _racing(step: Any, attempts: int = 6) -> Any:
@@ -234,3 +248,29 @@ def commit_as_of(tbl: Table, at_ms: int) -> list[Any] | None:
             break
         found = group
     return found
+
+
+def check_catalog(stores: Stores) -> None:
+    """Raise StoreUnavailable unless a remote catalog answers: a database catalog takes a
+    connection, a REST catalog answers, a named one loads and lists its namespaces. The
+    local SQLite default is created on first use and not checked."""
+    from stores import catalog_kind, redact_uri
+    from stores.remote import StoreUnavailable, check_database
+
+    catalog = stores.catalog_uri
+    kind = catalog_kind(catalog)
+    if kind == "sql" and catalog.startswith("sqlite"):
+        return
+    try:
+        if kind == "sql":
+            check_database(catalog)
+        else:
+            get_catalog(stores, create=True).list_namespaces()
+    except StoreUnavailable as err:
+        raise StoreUnavailable(stores.redact(str(err))) from None
+    except Exception as err:  # HTTP clients and pyiceberg raise many types
+        text = str(err).strip()
+        first = stores.redact(text.splitlines()[0] if text else type(err).__name__)
+        raise StoreUnavailable(
+            f"the Iceberg catalog {redact_uri(catalog)} cannot be used: {first[:300]}"
+        ) from None

@@ -3,8 +3,16 @@
 Everything (MLflow's SQLite database and artifacts, the Iceberg catalog and warehouse,
 normalized data, Prefect's database) lives under one home folder, ``./.aepipe`` unless
 ``AEPIPE_HOME`` says otherwise. Each store can also point elsewhere on its own (an MLflow
-tracking server, a Postgres catalog, an S3 warehouse) through the ``AEPIPE_*`` variables
-below; that is how a deployment outgrows one machine without code changes.
+tracking server, a Postgres or REST catalog, an S3 warehouse) through the ``AEPIPE_*``
+variables below; that is how a deployment outgrows one machine without code changes:
+
+- ``AEPIPE_TRACKING_URI``: MLflow (a server's ``http(s)://`` URL, or a database URI);
+- ``AEPIPE_CATALOG``: the Iceberg catalog, as ``pyiceberg.catalog.load_catalog`` takes it: a
+  SQL URI (``sqlite:///...``, ``postgresql+psycopg2://...``), a REST catalog's ``http(s)://``
+  URL, or the name of a catalog configured in ``.pyiceberg.yaml`` (``AEPIPE_CATALOG_URI``, its
+  older name, still works);
+- ``AEPIPE_WAREHOUSE``: where the tables' files go (a folder, ``file://`` or ``s3://`` URL;
+  S3's endpoint, region and credentials come from the usual ``AWS_*`` variables).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, model_serializer
 
 ENV_HOME = "AEPIPE_HOME"
 ENV_TRACKING_URI = "AEPIPE_TRACKING_URI"
-ENV_CATALOG_URI = "AEPIPE_CATALOG_URI"
+ENV_CATALOG = "AEPIPE_CATALOG"
+ENV_CATALOG_URI = "AEPIPE_CATALOG_URI"  # the older name of AEPIPE_CATALOG
 ENV_WAREHOUSE = "AEPIPE_WAREHOUSE"
 DEFAULT_HOME = ".aepipe"
 NAMESPACE = "aepipe"
@@ -36,7 +45,7 @@ class Stores(BaseModel):
 
     home: Path
     tracking_uri: str
-    catalog_uri: str
+    catalog_uri: str  # a SQL URI, a REST catalog's URL, or a catalog name (.pyiceberg.yaml)
     warehouse: str
 
     def redact(self, text: str) -> str:
@@ -154,6 +163,16 @@ def resolve_stores(home: str | os.PathLike[str] | None = None) -> Stores:
     return Stores(
         home=root,
         tracking_uri=os.environ.get(ENV_TRACKING_URI) or f"sqlite:///{root / 'mlflow.db'}",
-        catalog_uri=os.environ.get(ENV_CATALOG_URI) or f"sqlite:///{root / 'catalog.db'}",
+        catalog_uri=os.environ.get(ENV_CATALOG)
+        or os.environ.get(ENV_CATALOG_URI)
+        or f"sqlite:///{root / 'catalog.db'}",
         warehouse=os.environ.get(ENV_WAREHOUSE) or (root / "warehouse").as_uri(),
     )
+
+
+def catalog_kind(catalog: str) -> str:
+    """How ``AEPIPE_CATALOG`` names its catalog: ``"rest"`` (an ``http(s)://`` URL),
+    ``"sql"`` (a SQLAlchemy URI) or ``"named"`` (a catalog configured for pyiceberg)."""
+    if catalog.startswith(("http://", "https://")):
+        return "rest"
+    return "sql" if "://" in catalog else "named"

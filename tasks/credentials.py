@@ -6,7 +6,7 @@ and credentials a run needs, for example::
 
     {"AEPIPE_TRACKING_URI": "https://mlflow.example.com",
      "MLFLOW_TRACKING_USERNAME": "aepipe", "MLFLOW_TRACKING_PASSWORD": "...",
-     "AEPIPE_CATALOG_URI": "postgresql+psycopg2://aepipe:...@db:5432/catalog"}
+     "AEPIPE_CATALOG": "postgresql+psycopg2://aepipe:...@db:5432/catalog"}
 
 A run loads it before it resolves its stores and puts the values in its own process's
 environment (a worker starts one process per flow run), so nothing secret is in the
@@ -30,6 +30,7 @@ ENV_SECRET_BLOCK = "AEPIPE_SECRET_BLOCK"
 ALLOWED_SETTINGS = (
     "AEPIPE_HOME",
     "AEPIPE_TRACKING_URI",
+    "AEPIPE_CATALOG",
     "AEPIPE_CATALOG_URI",
     "AEPIPE_WAREHOUSE",
     "MLFLOW_TRACKING_USERNAME",
@@ -40,6 +41,7 @@ ALLOWED_SETTINGS = (
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL",
     "AWS_DEFAULT_REGION",
+    "AWS_REGION",
     "PGPASSWORD",
 )
 

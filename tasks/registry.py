@@ -20,7 +20,7 @@ import pandas as pd
 
 from feature_store import FeatureStoreError, record_aliases
 from stores import Stores
-from stores.locks import home_lock
+from stores.locks import store_lock
 from tasks.config import ConfigError
 from tasks.tracking import configure_mlflow
 
@@ -49,10 +49,11 @@ def registry_client(stores: Stores) -> Any:
 
 @contextmanager
 def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
-    """Runs (processes or threads) sharing this home take turns inside: registering a version
-    and promoting it is a read-then-write that two runs at once would interleave. A lock file
-    under ``<home>/locks`` (POSIX ``flock``; where there is none, no lock)."""
-    with home_lock(stores, f"registry-{model_name}"):
+    """Runs (processes or threads, on this machine or others) take turns inside: registering
+    a version and promoting it is a read-then-write that two runs at once would interleave.
+    See :func:`stores.locks.store_lock` (a PostgreSQL advisory lock where the catalog is
+    PostgreSQL, else a lock file under ``<home>/locks``)."""
+    with store_lock(stores, f"registry-{model_name}"):
         yield
 
 
@@ -60,7 +61,7 @@ def registry_lock(stores: Stores, model_name: str) -> Iterator[None]:
 def scoring_lock(stores: Stores, dataset: str) -> Iterator[None]:
     """Scoring runs of one data set take turns from finding the new rows to appending them:
     two at once would both find the same rows new and both append them."""
-    with home_lock(stores, f"scoring-{dataset}"):
+    with store_lock(stores, f"scoring-{dataset}"):
         yield
 
 

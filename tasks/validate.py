@@ -49,9 +49,10 @@ def validate_config(cfg: PipelineConfig, training: bool = True) -> None:
 
 def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
     """Before any work: the config writes only inside the stores, each local store folder
-    can be created and written (nothing is created here), and a remote tracking server
-    answers; else a ConfigError that names the path, so a run does not train for an hour
-    to fail at its first write."""
+    can be created and written (nothing is created here), and each remote store answers (the
+    MLflow server, a catalog database or REST catalog, an S3 warehouse: reachable,
+    credentials taken, bucket there); else a ConfigError that names the store, credentials
+    blanked, so a run does not train for an hour to fail at its first write."""
     from urllib.parse import unquote, urlsplit
 
     if cfg.train.checkpoint_dir is not None:
@@ -79,3 +80,11 @@ def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
                 f"cannot write the {name} folder {folder}: no write permission on {existing}"
             )
     check_tracking(stores)
+    from feature_store.catalog import check_catalog
+    from stores.remote import StoreUnavailable, check_object_store
+
+    try:
+        check_catalog(stores)
+        check_object_store(stores.warehouse, "warehouse")
+    except StoreUnavailable as err:
+        raise ConfigError(str(err)) from None

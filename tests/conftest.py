@@ -61,7 +61,13 @@ def prefect_server():
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh aepipe home (MLflow, catalog, warehouse, data) in tmp_path."""
-    for var in ("AEPIPE_HOME", "AEPIPE_TRACKING_URI", "AEPIPE_CATALOG_URI", "AEPIPE_WAREHOUSE"):
+    for var in (
+        "AEPIPE_HOME",
+        "AEPIPE_TRACKING_URI",
+        "AEPIPE_CATALOG",
+        "AEPIPE_CATALOG_URI",
+        "AEPIPE_WAREHOUSE",
+    ):
         monkeypatch.delenv(var, raising=False)
     folder = tmp_path / "aepipe-home"
     return folder

@@ -38,6 +38,21 @@ def wait_http(url: str, server: subprocess.Popen, log: Path, timeout: float = 12
     pytest.fail(f"{url} did not answer in {timeout} s: {log.read_text()[-3000:]}")
 
 
+def serve(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
+    """Start a server process in a session of its own (so :func:`stop` ends its children
+    too), its output appended to ``log``."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def stop(proc: subprocess.Popen, grace: float = 30) -> None:
     """Stop a server started with ``start_new_session=True`` and every process it started."""
     if proc.poll() is not None:
@@ -71,10 +86,18 @@ def small_filesystem(folder: Path, size: str) -> Iterator[Path]:
         subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(folder)], check=False)
 
 
-def start_mlflow(folder: Path, port: int) -> subprocess.Popen:
+def start_mlflow(
+    folder: Path,
+    port: int,
+    backend: str | None = None,
+    artifacts: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """A real ``mlflow server`` on 127.0.0.1:``port`` keeping its runs and artifacts in
-    ``folder`` (started again on the same folder, it has them all back); returns once it
-    accepts connections. Stop it with :func:`stop`."""
+    ``folder`` (started again on the same folder, it has them all back), or in the
+    ``backend`` database and at ``artifacts`` (say ``s3://bucket/mlflow``, reached with the
+    ``AWS_*`` settings of ``env``); returns once it accepts connections. Stop it with
+    :func:`stop`."""
     import sys
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,9 +107,9 @@ def start_mlflow(folder: Path, port: int) -> subprocess.Popen:
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
+            backend or f"sqlite:///{folder / 'mlflow.db'}",
             "--artifacts-destination",
-            str(folder / "artifacts"),
+            artifacts or str(folder / "artifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -95,7 +118,7 @@ def start_mlflow(folder: Path, port: int) -> subprocess.Popen:
             "1",
         ],
         cwd=folder,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={**(env or os.environ), "MLFLOW_DISABLE_TELEMETRY": "true"},
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -127,12 +150,109 @@ def start_prefect(env: dict[str, str], log: Path) -> subprocess.Popen:
     api = env["PREFECT_API_URL"]
     port = api.rsplit(":", 1)[1].split("/")[0]
     prefect = str(Path(sys.executable).with_name("prefect"))
-    server = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", port],
-        env=env,
+    server = serve([prefect, "server", "start", "--host", "127.0.0.1", "--port", port], log, env)
+    wait_http(f"{api}/health", server, log)
+    return server
+
+
+@contextlib.contextmanager
+def postgres(folder: Path) -> Iterator[str]:
+    """A real PostgreSQL server; yields a SQLAlchemy URI (psycopg2) of its default database.
+    The machine's own PostgreSQL (``initdb`` on PATH, with its contrib extensions, which
+    Prefect's server needs) on a port of 127.0.0.1, run as the ``postgres`` user when this
+    is root; else the ``pgserver`` package's (a Unix socket in ``folder``; no contrib); else
+    a skip."""
+    initdb = shutil.which("initdb")
+    if initdb is None or (os.geteuid() == 0 and not _has_user("postgres")):
+        pgserver = pytest.importorskip("pgserver", reason="no PostgreSQL: initdb or pgserver")
+        server = pgserver.get_server(folder, cleanup_mode="stop")
+        try:
+            yield server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+        finally:
+            server.cleanup()
+        return
+    import tempfile
+
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="aepipe-pg-"))  # outside pytest's root-only folders
+    if as_user:
+        shutil.chown(data, "postgres")
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "postgres.log"
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data / "db"), "-U", "aepipe", "--auth=trust", "-E", "UTF8"],
+        check=True,
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
-    wait_http(f"{api}/health", server, log)
+    port = free_port()
+    binary = str(Path(initdb).resolve().with_name("postgres"))
+    listen = ["-h", "127.0.0.1", "-p", str(port), "-k", str(data)]
+    server = serve([*as_user, binary, "-D", str(data / "db"), *listen], log)
+    uri = f"postgresql+psycopg2://aepipe@127.0.0.1:{port}/postgres"
+    try:
+        _wait_database(uri, server, log)
+        yield uri
+    finally:
+        stop(server)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _wait_database(uri: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Wait until the database at ``uri`` takes a connection; fail with the server's log."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"postgres exited: {log.read_text()[-3000:]}")
+            try:
+                with engine.connect():
+                    return
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"postgres did not start in {timeout} s: {log.read_text()[-3000:]}")
+                time.sleep(0.3)
+    finally:
+        engine.dispose()
+
+
+def create_database(uri: str, name: str) -> str:
+    """Create database ``name`` on the server of ``uri``; the URI of the new database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    base, _, query = uri.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+def start_moto(folder: Path, port: int, auth_after: int | None = None) -> subprocess.Popen:
+    """A real S3-compatible server (``moto`` in server mode) on 127.0.0.1:``port``; with
+    ``auth_after`` it checks credentials after that many requests (the set-up's: make a
+    bucket, a user and its keys), so wrong keys are refused as S3 refuses them."""
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"moto-{port}.log"
+    env = dict(os.environ)
+    if auth_after is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
+    moto = str(Path(sys.executable).parent / "moto_server")
+    server = serve([moto, "-H", "127.0.0.1", "-p", str(port)], log, env, cwd=folder)
+    wait_http(f"http://127.0.0.1:{port}/moto-api/", server, log)
     return server
