@@ -36,6 +36,7 @@ LONGEST_FIRST = [
     "tests/reliability/test_security.py",
     "tests/test_first_contact.py",
     "tests/reliability/test_load.py",
+    "tests/remote/test_remote_stores.py",
     "tests/reliability/test_soak.py",
     "tests/test_real_data.py",
     "tests/flows/test_scale_out.py",
