@@ -39,14 +39,19 @@ def wait_http(url: str, server: subprocess.Popen, log: Path, timeout: float = 12
 
 
 def serve(
-    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    command: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    **user: str,
 ) -> subprocess.Popen:
     """Start a server process in a session of its own (so :func:`stop` ends its children
-    too), its output appended to ``log``."""
+    too), its output appended to ``log``; ``user`` and ``group`` run it as another user."""
     return subprocess.Popen(
         command,
         cwd=cwd,
         env=env,
+        **user,
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -173,22 +178,24 @@ def postgres(folder: Path) -> Iterator[str]:
         return
     import tempfile
 
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # PostgreSQL refuses to run as root: then its processes run as the postgres user
+    as_user: dict[str, str] = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
     data = Path(tempfile.mkdtemp(prefix="aepipe-pg-"))  # outside pytest's root-only folders
     if as_user:
         shutil.chown(data, "postgres")
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "postgres.log"
     subprocess.run(
-        [*as_user, initdb, "-D", str(data / "db"), "-U", "aepipe", "--auth=trust", "-E", "UTF8"],
+        [initdb, "-D", str(data / "db"), "-U", "aepipe", "--auth=trust", "-E", "UTF8"],
         check=True,
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
+        **as_user,
     )
     port = free_port()
     binary = str(Path(initdb).resolve().with_name("postgres"))
     listen = ["-h", "127.0.0.1", "-p", str(port), "-k", str(data)]
-    server = serve([*as_user, binary, "-D", str(data / "db"), *listen], log)
+    server = serve([binary, "-D", str(data / "db"), *listen], log, **as_user)
     uri = f"postgresql+psycopg2://aepipe@127.0.0.1:{port}/postgres"
     try:
         _wait_database(uri, server, log)
