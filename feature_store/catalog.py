@@ -225,10 +225,11 @@ def commits(tbl: Table) -> list[list[Any]]:
     """The table's snapshots in commit order, grouped by the commit that made them: a
     replacement is two snapshots (the version's rows deleted, the new files added) that one
     catalog update made visible together, so readers and upkeep treat them as one."""
+    by_id = {snap.snapshot_id: snap for snap in tbl.snapshots()}
     groups: list[list[Any]] = []
     last_id = None
     for entry in tbl.history():
-        snap = tbl.snapshot_by_id(entry.snapshot_id)
+        snap = by_id.get(entry.snapshot_id)
         if snap is None:
             continue
         commit_id = snap.summary.get(COMMIT_ID) if snap.summary is not None else None

@@ -121,7 +121,7 @@ def maintain_table(
     if current is not None:
         keep.add(current.snapshot_id)
     expire = [s for s in snapshots if s not in keep]
-    expired_commits = sum(1 for g in groups if all(s.snapshot_id in expire for s in g))
+    expired_commits = sum(1 for g in groups if not keep.intersection(s.snapshot_id for s in g))
     dropped = _snapshot_files(tbl, [snapshots[s] for s in expire]) if expire else set()
     if expire:
         tbl.maintenance.expire_snapshots().by_ids(expire).commit()

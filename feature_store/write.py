@@ -106,7 +106,7 @@ class _DataFiles:
     def write(self, table: pa.Table) -> None:
         """Add rows (already conformed to the table schema and of one partition)."""
         if self.partition_path is None:
-            self.partition_path = _partition_path(self.tbl, table)
+            self.partition_path = _partition_path(self.tbl, table.slice(0, 1).to_pylist()[0])
         self._held.append(table)
         self._held_bytes += table.nbytes
         if self._held_bytes >= ROW_GROUP_BYTES:
@@ -158,29 +158,21 @@ class _DataFiles:
                 self.tbl.io.delete(path)
 
 
-def _slice_path(tbl: Table, model_name: str, model_version: int) -> str:
-    """The partition folder of one model version's rows in a feature table."""
-    from pyiceberg.typedef import Record
-
-    return tbl.spec().partition_to_path(Record(model_name, model_version), tbl.schema())
-
-
-def _partition_path(tbl: Table, table: pa.Table) -> str:
-    """The partition folder (``model_name=.../model_version=...``) of rows of one partition,
-    as the table's partition spec names it; empty for an unpartitioned table."""
+def _partition_path(tbl: Table, row: Mapping[str, Any]) -> str:
+    """The partition folder (``model_name=.../model_version=...``) that the table's partition
+    spec gives a row (its source columns' values by name); empty for an unpartitioned
+    table."""
     from pyiceberg.typedef import Record
 
     spec, schema = tbl.spec(), tbl.schema()
     if spec.is_unpartitioned():
         return ""
-    values = []
-    for field in spec.fields:
-        source = schema.find_field(field.source_id).name
-        values.append(
-            field.transform.transform(schema.find_type(field.source_id))(
-                table.column(source)[0].as_py()
-            )
+    values = [
+        field.transform.transform(schema.find_type(field.source_id))(
+            row[schema.find_field(field.source_id).name]
         )
+        for field in spec.fields
+    ]
     return spec.partition_to_path(Record(*values), schema)
 
 
@@ -303,7 +295,8 @@ def commit_features(
         return 0
     try:
         paths = [path for s in parts for path in s.paths]
-        folder = f"/{_slice_path(tbl, model_name, model_version)}/"
+        slice_row = {"model_name": model_name, "model_version": model_version}
+        folder = f"/{_partition_path(tbl, slice_row)}/"
         for path in paths:
             if folder not in path:
                 raise ValueError(f"staged file {path} is not in {folder.strip('/')}")
@@ -469,11 +462,15 @@ def _commit_once(
     the new files added, in one transaction, so one catalog update makes both visible.
     pyiceberg retries lost races inside it; an append merges the manifests once there are
     many (the table's properties)."""
+    import warnings
+
     with tbl.transaction() as tx:
         if aliases is not None:
             _set_aliases(tx, tbl, aliases)
-        if replace is not None and any(True for _ in tbl.scan(row_filter=replace).plan_files()):
-            tx.delete(replace, snapshot_properties=summary)
+        if replace is not None:
+            with warnings.catch_warnings():  # a first write of the version: nothing to delete
+                warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                tx.delete(replace, snapshot_properties=summary)
         tx.add_files(new_files, snapshot_properties=summary, check_duplicate_files=False)
 
 
