@@ -10,6 +10,7 @@ from prefect import flow, unmapped
 
 from flows.partitions import map_with_progress, task_runner_for
 from stores import Stores
+from stores import data as data_store
 from stores.space import room_for
 from tasks.config import PipelineConfig
 from tasks.ingest import (
@@ -20,6 +21,7 @@ from tasks.ingest import (
     merge_ingest_task,
     plan_ingest_task,
 )
+from tasks.results import result_storage
 
 
 def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
@@ -41,7 +43,9 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     """Plan the source's partitions, read them in parallel tasks, merge them into one raw
     Parquet file; on an unchanged source every task is a cache hit and nothing is read."""
     plan = plan_ingest_task(cfg, stores)
-    refresh = not plan.raw_path.exists()  # cached results must point at files that exist
+    # cached results must point at files that exist (here, or in an object-store AEPIPE_DATA)
+    refresh = not data_store.exists(stores, plan.raw_path)
+    results = result_storage(stores)  # on AEPIPE_DATA: shared by every machine
     if not refresh:  # an unchanged source: cache hits, nothing written
         needed, what = 0, "reading the cached ingest"
     else:
@@ -49,7 +53,7 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     try:
         with room_for(stores.data_dir, needed, "data", what):
             parts = map_with_progress(
-                ingest_part_task.with_options(refresh_cache=refresh),
+                ingest_part_task.with_options(refresh_cache=refresh, result_storage=results),
                 (plan, plan.parts, unmapped(cfg)),
                 key="ingest-progress",
                 description="Source partitions ingested",
@@ -57,9 +61,12 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
             done = [p for p in parts if isinstance(p, IngestedPart)]
             if len(done) < len(parts):
                 raise next(p for p in parts if isinstance(p, BaseException))
-            return merge_ingest_task.with_options(refresh_cache=refresh)(plan, done, cfg)
+            merge = merge_ingest_task.with_options(refresh_cache=refresh, result_storage=results)
+            # a result cached by another home names its files there: here, they are in plan's
+            return merge(plan, done, cfg).moved_to(plan.folder)
     except BaseException:  # a partition or the merge failed: its files go
         shutil.rmtree(Path(plan.work), ignore_errors=True)
+        data_store.discard(stores, plan.work)
         raise
 
 

@@ -24,7 +24,7 @@ def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
     stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
-    data = normalize(ingested, cfg)
+    data = normalize(ingested, cfg, stores)
     if cfg.train_deployment:
         trained = train_elsewhere(data, cfg, stores)
     else:

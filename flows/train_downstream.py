@@ -23,7 +23,7 @@ def train_downstream_flow(
     stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
-    data = normalize(ingested, cfg)
+    data = normalize(ingested, cfg, stores)
     report = train_downstream(data, cfg, stores, model_version)
     print(report.to_text())
     return report

@@ -12,7 +12,10 @@ variables below; that is how a deployment outgrows one machine without code chan
   URL, or the name of a catalog configured in ``.pyiceberg.yaml`` (``AEPIPE_CATALOG_URI``, its
   older name, still works);
 - ``AEPIPE_WAREHOUSE``: where the tables' files go (a folder, ``file://`` or ``s3://`` URL;
-  S3's endpoint, region and credentials come from the usual ``AWS_*`` variables).
+  S3's endpoint, region and credentials come from the usual ``AWS_*`` variables);
+- ``AEPIPE_DATA``: ingested and normalized Parquet, the quarantine, checkpoints, model folders
+  and Prefect's cached results (``data/``, ``models/``, ``results/`` under it): a folder (the
+  default is the home), or ``s3://bucket/prefix``, which the home mirrors (``stores.data``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ ENV_TRACKING_URI = "AEPIPE_TRACKING_URI"
 ENV_CATALOG = "AEPIPE_CATALOG"
 ENV_CATALOG_URI = "AEPIPE_CATALOG_URI"  # the older name of AEPIPE_CATALOG
 ENV_WAREHOUSE = "AEPIPE_WAREHOUSE"
+ENV_DATA = "AEPIPE_DATA"
 DEFAULT_HOME = ".aepipe"
 NAMESPACE = "aepipe"
 MLFLOW_UI_PORT = 5000  # where `aepipe ui` starts the local MLflow UI
@@ -47,6 +51,7 @@ class Stores(BaseModel):
     tracking_uri: str
     catalog_uri: str  # a SQL URI, a REST catalog's URL, or a catalog name (.pyiceberg.yaml)
     warehouse: str
+    data: str  # a folder, or an object store (s3://bucket/prefix) that the home mirrors
 
     def redact(self, text: str) -> str:
         """``text`` with the credentials of every store URI blanked out wherever they appear
@@ -54,7 +59,7 @@ class Stores(BaseModel):
         that quote a URI."""
         from urllib.parse import urlsplit
 
-        for uri in (self.tracking_uri, self.catalog_uri, self.warehouse):
+        for uri in (self.tracking_uri, self.catalog_uri, self.warehouse, self.data):
             parts = urlsplit(uri)
             if "@" in parts.netloc:
                 safe = redact_uri(uri).split("://", 1)[-1].split("/", 1)[0]
@@ -66,7 +71,7 @@ class Stores(BaseModel):
     @model_serializer(mode="wrap")
     def _without_credentials(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        for key in ("tracking_uri", "catalog_uri", "warehouse"):
+        for key in ("tracking_uri", "catalog_uri", "warehouse", "data"):
             data[key] = redact_uri(data[key])
         return data
 
@@ -76,14 +81,25 @@ class Stores(BaseModel):
         return self.home / "mlartifacts"
 
     @property
+    def data_root(self) -> Path:
+        """The local folder of the data store: ``AEPIPE_DATA`` when it is a folder, else the
+        home, whose files the object store mirrors (see :mod:`stores.data`)."""
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(self.data)
+        if parts.scheme == "file":
+            return Path(unquote(parts.path))
+        return self.home if parts.scheme else Path(self.data)
+
+    @property
     def data_dir(self) -> Path:
         """Folder for normalized Parquet datasets and their normalizer specs."""
-        return self.home / "data"
+        return self.data_root / "data"
 
     @property
     def models_dir(self) -> Path:
         """Folder for training outputs (weights, config, checkpoints) before MLflow logs them."""
-        return self.home / "models"
+        return self.data_root / "models"
 
     def under_models(self, path: str | os.PathLike[str]) -> Path:
         """A configured path resolved the way aepipe writes it: relative ones under the
@@ -167,7 +183,15 @@ def resolve_stores(home: str | os.PathLike[str] | None = None) -> Stores:
         or os.environ.get(ENV_CATALOG_URI)
         or f"sqlite:///{root / 'catalog.db'}",
         warehouse=os.environ.get(ENV_WAREHOUSE) or (root / "warehouse").as_uri(),
+        data=_data_store(os.environ.get(ENV_DATA)) or str(root),
     )
+
+
+def _data_store(value: str | None) -> str | None:
+    """``AEPIPE_DATA`` as a URI or an absolute folder (``~`` expanded, relative resolved)."""
+    if not value or "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 def catalog_kind(catalog: str) -> str:

@@ -10,6 +10,7 @@ are library code in :mod:`tasks.io`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -25,10 +26,13 @@ import pyarrow.parquet as pq
 
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL
 from stores import Stores
+from stores import data as data_store
+from stores.data import rehome
 from tasks import normalize
 from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
 from tasks.io import arrays
-from tasks.io.parquet import ParquetSink, with_features, write_options, write_table
+from tasks.io.parquet import ParquetSink, with_features, write_table
+from tasks.io.parts import concat_parts, cross_part_duplicates
 from tasks.io.sources import (
     ARRAY_FORMATS,
     ArrayDigest,
@@ -41,6 +45,7 @@ from tasks.io.sources import (
 
 log = logging.getLogger(__name__)
 
+RAW_FILE, QUARANTINE_FILE = "raw.parquet", "quarantine.parquet"
 DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0..16
 
 
@@ -60,6 +65,16 @@ class IngestResult:
     # fixed-scale sources (images, IDX, digits) are normalized as they are read: rows per
     # split of the normalized.parquet the ingest wrote beside raw.parquet; None otherwise
     split_rows: dict[str, int] | None = None
+
+    def moved_to(self, folder: str | os.PathLike[str]) -> IngestResult:
+        """This result with its files named in ``folder`` (a home's copy of the data set's
+        folder; a cached result names the folder of the home that made it)."""
+        quarantine = Path(folder) / QUARANTINE_FILE if self.quarantine_path else None
+        return dataclasses.replace(
+            self,
+            path=str(Path(folder) / RAW_FILE),
+            quarantine_path=str(quarantine) if quarantine else None,
+        )
 
 
 def _read_array(src: SourceConfig, info: SourceInfo) -> arrays.ArrayData:
@@ -110,11 +125,12 @@ class IngestPlan:
     kinds: dict[str, str] = field(default_factory=dict)
     layout: arrays.ImageLayout | None = None
     labelled: bool = False
+    stores: Stores | None = None  # where the partitions publish their files (AEPIPE_DATA)
 
     @property
     def raw_path(self) -> Path:
         """Where the merged raw Parquet goes."""
-        return Path(self.folder) / "raw.parquet"
+        return Path(self.folder) / RAW_FILE
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,7 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
     fp = source_fingerprint(cfg, rel)
     folder = stores.data_dir / cfg.dataset / fp
     work = folder / f"parts-{uuid.uuid4().hex[:12]}"
-    plan = dict(fingerprint=fp, folder=str(folder), work=str(work), info=info)
+    plan = dict(fingerprint=fp, folder=str(folder), work=str(work), info=info, stores=stores)
     try:
         if rel is not None:
             base = os.fspath(src.path)
@@ -237,8 +253,10 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
 
 def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> IngestedPart:
     """Read one partition into ``part-NNNNN.parquet`` (entity id, event time, label, features)
-    in this run's work folder, its unusable rows into ``part-NNNNN.quarantine.parquet``."""
-    work = Path(plan.work)
+    in this run's work folder, its unusable rows into ``part-NNNNN.quarantine.parquet``.
+    On an object-store ``AEPIPE_DATA`` the files are written under this worker's home and
+    uploaded, and the result names them by their object-store URIs (the merge fetches them)."""
+    work = rehome(plan.work, plan.stores) if plan.stores else Path(plan.work)
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"part-{part.index:05d}.parquet"
     if plan.info.format in (*ARRAY_FORMATS, "builtin"):
@@ -249,16 +267,22 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
     if read.quarantine:
         qpath = path.with_suffix(".quarantine.parquet")
         write_table(_quarantine_table(read.quarantine), qpath)
+    written = [str(path) if read.rows_out else None, qpath, read.normalized]
+    refs = written
+    if plan.stores is not None:
+        here = data_store.here(plan.stores)
+        data_store.publish(here, *written)
+        refs = [data_store.location(here, f) if f else None for f in written]
     return IngestedPart(
         part.index,
-        str(path) if read.rows_out else None,
+        refs[0],
         read.rows_in,
         read.rows_out,
-        str(qpath) if qpath else None,
+        str(refs[1]) if refs[1] else None,
         len(read.quarantine),
         read.digest,
         read.pixel_scale,
-        read.normalized,
+        refs[2],
         read.split_rows,
     )
 
@@ -371,38 +395,13 @@ def _ingest_array_part(
     )
 
 
-def _cross_part_duplicates(
-    parts: list[IngestedPart], versioned: bool
-) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Per part, a mask of rows whose key an earlier part already has (kept there), and the
-    quarantine reasons of those rows in order. The key is the entity id, or the (entity id,
-    event time) pair when the source has a timestamp column (``versioned``)."""
-    from tasks.io.tables import duplicate_reason, version_keys
-
-    seen = pd.Index([], dtype=object)
-    masks: dict[int, np.ndarray] = {}
-    repeated: list[str] = []
-    columns = [ENTITY_KEY, EVENT_TIMESTAMP] if versioned else [ENTITY_KEY]
-    for p in parts:
-        frame = pq.read_table(p.path, columns=columns).to_pandas()
-        ids = frame[ENTITY_KEY].astype("string")
-        ts = frame[EVENT_TIMESTAMP] if versioned else None
-        keys = version_keys(ids, ts) if ts is not None else ids
-        dup = seen.get_indexer(keys) >= 0 if len(seen) else np.zeros(len(keys), bool)
-        if dup.any():
-            masks[p.index] = dup
-            repeated += [duplicate_reason(ids.iloc[i], ts, i) for i in np.flatnonzero(dup)]
-        seen = seen.append(pd.Index(keys[~dup].to_numpy(dtype=object)))
-    return masks, repeated
-
-
 def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfig) -> IngestResult:
     """Join the partitions into ``raw.parquet`` and ``quarantine.parquet``: entity ids found
     in more than one partition are quarantined after their first; rows in = rows written +
     rows quarantined; the run fails when the quarantined share exceeds the configured limit.
     One partition is renamed into place, not copied."""
     folder, work = Path(plan.folder), Path(plan.work)
-    parts = sorted(parts, key=lambda p: p.index)
+    parts = sorted((_fetched(p, plan.stores) for p in parts), key=lambda p: p.index)
     missing = [p.path for p in parts if p.path and not Path(p.path).exists()]
     if missing:
         raise ConfigError(
@@ -412,7 +411,9 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     written = [p for p in parts if p.path]
     dups, repeated = {}, []
     if cfg.source.entity_id and len(written) > 1:
-        dups, repeated = _cross_part_duplicates(written, bool(cfg.source.timestamp))
+        dups, repeated = cross_part_duplicates(
+            [(p.index, p.path) for p in written], bool(cfg.source.timestamp)
+        )
     quarantine = [pq.read_table(p.quarantine) for p in parts if p.quarantine]
     if repeated:
         quarantine.append(
@@ -420,7 +421,7 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
         )
     rows_in = sum(p.rows_in for p in parts)
     n_quarantined = sum(t.num_rows for t in quarantine)
-    where = folder / "quarantine.parquet"
+    where = folder / QUARANTINE_FILE
     folder.mkdir(parents=True, exist_ok=True)
     if quarantine:
         write_table(pa.concat_tables(quarantine), where)
@@ -438,9 +439,18 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     if len(written) == 1 and not dups:
         os.replace(written[0].path, plan.raw_path)
     else:
-        _concat_parts([(p.index, p.path) for p in written], dups, plan.raw_path)
+        concat_parts([(p.index, p.path) for p in written], dups, plan.raw_path)
     split_rows = _merge_normalized(plan, written) if not dups else None
     shutil.rmtree(work, ignore_errors=True)
+    if plan.stores is not None:  # for every machine, before the result is cached
+        data_store.discard(plan.stores, work)
+        normalized = [folder / normalize.NORMALIZED_FILE, folder / normalize.SPEC_FILE]
+        data_store.publish(
+            plan.stores,
+            plan.raw_path,
+            where if quarantine else None,
+            *(normalized if split_rows else []),
+        )
     if plan.info.format in (*ARRAY_FORMATS, "builtin"):  # digests of the decoded arrays
         digest = parts[0].digest if len(parts) == 1 else json_digest([p.digest for p in parts])
     else:
@@ -466,6 +476,21 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     )
 
 
+def _fetched(part: IngestedPart, origin: Stores | None) -> IngestedPart:
+    """``part`` with its files here (fetched from the object store where a worker of another
+    machine wrote them); a file that cannot be fetched keeps its name, for the merge to report."""
+    if origin is None:
+        return part
+    files = {}
+    for name in ("path", "quarantine", "normalized"):
+        ref = getattr(part, name)
+        try:
+            files[name] = data_store.local_copy(ref, origin)
+        except FileNotFoundError:
+            files[name] = ref
+    return dataclasses.replace(part, **files)
+
+
 def _merge_normalized(plan: IngestPlan, written: list[IngestedPart]) -> dict[str, int] | None:
     """Join the partitions' normalized rows (fixed-scale sources) into ``normalized.parquet``
     with its spec beside it; the rows per split, or None when the partitions have none."""
@@ -478,7 +503,7 @@ def _merge_normalized(plan: IngestPlan, written: list[IngestedPart]) -> dict[str
     if len(parts) == 1:
         os.replace(parts[0], folder / normalize.NORMALIZED_FILE)
     else:
-        _concat_parts(
+        concat_parts(
             [(p.index, p.normalized) for p in written], {}, folder / normalize.NORMALIZED_FILE
         )
     return {k: sum(p.split_rows[k] for p in written) for k in ("train", "val", "test")}
@@ -488,39 +513,6 @@ def _feature_columns(plan: IngestPlan) -> list[str]:
     if plan.layout is not None:
         return arrays.pixel_columns(plan.layout.shape)
     return plan.info.features
-
-
-def _concat_parts(parts: list[tuple[int, str]], dups: dict[int, np.ndarray], out: Path) -> None:
-    """Copy the partitions' row groups (files by partition index) into one Parquet file,
-    dropping duplicate rows."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    writer: pq.ParquetWriter | None = None
-    try:
-        for index, path in parts:
-            pf = pq.ParquetFile(path)
-            offset = 0
-            for g in range(pf.metadata.num_row_groups):
-                table = pf.read_row_group(g)
-                if index in dups:
-                    keep = ~dups[index][offset : offset + table.num_rows]
-                    table = table.filter(pa.array(keep))
-                offset += pf.metadata.row_group(g).num_rows
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, **write_options(table.schema))
-                try:
-                    writer.write_table(table.cast(writer.schema))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
-                    raise ConfigError(
-                        f"the source's files disagree on column types ({path}): {err}"
-                    ) from None
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    if writer is not None:
-        writer.close()
-    os.replace(tmp, out)
 
 
 def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
@@ -570,13 +562,22 @@ def utc_timestamps(values: pd.Series) -> pa.Array:
 def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect cache key of a merged ingest: the data set's folder, named by the store, the
     data set and the source's fingerprint."""
-    return "aepipe-ingest-" + json_digest(parameters["plan"].folder)
+    plan = parameters["plan"]
+    return "aepipe-ingest-" + json_digest(_where(plan, plan.folder))
 
 
 def ingest_part_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect cache key of one ingest partition: the fingerprinted folder and its slice."""
     plan, part = parameters["plan"], parameters["part"]
-    return "aepipe-ingest-part-" + json_digest(plan.folder, part.files, part.row_groups)
+    return "aepipe-ingest-part-" + json_digest(
+        _where(plan, plan.folder), part.files, part.row_groups
+    )
+
+
+def _where(plan: IngestPlan, path: str) -> str:
+    """``path`` as every machine names it: its object-store URI on an object-store
+    ``AEPIPE_DATA`` (so two homes share cached results), else the path."""
+    return data_store.location(plan.stores, path) if plan.stores else path
 
 
 # Cached by Prefect across runs: results persist as JSON (never pickles) in Prefect's result

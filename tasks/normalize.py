@@ -11,6 +11,7 @@ their file and reuses it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from prefect import task
 
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer, SchemaError
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT
+from stores import Stores
 from stores.space import room_for
 from tasks.config import ConfigError, PipelineConfig
 from tasks.io.parquet import ParquetSink, with_features
@@ -183,15 +185,19 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
 
 
 def normalize_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect cache key of a normalization: the ingest it reads and the normalize settings."""
+    """Prefect cache key of a normalization: the ingest it reads (the data set and the
+    source's fingerprint, which name its folder in any home) and the normalize settings."""
     ingested, cfg = parameters["ingested"], parameters["cfg"]
     return "aepipe-normalize-" + json_digest(
-        ingested.path, ingested.fingerprint, cfg.normalize.model_dump(mode="json")
+        cfg.dataset,
+        ingested.fingerprint,
+        ingested.content_digest,
+        cfg.normalize.model_dump(mode="json"),
     )
 
 
-# Cached by Prefect across runs: the result persists as JSON (never a pickle) in Prefect's
-# result storage, so a scheduled run on an unchanged source does not normalize again.
+# Cached by Prefect across runs: the result persists as JSON (never a pickle) in the data
+# store's result storage, so a scheduled run on an unchanged source does not normalize again.
 normalize_task = task(
     name="normalize",
     cache_key_fn=normalize_cache_key,
@@ -200,8 +206,23 @@ normalize_task = task(
 )(normalize_dataset)
 
 
-def normalize(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
-    """The cached normalize task, told to run again when the file its cached result points
-    to is gone (say, someone cleared the data folder)."""
-    done = (Path(ingested.path).parent / NORMALIZED_FILE).exists()
-    return normalize_task.with_options(refresh_cache=not done)(ingested, cfg)
+def normalize(ingested: IngestResult, cfg: PipelineConfig, stores: Stores) -> NormalizedData:
+    """The cached normalize task, told to run again when the files its cached result points
+    to are gone (say, someone cleared the data folder). On an object-store ``AEPIPE_DATA``
+    the files are fetched when this home lacks them, and published when made here."""
+    from stores import data as data_store
+    from tasks.results import result_storage
+
+    folder = Path(ingested.path).parent
+    path, spec_path = folder / NORMALIZED_FILE, folder / SPEC_FILE
+    done = data_store.fetch(stores, path) and data_store.fetch(stores, spec_path)
+    if not done:
+        data_store.fetch(stores, ingested.path)
+    results = result_storage(stores)  # on AEPIPE_DATA: shared by every machine
+    data = normalize_task.with_options(refresh_cache=not done, result_storage=results)(
+        ingested, cfg
+    )
+    if not done:
+        data_store.publish(stores, path, spec_path)
+    # a result cached by another home names its files there
+    return dataclasses.replace(data, path=str(path), spec_path=str(spec_path))

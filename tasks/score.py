@@ -29,6 +29,7 @@ from ae_models.preprocessing import NORMALIZER_FILE
 from feature_store import FeatureStoreError, load_table
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION, TIMESTAMP
 from stores import Stores
+from stores import data as data_store
 from tasks import registry
 from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
 from tasks.ingest import IngestResult
@@ -80,10 +81,12 @@ class Scored:
 
 def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
     """Find the champion of the data set's registered model and fetch its model folder
-    (weights, config, normalizer spec) from MLflow into ``<home>/models/<name>/<version>``."""
+    (weights, config, normalizer spec) from MLflow into ``<models>/<name>/<version>``, and
+    onto an object-store ``AEPIPE_DATA`` for the partition workers."""
     mv = registry.champion_version(cfg.model_name, stores)
-    folder = stores.home / "models" / cfg.model_name / str(mv.version)
+    folder = stores.models_dir / cfg.model_name / str(mv.version)
     registry.download_version(cfg.model_name, mv.version, folder)
+    data_store.publish(stores, folder)
     return Champion(cfg.model_name, int(mv.version), mv.run_id, str(folder))
 
 
@@ -166,6 +169,7 @@ def find_new_rows(
     new = src.join(done, keys=keys, join_type="left anti", use_threads=True)
     positions = np.sort(new.column(_POSITION).to_numpy())
     path = save_row_positions(positions, stores.data_dir / cfg.dataset / "scoring")
+    data_store.publish(stores, path)  # the partition workers read it
     what = "(entity id, event time) pairs" if versioned else "entity ids"
     return NewRows(path, None, f"{len(positions)} rows whose {what} the table lacks")
 

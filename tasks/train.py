@@ -24,8 +24,10 @@ from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import resolve_score, score_rows
 from ae_models.train_config import auto_code_size
+from ae_models.training import CHECKPOINT
 from feature_store.schema import LABEL, SPLIT, row_bytes
 from stores import Stores
+from stores import data as data_store
 from stores.space import StoreFull, ensure_room, is_disk_full, local_folder
 from tasks.config import ConfigError, PipelineConfig, run_logger
 from tasks.evaluation import plots
@@ -190,6 +192,17 @@ class _Progress:
             update_progress_artifact(self.artifact_id, 100.0 * epoch / self.epochs)
 
 
+class _Publish:
+    """Training callback: each epoch's checkpoint uploaded to an object-store ``AEPIPE_DATA``,
+    so a run killed on one machine resumes on another."""
+
+    def __init__(self, stores: Stores, folder: Path) -> None:
+        self.stores, self.path = stores, folder / CHECKPOINT
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        data_store.publish(self.stores, self.path)
+
+
 def _logger() -> Any:
     return run_logger(log)
 
@@ -199,7 +212,12 @@ def checkpoint_dir(data: NormalizedData, cfg: PipelineConfig, stores: Stores) ->
     a run that was killed resumes when run again with the same settings."""
     key = hashlib.sha256(
         json.dumps(
-            [data.path, data.rows, cfg.model.model_dump(mode="json"), cfg.train.to_dict()],
+            [
+                data_store.location(stores, data.path),  # the same key on every machine
+                data.rows,
+                cfg.model.model_dump(mode="json"),
+                cfg.train.to_dict(),
+            ],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
@@ -309,6 +327,8 @@ def train_autoencoder(
     tagged with it and carries the model folder, pictures and this result as artifacts, so the
     flow that asked can pick them up from MLflow wherever the training ran.
     """
+    for path in (data.path, data.spec_path):  # on an object-store AEPIPE_DATA: from there
+        data_store.fetch(stores, path)
     parts = load_split_matrices(data)
     if len(parts["train"]) == 0:
         raise ConfigError("the training split is empty")
@@ -327,6 +347,7 @@ def train_autoencoder(
         resolve_score(cfg.score, model.config.output, model.model_name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    data_store.fetch(stores, train_cfg.checkpoint_dir)  # resume where another machine stopped
     record = Path(train_cfg.checkpoint_dir) / TRAINED_RECORD
     pending = unregistered_training(record, stores)
     if pending is not None:
@@ -348,7 +369,11 @@ def train_autoencoder(
             train_cfg,
             score=cfg.score,
             contamination=cfg.contamination,
-            callbacks=[_Progress(cfg.train.epochs), MlflowLogger(client, run_id)],
+            callbacks=[
+                _Progress(cfg.train.epochs),
+                MlflowLogger(client, run_id),
+                _Publish(stores, Path(train_cfg.checkpoint_dir)),
+            ],
             # scored the way the feature table will be (SCORING_PRECISION): the threshold fits
             score_precision=SCORING_PRECISION,
         )
@@ -449,6 +474,7 @@ def train_autoencoder(
     )
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(trained)))  # until it is registered
+    data_store.publish(stores, folder, record)
     if request_id:
         client.log_artifacts(run_id, str(folder), HANDOFF_MODEL)
         if plots_dir.is_dir():

@@ -50,18 +50,18 @@ def validate_config(cfg: PipelineConfig, training: bool = True) -> None:
 def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
     """Before any work: the config writes only inside the stores, each local store folder
     can be created and written (nothing is created here), and each remote store answers (the
-    MLflow server, a catalog database or REST catalog, an S3 warehouse: reachable,
+    MLflow server, a catalog database or REST catalog, an S3 warehouse or data store: reachable,
     credentials taken, bucket there); else a ConfigError that names the store, credentials
     blanked, so a run does not train for an hour to fail at its first write."""
     from urllib.parse import unquote, urlsplit
 
     if cfg.train.checkpoint_dir is not None:
         resolved = stores.under_models(cfg.train.checkpoint_dir)
-        if not resolved.is_relative_to(stores.home):
+        if not resolved.is_relative_to(stores.data_root):
             raise ConfigError(
                 f"train.checkpoint_dir {cfg.train.checkpoint_dir!r} resolves to {resolved}, "
-                f"outside the aepipe home {stores.home}; aepipe writes only inside its stores "
-                "(set AEPIPE_HOME to move them)"
+                f"outside the data store {stores.data_root}; aepipe writes only inside its "
+                "stores (set AEPIPE_HOME or AEPIPE_DATA to move them)"
             )
 
     folders = {"home": stores.home, "data": stores.data_dir, "models": stores.models_dir}
@@ -86,5 +86,6 @@ def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
     try:
         check_catalog(stores)
         check_object_store(stores.warehouse, "warehouse")
+        check_object_store(stores.data, "data store")
     except StoreUnavailable as err:
         raise ConfigError(str(err)) from None

@@ -10,6 +10,7 @@ configured, so partitions spread over the cluster's workers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -232,8 +233,18 @@ def _taken(
     return rows.take(pa.array(selected[lo:hi] - starts[group]))
 
 
+def _files_here(job: ScoringJob) -> ScoringJob:
+    """``job`` with its files (source, model folder, specs, row positions) on this machine:
+    a worker with a home of its own fetches them from an object-store ``AEPIPE_DATA``."""
+    from stores.data import localize
+
+    names = ("source", "model_dir", "normalizer", "rows", "explain_spec")
+    return dataclasses.replace(job, **{n: localize(getattr(job, n), job.stores) for n in names})
+
+
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     """Encode and score one partition's rows and stage them as feature-table data files."""
+    job = _files_here(job)
     model, meta = ae_models.load_model(job.model_dir)
     scorer = Scorer.from_meta(meta)
     normalizer = Normalizer.load(job.normalizer) if job.normalizer else None

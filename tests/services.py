@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,48 @@ def start_moto(folder: Path, port: int, auth_after: int | None = None) -> subpro
     server = serve([moto, "-H", "127.0.0.1", "-p", str(port)], log, env, cwd=folder)
     wait_http(f"http://127.0.0.1:{port}/moto-api/", server, log)
     return server
+
+
+@dataclass
+class DaskCluster:
+    """A Dask scheduler and its workers, each a process of its own."""
+
+    address: str
+    scheduler: subprocess.Popen
+    workers: list[subprocess.Popen]
+
+    def stop(self) -> None:
+        """Stop the workers, then the scheduler."""
+        for proc in [*self.workers, self.scheduler]:
+            stop(proc, grace=10)
+
+
+def start_dask(folder: Path, homes: list[Path], env: dict[str, str]) -> DaskCluster:
+    """A real Dask scheduler on 127.0.0.1 and one single-threaded ``dask worker`` process per
+    folder in ``homes``, started in that folder with it as its ``AEPIPE_HOME`` (machines
+    that share no folder), ``env`` their environment."""
+    import sys
+
+    from distributed import Client
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    log = folder / "scheduler.log"
+    scheduler = serve(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        log,
+        env,
+        cwd=folder,
+    )
+    workers = []
+    for home in homes:
+        home.mkdir(parents=True, exist_ok=True)
+        command = [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny"]
+        command += ["--host", "127.0.0.1", "--local-directory", str(home / "dask")]
+        worker_env = {**env, "AEPIPE_HOME": str(home / ".aepipe")}
+        workers.append(serve(command, home / "worker.log", worker_env, cwd=home))
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(len(homes), timeout=120)
+    return DaskCluster(address, scheduler, workers)

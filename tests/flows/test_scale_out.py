@@ -117,3 +117,27 @@ def test_a_failed_partition_commits_nothing_and_leaves_no_files(
     assert load_table("digits", st).current_snapshot().snapshot_id == before
     assert set((home / "warehouse").rglob("*.parquet")) == files
     assert len(read_features("digits", home=home)) == 1797
+
+
+def test_a_data_store_folder_holds_data_models_and_cached_results(
+    prefect_server, tmp_path, monkeypatch
+) -> None:
+    """Issue 20.1: ``AEPIPE_DATA`` a folder of its own (a shared mount, say): ingested and
+    normalized Parquet, checkpoints, model folders and Prefect's cached results go there, not
+    under the home; a second home on the same folder reuses the cached ingest."""
+    from tests.flows.test_score_features import task_states
+
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("AEPIPE_DATA", str(shared))
+    one, two = tmp_path / "one", tmp_path / "two"
+    reduce_features(config(one, "threads"))
+    assert list((shared / "data" / "digits").glob("*/normalized.parquet"))
+    assert list((shared / "models" / "digits").glob("checkpoints/*/checkpoint.pt"))
+    assert any((shared / "results").iterdir())  # Prefect's cached results
+    assert not (one / "data").exists() and not (one / "models").exists()
+
+    state = reduce_features(config(two, "threads"), return_state=True)
+    assert state.is_completed()
+    ingest = task_states(state.state_details.flow_run_id, "ingest-partitions")
+    assert ingest["merge-ingest"] == "Cached"  # the other home's ingest, from the shared folder
+    assert task_states(state.state_details.flow_run_id)["normalize"] == "Cached"

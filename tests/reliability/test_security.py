@@ -51,12 +51,13 @@ def test_a_config_cannot_write_outside_the_stores(aepipe_cli, tmp_path) -> None:
     home = (tmp_path / ".aepipe").resolve()
     assert result.stderr.strip() == (
         f"aepipe: error: train.checkpoint_dir '{outside}' resolves to {outside}, outside the "
-        f"aepipe home {home}; aepipe writes only inside its stores (set AEPIPE_HOME to move them)"
+        f"data store {home}; aepipe writes only inside its stores (set AEPIPE_HOME or "
+        "AEPIPE_DATA to move them)"
     )
     sneaky = aepipe_cli(
         "run", "--source", "digits", "--set", "train.checkpoint_dir=../../x", cwd=tmp_path
     )
-    assert sneaky.returncode == 2 and "outside the aepipe home" in sneaky.stderr
+    assert sneaky.returncode == 2 and "outside the data store" in sneaky.stderr
     named = aepipe_cli("run", "--source", "digits", "--set", "dataset=../evil", cwd=tmp_path)
     assert named.returncode == 2 and "dataset" in named.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written, inside or outside

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,6 +174,11 @@ def test_each_wrong_remote_store_is_one_line_before_any_work(
 
     remote.use(monkeypatch, AEPIPE_WAREHOUSE="s3://no-such-bucket/features")
     assert "bucket 'no-such-bucket' does not exist" in _check(tmp_path)
+    remote.use(monkeypatch, AEPIPE_DATA="s3://no-data-bucket/aepipe")
+    message = _check(tmp_path)
+    assert message.startswith("the data store s3://no-data-bucket/aepipe cannot be used")
+    assert "bucket 'no-data-bucket' does not exist" in message
+    monkeypatch.delenv("AEPIPE_DATA")
 
     refusing = f"postgresql+psycopg2://aepipe:hunter2@127.0.0.1:{free_port()}/catalog"
     remote.use(monkeypatch, AEPIPE_CATALOG=refusing)
@@ -187,10 +193,15 @@ def test_each_wrong_remote_store_is_one_line_before_any_work(
 def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
     remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 20.5 in part: `reduce-features` with Prefect (a server on PostgreSQL), MLflow (a
-    server on PostgreSQL keeping its artifacts on S3), the catalog (PostgreSQL) and the
-    warehouse (S3) remote; its home is deleted; `score-features` from a second, empty home
-    appends the source's new rows; a third reads them."""
+    """Issue 20.5: `reduce-features` with every store remote (Prefect: a server on PostgreSQL;
+    MLflow: a server on PostgreSQL with its artifacts on S3; the catalog on PostgreSQL; the
+    warehouse and AEPIPE_DATA on S3) and its partitions on a Dask cluster whose two workers
+    each have a home of their own; one worker is killed during the partitioned write and
+    the run still completes, each row once. The run's home is deleted; `score-features` from
+    a second, empty home appends the source's new rows; a third reads them."""
+    import threading
+
+    import boto3
     import sqlalchemy as sa
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -198,7 +209,7 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
     from flows.reduce_features import reduce_features
     from flows.score_features import score_features
     from tests.flows.test_score_features import config, sales
-    from tests.services import prefect_env, start_mlflow, start_prefect
+    from tests.services import prefect_env, start_dask, start_mlflow, start_prefect
 
     engine = sa.create_engine(remote.postgres, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
@@ -214,6 +225,15 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
     )
     env = prefect_env(tmp_path / "prefect", prefect_port)
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = orchestration
+    stores_env = {
+        **remote.env,
+        "AEPIPE_CATALOG": remote.catalog,
+        "AEPIPE_WAREHOUSE": f"s3://{BUCKET}/warehouse",
+        "AEPIPE_DATA": f"s3://{BUCKET}/aepipe",
+        "AEPIPE_TRACKING_URI": f"http://127.0.0.1:{port}",
+    }
+    # partitions of 20 rows: the write is 15 tasks, so a worker dies in the middle of it
+    monkeypatch.setattr("tasks.normalize.NORMALIZE_BATCH", 20)
     with contextlib.ExitStack() as servers:
         mlflow = start_mlflow(
             remote.root / "mlflow",
@@ -225,23 +245,67 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
         servers.callback(stop, mlflow)
         servers.callback(stop, start_prefect(env, tmp_path / "prefect.log"))
         servers.enter_context(temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}))
-        remote.use(monkeypatch, AEPIPE_TRACKING_URI=f"http://127.0.0.1:{port}")
+        workers = [tmp_path / "worker-a", tmp_path / "worker-b"]
+        dask = start_dask(tmp_path / "dask", workers, {**env, **stores_env})
+        servers.callback(dask.stop)
+        for key, value in stores_env.items():
+            monkeypatch.setenv(key, value)
+
+        def settings(home: Path) -> object:
+            cfg = config(home, folder, entity_id="order_id", timestamp="ts")
+            return cfg.model_copy(
+                update={"task_runner": "dask", "dask_address": dask.address, "partition_rows": 20}
+            )
+
         folder = tmp_path / "sales"  # the source: where the data arrives, not a store
         folder.mkdir()
         sales(300, 0, 1).to_parquet(folder / "day1.parquet")
         first = tmp_path / "one"
-        trained = reduce_features(config(first, folder, entity_id="order_id", timestamp="ts"))
+        killed = threading.Event()
+
+        def kill_when_scoring() -> None:
+            """Kill worker A once it has fetched the model: it is scoring a partition."""
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and not killed.is_set():
+                if (workers[0] / ".aepipe" / "models").exists():
+                    os.killpg(dask.workers[0].pid, signal.SIGKILL)  # kill -9, no goodbye
+                    killed.set()
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_scoring, daemon=True)
+        killer.start()
+        trained = reduce_features(settings(first))
+        killed.set()  # stops the watch if it never fired
+        killer.join()
+        assert dask.workers[0].poll() is not None, "worker A was never killed mid-write"
+        table = read_features("sales", home=tmp_path / "reader")
+        assert len(table) == 300 and table["entity_id"].is_unique
+        # the workers worked in their own homes and published there: nothing shared but S3
+        assert list((workers[1] / ".aepipe" / "data").rglob("*.parquet")) or list(
+            (workers[0] / ".aepipe" / "data").rglob("*.parquet")
+        )
         shutil.rmtree(first)
 
         sales(40, 300, 2).to_parquet(folder / "day2.parquet")
         second = tmp_path / "two"
-        scored = score_features(config(second, folder, entity_id="order_id", timestamp="ts"))
+        scored = score_features(settings(second))
         assert (scored.rows_seen, scored.rows_written) == (340, 40)
         assert scored.model_version == trained.model_version
 
         table = read_features("sales", home=tmp_path / "three")
         assert len(table) == 340 and table["entity_id"].is_unique
         assert not (tmp_path / "three").exists()
+    s3 = boto3.client("s3", endpoint_url=remote.env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="aepipe/")
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.endswith("/raw.parquet") for k in keys)
+    assert any(k.endswith("/normalized.parquet") for k in keys)
+    assert any("/checkpoints/" in k for k in keys)
+    assert any(k.startswith("aepipe/results/") for k in keys)  # Prefect's cached results
+    assert not any("/parts-" in k for k in keys)  # the partitions' files went with the merge
     engine = sa.create_engine(orchestration.replace("+asyncpg", "+psycopg2", 1))
     with engine.connect() as conn:  # the runs are in PostgreSQL, the server's own database
         runs = conn.execute(
@@ -289,3 +353,47 @@ def test_runs_on_two_machines_take_turns_in_the_catalog_database(
     local_one, local_two = resolve_stores(tmp_path / "one"), resolve_stores(tmp_path / "two")
     with store_lock(local_one, "registry-m"), store_lock(local_two, "registry-m"):
         assert (tmp_path / "one" / "locks" / "registry-m.lock").exists()
+
+
+def test_an_object_store_data_store_mirrors_each_home(
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20.1: with ``AEPIPE_DATA`` on S3, a home's files are published under the same
+    relative path, fetched whole (files and folders) by a home that lacks them, and Prefect's
+    results are read and written there."""
+    from stores import data as data_store
+
+    remote.use(monkeypatch, AEPIPE_DATA=f"s3://{BUCKET}/mirror")
+    one, two = resolve_stores(tmp_path / "one"), resolve_stores(tmp_path / "two")
+    assert one.data_dir == one.home / "data"  # the home is the local copy
+    made = one.models_dir / "m" / "v1"
+    (made / "sub").mkdir(parents=True)
+    (made / "model.json").write_text("{}")
+    (made / "sub" / "weights.bin").write_bytes(b"\0" * 3_000_000)
+    data_store.publish(one, made)
+    assert data_store.location(one, made) == f"s3://{BUCKET}/mirror/models/m/v1"
+
+    wanted = two.models_dir / "m" / "v1"
+    assert data_store.exists(two, wanted) and not wanted.exists()
+    assert data_store.fetch(two, wanted)
+    assert (wanted / "sub" / "weights.bin").read_bytes() == b"\0" * 3_000_000
+    assert not list(wanted.parent.glob(".*.part"))  # no half-fetched copy left
+    assert not data_store.fetch(two, two.models_dir / "m" / "v2")  # not published: False
+
+    monkeypatch.setenv("AEPIPE_HOME", str(two.home))  # a worker whose home is 'two'
+    ref = data_store.location(one, made / "model.json")
+    assert data_store.local_copy(ref, one) == str(wanted / "model.json")
+    assert data_store.localize(str(made / "model.json"), one) == str(wanted / "model.json")
+
+    data_store.discard(one, made)
+    three = resolve_stores(tmp_path / "three")
+    assert not data_store.exists(three, three.models_dir / "m" / "v1")
+
+    from tasks.results import ObjectStoreResults
+
+    results = ObjectStoreResults(basepath=f"s3://{BUCKET}/mirror/results")
+    uri = results.write_path("key-1", b"cached")
+    assert uri == f"s3://{BUCKET}/mirror/results/key-1"
+    assert results.read_path("key-1") == results.read_path(uri) == b"cached"
+    with pytest.raises(ValueError, match="does not exist"):
+        results.read_path("key-2")
