@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow
 
+from stores.data import local_copy
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
 from tasks.normalize import NormalizedData
@@ -14,9 +17,16 @@ from tasks.train import TrainedModel, train
 def train_autoencoder_flow(
     data: NormalizedData, config: PipelineConfig, request_id: str | None = None
 ) -> TrainedModel:
-    """Train the configured autoencoder on already normalized data (a path both machines see).
+    """Train the configured autoencoder on already normalized data: paths both machines see
+    (a shared ``AEPIPE_DATA`` folder), or object-store URIs, fetched into this worker's home.
 
     ``request_id`` tags the MLflow run, whose artifacts then carry the trained model back to
     the ``reduce-features`` run that asked for it.
     """
-    return train(data, config, run_stores(config.home), request_id)
+    stores = run_stores(config.home)
+    data = dataclasses.replace(
+        data,
+        path=local_copy(data.path, stores),
+        spec_path=local_copy(data.spec_path, stores),
+    )
+    return train(data, config, stores, request_id)

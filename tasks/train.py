@@ -521,8 +521,14 @@ def train_with_deployment(
     request_id = uuid.uuid4().hex
     run = run_deployment(
         name=cfg.train_deployment,
-        parameters={
-            "data": dataclasses.asdict(data),
+        parameters={  # its files by their object-store URIs, where AEPIPE_DATA is one
+            "data": dataclasses.asdict(
+                dataclasses.replace(
+                    data,
+                    path=data_store.location(stores, data.path),
+                    spec_path=data_store.location(stores, data.spec_path),
+                )
+            ),
             "config": cfg.model_dump(mode="json"),
             "request_id": request_id,
         },

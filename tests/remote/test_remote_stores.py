@@ -389,6 +389,17 @@ def test_an_object_store_data_store_mirrors_each_home(
     three = resolve_stores(tmp_path / "three")
     assert not data_store.exists(three, three.models_dir / "m" / "v1")
 
+    from tasks.config import build_config
+    from tasks.normalize import NormalizedData
+    from tasks.train import checkpoint_dir
+
+    def key(stores):  # the checkpoint folder of one data set's training, relative to a home
+        path = stores.data_dir / "digits" / "f00" / "normalized.parquet"
+        data = NormalizedData(str(path), "", 1797, ["x"], {"train": 1797}, False)
+        cfg = build_config({"home": str(stores.home)})
+        return checkpoint_dir(data, cfg, stores).relative_to(stores.home)
+
+    assert key(one) == key(two)  # so a training killed in one home resumes in another
     from tasks.results import ObjectStoreResults
 
     results = ObjectStoreResults(basepath=f"s3://{BUCKET}/mirror/results")
