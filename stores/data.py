@@ -131,10 +131,9 @@ def _download(fs: Any, key: str, local: Path) -> None:
         shutil.copyfileobj(source, target, 1 << 20)
 
 
-def exists(stores: Stores, path: str | os.PathLike[str]) -> bool:
-    """Whether this home's file ``path`` is here or in the object store (not downloaded)."""
-    if Path(path).exists():
-        return True
+def published(stores: Stores, path: str | os.PathLike[str]) -> bool:
+    """Whether the object store holds this home's file or folder ``path`` (False when the
+    data store is a folder)."""
     remote = remote_path(stores, path)
     if remote is None:
         return False
@@ -142,6 +141,11 @@ def exists(stores: Stores, path: str | os.PathLike[str]) -> bool:
 
     fs, _ = filesystem(stores.data)
     return fs.get_file_info(remote).type != pafs.FileType.NotFound
+
+
+def exists(stores: Stores, path: str | os.PathLike[str]) -> bool:
+    """Whether this home's file ``path`` is here or in the object store (not downloaded)."""
+    return Path(path).exists() or published(stores, path)
 
 
 def here(origin: Stores) -> Stores:
@@ -170,14 +174,15 @@ def localize(path: str | None, origin: Stores) -> str | None:
     file here: itself on that machine (or where the data store is a shared folder), else
     the same file under this worker's own home, fetched from the object store; a worker
     with a home of its own never reads another home's files, even on one disk."""
-    if path is None or here(origin) is origin:
+    mine = here(origin)
+    if path is None or mine is origin:
         return path
     try:
-        mine = rehome(path, origin)
+        copy = mine.home / Path(path).relative_to(origin.home)
     except ValueError:  # not under the home: a source, say; as given
         return path
-    fetch(here(origin), mine)
-    return str(mine)
+    fetch(mine, copy)
+    return str(copy)
 
 
 def local_copy(ref: str | None, origin: Stores) -> str | None:

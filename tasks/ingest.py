@@ -267,18 +267,17 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
     if read.quarantine:
         qpath = path.with_suffix(".quarantine.parquet")
         write_table(_quarantine_table(read.quarantine), qpath)
-    written = [str(path) if read.rows_out else None, qpath, read.normalized]
-    refs = written
+    refs = [str(path) if read.rows_out else None, str(qpath) if qpath else None, read.normalized]
     if plan.stores is not None:
         here = data_store.here(plan.stores)
-        data_store.publish(here, *written)
-        refs = [data_store.location(here, f) if f else None for f in written]
+        data_store.publish(here, *refs)
+        refs = [data_store.location(here, f) if f else None for f in refs]
     return IngestedPart(
         part.index,
         refs[0],
         read.rows_in,
         read.rows_out,
-        str(refs[1]) if refs[1] else None,
+        refs[1],
         len(read.quarantine),
         read.digest,
         read.pixel_scale,
