@@ -14,10 +14,12 @@ from sklearn.exceptions import NotFittedError
 from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
 from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TRIM_FRACTION, fit_autoencoder
+from ae_models.large_input import LargeInput, large_source, scan_rows
 from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
 from ae_models.scoring import SCORE_KINDS, Scorer, score_rows
 from ae_models.serialization import load_model, save_model
+from ae_models.streaming import available_memory, rows_of
 from ae_models.train_config import auto_code_size
 from ae_models.training import TrainConfig, TrainResult, encode_and_score
 
@@ -42,6 +44,8 @@ _PARAMS = (
     "random_state",
     "verbose",
     "checkpoint_dir",
+    "streaming",
+    "memory_budget_gb",
 )
 
 
@@ -180,6 +184,14 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     frame whose columns differ or come in another order (scikit-learn's convention).
     Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).
 
+    Data larger than memory: ``fit`` takes a memory-mapped array (``np.memmap``,
+    ``np.load(path, mmap_mode="r")``) or the path of a Parquet file of numeric columns, and
+    streams it in blocks (:mod:`ae_models.streaming`) when its float32 rows exceed
+    ``memory_budget_gb`` (default a quarter of the memory available) or ``streaming`` is
+    ``"always"``; the validation rows are then a seeded random share, the scorer is fitted on
+    a uniform sample of at most 100,000 training rows, and ``decision_scores_`` come from one
+    more pass over every row in order.
+
     A scikit-learn transformer (``clone``, ``Pipeline``, ``set_output(transform="pandas")``
     with columns ``z_0``, ``z_1``, ...; ``check_estimator`` passes, see the tests for the
     checks left out and why) and a PyOD-style detector (``decision_scores_``, ``labels_``,
@@ -206,6 +218,8 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         random_state: int = 0,
         verbose: bool = False,
         checkpoint_dir: str | None = None,
+        streaming: Literal["auto", "always", "never"] = "auto",
+        memory_budget_gb: float | None = None,
         **model_kwargs: Any,
     ) -> None:
         self.model = model
@@ -225,6 +239,8 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.streaming = streaming
+        self.memory_budget_gb = memory_budget_gb
         self._model_kwargs = dict(model_kwargs)
 
     # -- scikit-learn protocol -----------------------------------------------------------
@@ -282,8 +298,13 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     # -- fitting -------------------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None) -> AutoencoderReducer:
-        """Train on ``X`` (rows x features); ``y`` is ignored. Returns self."""
+        """Train on ``X`` (rows x features; or a memory-mapped array or a Parquet path, which
+        may stream); ``y`` is ignored. Returns self."""
         self._check_params()
+        holdout = (self.validation_fraction, self.random_state)
+        large = large_source(X, self._train_config(1), holdout)
+        if large is not None:
+            return self._fit_large(large)
         x = check_array(X)
         if len(x) < 2:
             raise ValueError(f"X needs at least 2 rows to fit, got {len(x)} sample")
@@ -299,31 +320,13 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
                 "scale it or use loss='mse'"
             )
         loss = self.loss if self.loss != "auto" else ("bce" if in_unit else "mse")
-        net = create_model(
-            self.model,
-            seed=self.random_state,
-            input_dim=x.shape[1],
-            code_size=auto_code_size(x.shape[1]) if self.code_size == "auto" else self.code_size,
-            output="sigmoid" if loss == "bce" else "linear",
-            **self._model_kwargs,
-        )
+        net = self._network(x.shape[1], loss)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(len(x))
         n_val = round(len(x) * self.validation_fraction)
         n_val = n_val if len(x) - n_val >= 1 else 0
         fit_rows, val_rows = x[order[n_val:]], x[order[:n_val]]
-        cfg = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size if self.batch_size == "auto" else int(self.batch_size),
-            lr=self.lr,
-            lr_schedule=self.lr_schedule,  # type: ignore[arg-type]
-            patience=self.patience if n_val else 0,
-            trim_fraction=self.trim_fraction,
-            seed=self.random_state,
-            device=self.device,
-            precision=self.precision,  # type: ignore[arg-type]
-            checkpoint_dir=self.checkpoint_dir,
-        )
+        cfg = self._train_config(n_val)
         fit = fit_autoencoder(
             net,
             fit_rows,
@@ -334,10 +337,84 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
             callbacks=[ProgressBar()] if self.verbose else [],
             score_on=x,  # every row, in X's order: decision_scores_ line up with X
         )
+        return self._fitted(net, loss, x.shape[1], feature_names(X), fit, fit.fitted.scores)
+
+    def _train_config(self, n_val: int) -> TrainConfig:
+        """The training settings of these parameters (no early stopping without
+        validation rows)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size if self.batch_size == "auto" else int(self.batch_size),
+            lr=self.lr,
+            lr_schedule=self.lr_schedule,  # type: ignore[arg-type]
+            patience=self.patience if n_val else 0,
+            trim_fraction=self.trim_fraction,
+            seed=self.random_state,
+            device=self.device,
+            precision=self.precision,  # type: ignore[arg-type]
+            checkpoint_dir=self.checkpoint_dir,
+            streaming=self.streaming,
+            memory_budget_gb=self.memory_budget_gb,
+        )
+
+    def _fit_large(self, large: LargeInput) -> AutoencoderReducer:
+        """``fit`` on a memory-mapped array or a Parquet file, streamed when it is too large
+        for the memory budget: one pass checks the values, training streams, one more pass
+        scores every row in order."""
+        rows, lo, hi = scan_rows(large.source(None).reader())
+        width = large.width
+        if rows < 2 or width < 2:
+            raise ValueError(f"X needs at least 2 rows and 2 features to fit, got {rows} x {width}")
+        in_unit = lo >= 0.0 and hi <= 1.0
+        if self.loss == "bce" and not in_unit:
+            raise ValueError(
+                f"loss='bce' needs X in [0, 1], but X spans [{lo:g}, {hi:g}]; "
+                "scale it or use loss='mse'"
+            )
+        loss = self.loss if self.loss != "auto" else ("bce" if in_unit else "mse")
+        net = self._network(width, loss)
+        val = large.source(True) if self.validation_fraction > 0 else None
+        n_val = rows_of(val.reader()) if val is not None else 0
+        cfg = self._train_config(n_val)
+        streaming = cfg.streams(rows * width * 4, available_memory())
+        fit = fit_autoencoder(
+            net,
+            large.source(False) if n_val else large.source(None),
+            val if n_val else None,
+            cfg,
+            score=self.anomaly_score,
+            contamination=self.contamination,
+            callbacks=[ProgressBar()] if self.verbose else [],
+            streaming=streaming,
+        )
+        every = large.source(None).open(streaming=True)  # in X's order, block by block
+        scores = score_rows(net, every, fit.scorer, device=self.device).scores
+        return self._fitted(net, loss, width, large.names, fit, scores)
+
+    def _network(self, width: int, loss: str) -> Autoencoder:
+        """A new network of this estimator's variant for ``width`` inputs."""
+        return create_model(
+            self.model,
+            seed=self.random_state,
+            input_dim=width,
+            code_size=auto_code_size(width) if self.code_size == "auto" else self.code_size,
+            output="sigmoid" if loss == "bce" else "linear",
+            **self._model_kwargs,
+        )
+
+    def _fitted(
+        self,
+        net: Autoencoder,
+        loss: str,
+        width: int,
+        names: np.ndarray | None,
+        fit: Any,
+        scores: np.ndarray,
+    ) -> AutoencoderReducer:
+        """Set the fitted attributes from a finished fit; returns self."""
         self.model_: Autoencoder = net
         self.loss_ = loss
-        self.n_features_in_ = x.shape[1]
-        names = feature_names(X)
+        self.n_features_in_ = width
         if names is not None:
             self.feature_names_in_ = names
         elif hasattr(self, "feature_names_in_"):  # refitted on an array
@@ -345,7 +422,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         self.history_ = fit.history
         self.train_result_: TrainResult = fit.result
         self.scorer_ = fit.scorer
-        self.decision_scores_ = fit.fitted.scores
+        self.decision_scores_ = scores
         self.threshold_ = self.scorer_.threshold
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self

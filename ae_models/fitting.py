@@ -34,10 +34,14 @@ import numpy as np
 
 from ae_models.base import Autoencoder
 from ae_models.scoring import RowScores, Scorer, fit_scorer
+from ae_models.streaming import ArraySource, ParquetSource, sample_mask, sample_rows
 from ae_models.training import TrainConfig, TrainResult, train
 
 ESTIMATOR_LR = 3e-3
 ESTIMATOR_TRIM_FRACTION = 0.1
+SCORER_ROWS = 100_000  # training rows a streamed fit's scorer is fitted on, at most
+
+Source = ParquetSource | ArraySource
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,8 @@ class FittedAutoencoder:
 
 def fit_autoencoder(
     model: Autoencoder,
-    x_train: np.ndarray,
-    x_val: np.ndarray | None,
+    x_train: np.ndarray | Source,
+    x_val: np.ndarray | Source | None,
     cfg: TrainConfig,
     *,
     score: str = "auto",
@@ -67,19 +71,46 @@ def fit_autoencoder(
     callbacks: Sequence[Any] = (),
     score_on: np.ndarray | None = None,
     score_precision: str = "fp32",
+    streaming: bool = False,
 ) -> FittedAutoencoder:
     """Train ``model`` on ``x_train`` (early stopping on ``x_val``), then fit its scorer in one
-    forward pass over ``score_on`` (default: the training and validation rows together).
+    forward pass over ``score_on`` (default: the training and validation rows together; for
+    a source, a uniform sample of at most :data:`SCORER_ROWS` training rows).
 
-    ``score_precision`` is the precision the scores are computed at; the pipeline passes
-    :data:`~ae_models.runtime.SCORING_PRECISION`, the rule its feature table is scored with,
-    so the threshold fits the scores written. A score kind the model cannot give raises
-    ValueError.
+    ``x_train`` and ``x_val`` are arrays, or sources (Parquet, memory-mapped arrays) that
+    ``streaming`` streams rather than reads into memory; ``cfg.strategy == "ddp"`` trains
+    data-parallel on a :class:`~ae_models.streaming.ParquetSource`
+    (:mod:`ae_models.distributed`). ``score_precision`` is the precision the scores are
+    computed at; the pipeline passes :data:`~ae_models.runtime.SCORING_PRECISION`, the rule
+    its feature table is scored with, so the threshold fits the scores written. A score kind
+    the model cannot give raises ValueError.
     """
-    result = train(model, x_train, x_val, cfg, callbacks)
+    if cfg.strategy == "ddp":
+        from ae_models.distributed import train_ddp
+
+        result = train_ddp(model, x_train, x_val, cfg, callbacks, streaming=streaming)  # type: ignore[arg-type]
+    else:
+        result = train(
+            model, _rows(x_train, cfg, streaming), _rows(x_val, cfg, streaming), cfg, callbacks
+        )
     if score_on is None:
-        score_on = x_train if x_val is None or len(x_val) == 0 else np.vstack([x_train, x_val])
+        if isinstance(x_train, ParquetSource | ArraySource):
+            reader = x_train.reader()
+            total = sum(n for _, n in reader.blocks())
+            score_on = sample_rows(reader, sample_mask(total, SCORER_ROWS, cfg.seed))
+        elif x_val is None or len(x_val) == 0:  # type: ignore[arg-type]
+            score_on = x_train
+        else:
+            score_on = np.vstack([x_train, x_val])  # type: ignore[list-item]
     scorer, fitted = fit_scorer(
         model, score_on, score, contamination, device=cfg.device, precision=score_precision
     )
     return FittedAutoencoder(model, scorer, result, fitted)
+
+
+def _rows(x: Any, cfg: TrainConfig, streaming: bool) -> Any:
+    """A source opened as training rows (streamed or read in once); arrays as they are."""
+    if isinstance(x, ParquetSource | ArraySource):
+        width = len(x.columns) if isinstance(x, ParquetSource) else x.reader().width
+        return x.open(streaming=streaming, seed=cfg.seed, shuffle_rows=cfg.shuffle_rows(width))
+    return x

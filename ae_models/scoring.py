@@ -313,7 +313,11 @@ def score_rows(
                 bces.append(reconstruction_error(xb.clamp(0, 1), out.recon, "bce").cpu())
     if not codes:
         empty = np.zeros(0, np.float32)
-        width = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 0
+        width = (
+            int(x.width)
+            if hasattr(x, "ordered_batches")
+            else (int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 0)
+        )
         return RowScores(
             np.zeros((0, model.config.code_size), np.float32),
             empty,

@@ -3,8 +3,15 @@
 Adam (fused where the device supports it) with a one-cycle, plateau or cosine schedule,
 validation with early stopping that restores the best epoch, gradient clipping, mixed
 precision (bf16 autocast on CPUs with native bf16, bf16/fp16 on GPUs), a checkpoint after every
-epoch and exact resume, and callbacks for progress and tracking. The data stays resident as
-one tensor; each epoch is shuffled in contiguous chunks so batches are plain slices.
+epoch and exact resume, and callbacks for progress and tracking. The rows come as a
+:class:`~ae_models.streaming.Rows`: resident as one tensor (each epoch shuffled in contiguous
+chunks so batches are plain slices), or streamed from Parquet or a memory-mapped array.
+
+Run in every process of a data-parallel group (``torch.distributed`` initialized, see
+:mod:`ae_models.distributed`), the same loop trains a DistributedDataParallel copy of the model
+on this rank's shard: every rank takes the same number of steps, losses are summed over the
+ranks, rank 0 alone writes checkpoints (with every rank's random state) and a resumed run
+hands rank 0's checkpoint to every rank.
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from torch import Tensor
 from ae_models.base import Autoencoder, reconstruction_error
 from ae_models.cpus import CpuShare
 from ae_models.runtime import autocast, resolve_precision, seed_everything, select_device
+from ae_models.streaming import InMemoryRows, Rows
 from ae_models.train_config import Precision, TrainConfig
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-GATHER_ROWS = 16384  # rows shuffled into a contiguous block at a time
 
 
 class Callback(Protocol):
@@ -71,23 +78,114 @@ def as_tensor(x: np.ndarray | Tensor) -> Tensor:
     """A float32 CPU tensor view of ``x``."""
     if isinstance(x, Tensor):
         return x.detach().to("cpu", torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # a read-only memmap
 
 
-def _epoch_batches(x: Tensor, batch_size: int, generator: torch.Generator):
-    """Shuffled batches of ``x``: a permutation gathered in contiguous chunks, then sliced."""
-    order = torch.randperm(len(x), generator=generator)
-    chunk = max(GATHER_ROWS // batch_size, 1) * batch_size
-    for start in range(0, len(x), chunk):
-        block = x[order[start : start + chunk]]
-        for b in range(0, len(block), batch_size):
-            yield block[b : b + batch_size]
+def as_rows(x: np.ndarray | Tensor | Rows, seed: int = 0) -> Rows:
+    """``x`` as training rows: :class:`~ae_models.streaming.Rows` as they are, arrays and
+    tensors resident in memory."""
+    if hasattr(x, "epoch_batches"):
+        return x  # type: ignore[return-value]
+    return InMemoryRows(as_tensor(x), seed)  # type: ignore[arg-type]
 
 
-@torch.no_grad()
+class ProcessGroup:
+    """This process's place in a data-parallel run (one process alone when
+    ``torch.distributed`` is not initialized): its rank, the world size, and the collective
+    operations the loop needs."""
+
+    def __init__(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+        nccl = self.on and dist.get_backend() == "nccl"
+        self.device = device if nccl else torch.device("cpu")  # where reductions run
+
+    def sum(self, *values: float) -> list[float]:
+        """``values`` summed over the ranks."""
+        if not self.on:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return [float(v) for v in t.tolist()]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.on:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.on:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def wrap(self, model: Autoencoder, device: torch.device) -> torch.nn.Module:
+        """The module to train: a DistributedDataParallel copy of ``model`` in a group."""
+        if not self.on:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+
+def _rank_batches(
+    rows: Rows, epoch: int, batch_size: int, generator: torch.Generator | None, steps: int
+) -> Iterator[Tensor]:
+    """Exactly ``steps`` batches of ``rows`` for one epoch: in a group every rank must step
+    as often as the others, so a smaller shard starts over (in a new order) when it runs out,
+    and a larger one stops early."""
+    done, attempt = 0, 0
+    while done < steps:
+        for xb in rows.epoch_batches(epoch + 1_000_000 * attempt, batch_size, generator):
+            yield xb
+            done += 1
+            if done == steps:
+                return
+        attempt += 1
+
+
+def _loss_sum(
+    model: Autoencoder,
+    rows: Rows,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    trim: float = 0.0,
+) -> tuple[float, int]:
+    """Row-weighted sum of ``model``'s training objective over ``rows`` and the row count."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    with torch.no_grad():
+        for batch in rows.ordered_batches(batch_size):
+            xb = batch.to(device, non_blocking=True)
+            with autocast(device, precision):
+                out = model(xb)
+                loss = model.trimmed_loss(xb, out, trim)
+            total += loss.detach().double() * len(xb)
+            n += len(xb)
+    return float(total), n
+
+
 def evaluate_loss(
     model: Autoencoder,
-    x: Tensor,
+    x: Tensor | Rows,
     batch_size: int,
     device: torch.device,
     precision: str,
@@ -95,15 +193,8 @@ def evaluate_loss(
 ) -> float:
     """Mean training objective of ``model`` over ``x`` (row-weighted), in eval mode; with
     ``trim``, each batch's worst-reconstructed share of rows left out."""
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size].to(device, non_blocking=True)
-        with autocast(device, precision):
-            out = model(xb)
-            loss = model.trimmed_loss(xb, out, trim)
-        total += loss.detach().double() * len(xb)
-    return float(total) / max(len(x), 1)
+    total, n = _loss_sum(model, as_rows(x), batch_size, device, precision, trim)
+    return total / max(n, 1)
 
 
 def _make_optimizer(model: Autoencoder, cfg: TrainConfig, device: torch.device):
@@ -139,14 +230,26 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
     return None
 
 
-def run_fingerprint(model: Autoencoder, cfg: TrainConfig, n_train: int) -> str:
+RUN_ONLY = (
+    "checkpoint_dir",
+    "resume",
+    "streaming",
+    "memory_budget_gb",
+    "collective_timeout",
+    "rendezvous",
+)  # settings that change how a run goes, not what it computes
+
+
+def run_fingerprint(
+    model: Autoencoder, cfg: TrainConfig, n_train: int, mode: str = "memory"
+) -> str:
     """What a checkpoint must match to be resumed: model config, the shapes of its weights
     (a default that changed between versions, such as the hidden widths, changes them),
-    training config, data size."""
-    train = {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint_dir", "resume")}
+    training config, data size, and whether rows streamed (another order of batches)."""
+    train = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY}
     shapes = [[name, list(t.shape)] for name, t in model.state_dict().items()]
     blob = json.dumps(
-        [model.model_name, model.config.to_dict(), shapes, train, n_train], sort_keys=True
+        [model.model_name, model.config.to_dict(), shapes, train, n_train, mode], sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -181,45 +284,58 @@ def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
 
 def train(
     model: Autoencoder,
-    x_train: np.ndarray | Tensor,
-    x_val: np.ndarray | Tensor | None = None,
+    x_train: np.ndarray | Tensor | Rows,
+    x_val: np.ndarray | Tensor | Rows | None = None,
     config: TrainConfig | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the weights of its best validation epoch.
 
-    Without ``x_val`` the training loss drives the schedule and early stopping. With
-    ``config.checkpoint_dir`` every epoch ends with a checkpoint there, and a later call with
-    the same model, config and data resumes after the last finished epoch; on the CPU the
-    result is the same as a run that was never interrupted.
+    ``x_train`` and ``x_val`` are arrays, tensors or :class:`~ae_models.streaming.Rows`
+    (streamed from Parquet or a memory-mapped array). Without ``x_val`` the training loss
+    drives the schedule and early stopping. With ``config.checkpoint_dir`` every epoch ends
+    with a checkpoint there, and a later call with the same model, config and data resumes
+    after the last finished epoch; on the CPU the result is the same as a run that was never
+    interrupted. In a data-parallel group each rank passes its own shard.
     """
     cfg = config or TrainConfig()
     generator = seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    xt = as_tensor(x_train)
-    width = xt.shape[1] if xt.ndim == 2 else None
-    precision = resolve_precision(cfg.precision, device, width=width)
-    xv = as_tensor(x_val) if x_val is not None and len(x_val) else None
-    if len(xt) == 0:
+    group = ProcessGroup(device)
+    rows = as_rows(x_train, cfg.seed)
+    val = as_rows(x_val, cfg.seed) if x_val is not None and len_rows(x_val) else None
+    total_rows = int(group.sum(rows.rows)[0])
+    if total_rows == 0:
         raise ValueError("cannot train on 0 rows")
-    if device.type != "cpu":
-        xt = xt.to(device)
-        xv = xv.to(device) if xv is not None else None
+    has_val = bool(group.sum(val.rows if val is not None else 0)[0])
+    precision = resolve_precision(cfg.precision, device, width=rows.width)
+    if device.type != "cpu":  # resident rows move to the device once
+        rows, val = _to_device(rows, device), _to_device(val, device)
     model.to(device)
-    batch_size = cfg.rows_per_batch(len(xt))
-    steps = math.ceil(len(xt) / batch_size)
+    global_batch = cfg.rows_per_batch(total_rows)
+    batch_size = max(1, global_batch // group.world)  # rows per rank: the same global batch
+    steps = math.ceil(total_rows / global_batch)
+    streaming = not isinstance(rows, InMemoryRows)
+    # one process on resident rows: the shuffle's state is checkpointed (as it always was);
+    # streamed rows and ranks draw each epoch's order from (seed, epoch, rank) alone
+    shuffle = generator if group.world == 1 and not streaming else None
+    net = group.wrap(model, device)
     opt = _make_optimizer(model, cfg, device)
     scheduler = _make_scheduler(opt, cfg, steps)
     # fp16's narrow exponent underflows small gradients: the loss is scaled up before
     # backward and the gradients unscaled before clipping and the step (off for fp32, bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    result = TrainResult(device=str(device), precision=precision, batch_size=batch_size)
+    result = TrainResult(device=str(device), precision=precision, batch_size=global_batch)
     best_state: dict[str, Tensor] | None = None
     since_best, first_epoch = 0, 1
 
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    fingerprint = run_fingerprint(model, cfg, len(xt))
-    state = _load_checkpoint(ckpt_path, fingerprint) if ckpt_path and cfg.resume else None
+    mode = ("stream" if streaming else "memory") + (f"-ddp{group.world}" if group.on else "")
+    fingerprint = run_fingerprint(model, cfg, total_rows, mode)
+    state = None
+    if ckpt_path and cfg.resume:  # rank 0 reads it, every rank resumes from it
+        mine = _load_checkpoint(ckpt_path, fingerprint) if group.rank == 0 else None
+        state = group.broadcast(mine)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -233,7 +349,8 @@ def train(
         since_best, first_epoch = state["since_best"], state["epoch"] + 1
         result.resumed_from = state["epoch"]
         generator.set_state(state["rng_shuffle"])
-        torch.set_rng_state(state["rng_torch"])
+        ranks = state.get("rng_torch_ranks") or [state["rng_torch"]]
+        torch.set_rng_state(ranks[group.rank] if len(ranks) == group.world else ranks[0])
         log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"])
         if state.get("finished"):
             first_epoch = cfg.epochs + 1
@@ -245,9 +362,11 @@ def train(
         {
             "epochs": cfg.epochs,
             "start_epoch": first_epoch,
-            "rows": len(xt),
+            "rows": total_rows,
             "device": str(device),
             "precision": precision,
+            "streaming": streaming,
+            "processes": group.world,
         },
     )
     start = time.perf_counter()
@@ -257,16 +376,23 @@ def train(
     with share:
         for epoch in range(first_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
-            model.train()
+            net.train()
             total = torch.zeros((), dtype=torch.float64, device=device)
+            seen = 0
             # robust training: after the warm-up, each batch's worst-reconstructed rows (likely
             # anomalies in contaminated data) are left out of the gradient and the validation loss
             trim = cfg.trim_fraction if epoch > cfg.trim_warmup else 0.0
-            for xb in _epoch_batches(xt, batch_size, generator):
+            batches = (
+                _rank_batches(rows, epoch, batch_size, shuffle, steps)
+                if group.on
+                else rows.epoch_batches(epoch, batch_size, shuffle)
+            )
+            for batch in batches:
                 if isinstance(share, CpuShare):
                     share.tick()
+                xb = batch.to(device, non_blocking=True)
                 with autocast(device, precision):
-                    out = model(xb)
+                    out = net(xb)
                     loss = model.trimmed_loss(xb, out, trim)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -278,18 +404,22 @@ def train(
                 if per_step:
                     scheduler.step()
                 total += loss.detach().double() * len(xb)
-            train_loss = float(total) / len(xt)
+                seen += len(xb)
+            loss_sum, loss_rows = group.sum(float(total), seen)
+            train_loss = loss_sum / max(loss_rows, 1)
             train_seconds = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 raise FloatingPointError(
                     f"training loss became {train_loss} in epoch {epoch}; lower lr (now "
                     f"{cfg.lr:g}) or check the input for extreme values"
                 )
-            val_loss = (
-                evaluate_loss(model, xv, max(batch_size, 2048), device, precision, trim)
-                if xv is not None
-                else train_loss
-            )
+            val_loss = train_loss
+            if has_val:
+                empty = InMemoryRows(torch.zeros((0, rows.width)))
+                val_sum, val_rows = group.sum(
+                    *_loss_sum(model, val or empty, max(batch_size, 2048), device, precision, trim)
+                )
+                val_loss = val_sum / max(val_rows, 1)
             logs = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -297,7 +427,7 @@ def train(
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
                 "train_seconds": train_seconds,
-                "rows": len(xt),
+                "rows": loss_rows,
             }
             result.history.append(logs)
             if val_loss < result.best_val_loss - cfg.min_delta:
@@ -311,26 +441,29 @@ def train(
                 scheduler.step()
             stop = bool(cfg.patience) and since_best >= cfg.patience
             if ckpt_path is not None:
-                _save_checkpoint(
-                    ckpt_path,
-                    {
-                        "fingerprint": fingerprint,
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                        "scaler": scaler.state_dict(),
-                        "best_state": best_state,
-                        "best_epoch": result.best_epoch,
-                        "best_val_loss": result.best_val_loss,
-                        "since_best": since_best,
-                        "history": result.history,
-                        "rng_shuffle": generator.get_state(),
-                        "rng_torch": torch.get_rng_state(),
-                        "finished": stop or epoch == cfg.epochs,
-                        "stopped_early": stop,
-                    },
-                )
+                rng_ranks = group.gather(torch.get_rng_state())
+                if group.rank == 0:
+                    _save_checkpoint(
+                        ckpt_path,
+                        {
+                            "fingerprint": fingerprint,
+                            "epoch": epoch,
+                            "model": model.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                            "scaler": scaler.state_dict(),
+                            "best_state": best_state,
+                            "best_epoch": result.best_epoch,
+                            "best_val_loss": result.best_val_loss,
+                            "since_best": since_best,
+                            "history": result.history,
+                            "rng_shuffle": generator.get_state(),
+                            "rng_torch": torch.get_rng_state(),
+                            "rng_torch_ranks": rng_ranks,
+                            "finished": stop or epoch == cfg.epochs,
+                            "stopped_early": stop,
+                        },
+                    )
             _call(callbacks, "on_epoch_end", epoch, logs)
             if stop:
                 result.stopped_early = True
@@ -349,24 +482,46 @@ def train(
     return result
 
 
+def len_rows(x: np.ndarray | Tensor | Rows) -> int:
+    """Row count of an array, a tensor or :class:`~ae_models.streaming.Rows`."""
+    return int(x.rows) if hasattr(x, "epoch_batches") else len(x)  # type: ignore[union-attr,arg-type]
+
+
+def _to_device(rows: Rows | None, device: torch.device) -> Rows | None:
+    """Resident rows moved to ``device``; streamed rows stay as they are (batches move)."""
+    if isinstance(rows, InMemoryRows):
+        return InMemoryRows(rows.x.to(device), rows.seed, rows.rank)
+    return rows
+
+
 def forward_batches(
     model: Autoencoder,
-    x: np.ndarray | Tensor,
+    x: np.ndarray | Tensor | Rows,
     batch_size: int = 1024,
     device: str = "auto",
     precision: Precision = "fp32",
 ) -> Iterator[tuple[Tensor, Any]]:
     """Batches of (input on the device, model output) of ``x``, the model in eval mode and
-    autocast as ``precision`` resolves for the device (call under inference mode)."""
+    autocast as ``precision`` resolves for the device (call under inference mode). An array
+    is converted a batch at a time (a memory-mapped one is never read whole); streamed
+    :class:`~ae_models.streaming.Rows` come in source order."""
     dev = select_device(device)
     model.to(dev).eval()
-    xt = as_tensor(x)
-    mode = resolve_precision(precision, dev, xt.shape[1] if xt.ndim == 2 else None)
+    if hasattr(x, "ordered_batches"):
+        width: int | None = x.width  # type: ignore[union-attr]
+        batches = x.ordered_batches(batch_size)  # type: ignore[union-attr]
+    else:
+        width = x.shape[1] if x.ndim == 2 else None  # type: ignore[union-attr]
+        batches = (
+            as_tensor(x[s : s + batch_size])  # type: ignore[index]
+            for s in range(0, len(x), batch_size)  # type: ignore[arg-type]
+        )
+    mode = resolve_precision(precision, dev, width)
     with CpuShare() if dev.type == "cpu" else contextlib.nullcontext() as share:
-        for start in range(0, len(xt), batch_size):
+        for batch in batches:
             if share is not None:
                 share.tick()
-            xb = xt[start : start + batch_size].to(dev)
+            xb = batch.to(dev)
             with autocast(dev, mode):
                 out = model(xb)
             yield xb, out

@@ -93,8 +93,9 @@ def table_run(
     from stores import resolve_stores
     from tasks.config import apply_overrides, build_config
     from tasks.ingest import ingest_source
+    from tasks.io.splits import load_split_labels, load_split_matrices
     from tasks.normalize import normalize_dataset
-    from tasks.train import build_model, load_split_labels, load_split_matrices
+    from tasks.train import build_model
 
     src = {"path": source} | ({"label": label} if label else {})
     base = {"dataset": "bench", "source": src, "train": {"seed": seed}}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
@@ -23,9 +22,10 @@ from ae_models.fitting import fit_autoencoder
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import resolve_score, score_rows
+from ae_models.streaming import available_memory, source_bytes
 from ae_models.train_config import auto_code_size
 from ae_models.training import CHECKPOINT
-from feature_store.schema import LABEL, SPLIT, row_bytes
+from feature_store.schema import row_bytes
 from stores import Stores
 from stores import data as data_store
 from stores.space import StoreFull, ensure_room, is_disk_full, local_folder
@@ -37,6 +37,13 @@ from tasks.evaluation.metrics import (
     code_metrics,
     is_anomaly_label,
     is_classification_label,
+)
+from tasks.io.splits import (
+    SAMPLE_ROWS,
+    load_split_labels,
+    load_split_matrices,
+    sample_splits,
+    split_source,
 )
 from tasks.normalize import NormalizedData
 from tasks.tracking import (
@@ -76,22 +83,24 @@ class TrainedModel:
     loss: str = "mse"  # the reconstruction loss trained on: bce (sigmoid head) or mse
 
 
-def load_split_matrices(data: NormalizedData) -> dict[str, np.ndarray]:
-    """Feature matrix (float32) per split of a normalized dataset."""
-    table = pq.read_table(data.path, columns=[SPLIT, *data.features])
-    splits = table.column(SPLIT).to_numpy(zero_copy_only=False)
-    matrix = np.column_stack(
-        [table.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
+def streams(data: NormalizedData, cfg: PipelineConfig) -> bool:
+    """Whether training streams its rows from the normalized Parquet (they exceed the
+    memory budget, or ``train.streaming`` says so), logged with the reason."""
+    matrix = source_bytes(
+        data.split_rows.get("train", 0) + data.split_rows.get("val", 0), len(data.features)
     )
-    return {s: matrix[splits == s] for s in ("train", "val", "test")}
-
-
-def load_split_labels(data: NormalizedData) -> dict[str, np.ndarray]:
-    """Label per split of a normalized dataset that kept one (never a model input)."""
-    table = pq.read_table(data.path, columns=[SPLIT, LABEL])
-    splits = table.column(SPLIT).to_numpy(zero_copy_only=False)
-    y = table.column(LABEL).to_numpy(zero_copy_only=False)
-    return {s: y[splits == s] for s in ("train", "val", "test")}
+    available = available_memory()
+    streaming = cfg.train.streams(matrix, available)
+    if streaming:
+        _logger().info(
+            "training streams its rows from %s by row groups: %.2f GB of training and "
+            "validation rows against a memory budget of %.2f GB (train.streaming: %s)",
+            data.path,
+            matrix / 2**30,
+            cfg.train.memory_budget(available) / 2**30,
+            cfg.train.streaming,
+        )
+    return streaming
 
 
 def draw_pictures(
@@ -329,9 +338,19 @@ def train_autoencoder(
     """
     for path in (data.path, data.spec_path):  # on an object-store AEPIPE_DATA: from there
         data_store.fetch(stores, path)
-    parts = load_split_matrices(data)
-    if len(parts["train"]) == 0:
+    if data.split_rows.get("train", 0) == 0:
         raise ConfigError("the training split is empty")
+    streaming = streams(data, cfg)
+    labels: dict[str, np.ndarray] | None = None
+    if streaming or cfg.train.strategy == "ddp":  # the rows stay in the file: samples here
+        parts, labels = sample_splits(data, SAMPLE_ROWS, cfg.train.seed)
+        x_train: Any = split_source(data, "train")
+        x_val: Any = split_source(data, "val") if data.split_rows.get("val") else None
+        score_on: np.ndarray | None = np.vstack([parts["train"], parts["val"]])
+    else:
+        parts = load_split_matrices(data)
+        x_train, x_val, score_on = parts["train"], parts["val"], None
+        labels = load_split_labels(data) if data.has_label else None
     unit_range = Normalizer.load(data.spec_path).unit_range
     model = build_model(cfg, len(data.features), unit_range)
     train_cfg = cfg.train
@@ -364,8 +383,8 @@ def train_autoencoder(
     try:
         fit = fit_autoencoder(
             model,
-            parts["train"],
-            parts["val"],
+            x_train,
+            x_val,
             train_cfg,
             score=cfg.score,
             contamination=cfg.contamination,
@@ -376,6 +395,8 @@ def train_autoencoder(
             ],
             # scored the way the feature table will be (SCORING_PRECISION): the threshold fits
             score_precision=SCORING_PRECISION,
+            score_on=score_on,
+            streaming=streaming,
         )
     except BaseException as err:
         client.set_terminated(run_id, status="FAILED")
@@ -388,6 +409,9 @@ def train_autoencoder(
     result, scorer = fit.result, fit.scorer
     client.set_tag(run_id, "aepipe.device", result.device)
     client.set_tag(run_id, "aepipe.precision", result.precision)
+    client.set_tag(run_id, "aepipe.rows", "streamed" if streaming else "in memory")
+    if train_cfg.strategy == "ddp":
+        client.set_tag(run_id, "aepipe.strategy", "ddp")
     z_fit = fit.fitted.codes
     evaluated = score_rows(
         model,
@@ -417,7 +441,6 @@ def train_autoencoder(
     loss = model.config.loss_name  # what the model was trained to lower: bce or mse
     # below 1: reconstructs better than each column's training mean; 1 or more: learned nothing
     metrics["recon_vs_baseline"] = metrics[f"test_{loss}"] / max(metrics[f"baseline_{loss}"], 1e-12)
-    labels = load_split_labels(data) if data.has_label else None
     if labels is not None:
         y_fit = np.concatenate([labels["train"], labels["val"]])
         if is_classification_label(y_fit):

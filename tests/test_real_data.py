@@ -15,8 +15,8 @@ import ae_models
 from tasks.config import build_config
 from tasks.ingest import ingest_source
 from tasks.io.arrays import load_mnist
+from tasks.io.splits import load_split_matrices
 from tasks.normalize import normalize_dataset
-from tasks.train import load_split_matrices
 
 VARIANTS = ["deep", "denoising", "sparse", "contractive", "vae", "conv"]
 

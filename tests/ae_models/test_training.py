@@ -10,6 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import ae_models
+from ae_models.streaming import ArraySource
 from ae_models.training import ONECYCLE_MIN_STEPS, _make_scheduler
 
 
@@ -183,9 +184,20 @@ class _StopAt:
             raise _Interrupt
 
 
-@pytest.mark.parametrize("name", ["deep", "denoising", "vae"])
-def test_resume_after_interruption_matches_uninterrupted(digits, tmp_path, name) -> None:
+def _streamed(x: np.ndarray) -> ArraySource:
+    """``x`` as a source of blocks of 200 rows (several blocks, a buffer of two)."""
+    return ArraySource(x, block_rows=200)
+
+
+@pytest.mark.parametrize(
+    ("name", "streaming"),
+    [("deep", False), ("denoising", False), ("vae", False), ("deep", True), ("denoising", True)],
+)
+def test_resume_after_interruption_matches_uninterrupted(digits, tmp_path, name, streaming) -> None:
     train, val = digits
+    if streaming:  # rows streamed by blocks, read ahead, shuffled in a buffer of 400 rows
+        train = _streamed(train).open(streaming=True, seed=3, shuffle_rows=400)
+        val = _streamed(val).open(streaming=True, seed=3)
     cfg = ae_models.TrainConfig(epochs=6, batch_size=64, patience=0, seed=3)
     straight = ae_models.create_model(name, seed=1, input_dim=64, code_size=8)
     expected = ae_models.train(straight, train, val, cfg)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tasks.config import build_config
 from tasks.ingest import ingest_source
 from tasks.normalize import normalize_dataset
@@ -58,3 +62,43 @@ def test_the_model_keeps_a_drift_reference(tmp_path, tmp_stores) -> None:
     assert drift["score_rows"] == data.split_rows["test"]  # held out of training
     assert len(drift["score_quantiles"]) == 201 and 0 <= drift["flagged_rate"] <= 1
     assert len(drift["code_mean"]) == 2 and np.shape(drift["code_cov"]) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        {"streaming": "always"},
+        {"strategy": "ddp", "processes": 2},
+        {"strategy": "ddp", "processes": 2, "streaming": "always"},
+    ],
+    ids=["streaming", "ddp", "ddp-streaming"],
+)
+def test_training_streams_or_runs_data_parallel_into_one_mlflow_run(
+    tmp_path, tmp_stores, train
+) -> None:
+    """The train stage on the digits streamed from the normalized Parquet and/or over two
+    gloo processes: one MLflow run with every epoch, a saved model as good as in-memory
+    training's, measured on the rows themselves."""
+    import mlflow
+
+    settings = {"epochs": 6, "batch_size": 64, "patience": 0, "lr": 3e-3, "precision": "fp32"}
+    base = build_config({"home": str(tmp_path / "aepipe-home"), "model": {"code_size": 8},
+                         "train": settings})  # fmt: skip
+    data = normalize_dataset(ingest_source(base, tmp_stores), base)
+    plain = train_autoencoder(data, base, tmp_stores)
+    cfg = build_config(
+        {"home": str(tmp_path / "aepipe-home"), "model": {"code_size": 8},
+         "train": settings | train}
+    )  # fmt: skip
+    trained = train_autoencoder(data, cfg, tmp_stores)
+    run = mlflow.MlflowClient(tmp_stores.tracking_uri).get_run(trained.run_id)
+    expected = "streamed" if train.get("streaming") == "always" else "in memory"
+    assert run.data.tags["aepipe.rows"] == expected
+    assert run.data.tags.get("aepipe.strategy") == train.get("strategy")
+    history = mlflow.MlflowClient(tmp_stores.tracking_uri).get_metric_history(
+        trained.run_id, "train_loss"
+    )
+    assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # every epoch, in this run
+    assert len(trained.history) == 6 and Path(trained.model_dir, "model.json").is_file()
+    for key in ("test_mse", "codes_logreg_accuracy"):
+        assert trained.metrics[key] == pytest.approx(plain.metrics[key], rel=0.25), key
