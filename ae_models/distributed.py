@@ -255,6 +255,7 @@ def _launch(cfg: TrainConfig, n: int, run_id: str, folder: str, outcome: dict[st
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    _quiet_thread_warning()
     alone = cfg.nodes == 1 and not cfg.rendezvous
     config = LaunchConfig(
         min_nodes=cfg.nodes,
@@ -266,6 +267,7 @@ def _launch(cfg: TrainConfig, n: int, run_id: str, folder: str, outcome: dict[st
         rdzv_configs={"timeout": int(max(60, cfg.collective_timeout))},
         max_restarts=0,  # a dead rank ends the run; running it again resumes
         monitor_interval=0.2,
+        shutdown_timeout=10,  # seconds between the agent's SIGTERM and its SIGKILL
         local_addr="127.0.0.1" if alone else None,
     )
     try:
@@ -274,6 +276,21 @@ def _launch(cfg: TrainConfig, n: int, run_id: str, folder: str, outcome: dict[st
         outcome["error"] = RankFailed(_failure_line(err, Path(folder)))
     except BaseException as err:
         outcome["error"] = err
+
+
+class _NoThreadWarning(logging.Filter):
+    """Drops the agent's warning that it runs in a thread and so installs no signal
+    handlers: the processes it starts die with their parent anyway (``_die_with_parent``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "running on a child thread" not in record.getMessage()
+
+
+def _quiet_thread_warning() -> None:
+    """Install :class:`_NoThreadWarning` on the agent's logger, once."""
+    agent = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    if not any(isinstance(f, _NoThreadWarning) for f in agent.filters):
+        agent.addFilter(_NoThreadWarning())
 
 
 def _failure_line(err: Any, folder: Path) -> str:

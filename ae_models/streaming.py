@@ -326,8 +326,12 @@ def open_rows(
     tensor (rows of a block in file order, blocks in order)."""
     if streaming:
         return StreamingRows(reader, seed, rank, shuffle_rows)
-    parts = [reader.read(b) for b, _ in reader.blocks()]
-    x = np.concatenate(parts) if parts else np.zeros((0, reader.width), np.float32)
+    blocks = reader.blocks()
+    x = np.empty((sum(n for _, n in blocks), reader.width), np.float32)  # filled in place:
+    at = 0  # never the blocks and their concatenation at once
+    for (_, n), rows in zip(blocks, read_ahead(reader, [b for b, _ in blocks]), strict=True):
+        x[at : at + n] = rows
+        at += n
     return InMemoryRows(torch.from_numpy(x), seed, rank)
 
 

@@ -144,6 +144,25 @@ def test_a_rank_that_fails_is_named_with_its_error(digits_file, tmp_path) -> Non
         train_ddp(model, train, val, _config(epochs=30), [_Rewrite()], streaming=True)
 
 
+def test_a_rank_that_stops_answering_times_out_instead_of_hanging(digits_file, tmp_path) -> None:
+    """SIGSTOP one process (a machine that froze): the other gives up on its all-reduce after
+    ``collective_timeout`` seconds and the run ends, naming a process, instead of waiting
+    forever."""
+    train, val = _sources(digits_file[0])
+
+    class _Freeze:
+        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+            if epoch == 1:
+                os.kill(rank_pid(1), signal.SIGSTOP)
+
+    model = ae_models.create_model("deep", seed=0, input_dim=64, code_size=8)
+    cfg = _config(epochs=200, collective_timeout=5, checkpoint_dir=str(tmp_path))
+    started = time.monotonic()
+    with pytest.raises(RankFailed, match=r"data-parallel training rank \d \(pid \d+\)"):
+        train_ddp(model, train, val, cfg, [_Freeze()], streaming=False)
+    assert time.monotonic() - started < 90  # 5 s of timeout, 10 s for the agent to stop it
+
+
 def test_cuda_where_there_is_none_fails_before_any_process_starts(digits_file) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
