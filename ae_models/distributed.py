@@ -229,12 +229,17 @@ def train_ddp(
     )
     launcher.start()
     read = 0
-    while True:  # rank 0's epochs reach the callbacks in this thread, as they finish
-        alive = launcher.is_alive()
-        read = _replay(epochs, read, callbacks)
-        if not alive:
-            break
-        time.sleep(POLL_SECONDS)
+    try:
+        while True:  # rank 0's epochs reach the callbacks in this thread, as they finish
+            alive = launcher.is_alive()
+            read = _replay(epochs, read, callbacks)
+            if not alive:
+                break
+            time.sleep(POLL_SECONDS)
+    except BaseException:  # a callback failed, or the task was interrupted: stop the ranks
+        _stop_ranks()
+        launcher.join()
+        raise
     launcher.join()
     if "error" in outcome:
         raise outcome["error"]
@@ -245,6 +250,20 @@ def train_ddp(
         if hasattr(cb, "on_train_end"):
             cb.on_train_end(result)
     return result
+
+
+def _stop_ranks() -> None:
+    """SIGTERM this process's training ranks (Linux: its children running
+    ``ae_models.distributed``), so that the agent sees them end and returns."""
+    me = str(os.getpid())
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            parent = stat.rsplit(")", 1)[1].split()[1]
+            if parent == me and b"ae_models.distributed" in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGTERM)
+        except (OSError, IndexError, ValueError):
+            continue
 
 
 def _launch(cfg: TrainConfig, n: int, run_id: str, folder: str, outcome: dict[str, Any]) -> None:

@@ -163,6 +163,24 @@ def test_a_rank_that_stops_answering_times_out_instead_of_hanging(digits_file, t
     assert time.monotonic() - started < 90  # 5 s of timeout, 10 s for the agent to stop it
 
 
+def test_a_failing_callback_stops_the_ranks(digits_file, tmp_path) -> None:
+    """A callback of the launching process that fails (its tracking server gone, say) stops
+    the training processes too, rather than leaving them training for nobody."""
+    train, val = _sources(digits_file[0])
+
+    class _Broken:
+        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+            raise ConnectionError("the tracking server went away")
+
+    model = ae_models.create_model("deep", seed=0, input_dim=64, code_size=8)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="went away"):
+        train_ddp(model, train, val, _config(epochs=2000), [_Broken()], streaming=False)
+    assert time.monotonic() - started < 60  # 2,000 epochs would take minutes
+    with pytest.raises(LookupError):
+        rank_pid(0)  # no training process is left
+
+
 def test_cuda_where_there_is_none_fails_before_any_process_starts(digits_file) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
