@@ -34,7 +34,7 @@ import numpy as np
 
 from ae_models.base import Autoencoder
 from ae_models.scoring import RowScores, Scorer, fit_scorer
-from ae_models.streaming import ArraySource, ParquetSource, sample_mask, sample_rows
+from ae_models.streaming import ArraySource, ParquetSource, rows_of, sample_mask, sample_rows
 from ae_models.training import TrainConfig, TrainResult, train
 
 ESTIMATOR_LR = 3e-3
@@ -96,8 +96,7 @@ def fit_autoencoder(
     if score_on is None:
         if isinstance(x_train, ParquetSource | ArraySource):
             reader = x_train.reader()
-            total = sum(n for _, n in reader.blocks())
-            score_on = sample_rows(reader, sample_mask(total, SCORER_ROWS, cfg.seed))
+            score_on = sample_rows(reader, sample_mask(rows_of(reader), SCORER_ROWS, cfg.seed))
         elif x_val is None or len(x_val) == 0:  # type: ignore[arg-type]
             score_on = x_train
         else:

@@ -14,7 +14,10 @@ Each epoch visits every block once in an order drawn from ``(seed, epoch, rank)`
 resumed run streams exactly the batches the uninterrupted run would have; blocks gather in a
 buffer of about ``shuffle_rows`` rows that is permuted before it is cut into batches (rows of
 one block spread over the batches of a buffer, not only of their block). Memory stays at
-about the buffer plus :data:`READ_AHEAD` blocks, whatever the source's size.
+about the buffer, :data:`READ_AHEAD` blocks and the Parquet footer, whatever the number of
+rows. The first read of a block decodes it and keeps its float32 rows in an unlinked
+temporary file beside the source (when that disk has room); later epochs copy them back
+from there instead of decoding the Parquet columns again.
 
 A data-parallel rank opens its own shard (``rank``, ``world``): every ``world``-th block, or,
 when the source has too few blocks to share, every block's ``rank``-th slice.

@@ -57,6 +57,7 @@ class SoakReport:
     read_seconds: list[float] = field(default_factory=list)
     snapshots: list[int] = field(default_factory=list)
     metadata_files: list[int] = field(default_factory=list)
+    data_files: list[int] = field(default_factory=list)  # data files a read of it opens
     rows_lost: int = 0  # source rows missing from the table at the end
     rows_twice: int = 0  # rows in the table more than once
 
@@ -138,6 +139,7 @@ def soak(
         report.read_seconds.append(_read_seconds("soak", home))
         report.snapshots.append(len(load_table("soak", home).snapshots()))
         report.metadata_files.append(sum(1 for _ in metadata.iterdir()))
+        report.data_files.append(sum(1 for _ in load_table("soak", home).scan().plan_files()))
     table = read_features("soak", home=home)
     report.rows_twice = int(table.duplicated(["entity_id", "event_timestamp"]).sum())
     report.rows_lost = int((~frame["customer"].isin(set(table["entity_id"]))).sum())

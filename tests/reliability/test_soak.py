@@ -15,12 +15,14 @@ pytestmark = pytest.mark.slow
 def test_a_long_lived_process_stays_flat_and_its_table_bounded(prefect_server, tmp_path) -> None:
     """Without the upkeep the snapshots grow by one a run; without deleting old metadata
     files or merging manifests the metadata files grow by three a run; without compaction
-    the reads slow down with every appended file (2.6x the first in 16 runs): each breaks
-    its bound within these 12 runs."""
+    each read opens one data file more a run (reads 2.6x slower than the first in 16 runs):
+    each breaks its bound within these 12 runs."""
     report = soak(tmp_path, runs=12, maintain_every=3, versions=3, merge_at=3)
     most_snapshots, most_metadata = caps(3, 3, 3)
     assert (report.rows_lost, report.rows_twice) == (0, 0)
     assert max(report.snapshots) <= most_snapshots, report.snapshots
     assert max(report.metadata_files) <= most_metadata, report.metadata_files
     assert report.rss_growth() <= 0.10, report.rss_mb
-    assert report.read_ratio() <= 2.0, report.read_seconds
+    # reads stay bounded: a read opens at most the files appended since the last upkeep
+    # (timings, which jump with the machine, are benchmarks/soak.py's to report)
+    assert max(report.data_files) <= 3, report.data_files
