@@ -139,28 +139,27 @@ def run_rank(folder: str) -> None:
         cfg = dataclasses.replace(cfg, device=str(device))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.collective_timeout))
-    try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        model = create_model(job.model_name, **job.model_config)
-        model.load_state_dict(torch.load(Path(folder) / INITIAL_FILE, weights_only=True))
-        opened = {
-            "streaming": job.streaming,
-            "seed": cfg.seed,
-            "rank": rank,
-            "world": world,
-            "shuffle_rows": cfg.shuffle_rows(len(job.source.columns)),
-        }
-        rows = job.source.open(**opened)
-        val = job.val.open(**opened) if job.val is not None else None
-        callbacks = [_EpochFile(Path(folder) / EPOCHS_FILE)] if rank == 0 else []
-        result = train(model, rows, val, cfg, callbacks)
-        if rank == 0:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save(state, Path(folder) / BEST_FILE)
-            (Path(folder) / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result)))
-        dist.barrier()  # every rank done before the group is torn down (gloo aborts otherwise)
-    finally:
-        dist.destroy_process_group()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = create_model(job.model_name, **job.model_config)
+    model.load_state_dict(torch.load(Path(folder) / INITIAL_FILE, weights_only=True))
+    opened = {
+        "streaming": job.streaming,
+        "seed": cfg.seed,
+        "rank": rank,
+        "world": world,
+        "shuffle_rows": cfg.shuffle_rows(len(job.source.columns)),
+    }
+    rows = job.source.open(**opened)
+    val = job.val.open(**opened) if job.val is not None else None
+    callbacks = [_EpochFile(Path(folder) / EPOCHS_FILE)] if rank == 0 else []
+    result = train(model, rows, val, cfg, callbacks)
+    if rank == 0:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, Path(folder) / BEST_FILE)
+        (Path(folder) / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result)))
+    dist.barrier()  # every rank done before the group is torn down (gloo aborts otherwise)
+    # torn down only after success: with a peer gone the teardown aborts (main() exits)
+    dist.destroy_process_group()
 
 
 def _die_with_parent() -> None:
@@ -332,13 +331,17 @@ def _failure_line(err: Any, folder: Path) -> str:
 
 
 def _blame(rank: int, failure: Any) -> tuple[int, int, int]:
-    """Sort key putting the cause first: a rank that died or raised on its own before ranks
-    the agent stopped (SIGTERM) and ranks that lost their connection to it."""
+    """Sort key putting the cause first: a rank that raised or was killed on its own, then
+    one that aborted, then those the agent stopped (SIGTERM) or that lost their connection
+    to the one that failed."""
     text = str(failure.message)
-    follower = failure.exitcode == -signal.SIGTERM or any(
-        m in text for m in ("Connection reset", "Connection closed", "Broken pipe")
-    )
-    return int(follower), int(failure.timestamp), rank
+    if failure.exitcode == -signal.SIGTERM or any(
+        m in text for m in ("Connection reset", "Connection closed", "Broken pipe", "timed out")
+    ):
+        order = 2
+    else:
+        order = 1 if failure.exitcode == -signal.SIGABRT else 0
+    return order, int(failure.timestamp), rank
 
 
 def _last_epoch(path: Path) -> int:
@@ -383,7 +386,11 @@ def main(argv: list[str] | None = None) -> None:
     process can name what failed)."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    record(_main)(argv)
+    try:
+        record(_main)(argv)
+    except BaseException:  # recorded for the agent; leave without the process group's
+        sys.stderr.flush()  # teardown, which aborts (SIGABRT) when a peer has gone
+        os._exit(1)
 
 
 if __name__ == "__main__":
