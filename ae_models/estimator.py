@@ -19,7 +19,7 @@ from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
 from ae_models.scoring import SCORE_KINDS, Scorer, score_rows
 from ae_models.serialization import load_model, save_model
-from ae_models.streaming import available_memory, rows_of
+from ae_models.streaming import available_memory, rows_of, source_bytes
 from ae_models.train_config import auto_code_size
 from ae_models.training import TrainConfig, TrainResult, encode_and_score
 
@@ -376,7 +376,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         val = large.source(True) if self.validation_fraction > 0 else None
         n_val = rows_of(val.reader()) if val is not None else 0
         cfg = self._train_config(n_val)
-        streaming = cfg.streams(rows * width * 4, available_memory())
+        streaming = cfg.streams(source_bytes(rows, width), available_memory())
         fit = fit_autoencoder(
             net,
             large.source(False) if n_val else large.source(None),

@@ -18,7 +18,7 @@ from ae_models.streaming import (
     ParquetSource,
     available_memory,
     holdout_mask,
-    read_ahead,
+    read_in_order,
     source_bytes,
 )
 
@@ -26,19 +26,17 @@ from ae_models.streaming import (
 def scan_rows(reader: BlockReader) -> tuple[int, float, float]:
     """Row count, smallest and largest value of ``reader``'s rows, in one pass; a ValueError
     names the first block holding NaN or infinity."""
-    rows, lo, hi, start = 0, math.inf, -math.inf, 0
-    blocks = [b for b, _ in reader.blocks()]
-    for block in read_ahead(reader, blocks):
+    rows, lo, hi = 0, math.inf, -math.inf
+    for block in read_in_order(reader):
         if len(block):
             if not np.isfinite(block).all():
                 bad = int(np.argwhere(~np.isfinite(block))[0][0])
                 raise ValueError(
-                    f"X holds NaN or infinite values (the first in row {start + bad} of the "
+                    f"X holds NaN or infinite values (the first in row {rows + bad} of the "
                     "rows read)"
                 )
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         rows += len(block)
-        start += len(block)
     return rows, lo, hi
 
 

@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ae_models.base import reconstruction_error
+from ae_models.streaming import is_rows
 from ae_models.training import forward_batches
 
 ScoreKind = Literal["mse", "scaled_mse", "bce", "elbo", "hybrid"]
@@ -314,9 +315,7 @@ def score_rows(
     if not codes:
         empty = np.zeros(0, np.float32)
         width = (
-            int(x.width)
-            if hasattr(x, "ordered_batches")
-            else (int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 0)
+            int(x.width) if is_rows(x) else (int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 0)
         )
         return RowScores(
             np.zeros((0, model.config.code_size), np.float32),

@@ -69,6 +69,11 @@ class Rows(Protocol):
     def ordered_batches(self, batch_size: int) -> Iterator[Tensor]: ...
 
 
+def is_rows(x: Any) -> bool:
+    """Whether ``x`` is :class:`Rows` (rather than an array or a tensor)."""
+    return hasattr(x, "epoch_batches") and hasattr(x, "ordered_batches")
+
+
 GATHER_ROWS = 16384  # rows shuffled into a contiguous block at a time
 
 
@@ -329,12 +334,11 @@ def open_rows(
     tensor (rows of a block in file order, blocks in order)."""
     if streaming:
         return StreamingRows(reader, seed, rank, shuffle_rows)
-    blocks = reader.blocks()
-    x = np.empty((sum(n for _, n in blocks), reader.width), np.float32)  # filled in place:
-    at = 0  # never the blocks and their concatenation at once
-    for (_, n), rows in zip(blocks, read_ahead(reader, [b for b, _ in blocks]), strict=True):
-        x[at : at + n] = rows
-        at += n
+    x = np.empty((rows_of(reader), reader.width), np.float32)  # filled in place: never the
+    at = 0  # blocks and their concatenation at once
+    for rows in read_in_order(reader):
+        x[at : at + len(rows)] = rows
+        at += len(rows)
     return InMemoryRows(torch.from_numpy(x), seed, rank)
 
 
@@ -348,7 +352,7 @@ class StreamingRows:
         self.seed, self.rank = seed, rank
         self.shuffle_rows = max(1, shuffle_rows)
         self.blocks = reader.blocks()
-        self.rows = sum(n for _, n in self.blocks)
+        self.rows = rows_of(reader)
         self.width = reader.width
         self.reader: BlockReader = _Spill.over(reader, source_bytes(self.rows, self.width))
 
@@ -386,7 +390,7 @@ class StreamingRows:
     def ordered_batches(self, batch_size: int) -> Iterator[Tensor]:
         """The rows in source order, ``batch_size`` at a time."""
         rest = np.zeros((0, self.width), np.float32)
-        for block in read_ahead(self.reader, [b for b, _ in self.blocks]):
+        for block in read_in_order(self.reader):
             rows = np.concatenate([rest, block]) if len(rest) else block
             full = len(rows) // batch_size * batch_size
             for start in range(0, full, batch_size):
@@ -489,6 +493,11 @@ def read_ahead(reader: BlockReader, order: list[Block], depth: int = READ_AHEAD)
         thread.join()
 
 
+def read_in_order(reader: BlockReader) -> Iterator[np.ndarray]:
+    """``reader``'s blocks in source order, read ahead."""
+    return read_ahead(reader, [b for b, _ in reader.blocks()])
+
+
 def _put(out: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
     """Put ``item`` unless the consumer stopped (never blocks forever)."""
     while not stop.is_set():
@@ -511,11 +520,10 @@ def sample_mask(total: int, max_rows: int, seed: int = 0) -> np.ndarray:
 def sample_rows(reader: BlockReader, take: np.ndarray) -> np.ndarray:
     """The rows of ``reader`` that ``take`` (a mask over them, in source order) keeps, read
     in one pass: a bounded sample of data that need not fit in memory."""
-    blocks = reader.blocks()
     parts, offset = [], 0
-    for (_, n), rows in zip(blocks, read_ahead(reader, [b for b, _ in blocks]), strict=True):
-        parts.append(rows[take[offset : offset + n]])
-        offset += n
+    for rows in read_in_order(reader):
+        parts.append(rows[take[offset : offset + len(rows)]])
+        offset += len(rows)
     return np.concatenate(parts) if parts else np.zeros((0, reader.width), np.float32)
 
 

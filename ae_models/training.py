@@ -31,12 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ae_models.base import Autoencoder, reconstruction_error
 from ae_models.cpus import CpuShare
 from ae_models.runtime import autocast, resolve_precision, seed_everything, select_device
-from ae_models.streaming import InMemoryRows, Rows
+from ae_models.streaming import InMemoryRows, Rows, is_rows
 from ae_models.train_config import Precision, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def as_tensor(x: np.ndarray | Tensor) -> Tensor:
 def as_rows(x: np.ndarray | Tensor | Rows, seed: int = 0) -> Rows:
     """``x`` as training rows: :class:`~ae_models.streaming.Rows` as they are, arrays and
     tensors resident in memory."""
-    if hasattr(x, "epoch_batches"):
+    if is_rows(x):
         return x  # type: ignore[return-value]
     return InMemoryRows(as_tensor(x), seed)  # type: ignore[arg-type]
 
@@ -96,8 +97,6 @@ class ProcessGroup:
     operations the loop needs."""
 
     def __init__(self, device: torch.device) -> None:
-        import torch.distributed as dist
-
         self.on = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.on else 0
         self.world = dist.get_world_size() if self.on else 1
@@ -108,8 +107,6 @@ class ProcessGroup:
         """``values`` summed over the ranks."""
         if not self.on:
             return [float(v) for v in values]
-        import torch.distributed as dist
-
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return [float(v) for v in t.tolist()]
@@ -118,8 +115,6 @@ class ProcessGroup:
         """Rank 0's ``obj`` on every rank."""
         if not self.on:
             return obj
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0, device=self.device)
         return box[0]
@@ -128,8 +123,6 @@ class ProcessGroup:
         """Every rank's ``obj``, in rank order, on every rank."""
         if not self.on:
             return [obj]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
@@ -304,11 +297,16 @@ def train(
     group = ProcessGroup(device)
     rows = as_rows(x_train, cfg.seed)
     val = as_rows(x_val, cfg.seed) if x_val is not None and len_rows(x_val) else None
-    total_rows = int(group.sum(rows.rows)[0])
+    total, val_total = group.sum(rows.rows, val.rows if val is not None else 0)
+    total_rows = int(total)
     if total_rows == 0:
         raise ValueError("cannot train on 0 rows")
-    has_val = bool(group.sum(val.rows if val is not None else 0)[0])
-    precision = resolve_precision(cfg.precision, device, width=rows.width)
+    if val_total and val is None:  # this rank's shard of the validation rows is empty
+        val = InMemoryRows(torch.zeros((0, rows.width)))
+    # the input width decides bf16 on the CPU; a resident tensor of images (not rows x
+    # features) counts as wide, as it always has
+    flat = not isinstance(rows, InMemoryRows) or rows.x.ndim == 2
+    precision = resolve_precision(cfg.precision, device, width=rows.width if flat else None)
     if device.type != "cpu":  # resident rows move to the device once
         rows, val = _to_device(rows, device), _to_device(val, device)
     model.to(device)
@@ -414,10 +412,9 @@ def train(
                     f"{cfg.lr:g}) or check the input for extreme values"
                 )
             val_loss = train_loss
-            if has_val:
-                empty = InMemoryRows(torch.zeros((0, rows.width)))
+            if val is not None:
                 val_sum, val_rows = group.sum(
-                    *_loss_sum(model, val or empty, max(batch_size, 2048), device, precision, trim)
+                    *_loss_sum(model, val, max(batch_size, 2048), device, precision, trim)
                 )
                 val_loss = val_sum / max(val_rows, 1)
             logs = {
@@ -484,7 +481,7 @@ def train(
 
 def len_rows(x: np.ndarray | Tensor | Rows) -> int:
     """Row count of an array, a tensor or :class:`~ae_models.streaming.Rows`."""
-    return int(x.rows) if hasattr(x, "epoch_batches") else len(x)  # type: ignore[union-attr,arg-type]
+    return int(x.rows) if is_rows(x) else len(x)  # type: ignore[union-attr,arg-type]
 
 
 def _to_device(rows: Rows | None, device: torch.device) -> Rows | None:
@@ -507,7 +504,7 @@ def forward_batches(
     :class:`~ae_models.streaming.Rows` come in source order."""
     dev = select_device(device)
     model.to(dev).eval()
-    if hasattr(x, "ordered_batches"):
+    if is_rows(x):
         width: int | None = x.width  # type: ignore[union-attr]
         batches = x.ordered_batches(batch_size)  # type: ignore[union-attr]
     else:

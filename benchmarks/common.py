@@ -56,11 +56,12 @@ def best_of(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run a worker ``runs`` times, each in a fresh process; the best result by ``key``, with
-    every run's value under ``all`` (so the spread shows)."""
+    every run's value under ``all`` (so the spread shows) and every run's result under
+    ``runs``."""
     results = [run_worker(script, *args, env=env) for _ in range(runs)]
     pick = max if higher_is_better else min
     best = pick(results, key=lambda r: r[key])
-    return {**best, "all": [r[key] for r in results]}
+    return {**best, "all": [r[key] for r in results], "runs": results}
 
 
 def machine() -> str:

@@ -39,11 +39,11 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    best_of,
     machine,
     peak_rss_mb,
     require_dataset,
     rss_mb,
-    run_worker,
     target,
 )
 
@@ -154,16 +154,15 @@ def main() -> None:
     one, many = write_copies(folder, 1), write_copies(folder, args.copies)
     epochs = str(args.epochs)
     results = {}
-    runs: dict[str, list[dict]] = {}
     for mode in ("memory", "streaming", "ddp"):
         ckpt = tempfile.mkdtemp(prefix="ddp-", dir=folder)
-        runs[mode] = [run_worker(HERE, mode, str(many), epochs, ckpt) for _ in range(args.runs)]
-        best = max(runs[mode], key=lambda r: r["samples_per_s"])
-        results[mode] = {**best, "all": [r["samples_per_s"] for r in runs[mode]]}
+        results[mode] = best_of(
+            HERE, mode, str(many), epochs, ckpt, runs=args.runs, key="samples_per_s",
+            higher_is_better=True,
+        )  # fmt: skip
     # memory: the same epochs at 1x, the least of the runs on both sides
-    small_runs = [run_worker(HERE, "streaming", str(one), epochs, "-") for _ in range(args.runs)]
-    small = {"rss_mb": min(r["rss_mb"] for r in small_runs)}
-    large_rss = min(r["rss_mb"] for r in runs["streaming"])
+    small = best_of(HERE, "streaming", str(one), epochs, "-", runs=args.runs, key="rss_mb")
+    large_rss = min(r["rss_mb"] for r in results["streaming"]["runs"])
     rows, precision = results["memory"]["rows"], results["memory"]["precision"]
     print(f"\n{rows:,} training rows ({args.copies}x MNIST) x 784, {args.epochs} epochs, "
           f"batch 256, precision {precision}, best of {args.runs}")  # fmt: skip
@@ -173,8 +172,8 @@ def main() -> None:
         print(f"{mode:<12} {r['samples_per_s']:>10,.0f} {r['wall']:>8.1f} {rss:>9.0f} "
               f"{r['test_bce']:>9.5f}  (all runs: {[round(v) for v in r['all']]}; by epoch: "
               f"{[round(v) for v in r['epoch_rates']]})")  # fmt: skip
-    print(f"streaming RSS+ at 1x: runs {[round(r['rss_mb']) for r in small_runs]} MB; at "
-          f"{args.copies}x: runs {[round(r['rss_mb']) for r in runs['streaming']]} MB")  # fmt: skip
+    print(f"streaming RSS+ at 1x: runs {[round(v) for v in small['all']]} MB; at {args.copies}x: "
+          f"runs {[round(r['rss_mb']) for r in results['streaming']['runs']]} MB")  # fmt: skip
     print(f"DDP: the launching process's own RSS+ {results['ddp']['rss_mb']:.0f} MB; "
           "rank peak includes its imports")  # fmt: skip
 
