@@ -13,7 +13,8 @@ from sklearn.exceptions import NotFittedError
 
 from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
-from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TRIM_FRACTION, fit_autoencoder
+from ae_models.deep import TABLE_HIDDEN, DeepConfig
+from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TABLE_HIDDEN, fit_autoencoder
 from ae_models.large_input import LargeInput, large_source, scan_rows
 from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
@@ -168,14 +169,14 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     robust rule on them).
     ``loss="auto"`` picks a sigmoid head with binary cross-entropy when X lies in [0, 1], a
     linear head with MSE otherwise.
-    Defaults differ from the pipeline's in four places, each for a stated reason
-    (:mod:`ae_models.fitting`).
-    ``trim_fraction`` (default 0.1) trains robustly on data that holds anomalies: after a
-    few warm-up epochs each batch's worst-reconstructed 10 % of rows are left out of the
-    loss, so the model does not learn to reconstruct the anomalies (see
-    :class:`ae_models.training.TrainConfig`). On clean data it costs some fit on the hardest
-    rows and fattens the training scores' tail (``contamination="auto"`` then flags more
-    training rows): set ``trim_fraction=0`` there.
+    Defaults differ from the pipeline's in two places, each for a stated reason
+    (:mod:`ae_models.fitting`): the learning rate, and narrower hidden layers for tables.
+    ``anomaly_score="auto"`` is ``ensemble`` for data outside [0, 1]: the scaled
+    reconstruction error, the code's distance to its nearest training codes and an isolation
+    forest's score on the inputs, each as a robust z-score over the training rows, averaged
+    (:mod:`ae_models.scoring`); ``trim_fraction`` (default 0) > 0 leaves each batch's
+    worst-reconstructed share out of the loss after a few warm-up epochs (see
+    :class:`ae_models.training.TrainConfig`).
     ``batch_size="auto"`` gives small data sets enough steps an epoch
     (:func:`~ae_models.train_config.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
@@ -210,7 +211,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         lr_schedule: str = "onecycle",
         validation_fraction: float = 0.1,
         patience: int = 15,
-        trim_fraction: float = ESTIMATOR_TRIM_FRACTION,
+        trim_fraction: float = 0.0,
         contamination: float | Literal["auto"] = 0.01,
         anomaly_score: str = "auto",
         device: str = "auto",
@@ -392,14 +393,24 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         return self._fitted(net, loss, width, large.names, fit, scores)
 
     def _network(self, width: int, loss: str) -> Autoencoder:
-        """A new network of this estimator's variant for ``width`` inputs."""
+        """A new network of this estimator's variant for ``width`` inputs (a table under
+        :data:`~ae_models.deep.TABLE_HIDDEN`'s first width gets the estimator's narrower
+        hidden layers unless ``hidden`` is given; :mod:`ae_models.fitting` says why)."""
+        kwargs = dict(self._model_kwargs)
+        code_size = auto_code_size(width) if self.code_size == "auto" else self.code_size
+        if (
+            width < TABLE_HIDDEN[0]
+            and issubclass(get_model_class(self.model).config_class, DeepConfig)
+            and kwargs.get("hidden") is None
+        ):
+            kwargs["hidden"] = tuple(h for h in ESTIMATOR_TABLE_HIDDEN if h > code_size)
         return create_model(
             self.model,
             seed=self.random_state,
             input_dim=width,
-            code_size=auto_code_size(width) if self.code_size == "auto" else self.code_size,
+            code_size=code_size,
             output="sigmoid" if loss == "bce" else "linear",
-            **self._model_kwargs,
+            **kwargs,
         )
 
     def _fitted(
@@ -557,6 +568,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
             "history_": self.history_,
         }
         (folder / ESTIMATOR_FILE).write_text(json.dumps(state, indent=1))
+        self.scorer_.save_files(folder)
         np.save(folder / SCORES_FILE, np.asarray(self.decision_scores_), allow_pickle=False)
         return folder
 
@@ -574,7 +586,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         if state.get("feature_names_in_") is not None:
             est.feature_names_in_ = np.asarray(state["feature_names_in_"], dtype=object)
         est.threshold_ = state["threshold_"]
-        est.scorer_ = Scorer.from_dict(state["scorer_"])
+        est.scorer_ = Scorer.from_dict(state["scorer_"]).with_files(folder)
         est.history_ = state["history_"]
         scores = folder / SCORES_FILE
         if scores.is_file():  # saved before the training scores were kept: no predict_proba

@@ -13,7 +13,18 @@ Score kinds (per row, higher = more unusual), chosen with ``score``:
   Mahalanobis distance in the latent space), each as robust z-scores of its log (median and
   MAD over the training rows) and summed: rows the model reconstructs well but maps to an
   unusual code count too;
-- ``auto``: ``bce`` for a sigmoid head (data in [0, 1]), else ``hybrid``.
+- ``ensemble``: three detectors of different kinds, each as a robust z-score over the
+  training rows (median and MAD; of the log for the first two), averaged: the
+  ``scaled_mse`` reconstruction error (rows that break the columns' learned relations), the
+  mean distance of the row's code to its 10 nearest training codes (rows in sparse regions
+  of the code space; a bounded sample of 4,096 training codes is kept, :mod:`ae_models.detectors`)
+  and an isolation forest's score on the inputs (rows a few random axis-aligned cuts
+  isolate; :mod:`ae_models.isolation`). No one kind of detector wins on every data set
+  (ADBench's finding; on its 27 sets each of the three is worst somewhere), and averaging
+  detectors whose errors differ keeps a set where one fails from failing the score: over the
+  27 sets the mean AUROC is above each part's and above IsolationForest's, the best single
+  peer (``benchmarks/adbench.py``, docs/benchmarks.md);
+- ``auto``: ``bce`` for a sigmoid head (data in [0, 1]), else ``ensemble``.
 
 Per-column errors (the terms the row score averages) give per-source-column contributions.
 
@@ -25,8 +36,8 @@ A :class:`ScoreCalibration` is fitted on the training rows' scores and stored wi
   is unknown) it is a robust rule on the log scores, which are far closer to normal than the
   right-skewed scores themselves: ``exp(median + k * 1.4826 * MAD)`` of ``log(score)``, with
   ``k = 3.5`` (:data:`AUTO_K`): a row is flagged when its log score is more than 3.5 robust
-  standard deviations above the typical one (``hybrid`` scores, already on a log scale, take
-  the rule as they are). Outliers in the training data barely move the
+  standard deviations above the typical one (``hybrid`` and ``ensemble`` scores, sums of
+  z-scores already, take the rule as they are). Outliers in the training data barely move the
   median and the MAD, so the rule holds on contaminated training data.
 - ``quantiles``: the training scores at evenly spaced probabilities; :meth:`calibrate` maps a
   score to the share of training rows scoring at or below it ("more unusual than p of the
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -45,11 +57,13 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ae_models.base import reconstruction_error
+from ae_models.detectors import Detectors
 from ae_models.streaming import is_rows
 from ae_models.training import forward_batches
 
-ScoreKind = Literal["mse", "scaled_mse", "bce", "elbo", "hybrid"]
-SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "elbo", "hybrid")
+ScoreKind = Literal["mse", "scaled_mse", "bce", "elbo", "hybrid", "ensemble"]
+SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "elbo", "hybrid", "ensemble")
+SCALED = ("scaled_mse", "hybrid", "ensemble")  # kinds whose column errors are scaled
 
 AUTO_K = 3.5  # robust standard deviations above the median log score for "auto"
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
@@ -126,7 +140,7 @@ def resolve_score(kind: str, output: str, model_name: str) -> ScoreKind:
     if kind not in SCORE_KINDS:
         raise ValueError(f"score must be one of {list(SCORE_KINDS)}, got {kind!r}")
     if kind == "auto":
-        return "bce" if output == "sigmoid" else "hybrid"
+        return "bce" if output == "sigmoid" else "ensemble"
     if kind == "elbo" and model_name != "vae":
         raise ValueError(f"score 'elbo' needs model 'vae', not {model_name!r}")
     if kind == "bce" and output != "sigmoid":
@@ -147,7 +161,7 @@ def column_errors(
         recon = out.recon.float().flatten(1).clamp(1e-7, 1 - 1e-7)
         return F.binary_cross_entropy(recon, x.clamp(0, 1), reduction="none")
     residual = out.recon.float().flatten(1) - x
-    if kind in ("scaled_mse", "hybrid"):
+    if kind in SCALED:
         if feature_scale is None:
             raise ValueError("scaled_mse needs the columns' training residual scale")
         residual = residual / feature_scale
@@ -188,6 +202,8 @@ class Scorer:
     # each input's mean error term over the training rows: what "usual" is per column, so a
     # row's columns are ranked by how unusual their error is (top_columns), not by its size
     column_typical: tuple[float, ...] | None = None
+    # ensemble: the training codes and isolation forest, stored as files beside model.json
+    detectors: Detectors | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def threshold(self) -> float:
@@ -228,13 +244,28 @@ class Scorer:
         )
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Scorer:
-        """The scorer in a saved model's ``model.json``; models saved before scorers existed
-        score plain MSE against their stored threshold (no calibration quantiles)."""
+    def from_meta(cls, meta: dict[str, Any], folder: str | Path | None = None) -> Scorer:
+        """The scorer in a saved model's ``model.json`` (with an ``ensemble`` scorer's files
+        from ``folder``, the model's folder); models saved before scorers existed score plain
+        MSE against their stored threshold (no calibration quantiles)."""
         if "score" in meta:
-            return cls.from_dict(meta["score"])
+            return cls.from_dict(meta["score"]).with_files(folder)
         threshold = float(meta["threshold"])
         return cls("mse", ScoreCalibration(threshold, "stored threshold", ()))
+
+    def with_files(self, folder: str | Path | None) -> Scorer:
+        """This scorer with the files an ``ensemble`` scorer keeps in the model's folder."""
+        if self.kind != "ensemble":
+            return self
+        if folder is None:
+            raise ValueError("an 'ensemble' scorer needs its model's folder to load its files")
+        return dataclasses.replace(self, detectors=Detectors.load(folder))
+
+    def save_files(self, folder: str | Path) -> None:
+        """Write the files an ``ensemble`` scorer keeps beside ``model.json`` (none for
+        other kinds)."""
+        if self.detectors is not None:
+            self.detectors.save(folder)
 
     def scale_tensor(self, device: torch.device | str = "cpu") -> Tensor | None:
         """``feature_scale`` as a tensor on ``device`` (None unless ``scaled_mse``)."""
@@ -252,6 +283,23 @@ class Scorer:
         rc, rs, lc, ls = self.mix
         tiny = 1e-12
         return (recon.clamp_min(tiny).log() - rc) / rs + (distance.clamp_min(tiny).log() - lc) / ls
+
+    def ensemble_parts(self, recon: Tensor, codes: Tensor, x: Tensor) -> Tensor:
+        """The ``ensemble`` score's three raw parts, rows x 3: the scaled reconstruction
+        error, the codes' distance to their nearest training codes, the isolation score."""
+        if self.detectors is None:
+            raise ValueError("an 'ensemble' scorer needs its training codes and forest")
+        return torch.stack(
+            [recon, self.detectors.neighbor_distance(codes), self.detectors.isolation(x)], 1
+        )
+
+    def ensemble(self, parts: Tensor) -> Tensor:
+        """The ``ensemble`` score: the mean of the three parts as robust z-scores (median
+        and MAD over the training rows; of the logs of the error and the distance)."""
+        center = torch.tensor(self.mix[0::2], dtype=torch.float32, device=parts.device)
+        spread = torch.tensor(self.mix[1::2], dtype=torch.float32, device=parts.device)
+        logged = torch.cat([parts[:, :2].clamp_min(1e-12).log(), parts[:, 2:]], 1)
+        return ((logged - center) / spread).mean(dim=1)
 
 
 def log_center_spread(values: np.ndarray) -> tuple[float, float]:
@@ -301,6 +349,8 @@ def score_rows(
             score = row_scores(errors, out, scorer.kind)
             if scorer.kind == "hybrid":
                 score = scorer.combine(score, z)
+            elif scorer.kind == "ensemble":
+                score = scorer.ensemble(scorer.ensemble_parts(score, z, xb))
             codes.append(z.cpu())
             scores.append(score.cpu())
             if per_column:
@@ -344,6 +394,7 @@ def fit_scorer(
     batch_size: int = 1024,
     device: str = "auto",
     precision: str = "fp32",
+    seed: int = 0,
 ) -> tuple[Scorer, RowScores]:
     """The scorer of a trained ``model`` fitted on its training rows ``x`` (residual scale,
     latent statistics, threshold, calibration), and the training rows' codes and scores, from
@@ -352,7 +403,7 @@ def fit_scorer(
     scores equal what scoring the rows again gives)."""
     resolved = resolve_score(kind, model.config.output, model.model_name)
     placeholder = ScoreCalibration(0.0, "", ())
-    if resolved not in ("scaled_mse", "hybrid"):
+    if resolved not in SCALED:
         scorer = Scorer(resolved, placeholder)
         fitted = score_rows(
             model,
@@ -367,11 +418,13 @@ def fit_scorer(
         typical = tuple(float(v) for v in fitted.column_mean)
         fitted = fitted._replace(column_mean=None)
         return dataclasses.replace(scorer, calibration=calibration, column_typical=typical), fitted
-    residual_batches, latent_batches = [], []
+    residual_batches, latent_batches, input_batches = [], [], []
     with torch.inference_mode():
         for xb, out in forward_batches(model, x, batch_size, device, precision):
             residual_batches.append((out.recon.float().flatten(1) - xb.float().flatten(1)).cpu())
             latent_batches.append(out.latent.float().cpu())
+            if resolved == "ensemble":
+                input_batches.append(xb.float().flatten(1).cpu())
     residuals = torch.cat(residual_batches).numpy()
     latents = torch.cat(latent_batches)
     scale = tuple(float(v) for v in residual_scale(residuals))
@@ -398,11 +451,31 @@ def fit_scorer(
             typical,
         )
     scale_t = scorer.scale_tensor()
+    if resolved == "ensemble":
+        recon = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=1)
+        detectors = Detectors.fit(latents.numpy(), torch.cat(input_batches).numpy(), seed)
+        scorer = dataclasses.replace(scorer, kind="ensemble", detectors=detectors)
+        with torch.inference_mode():
+            parts = torch.cat(
+                [
+                    scorer.ensemble_parts((residual / scale_t).square().mean(dim=1), z, inputs)
+                    for residual, z, inputs in zip(
+                        residual_batches, latent_batches, input_batches, strict=True
+                    )
+                ]
+            ).numpy()
+        mix = [*log_center_spread(recon), *log_center_spread(parts[:, 1])]
+        center, spread = median_spread(parts[:, 2].astype(np.float64))
+        scorer = dataclasses.replace(scorer, mix=(*mix, center, max(spread, 1e-6)))
     scores = []
     with torch.inference_mode():
-        for residual, z in zip(residual_batches, latent_batches, strict=True):
+        for i, (residual, z) in enumerate(zip(residual_batches, latent_batches, strict=True)):
             score = (residual / scale_t).square().mean(dim=1)  # column_errors, row_scores
-            scores.append(scorer.combine(score, z) if resolved == "hybrid" else score)
+            if resolved == "hybrid":
+                score = scorer.combine(score, z)
+            elif resolved == "ensemble":
+                score = scorer.ensemble(scorer.ensemble_parts(score, z, input_batches[i]))
+            scores.append(score)
     fitted = RowScores(latents.numpy(), torch.cat(scores).numpy())
     calibration = ScoreCalibration.fit(fitted.scores, contamination)
     return dataclasses.replace(scorer, calibration=calibration), fitted

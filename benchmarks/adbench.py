@@ -1,21 +1,35 @@
-"""Anomaly detection on ADBench "Classical" sets: aepipe's estimator against PyOD peers.
+"""Anomaly detection on the 27 ADBench "Classical" sets: aepipe's estimator against PyOD peers.
 
-Protocol (issue 8): for each set in ``../shared/datasets/adbench`` and each seed, a stratified
+Protocol (issue 26): for each set in ``../shared/datasets/adbench`` and each seed, a stratified
 70/30 split; the same standard scaling (fitted on the training part) for everyone; each
 method fits on the training part without labels and scores the test part; AUROC and average
-precision; the mean over the seeds. aepipe runs with its estimator's defaults (no per-set
-tuning), and once more without robust training (``trim_fraction=0``) to show what that
-adds; peers are PyOD ``AutoEncoder``, ``VAE``, ``IForest`` and ``PCA`` with theirs.
-Prints a table per metric, the mean per method, and fit + score seconds.
+precision; the mean over the seeds. Sets over :data:`MAX_ROWS` rows (ALOI, campaign, celeba,
+mammography, shuttle, skin) are first cut to a stratified sample of that many rows, drawn
+with the seed, the same rows for every method. aepipe runs with its estimator's defaults (no
+per-set tuning); peers are PyOD's ``AutoEncoder``, ``VAE``, ``IForest``, ``PCA``, ``KNN`` and
+``ECOD`` with theirs. A run that fails counts AUROC 0.5 and AP the anomaly rate (random
+ranking), so a failing method is charged, not left out.
+
+Guarding against tuning to the sets: the sets are split into two fixed halves (alternating in
+ADBench's numbering, :data:`HALVES`); defaults are chosen on half ``A`` and confirmed on half
+``B``, and the means and ranks are printed for both halves and for all 27.
 
     .venv/bin/pip install -c constraints.txt -e ".[bench]"
-    .venv/bin/python benchmarks/adbench.py                      # all six sets, 3 seeds
+    .venv/bin/python benchmarks/adbench.py                      # all 27 sets, 3 seeds
+    .venv/bin/python benchmarks/adbench.py --quick              # 8 small sets, 1 seed
     .venv/bin/python benchmarks/adbench.py --sets cardio thyroid --seeds 1
+    .venv/bin/python benchmarks/adbench.py --results runs.jsonl # reuse finished runs
+
+``--results FILE`` appends every finished (set, method, seed) run to ``FILE`` and skips those
+already there, so a long run can be resumed and peers need not be rerun while aepipe changes
+(delete the file, or the aepipe lines in it, after changing aepipe). ``--variant
+NAME:key=value,...`` adds an aepipe estimator with other parameters, for experiments.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -27,29 +41,53 @@ import numpy as np
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.common import machine, require_dataset, target  # noqa: E402
+from benchmarks.common import SHARED, machine, target  # noqa: E402
 
+MAX_ROWS = 10_000  # larger sets are cut to a stratified sample of this many rows
+
+# name -> file, in ADBench's numbering
 SETS = {
-    "cardio": "6_cardio.npz",
-    "thyroid": "38_thyroid.npz",
-    "shuttle": "32_shuttle.npz",
-    "satellite": "30_satellite.npz",
-    "mammography": "23_mammography.npz",
+    "aloi": "1_ALOI.npz",
     "annthyroid": "2_annthyroid.npz",
+    "breastw": "4_breastw.npz",
+    "campaign": "5_campaign.npz",
+    "cardio": "6_cardio.npz",
+    "cardiotocography": "7_Cardiotocography.npz",
+    "celeba": "8_celeba.npz",
+    "glass": "14_glass.npz",
+    "hepatitis": "15_Hepatitis.npz",
+    "internetads": "17_InternetAds.npz",
+    "ionosphere": "18_Ionosphere.npz",
+    "landsat": "19_landsat.npz",
+    "letter": "20_letter.npz",
+    "lymphography": "21_Lymphography.npz",
+    "mammography": "23_mammography.npz",
+    "satellite": "30_satellite.npz",
+    "shuttle": "32_shuttle.npz",
+    "skin": "33_skin.npz",
+    "spambase": "35_SpamBase.npz",
+    "stamps": "37_Stamps.npz",
+    "thyroid": "38_thyroid.npz",
+    "vertebral": "39_vertebral.npz",
+    "waveform": "41_Waveform.npz",
+    "wbc": "42_WBC.npz",
+    "wdbc": "43_WDBC.npz",
+    "wine": "45_wine.npz",
+    "wpbc": "46_WPBC.npz",
 }
+# the fixed halves: every other set in ADBench's numbering
+HALVES = {"A": list(SETS)[0::2], "B": list(SETS)[1::2]}
+QUICK = ["cardio", "thyroid", "glass", "ionosphere", "letter", "vertebral", "wbc", "wine"]
+PEERS = ("PyOD AE", "PyOD VAE", "PyOD IForest", "PyOD PCA", "PyOD KNN", "PyOD ECOD")
 
 
-def _aepipe(seed: int) -> object:
-    from ae_models import AutoencoderReducer
+def _aepipe(params: dict[str, object]) -> Callable[[int], object]:
+    def make(seed: int) -> object:
+        from ae_models import AutoencoderReducer
 
-    return AutoencoderReducer(random_state=seed)
+        return AutoencoderReducer(random_state=seed, **params)
 
-
-def _aepipe_untrimmed(seed: int) -> object:
-    """The defaults without robust training: shows what trimming the worst rows adds."""
-    from ae_models import AutoencoderReducer
-
-    return AutoencoderReducer(random_state=seed, trim_fraction=0.0)
+    return make
 
 
 def _pyod(name: str) -> Callable[[int], object]:
@@ -66,6 +104,14 @@ def _pyod(name: str) -> Callable[[int], object]:
             from pyod.models.iforest import IForest
 
             return IForest(random_state=seed)
+        if name == "PyOD KNN":
+            from pyod.models.knn import KNN
+
+            return KNN()
+        if name == "PyOD ECOD":
+            from pyod.models.ecod import ECOD
+
+            return ECOD()
         from pyod.models.pca import PCA
 
         return PCA(random_state=seed)
@@ -73,11 +119,38 @@ def _pyod(name: str) -> Callable[[int], object]:
     return make
 
 
-METHODS: dict[str, Callable[[int], object]] = {
-    "aepipe": _aepipe,
-    "aepipe untrimmed": _aepipe_untrimmed,
-    **{n: _pyod(n) for n in ("PyOD AE", "PyOD VAE", "PyOD IForest", "PyOD PCA")},
-}
+def parse_variant(text: str) -> tuple[str, dict[str, object]]:
+    """``NAME:key=value,key=value`` as a name and estimator parameters (values parsed as
+    JSON where they parse, else kept as strings)."""
+    name, _, rest = text.partition(":")
+    params: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return name, params
+
+
+def load_set(name: str, seed: int) -> tuple[np.ndarray, ...]:
+    """The seed's split of one set: scaled training rows, scaled test rows, test labels."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    data = np.load(SHARED / "adbench" / SETS[name])
+    x, y = data["X"].astype(np.float64), data["y"].astype(int)
+    if len(x) > MAX_ROWS:
+        x, _, y, _ = train_test_split(
+            x, y, train_size=MAX_ROWS, stratify=y, random_state=1000 + seed
+        )
+    x_fit, x_test, _, y_test = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
+    scaler = StandardScaler().fit(x_fit)
+    return (
+        scaler.transform(x_fit).astype(np.float32),
+        scaler.transform(x_test).astype(np.float32),
+        y_test,
+    )
 
 
 def run_one(make: Callable[[int], object], x_fit, x_test, y_test, seed: int) -> dict:
@@ -106,76 +179,146 @@ def run_one(make: Callable[[int], object], x_fit, x_test, y_test, seed: int) -> 
     }
 
 
+def cell(runs: list[dict], key: str) -> float | None:
+    """The mean over seeds; a seed that failed counts AUROC 0.5 and AP the anomaly rate (what
+    ranking at random gives); seconds only over the seeds that ran."""
+    values = []
+    for r in runs:
+        if "error" not in r:
+            values.append(r[key])
+        elif key == "auroc":
+            values.append(0.5)
+        elif key == "ap":
+            values.append(r.get("rate", 0.0))
+    return float(np.mean(values)) if values else None
+
+
+def average_ranks(table: dict[str, dict[str, float]], sets: list[str]) -> dict[str, float]:
+    """Each method's rank by AUROC on each set (1 = best, ties share the mean rank), averaged
+    over ``sets``."""
+    from scipy.stats import rankdata
+
+    methods = list(table)
+    ranks = np.array([rankdata([-table[m][s] for m in methods]) for s in sets])
+    return {m: float(ranks[:, i].mean()) for i, m in enumerate(methods)}
+
+
+def report(results: dict[tuple[str, str], list[dict]], sets: list[str], methods: list[str]):
+    """Per-set tables (AUROC, AP, seconds), means and average ranks per half, TARGET lines."""
+    for key, title in (("auroc", "AUROC"), ("ap", "average precision"), ("seconds", "fit+score s")):
+        print(f"\n{title} (mean over seeds; * = some seeds failed and count as random ranking)")
+        print(f"{'set':17s}" + "".join(f"{m[-12:]:>13s}" for m in methods))
+        for name in sets:
+            row = ""
+            for m in methods:
+                runs = results[(name, m)]
+                value = cell(runs, key)
+                failed = any("error" in r for r in runs)
+                row += f"{'failed':>13s}" if value is None else f"{value:12.3f}" + " *"[failed]
+            print(f"{name:17s}{row}")
+    auroc = {m: {s: cell(results[(s, m)], "auroc") for s in sets} for m in methods}
+    ap = {m: {s: cell(results[(s, m)], "ap") for s in sets} for m in methods}
+    groups = {"all": sets} | {
+        f"half {h}": [s for s in part if s in sets] for h, part in HALVES.items()
+    }
+    print(f"\n{'':24s}" + "".join(f"{m[-12:]:>13s}" for m in methods))
+    for label, part in groups.items():
+        if not part:
+            continue
+        ranks = average_ranks(auroc, part)
+        lines = {
+            f"mean AUROC, {label} ({len(part)})": [
+                np.mean([auroc[m][s] for s in part]) for m in methods
+            ],
+            f"mean AP, {label}": [np.mean([ap[m][s] for s in part]) for m in methods],
+            f"avg rank, {label}": [ranks[m] for m in methods],
+        }
+        for title, values in lines.items():
+            print(f"{title:24s}" + "".join(f"{v:13.3f}" for v in values))
+    total = {
+        m: sum(r["seconds"] for s in sets for r in results[(s, m)] if "error" not in r)
+        for m in methods
+    }
+    print(f"{'fit+score s, all':24s}" + "".join(f"{total[m]:13.1f}" for m in methods))
+    if "aepipe" not in methods or not any(m in PEERS for m in methods):
+        return
+    peers = [m for m in methods if m in PEERS]
+    means = {m: float(np.mean([auroc[m][s] for s in sets])) for m in methods}
+    best = max(peers, key=means.get)
+    ranks = average_ranks({m: auroc[m] for m in ["aepipe", *peers]}, sets)
+    best_rank = min((ranks[m], m) for m in peers)
+    print(f"\nbest peer by mean AUROC: {best} {means[best]:.3f}; by rank: {best_rank[1]}")
+    print(target("adbench_mean_auroc_minus_best_peer", means["aepipe"] - means[best], 0.0))
+    print(
+        target(
+            "adbench_avg_rank_minus_best_peer",
+            ranks["aepipe"] - best_rank[0],
+            0.0,
+            higher_is_better=False,
+        )
+    )
+    if "PyOD AE" in methods:
+        gaps = {s: auroc["aepipe"][s] - auroc["PyOD AE"][s] for s in sets}
+        worst = min(gaps, key=gaps.get)
+        print(f"worst set against PyOD AE: {worst}")
+        print(target("adbench_worst_gap_vs_pyod_ae", gaps[worst], -0.05))
+        print(
+            target(
+                "adbench_seconds_vs_pyod_ae",
+                total["aepipe"] / total["PyOD AE"],
+                3.0,
+                higher_is_better=False,
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--sets", nargs="*", choices=list(SETS))
+    parser.add_argument("--half", choices=list(HALVES), help="only the sets of one half")
+    parser.add_argument("--quick", action="store_true", help=f"{len(QUICK)} small sets, 1 seed")
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--methods", nargs="*", help="default: aepipe and every peer")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:k=v,...")
+    parser.add_argument("--results", type=Path, help="JSON lines of finished runs, reused")
     args = parser.parse_args()
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    folder = require_dataset("adbench")
+    if not (SHARED / "adbench").exists():
+        sys.exit(f"benchmark needs {SHARED / 'adbench'} (the shared data sets); set AEPIPE_SHARED")
+    sets = args.sets or (HALVES[args.half] if args.half else QUICK if args.quick else list(SETS))
+    seeds = args.seeds or (1 if args.quick else 3)
+    factories: dict[str, Callable[[int], object]] = {"aepipe": _aepipe({})}
+    factories |= {n: _pyod(n) for n in PEERS}
+    for text in args.variant:
+        name, params = parse_variant(text)
+        factories[name] = _aepipe(params)
+    methods = args.methods or [*factories]
+    unknown = [m for m in methods if m not in factories]
+    if unknown:
+        sys.exit(f"unknown methods {unknown}; known: {list(factories)}")
     print(machine(), flush=True)
+    print(f"sets over {MAX_ROWS:,} rows are cut to a stratified sample of {MAX_ROWS:,}")
+    done: dict[tuple[str, str, int], dict] = {}
+    if args.results and args.results.exists():
+        for line in args.results.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["set"], r["method"], r["seed"])] = r
     results: dict[tuple[str, str], list[dict]] = {}
-    for name in args.sets:
-        data = np.load(folder / SETS[name])
-        x, y = data["X"].astype(np.float64), data["y"].astype(int)
-        for seed in range(args.seeds):
-            x_fit, x_test, _, y_test = train_test_split(
-                x, y, test_size=0.3, stratify=y, random_state=seed
-            )
-            scaler = StandardScaler().fit(x_fit)
-            x_fit = scaler.transform(x_fit).astype(np.float32)
-            x_test = scaler.transform(x_test).astype(np.float32)
-            for method in args.methods:
-                r = run_one(METHODS[method], x_fit, x_test, y_test, seed)
+    for name in sets:
+        for seed in range(seeds):
+            todo = [m for m in methods if (name, m, seed) not in done]
+            split = load_set(name, seed) if todo else None
+            for method in methods:
+                r = done.get((name, method, seed))
+                if r is None:
+                    r = run_one(factories[method], *split, seed)
+                    r |= {"set": name, "method": method, "seed": seed}
+                    if args.results:
+                        with args.results.open("a") as f:
+                            f.write(json.dumps(r) + "\n")
+                    shown = r.get("error") or f"AUROC {r['auroc']:.3f}  {r['seconds']:.1f} s"
+                    print(f"{name:17s} seed {seed}  {method:13s} {shown}", flush=True)
                 results.setdefault((name, method), []).append(r)
-                shown = r.get("error") or f"AUROC {r['auroc']:.3f}  {r['seconds']:.1f} s"
-                print(f"{name:12s} seed {seed}  {method:13s} {shown}", flush=True)
-
-    failed_auroc = 0.5  # a detector that crashes on a set detects nothing there
-
-    def mean(name: str, method: str, key: str) -> float | None:
-        """The mean over seeds; a seed that failed counts AUROC 0.5 and AP the anomaly rate
-        (what ranking at random gives), so a failing method is charged, not left out."""
-        runs = results[(name, method)]
-        if key == "seconds" and all("error" in r for r in runs):
-            return None
-        values = []
-        for r in runs:
-            if "error" not in r:
-                values.append(r[key])
-            elif key == "auroc":
-                values.append(failed_auroc)
-            elif key == "ap":
-                values.append(r.get("rate", 0.0))
-        return float(np.mean(values)) if values else None
-
-    for key, title in (("auroc", "AUROC"), ("ap", "average precision"), ("seconds", "fit+score s")):
-        print(f"\n{title} (mean of {args.seeds} seeds; a failed run counts as random ranking)")
-        print(f"{'set':12s}" + "".join(f"{m:>18s}" for m in args.methods))
-        for name in args.sets:
-            cells = [mean(name, m, key) for m in args.methods]
-            fails = [sum("error" in r for r in results[(name, m)]) for m in args.methods]
-            print(
-                f"{name:12s}"
-                + "".join(
-                    f"{'failed':>18s}" if c is None else f"{c:17.3f}" + ("*" if f else " ")
-                    for c, f in zip(cells, fails, strict=True)
-                )
-            )
-    print("(* some seeds failed there and count as random ranking)")
-    overall = {m: float(np.mean([mean(s, m, "auroc") for s in args.sets])) for m in args.methods}
-    print("\nmean AUROC over the sets: " + ", ".join(f"{m} {v:.3f}" for m, v in overall.items()))
-    if "aepipe" in args.methods and len(args.methods) > 1:
-        peers = {m: v for m, v in overall.items() if m.startswith("PyOD")}
-        best = max(peers, key=peers.get)
-        print(f"best peer: {best} {peers[best]:.3f}")
-        print(target("adbench_mean_auroc_minus_best_peer", overall["aepipe"] - peers[best], 0.0))
-        if "PyOD AE" in args.methods:
-            gaps = [mean(s, "aepipe", "auroc") - mean(s, "PyOD AE", "auroc") for s in args.sets]
-            print(target("adbench_worst_gap_vs_pyod_ae", min(gaps), -0.02))
+    report(results, sets, methods)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def _stream(name: str, ingested, model_dir: str, pool, clean, shifted) -> Stream
     return Stream(
         name,
         model,
-        Scorer.from_meta(meta),
+        Scorer.from_meta(meta, model_dir),
         normalizer,
         meta["drift"],
         pool.select(columns),

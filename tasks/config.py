@@ -260,10 +260,10 @@ class PipelineConfig(_Frozen):
         description="expected share of anomalies: the training-score quantile 1 - contamination "
         "is the threshold; 'auto' when unknown (median + 3.5 MAD of the log training scores)",
     )
-    score: Literal["auto", "mse", "scaled_mse", "bce", "elbo", "hybrid"] = Field(
+    score: Literal["auto", "mse", "scaled_mse", "bce", "elbo", "hybrid", "ensemble"] = Field(
         "auto",
         description="anomaly score kind (ae_models.scoring); auto: bce for [0, 1] data, "
-        "else hybrid",
+        "else ensemble",
     )
     explain_top_k: int | None = Field(
         None,

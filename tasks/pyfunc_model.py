@@ -35,7 +35,7 @@ class AutoencoderPyfunc(PythonModel):
 
         self.model, self.meta = load_model(folder)
         self.normalizer = Normalizer.load(Path(folder) / NORMALIZER_FILE)
-        self.scorer = Scorer.from_meta(self.meta)
+        self.scorer = Scorer.from_meta(self.meta, folder)
         return self
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:

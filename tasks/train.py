@@ -468,6 +468,7 @@ def train_autoencoder(
             ),
         },
     )
+    scorer.save_files(folder)  # an ensemble scorer's training codes and isolation forest
     (folder / NORMALIZER_FILE).write_bytes(Path(data.spec_path).read_bytes())
     plots_dir = folder.with_name(f"{folder.name}-plots")
     draw_pictures(

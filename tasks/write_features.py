@@ -246,7 +246,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     """Encode and score one partition's rows and stage them as feature-table data files."""
     job = _files_here(job)
     model, meta = ae_models.load_model(job.model_dir)
-    scorer = Scorer.from_meta(meta)
+    scorer = Scorer.from_meta(meta, job.model_dir)
     normalizer = Normalizer.load(job.normalizer) if job.normalizer else None
     inputs = normalizer.source_columns if normalizer else job.features
     groups = names = None

@@ -165,7 +165,7 @@ def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
     z = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-3)  # standardized: linear head, MSE
     rng = np.random.default_rng(1)
     noise = rng.normal(0, 3, (40, 64)).astype(np.float32)
-    for kind in ("mse", "scaled_mse", "hybrid"):
+    for kind in ("mse", "scaled_mse", "hybrid", "ensemble"):
         est = AutoencoderReducer(  # clean training data: no robust trimming needed
             code_size=8, epochs=20, anomaly_score=kind, contamination="auto", trim_fraction=0
         ).fit(z)
@@ -178,7 +178,7 @@ def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
         assert p.min() >= 0 and p.max() <= 1
         assert abs(float(np.median(p)) - 0.5) < 0.02  # training rows: uniform shares
         assert np.median(est.calibrated_score(noise)) > 0.98
-    assert AutoencoderReducer(epochs=2).fit(z).scorer_.kind == "hybrid"  # auto, linear head
+    assert AutoencoderReducer(epochs=2).fit(z).scorer_.kind == "ensemble"  # auto, linear head
     vae = AutoencoderReducer(model="vae", code_size=4, epochs=5, anomaly_score="elbo").fit(x)
     assert vae.scorer_.kind == "elbo" and (vae.decision_function(x) > 0).all()
     with pytest.raises(ValueError, match="score 'elbo' needs model 'vae'"):
@@ -187,7 +187,8 @@ def test_score_kinds_calibration_and_auto_contamination(digits) -> None:
         AutoencoderReducer(contamination="sometimes").fit(x)
     with pytest.raises(ValueError, match=r"trim_fraction must be in \[0, 0.5\), got 0.5"):
         AutoencoderReducer(epochs=1, trim_fraction=0.5).fit(x)
-    assert AutoencoderReducer().get_params()["trim_fraction"] == 0.1
+    # the pipeline's default too (issue 26): both front doors train on every row
+    assert AutoencoderReducer().get_params()["trim_fraction"] == 0.0
 
 
 def test_frame_columns_checked_by_name(digits, tmp_path) -> None:

@@ -16,7 +16,7 @@ def blobs(n: int = 400, width: int = 12, seed: int = 0) -> np.ndarray:
     return (rng.normal(size=(n, 3)) @ basis + 0.05 * rng.normal(size=(n, width))).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["hybrid", "scaled_mse", "mse"])
+@pytest.mark.parametrize("kind", ["ensemble", "hybrid", "scaled_mse", "mse"])
 def test_training_scores_from_the_fitting_pass_equal_scoring_again(kind: str) -> None:
     """fit_scorer takes the residuals and codes of one forward pass for its statistics and
     for the rows' scores: exactly what scoring the same rows again gives."""
@@ -35,10 +35,10 @@ def test_estimator_and_fit_path_give_the_same_model() -> None:
     the same weights, scorer and training scores through either door."""
     x = blobs(300)
     est = ae_models.AutoencoderReducer(code_size=3, epochs=4, validation_fraction=0.0).fit(x)
-    model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="linear")
-    cfg = ae_models.TrainConfig(
-        epochs=4, batch_size=16, lr=3e-3, patience=0, trim_fraction=0.1, seed=0
+    model = ae_models.create_model(
+        "deep", seed=0, input_dim=12, code_size=3, output="linear", hidden=(64, 32)
     )
+    cfg = ae_models.TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=0, seed=0)
     order = np.random.default_rng(0).permutation(len(x))  # the estimator's shuffle
     fit = fit_autoencoder(model, x[order], None, cfg, contamination=0.01, score_on=x)
     assert np.array_equal(fit.fitted.scores, est.decision_scores_)

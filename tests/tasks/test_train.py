@@ -102,3 +102,35 @@ def test_training_streams_or_runs_data_parallel_into_one_mlflow_run(
     assert len(trained.history) == 6 and Path(trained.model_dir, "model.json").is_file()
     for key in ("test_mse", "codes_logreg_accuracy"):
         assert trained.metrics[key] == pytest.approx(plain.metrics[key], rel=0.25), key
+
+
+def test_a_linear_head_scores_with_the_ensemble_and_keeps_its_files(tmp_path, tmp_stores) -> None:
+    """Standard scaling (outputs outside [0, 1], a linear head): ``score: auto`` is the
+    ensemble, as in the estimator (issue 26); the model folder keeps the training codes and
+    the isolation forest, and the pyfunc that scores from it flags planted outliers."""
+    import numpy as np
+    import pandas as pd
+
+    import ae_models
+    from ae_models.detectors import CODES_FILE, FOREST_FILE
+    from tasks.pyfunc_model import AutoencoderPyfunc
+
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(0, 1, n)
+    frame = pd.DataFrame({"x": x, "y": 2 * x + rng.normal(0, 0.1, n), "w": rng.normal(0, 1, n)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    cfg = build_config(
+        {"source": {"path": str(tmp_path / "t.csv")}, "normalize": {"scaling": "standard"},
+         "model": {"code_size": 2}, "train": {"epochs": 5}}
+    )  # fmt: skip
+    data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
+    trained = train_autoencoder(data, cfg, tmp_stores)
+    folder = Path(trained.model_dir)
+    assert ae_models.read_meta(folder)["score"]["kind"] == "ensemble"
+    assert (folder / CODES_FILE).is_file() and (folder / FOREST_FILE).is_file()
+    model = AutoencoderPyfunc().load_folder(folder)
+    odd = pd.DataFrame({"x": [0.0, 0.5], "y": [9.0, -8.0], "w": [0.0, 0.1]})  # y breaks y = 2x
+    scored = model.predict(None, pd.concat([frame.head(200), odd], ignore_index=True))
+    usual = scored["anomaly_score"].iloc[:200]
+    assert (scored["anomaly_score"].iloc[200:] > usual.quantile(0.99)).all()
