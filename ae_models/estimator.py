@@ -172,11 +172,11 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     Defaults differ from the pipeline's in two places, each for a stated reason
     (:mod:`ae_models.fitting`): the learning rate, and narrower hidden layers for tables.
     ``anomaly_score="auto"`` is ``ensemble`` for data outside [0, 1]: the scaled
-    reconstruction error, the code's distance to its nearest training codes and an isolation
-    forest's score on the inputs, each as a robust z-score over the training rows, averaged
-    (:mod:`ae_models.scoring`); ``trim_fraction`` (default 0) > 0 leaves each batch's
-    worst-reconstructed share out of the loss after a few warm-up epochs (see
-    :class:`ae_models.training.TrainConfig`).
+    reconstruction error, the code's distance to its nearest training codes, an isolation
+    forest's score and ECOD's tail score on the inputs, each as a robust z-score over the
+    training rows, averaged (:mod:`ae_models.scoring`); ``trim_fraction`` (default 0) > 0
+    leaves each batch's worst-reconstructed share out of the loss after a few warm-up epochs
+    (see :class:`ae_models.training.TrainConfig`).
     ``batch_size="auto"`` gives small data sets enough steps an epoch
     (:func:`~ae_models.train_config.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower

@@ -19,14 +19,15 @@ learning rate  3e-3        1e-3         the estimator is used on small arrays, w
                                         size; the pipeline's large data sets train
                                         stably at 1e-3 (MNIST's published model)
 hidden widths  64-32       256-128      the estimator is used as an anomaly detector on
-(tables, under                          small tables: over the 27 ADBench sets the
-256 columns)                            narrower network generalizes better (mean AUROC
-                                        0.768 against 0.764, worst set against PyOD's
-                                        AutoEncoder -0.05 against -0.11, chosen on one
-                                        half of the sets and confirmed on the other) and
-                                        fits in two thirds of the time; the pipeline's
-                                        codes feed downstream models, where 256-128 beat
-                                        PCA on more tables (``benchmarks/downstream.py``)
+(tables, under                          small tables: over the 27 ADBench sets, with the
+256 columns)                            ensemble score, the narrower network generalizes
+                                        better (mean AUROC 0.770 against 0.767; half A
+                                        0.808 / 0.805, half B 0.729 / 0.726; worst set
+                                        against PyOD's AutoEncoder -0.046 against -0.083)
+                                        and fits in two thirds of the time; the
+                                        pipeline's codes feed downstream models, where
+                                        256-128 beat PCA on more tables
+                                        (``benchmarks/downstream.py``)
 ============== =========== ============ ==================================================
 
 Until the anomaly-quality work (issue 26) the estimator also trimmed (``trim_fraction``

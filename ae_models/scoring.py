@@ -13,17 +13,19 @@ Score kinds (per row, higher = more unusual), chosen with ``score``:
   Mahalanobis distance in the latent space), each as robust z-scores of its log (median and
   MAD over the training rows) and summed: rows the model reconstructs well but maps to an
   unusual code count too;
-- ``ensemble``: three detectors of different kinds, each as a robust z-score over the
+- ``ensemble``: four detectors of different kinds, each as a robust z-score over the
   training rows (median and MAD; of the log for the first two), averaged: the
   ``scaled_mse`` reconstruction error (rows that break the columns' learned relations), the
   mean distance of the row's code to its 10 nearest training codes (rows in sparse regions
-  of the code space; a bounded sample of 4,096 training codes is kept, :mod:`ae_models.detectors`)
-  and an isolation forest's score on the inputs (rows a few random axis-aligned cuts
-  isolate; :mod:`ae_models.isolation`). No one kind of detector wins on every data set
-  (ADBench's finding; on its 27 sets each of the three is worst somewhere), and averaging
-  detectors whose errors differ keeps a set where one fails from failing the score: over the
-  27 sets the mean AUROC is above each part's and above IsolationForest's, the best single
-  peer (``benchmarks/adbench.py``, docs/benchmarks.md);
+  of the code space; a sample of at most 4,096 training codes is kept), an isolation
+  forest's score on the inputs (rows a few random axis-aligned cuts isolate;
+  :mod:`ae_models.isolation`) and ECOD's tail score (values in the far tails of their
+  training columns; :mod:`ae_models.detectors`). No one kind of detector wins on every data
+  set (ADBench's finding; on its 27 sets each part is the worst of them somewhere), and
+  averaging detectors whose errors differ keeps a set where one fails from failing the
+  score: chosen on one half of the 27 sets and confirmed on the other, its mean AUROC and
+  average rank are ahead of every PyOD peer's (``benchmarks/adbench.py``,
+  docs/benchmarks.md);
 - ``auto``: ``bce`` for a sigmoid head (data in [0, 1]), else ``ensemble``.
 
 Per-column errors (the terms the row score averages) give per-source-column contributions.
@@ -285,17 +287,18 @@ class Scorer:
         return (recon.clamp_min(tiny).log() - rc) / rs + (distance.clamp_min(tiny).log() - lc) / ls
 
     def ensemble_parts(self, recon: Tensor, codes: Tensor, x: Tensor) -> Tensor:
-        """The ``ensemble`` score's three raw parts, rows x 3: the scaled reconstruction
-        error, the codes' distance to their nearest training codes, the isolation score."""
-        if self.detectors is None:
-            raise ValueError("an 'ensemble' scorer needs its training codes and forest")
-        return torch.stack(
-            [recon, self.detectors.neighbor_distance(codes), self.detectors.isolation(x)], 1
-        )
+        """The ``ensemble`` score's four raw parts, rows x 4: the scaled reconstruction
+        error, the codes' distance to their nearest training codes, the isolation score and
+        the tail score of the inputs."""
+        d = self.detectors
+        if d is None:
+            raise ValueError("an 'ensemble' scorer needs its detectors (the model's files)")
+        return torch.stack([recon, d.neighbor_distance(codes), d.isolation(x), d.tails(x)], 1)
 
     def ensemble(self, parts: Tensor) -> Tensor:
-        """The ``ensemble`` score: the mean of the three parts as robust z-scores (median
-        and MAD over the training rows; of the logs of the error and the distance)."""
+        """The ``ensemble`` score: the mean of the four parts as robust z-scores (median
+        and MAD over the training rows; of the logs of the error and the distance, the
+        others on their own scale: the tail score is a sum of logs already)."""
         center = torch.tensor(self.mix[0::2], dtype=torch.float32, device=parts.device)
         spread = torch.tensor(self.mix[1::2], dtype=torch.float32, device=parts.device)
         logged = torch.cat([parts[:, :2].clamp_min(1e-12).log(), parts[:, 2:]], 1)
@@ -465,8 +468,10 @@ def fit_scorer(
                 ]
             ).numpy()
         mix = [*log_center_spread(recon), *log_center_spread(parts[:, 1])]
-        center, spread = median_spread(parts[:, 2].astype(np.float64))
-        scorer = dataclasses.replace(scorer, mix=(*mix, center, max(spread, 1e-6)))
+        for column in (2, 3):
+            center, spread = median_spread(parts[:, column].astype(np.float64))
+            mix += [center, max(spread, 1e-6)]
+        scorer = dataclasses.replace(scorer, mix=tuple(mix))
     scores = []
     with torch.inference_mode():
         for i, (residual, z) in enumerate(zip(residual_batches, latent_batches, strict=True)):

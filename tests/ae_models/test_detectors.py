@@ -1,5 +1,6 @@
-"""The ensemble score's detectors: the isolation forest (JSON) and the nearest training codes
-(.npy), and the estimator's default score that combines them (issue 26)."""
+"""The ensemble score's detectors: the isolation forest (JSON), the nearest training codes and
+the tail probabilities (.npy), and the estimator's default score that combines them with the
+reconstruction error (issue 26)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from ae_models import AutoencoderReducer
-from ae_models.detectors import CODES_FILE, FOREST_FILE, Detectors
+from ae_models.detectors import CODES_FILE, FOREST_FILE, TAILS_FILE, Detectors
 from ae_models.isolation import IsolationForest, average_path
 
 
@@ -71,15 +72,39 @@ def test_neighbor_distance_passes_over_the_row_itself_once() -> None:
     np.testing.assert_allclose(det.neighbor_distance(torch.as_tensor(new)).numpy(), far, rtol=1e-4)
 
 
+def test_tail_score_is_ecods() -> None:
+    """Per column -log of the smaller empirical tail probability (a value counted as one more
+    training row), summed: brute force on few rows (exact), and the same ranking as PyOD's
+    ECOD on many (where 256 quantiles stand for the column)."""
+    from pyod.models.ecod import ECOD
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(50, 3)).astype(np.float32)
+    det = Detectors.fit(small[:, :2], small, seed=0)
+    new = np.array([[0.0, 0.1, -0.2], [5.0, -5.0, 0.0]], np.float32)
+    below = (small[None, :, :] <= new[:, None, :]).sum(1)
+    above = (small[None, :, :] >= new[:, None, :]).sum(1)
+    expected = -np.log((np.minimum(below, above) + 1) / 51).sum(1)
+    got = det.tails(torch.as_tensor(new)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got[1] > got[0]
+    x = np.vstack([blobs(3000), rng.uniform(-6, 6, (60, 8)).astype(np.float32)])
+    ours = Detectors.fit(x[:, :2], x, seed=0).tails(torch.as_tensor(x)).numpy()
+    assert spearmanr(ours, ECOD().fit(x).decision_scores_).statistic > 0.98
+
+
 def test_detectors_are_stored_without_pickle(tmp_path) -> None:
     x = blobs()
     det = Detectors.fit(x[:, :3], x, seed=0)
     det.save(tmp_path)
     assert np.load(tmp_path / CODES_FILE, allow_pickle=False).dtype == np.float32
+    assert np.load(tmp_path / TAILS_FILE, allow_pickle=False).shape == (8, 256)
     json.loads((tmp_path / FOREST_FILE).read_text())
     loaded = Detectors.load(tmp_path)
     t = torch.as_tensor(x)
     assert torch.equal(loaded.isolation(t), det.isolation(t))
+    assert torch.equal(loaded.tails(t), det.tails(t))
     assert torch.equal(loaded.neighbor_distance(t[:, :3]), det.neighbor_distance(t[:, :3]))
     (tmp_path / CODES_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=r"score-codes\.npy is missing"):
@@ -100,7 +125,7 @@ def test_estimator_default_score_is_the_ensemble_and_survives_save_load(tmp_path
     outliers = rng.uniform(-6, 6, (30, 10)).astype(np.float32)
     assert np.median(est.decision_function(outliers)) > est.threshold_
     est.save(tmp_path / "m")
-    assert {CODES_FILE, FOREST_FILE} <= {p.name for p in (tmp_path / "m").iterdir()}
+    assert {CODES_FILE, FOREST_FILE, TAILS_FILE} <= {p.name for p in (tmp_path / "m").iterdir()}
     loaded = AutoencoderReducer.load(tmp_path / "m")
     scores = est.decision_function(outliers)
     np.testing.assert_array_equal(loaded.decision_function(outliers), scores)

@@ -112,7 +112,7 @@ def test_a_linear_head_scores_with_the_ensemble_and_keeps_its_files(tmp_path, tm
     import pandas as pd
 
     import ae_models
-    from ae_models.detectors import CODES_FILE, FOREST_FILE
+    from ae_models.detectors import CODES_FILE, FOREST_FILE, TAILS_FILE
     from tasks.pyfunc_model import AutoencoderPyfunc
 
     rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def test_a_linear_head_scores_with_the_ensemble_and_keeps_its_files(tmp_path, tm
     trained = train_autoencoder(data, cfg, tmp_stores)
     folder = Path(trained.model_dir)
     assert ae_models.read_meta(folder)["score"]["kind"] == "ensemble"
-    assert (folder / CODES_FILE).is_file() and (folder / FOREST_FILE).is_file()
+    assert all((folder / name).is_file() for name in (CODES_FILE, FOREST_FILE, TAILS_FILE))
     model = AutoencoderPyfunc().load_folder(folder)
     odd = pd.DataFrame({"x": [0.0, 0.5], "y": [9.0, -8.0], "w": [0.0, 0.1]})  # y breaks y = 2x
     scored = model.predict(None, pd.concat([frame.head(200), odd], ignore_index=True))
