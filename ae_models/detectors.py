@@ -70,8 +70,8 @@ class Detectors:
         gives their training scores."""
         bank = torch.as_tensor(self.bank, device=codes.device)
         q = codes.float()
-        d2 = q.square().sum(1, keepdim=True) + bank.square().sum(1) - 2.0 * q @ bank.T
-        d2 = d2.clamp_min(0)
+        d2 = torch.addmm(bank.square().sum(1), q, bank.T, alpha=-2.0)  # |b|^2 - 2 q.b
+        d2 = (d2 + q.square().sum(1, keepdim=True)).clamp_min_(0)
         nearest = torch.topk(d2, self.k + 1, dim=1, largest=False).values
         # the row itself: a distance far below the codes' own scale (float32 cancellation
         # leaves ~1e-7 of the squared norms where the exact distance is 0)

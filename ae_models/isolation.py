@@ -88,19 +88,21 @@ class IsolationForest:
     def path_lengths(self, x: Tensor) -> Tensor:
         """Each row's mean path length over the trees (rows, fp32)."""
         x = x.float().flatten(1)
-        n_trees = self.feature.shape[0]
-        feature = torch.as_tensor(self.feature, device=x.device).long()
-        threshold = torch.as_tensor(self.threshold, device=x.device)
-        leaf = torch.as_tensor(self.leaf_value, device=x.device)
-        tree = torch.arange(n_trees, device=x.device).unsqueeze(0)  # 1 x trees
-        node = torch.zeros((len(x), n_trees), dtype=torch.long, device=x.device)
+        n_trees, slots = self.feature.shape
+        feature = torch.as_tensor(self.feature, device=x.device).long().reshape(-1)
+        threshold = torch.as_tensor(self.threshold, device=x.device).reshape(-1)
+        leaf = torch.as_tensor(self.leaf_value, device=x.device).reshape(-1)
+        # each tree's root in the flattened trees; a node's children lie at 2 * its heap
+        # index + 1 and + 2, i.e. at 2 * flat - root + 1 (+ 1) in the flattened arrays
+        root = (torch.arange(n_trees, device=x.device) * slots).unsqueeze(0)  # 1 x trees
+        flat = root.expand(len(x), n_trees).contiguous()
         for _ in range(self.depth):
-            f = feature[tree, node]  # rows x trees
+            f = feature.take(flat)  # rows x trees
             inner = f >= 0
             values = torch.gather(x, 1, f.clamp_min(0))
-            right = (values > threshold[tree, node]).long()
-            node = torch.where(inner, 2 * node + 1 + right, node)
-        return leaf[tree, node].mean(dim=1)
+            right = (values > threshold.take(flat)).long()
+            flat = torch.where(inner, 2 * flat - root + 1 + right, flat)
+        return leaf.take(flat).mean(dim=1)
 
     def score(self, x: Tensor) -> Tensor:
         """The isolation score ``2 ** (-E[h] / c(sample_size))`` of each row, in (0, 1]."""
