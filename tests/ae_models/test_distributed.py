@@ -66,8 +66,23 @@ def _test_loss(model, x: np.ndarray) -> float:
     return evaluate_loss(model, torch.from_numpy(x), 512, torch.device("cpu"), "fp32")
 
 
+def _descends_from_this_process(pid: int) -> bool:
+    """Whether ``pid``'s chain of parents reaches this test process: another test's training
+    processes (a parallel pytest worker's) are not this test's."""
+    me = os.getpid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: ppid
+        if pid == me:
+            return True
+    return False
+
+
 def rank_pid(rank: int) -> int:
-    """The pid of this machine's training process of ``rank`` (its environment says)."""
+    """The pid of this test's training process of ``rank`` (its environment says)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -77,7 +92,7 @@ def rank_pid(rank: int) -> int:
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env:
+        if f"RANK={rank}".encode() in env and _descends_from_this_process(int(proc.name)):
             return int(proc.name)
     raise LookupError(f"no training process of rank {rank}")
 
