@@ -106,6 +106,9 @@ def test_detectors_are_stored_without_pickle(tmp_path) -> None:
     assert torch.equal(loaded.isolation(t), det.isolation(t))
     assert torch.equal(loaded.tails(t), det.tails(t))
     assert torch.equal(loaded.neighbor_distance(t[:, :3]), det.neighbor_distance(t[:, :3]))
+    np.save(tmp_path / CODES_FILE, np.array([{"a crafted": "object"}]), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):  # refused, never unpickled
+        Detectors.load(tmp_path)
     (tmp_path / CODES_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=r"score-codes\.npy is missing"):
         Detectors.load(tmp_path)
