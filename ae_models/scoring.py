@@ -204,7 +204,7 @@ class Scorer:
     # each input's mean error term over the training rows: what "usual" is per column, so a
     # row's columns are ranked by how unusual their error is (top_columns), not by its size
     column_typical: tuple[float, ...] | None = None
-    # ensemble: the training codes and isolation forest, stored as files beside model.json
+    # ensemble: training codes, isolation forest, column quantiles (files beside model.json)
     detectors: Detectors | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
@@ -454,22 +454,21 @@ def fit_scorer(
             typical,
         )
     scale_t = scorer.scale_tensor()
+    part_batches: list[Tensor] = []
     if resolved == "ensemble":
-        recon = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=1)
         detectors = Detectors.fit(latents.numpy(), torch.cat(input_batches).numpy(), seed)
         scorer = dataclasses.replace(scorer, kind="ensemble", detectors=detectors)
         with torch.inference_mode():
-            parts = torch.cat(
-                [
-                    scorer.ensemble_parts((residual / scale_t).square().mean(dim=1), z, inputs)
-                    for residual, z, inputs in zip(
-                        residual_batches, latent_batches, input_batches, strict=True
-                    )
-                ]
-            ).numpy()
-        mix = [*log_center_spread(recon), *log_center_spread(parts[:, 1])]
+            part_batches = [
+                scorer.ensemble_parts((residual / scale_t).square().mean(dim=1), z, inputs)
+                for residual, z, inputs in zip(
+                    residual_batches, latent_batches, input_batches, strict=True
+                )
+            ]
+        parts = torch.cat(part_batches).numpy().astype(np.float64)
+        mix = [*log_center_spread(parts[:, 0]), *log_center_spread(parts[:, 1])]
         for column in (2, 3):
-            center, spread = median_spread(parts[:, column].astype(np.float64))
+            center, spread = median_spread(parts[:, column])
             mix += [center, max(spread, 1e-6)]
         scorer = dataclasses.replace(scorer, mix=tuple(mix))
     scores = []
@@ -479,7 +478,7 @@ def fit_scorer(
             if resolved == "hybrid":
                 score = scorer.combine(score, z)
             elif resolved == "ensemble":
-                score = scorer.ensemble(scorer.ensemble_parts(score, z, input_batches[i]))
+                score = scorer.ensemble(part_batches[i])  # the parts score_rows computes
             scores.append(score)
     fitted = RowScores(latents.numpy(), torch.cat(scores).numpy())
     calibration = ScoreCalibration.fit(fitted.scores, contamination)
