@@ -47,13 +47,13 @@ class Detectors:
     def fit(cls, codes: np.ndarray, x: np.ndarray, seed: int = 0) -> Detectors:
         """Keep a uniform sample of at most :data:`BANK_ROWS` of the training ``codes``, grow
         the isolation forest on the training inputs ``x`` and keep their columns' quantiles."""
+        if len(codes) < 2:
+            raise ValueError("the ensemble score needs at least 2 training rows")
         rng = np.random.default_rng(seed)
         codes = np.asarray(codes, np.float32)
         pick = np.sort(rng.choice(len(codes), min(BANK_ROWS, len(codes)), replace=False))
         flat = np.asarray(x, np.float32).reshape(len(x), -1)
         forest = IsolationForest.fit(flat, seed=int(rng.integers(2**31)))
-        if len(pick) < 2:
-            raise ValueError("the ensemble score needs at least 2 training rows")
         levels = np.linspace(0.0, 1.0, min(TAIL_QUANTILES, len(flat)))
         quantiles = np.quantile(flat, levels, axis=0).T.astype(np.float32)
         return cls(

@@ -41,7 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.common import SHARED, machine, target  # noqa: E402
+from benchmarks.common import SHARED, machine, require_dataset, target  # noqa: E402
 
 MAX_ROWS = 10_000  # larger sets are cut to a stratified sample of this many rows
 
@@ -282,8 +282,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:k=v,...")
     parser.add_argument("--results", type=Path, help="JSON lines of finished runs, reused")
     args = parser.parse_args()
-    if not (SHARED / "adbench").exists():
-        sys.exit(f"benchmark needs {SHARED / 'adbench'} (the shared data sets); set AEPIPE_SHARED")
+    require_dataset("adbench")  # exits with a message when the shared sets are absent
     sets = args.sets or (HALVES[args.half] if args.half else QUICK if args.quick else list(SETS))
     seeds = args.seeds or (1 if args.quick else 3)
     factories: dict[str, Callable[[int], object]] = {"aepipe": _aepipe({})}
