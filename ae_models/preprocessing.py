@@ -398,11 +398,26 @@ def model_input(batch: Any, normalizer: Normalizer, known: tuple[str, ...] = ())
     """The normalized model input (NumPy or torch, float32) of a raw Arrow batch. Pixel data
     (every column a fixed scaling of integers without nulls) takes a fast path: the columns
     are stacked as they are and torch transposes and scales them in one pass, several times
-    faster than going through pandas. ``known``: columns that are not features (ids, times)."""
+    faster than going through pandas; aepipe's own files hold pixels in one tensor column
+    (:mod:`ae_models.tensor_column`), scaled the same way. ``known``: columns that are not
+    features (ids, times)."""
     import pyarrow as pa
     import torch
 
+    from ae_models.tensor_column import FEATURES, find_tensor, tensor_values
+
     specs = normalizer.columns
+    tensor = find_tensor(batch.schema)
+    if tensor is not None:  # aepipe's ingested pixels: one column of bytes a row
+        if not normalizer.fixed_scale or tensor.width != len(specs):
+            raise SchemaError(
+                f"the data holds {tensor.width} features in its {FEATURES!r} column; the "
+                f"normalizer reads {len(specs)} named column(s) "
+                f"{'of pixels' if normalizer.fixed_scale else 'of a table'}"
+            )
+        values = torch.from_numpy(tensor_values(batch.column(FEATURES), tensor).astype(np.float32))
+        low, inv = (torch.from_numpy(a) for a in normalizer.scaled_bounds())
+        return values.sub_(low).mul_(inv).clamp_(0.0, 1.0)
     if specs and all(c.kind == "scaled" for c in specs):
         cols = [batch.column(c.source) for c in specs]
         if all(pa.types.is_integer(c.type) and c.null_count == 0 for c in cols):

@@ -5,8 +5,9 @@ The training loop (:func:`~ae_models.training.train`) takes its rows as a :class
 in-memory tensor (:class:`InMemoryRows`, the fast path) or a :class:`StreamingRows` over the
 blocks of a source:
 
-- a :class:`ParquetSource` names feature columns of a Parquet file and, optionally, the rows
-  to keep (``where=("split", "train")``); its blocks are the file's row groups;
+- a :class:`ParquetSource` names feature columns of a Parquet file (or its one tensor
+  column, :mod:`ae_models.tensor_column`) and, optionally, the rows to keep
+  (``where=("split", "train")``); its blocks are the file's row groups;
 - an :class:`ArraySource` wraps an array (``np.memmap``, ``np.load(mmap_mode="r")``) and a
   row mask; its blocks are runs of :data:`ARRAY_BLOCK_ROWS` rows.
 
@@ -45,6 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
+
+from ae_models.tensor_column import find_tensor, tensor_floats
 
 SHUFFLE_ROWS = 65_536  # rows permuted together in the streaming buffer, by default
 READ_AHEAD = 2  # blocks read ahead of the one being trained on
@@ -238,6 +241,10 @@ class ParquetReader:
         missing = [c for c in source.columns if c not in pf.schema_arrow.names]
         if missing:
             raise ValueError(f"{source.path} lacks the feature column(s) {missing[:5]}")
+        # one tensor column (aepipe's own files): its rows are the feature matrix
+        self._tensor = find_tensor(pf.schema_arrow, source.columns[0]) if source.columns else None
+        if self._tensor is not None and len(source.columns) > 1:
+            raise ValueError(f"{source.path}: a tensor column is the whole feature matrix")
         sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         mask = None
         if source.where is not None:
@@ -251,7 +258,7 @@ class ParquetReader:
             )
         if source.holdout is not None:
             mask = holdout_mask(meta.num_rows, *source.holdout) & (True if mask is None else mask)
-        self.width = len(source.columns)
+        self.width = self._tensor.width if self._tensor else len(source.columns)
         self._blocks = _Blocks(sizes, mask, source.path)
         self._shard = self._blocks.shard(rank, world)
         self.spill_dir: str | None = os.path.dirname(os.path.abspath(source.path))
@@ -274,6 +281,11 @@ class ParquetReader:
         if block.parts > 1:
             table = table.slice(start, stop - start)
         keep = self._blocks.keep(block)
+        if self._tensor is not None:
+            values = tensor_floats(table.column(0), self._tensor)
+            if keep is not None:
+                return values[keep]
+            return values if values.flags.writeable else values.copy()  # not Arrow's buffer
         rows = table.num_rows if keep is None else int(keep.sum())
         out = np.empty((rows, self.width), np.float32)
         for j, column in enumerate(table.columns):

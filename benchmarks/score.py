@@ -2,7 +2,8 @@
 
 Set-up (not timed): a deep autoencoder (code 32) is trained for 2 epochs on MNIST's 60,000
 training images with aepipe's own stages and registered as champion in a temporary home;
-its raw rows (entity id, event time, 784 uint8 pixels) are repeated into Parquet inputs of
+its raw rows as aepipe's ingest writes them (entity id, event time, the 784 uint8 pixels of a
+row in one tensor column: ``ae_models.tensor_column``) are repeated into Parquet inputs of
 100,000 and 1,000,000 rows with unique entity ids.
 
 Timed, each in a fresh process, best of ``--runs`` (3) per contender:
@@ -11,11 +12,12 @@ Timed, each in a fresh process, best of ``--runs`` (3) per contender:
   precision (auto: bf16 where the CPU computes it natively, else fp32), and forced to fp32;
 - plain script: what a competent user writes without aepipe: the champion's weights
   downloaded from MLflow into their own torch modules, pyarrow reading Parquet batches,
-  the 784 columns stacked and divided by 255, encoder and decoder (per-row BCE, as the
-  model's score), pyarrow writing Parquet; in fp32, and in bf16 autocast where the CPU has
-  native bf16;
+  the tensor column viewed as a uint8 matrix (``np.frombuffer``) and divided by 255,
+  encoder and decoder (per-row BCE, as the model's score), pyarrow writing Parquet; in
+  fp32, and in bf16 autocast where the CPU has native bf16;
 - pyfunc + pandas (a second, labelled line): ``mlflow.pyfunc.load_model(...).predict`` on
-  pandas chunks, each written with ``to_parquet``.
+  pandas chunks (a column per pixel, as the served model takes them), each written with
+  ``to_parquet``.
 Memory: aepipe's growth above its own baseline after imports, at 1M over 100k rows.
 
     .venv/bin/python benchmarks/score.py     # about 15 minutes on 2 CPU cores
@@ -104,11 +106,11 @@ def worker_setup(home: str, inputs: str) -> dict:
 
 
 def worker_aepipe(home: str, source: str, rows: str, table: str, precision: str) -> dict:
-    import pyarrow.parquet as pq
 
     import ae_models.outputs
     from stores import resolve_stores
     from tasks.ingest import IngestResult
+    from tasks.io.arrays import pixel_columns
     from tasks.score import load_champion, score_new_rows
 
     if precision != "auto":
@@ -116,8 +118,7 @@ def worker_aepipe(home: str, source: str, rows: str, table: str, precision: str)
     st = resolve_stores(home)
     cfg = _config(home, source, table)
     champion = load_champion(cfg, st)
-    features = [c for c in pq.read_schema(source).names if c.startswith("pixel")]
-    ingested = IngestResult(source, int(rows), features, False, "bench", "")
+    ingested = IngestResult(source, int(rows), pixel_columns((28, 28, 1)), False, "bench", "")
     base = rss_mb()
     t0 = time.perf_counter()
     scored = score_new_rows(ingested, champion, cfg, st)
@@ -158,18 +159,18 @@ def worker_script(home: str, source: str, out: str, precision: str) -> dict:
         return nn.Sequential(*layers, *([last] if last else []))
 
     encoder, decoder = stack("encoder", None).eval(), stack("decoder", nn.Sigmoid()).eval()
-    columns = [c for c in pq.read_schema(source).names if c.startswith("pixel")]
     t0 = time.perf_counter()
     rows = 0
     dtype = torch.bfloat16 if precision == "bf16" else None
     with torch.inference_mode(), torch.autocast("cpu", dtype, enabled=dtype is not None):
         for i, batch in enumerate(
             pq.ParquetFile(source).iter_batches(
-                batch_size=CHUNK_ROWS, columns=["entity_id", *columns]
+                batch_size=CHUNK_ROWS, columns=["entity_id", "features"]
             )
         ):
-            x = np.stack([batch.column(c).to_numpy() for c in columns], axis=1)
-            xt = torch.from_numpy(x).float().div_(255.0)
+            x = np.frombuffer(batch.column("features").buffers()[1], np.uint8)
+            x = x[batch.column("features").offset * 784 :][: batch.num_rows * 784]
+            xt = torch.from_numpy(x.reshape(-1, 784).astype(np.float32)).div_(255.0)
             z = encoder(xt)
             recon = decoder(z).float().clamp(1e-7, 1 - 1e-7)
             error = nn.functional.binary_cross_entropy(recon, xt, reduction="none").mean(1)
@@ -188,16 +189,23 @@ def worker_script(home: str, source: str, out: str, precision: str) -> dict:
 
 def worker_plain(home: str, source: str, out: str) -> dict:
     import mlflow
+    import numpy as np
+    import pandas as pd
     import pyarrow.parquet as pq
 
     from stores import resolve_stores
 
     mlflow.set_tracking_uri(resolve_stores(home).tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    names = [f"pixel_{i}" for i in range(784)]
     t0 = time.perf_counter()
     rows = 0
     for i, batch in enumerate(pq.ParquetFile(source).iter_batches(batch_size=CHUNK_ROWS)):
-        result = model.predict(batch.to_pandas())
+        pixels = np.frombuffer(batch.column("features").buffers()[1], np.uint8)
+        pixels = pixels[batch.column("features").offset * 784 :][: batch.num_rows * 784]
+        frame = pd.DataFrame(pixels.reshape(-1, 784), columns=names)
+        frame.insert(0, "entity_id", batch.column("entity_id").to_pandas())
+        result = model.predict(frame)
         result.to_parquet(Path(out) / f"part-{i:05d}.parquet")
         rows += len(result)
     return {"rows": rows, "seconds": time.perf_counter() - t0}

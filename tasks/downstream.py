@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
 
+from ae_models.tensor_column import FEATURES, batch_matrix
 from feature_store import read_features
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, LATENT_PREFIX, SPLIT
 from stores import Stores
@@ -73,9 +74,7 @@ def train_downstream_model(
     features = read_features(cfg.dataset, model_version, home=stores)
     latent = [c for c in features.columns if c.startswith(LATENT_PREFIX)]
     version = int(features["model_version"].iloc[0])
-    table = pq.read_table(
-        data.path, columns=[ENTITY_KEY, EVENT_TIMESTAMP, SPLIT, LABEL, *data.features]
-    )
+    table = pq.read_table(data.path, columns=[ENTITY_KEY, EVENT_TIMESTAMP, SPLIT, LABEL, FEATURES])
     base = table.select([ENTITY_KEY, EVENT_TIMESTAMP, SPLIT, LABEL]).to_pandas()
     # the key: (id, event time) when the source has versions over time, else the id
     key = [ENTITY_KEY, EVENT_TIMESTAMP] if cfg.source.timestamp else [ENTITY_KEY]
@@ -92,9 +91,7 @@ def train_downstream_model(
         raise ConfigError(
             f"feature table {cfg.dataset!r} v{version} shares no entity ids with the data set"
         )
-    x_raw = np.column_stack(
-        [table.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
-    )
+    x_raw = batch_matrix(table)
     split = joined[SPLIT].to_numpy()
     train, test = have & (split == "train"), have & (split == "test")
     if not train.any() or not test.any():

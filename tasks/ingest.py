@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ae_models.tensor_column import TensorSpec
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL
 from stores import Stores
 from stores import data as data_store
@@ -31,7 +32,7 @@ from stores.data import rehome
 from tasks import normalize
 from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
 from tasks.io import arrays
-from tasks.io.parquet import ParquetSink, with_features, write_table
+from tasks.io.parquet import ParquetSink, with_features, with_tensor, write_table
 from tasks.io.parts import concat_parts, cross_part_duplicates
 from tasks.io.sources import (
     ARRAY_FORMATS,
@@ -369,19 +370,23 @@ def _ingest_array_part(
             digest.update(data)
             if not data.ids:
                 continue
-            columns = np.ascontiguousarray(data.features.T)  # each column a zero-copy slice
             roles = {
                 ENTITY_KEY: pa.array(data.ids, pa.string()),
                 EVENT_TIMESTAMP: utc_timestamps(pd.Series(now, index=range(len(data.ids)))),
             }
             if data.labels is not None:
                 roles[LABEL] = pa.array(data.labels)
-            raw.write(with_features(roles, data.columns, columns))
+            pixels = arrays.as_pixels(data)
+            if pixels is not None:  # one tensor column of bytes
+                raw.write(with_tensor(roles, pixels, TensorSpec("uint8", pixels.shape[1])))
+            else:  # an NPZ array of any numbers: a column each, as a table's
+                columns = np.ascontiguousarray(data.features.T)  # each a zero-copy slice
+                raw.write(with_features(roles, data.columns, columns))
             if data.scale is not None:
                 if normalized is None:
                     normalized = stack.enter_context(ParquetSink(norm_path))
                     split_rows = {"train": 0, "val": 0, "test": 0}
-                counts = normalize.write_scaled(data, columns, roles, cfg, normalized)
+                counts = normalize.write_scaled(data, pixels, roles, cfg, normalized)
                 split_rows = {k: split_rows[k] + counts.get(k, 0) for k in split_rows}
     return _PartRead(
         raw.rows,

@@ -23,11 +23,12 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer, SchemaError
+from ae_models.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT
 from stores import Stores
 from stores.space import room_for
 from tasks.config import ConfigError, PipelineConfig
-from tasks.io.parquet import ParquetSink, with_features
+from tasks.io.parquet import ParquetSink, with_tensor
 from tasks.io.sources import json_digest
 
 if TYPE_CHECKING:
@@ -89,24 +90,29 @@ def save_scaled_spec(columns: list[str], scale: float, folder: Path) -> Path:
 
 def write_scaled(
     data: ArrayData,
-    columns: np.ndarray,
+    pixels: np.ndarray | None,
     roles: dict[str, pa.Array],
     cfg: PipelineConfig,
     sink: ParquetSink,
 ) -> dict[str, int]:
     """Queue a block of fixed-scale rows that an ingest partition has just decoded,
-    normalized (the columns ``normalize_dataset`` writes, in batches of its size), from their
-    column-major matrix; the rows per split."""
-    normalizer = Normalizer.fit_scaled(data.columns, data.scale)
+    normalized, with their splits; the rows per split. ``pixels``: the rows as bytes
+    (:func:`tasks.io.arrays.as_pixels`), stored as they are with their scale (exact: what
+    the fixed scaling computes, see :func:`ae_models.tensor_column.tensor_floats`); None
+    when a byte cannot hold them, then float32 values are stored."""
     splits = assign_splits(pd.Series(data.ids), cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
-    step = _normalize_batch_rows(len(data.columns))
-    for start in range(0, len(data.ids), step):
-        stop = min(start + step, len(data.ids))
-        values = columns[:, start:stop].astype(np.float32)  # column-major, as written
-        normalizer.scale_matrix(values.T)
-        arrays = {name: col[start:stop] for name, col in roles.items()}
-        arrays[SPLIT] = pa.array(splits[start:stop], pa.string())
-        sink.write(with_features(arrays, normalizer.output_columns, values))
+    if pixels is not None:
+        spec, values = TensorSpec("uint8", pixels.shape[1], float(data.scale)), pixels
+    else:
+        normalizer = Normalizer.fit_scaled(data.columns, data.scale)
+        spec = TensorSpec("float32", len(data.columns))
+        values = normalizer.scale_matrix(np.array(data.features, np.float32, order="C"))
+    step = _normalize_batch_rows(spec.width)  # row groups: what partitions and streams take
+    for start in range(0, len(values), step):
+        part = slice(start, start + step)
+        arrays = {name: column[part] for name, column in roles.items()}
+        arrays[SPLIT] = pa.array(splits[part], pa.string())
+        sink.write(with_tensor(arrays, values[part], spec))
     names, counts = np.unique(splits, return_counts=True)
     return dict(zip(names.tolist(), counts.tolist(), strict=True))
 
@@ -166,18 +172,25 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     del train_parts
     names = normalizer.output_columns
     keep = [ENTITY_KEY, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
-    width = len(names) * 4 + 32  # float32 features, the id, time, label and split
+    raw_tensor = find_tensor(source.schema_arrow)
+    if raw_tensor is not None and ingested.pixel_scale:  # bytes stay bytes, with their scale
+        spec = TensorSpec("uint8", raw_tensor.width, float(ingested.pixel_scale))
+    else:
+        spec = TensorSpec("float32", len(names))
+    width = spec.width * (4 if spec.dtype == "float32" else 1) + 32  # with id, time, split
     room = room_for(folder, sum(counts.values()) * width, "data", f"normalizing {ingested.path}")
     try:
         with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
             batches = source.iter_batches(batch_size=batch_rows)
             for batch, codes in zip(batches, split_codes, strict=True):
-                # column-major, so each output column is a zero-copy slice
-                values = normalizer.transform_arrow(batch.select(features))
-                columns = np.ascontiguousarray(values.T)
+                if spec.dtype == "uint8":
+                    values = tensor_values(batch.column(FEATURES), raw_tensor)
+                else:  # row-major: each row's features are one value of the column
+                    values = normalizer.transform_arrow(batch.select(features))
+                    values = np.ascontiguousarray(values)
                 arrays = {name: batch.column(name) for name in keep}
                 arrays[SPLIT] = pa.array(split_names[codes], pa.string())
-                sink.write(with_features(arrays, names, columns))
+                sink.write(with_tensor(arrays, values, spec))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
     normalizer.save(spec_path)

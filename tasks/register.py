@@ -26,6 +26,7 @@ from prefect import task
 
 import ae_models
 from ae_models.outputs import ENTITY_ID, RECON_ERROR, RECON_MSE
+from ae_models.tensor_column import FEATURES, find_tensor, tensor_values
 from feature_store.schema import EVENT_TIMESTAMP, LABEL, SPLIT
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
@@ -114,8 +115,12 @@ def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFram
     splits = pq.read_table(data.path, columns=[SPLIT]).column(SPLIT).to_numpy(zero_copy_only=False)
     which = "test" if (splits == "test").any() else "val"
     picked = np.flatnonzero(splits == which)[:EVAL_MAX_ROWS]
-    raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP])
-    rows = raw.take(picked).to_pandas()  # only the evaluation rows reach pandas
+    raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP]).take(picked)
+    tensor = find_tensor(raw.schema)
+    rows = raw.drop_columns([FEATURES] if tensor else []).to_pandas()  # only these rows
+    if tensor is not None:  # pixels as users send them: a column each
+        pixels = tensor_values(raw.column(FEATURES), tensor)
+        rows = pd.concat([rows, pd.DataFrame(pixels, columns=ingested.features)], axis=1)
     return rows.drop(columns=[LABEL], errors="ignore")
 
 

@@ -28,6 +28,7 @@ from ae_models.drift import DriftCheck, DriftCounts, count_batch, drift_decision
 from ae_models.outputs import score_outputs
 from ae_models.preprocessing import Normalizer, model_input
 from ae_models.scoring import Scorer
+from ae_models.tensor_column import FEATURES, batch_matrix, find_tensor
 from feature_store import (
     StagedFeatures,
     commit_features,
@@ -261,7 +262,10 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     anomalies = 0
     reference = meta.get("drift")
     drift: DriftCounts | None = None
-    source_names = pq.read_schema(job.source).names
+    source_schema = pq.read_schema(job.source)
+    source_names = source_schema.names
+    if find_tensor(source_schema) is not None:  # aepipe's files: the matrix is one column
+        inputs = [FEATURES]
     # the first write of a version scores its training rows too; they are not new data
     held_out_only = SPLIT in source_names
 
@@ -316,6 +320,8 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         for batch in wanted():
             if normalizer is not None:
                 x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP))
+            elif inputs == [FEATURES]:
+                x = batch_matrix(batch)
             else:
                 x = np.column_stack(
                     [batch.column(c).to_numpy().astype(np.float32, copy=False) for c in inputs]

@@ -104,6 +104,23 @@ class ArrayData:
     columns: list[str] = field(default_factory=list)
 
 
+def as_pixels(data: ArrayData) -> np.ndarray | None:
+    """The rows of a fixed-scale source (images, IDX images, the digits) as a C-ordered
+    ``uint8`` matrix, which the ingested file stores as one tensor column; None for arrays
+    without a pixel scale or with values a byte cannot hold exactly (NPZ arrays, IDX files of
+    other numbers), which keep a column per feature."""
+    x = data.features
+    if data.scale is None or x.ndim != 2:
+        return None
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if x.size and not (np.isfinite(x).all() if x.dtype.kind == "f" else True):
+        return None
+    if x.size and (x.min() < 0 or x.max() > 255 or (x.dtype.kind == "f" and (x % 1).any())):
+        return None
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
 def pixel_columns(shape: tuple[int, int, int]) -> list[str]:
     """Column names of flattened H x W x C pixels: ``pixel_0`` ... ``pixel_{HWC-1}``."""
     return [f"pixel_{i}" for i in range(shape[0] * shape[1] * shape[2])]

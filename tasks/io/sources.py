@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ae_models.tensor_column import LAYOUT
 from feature_store.schema import LABEL, ROLE_COLUMNS
 from tasks.config import ConfigError, PipelineConfig, SourceConfig
 from tasks.io import arrays
@@ -164,10 +165,13 @@ def source_files(src: SourceConfig) -> list[str]:
 
 def source_fingerprint(cfg: PipelineConfig, images: list[str] | None = None) -> str:
     """Stable id of the source and the ingest settings: same data and settings, same folder.
+    It names the Parquet layout too (:data:`~ae_models.tensor_column.LAYOUT`), so files an
+    older aepipe wrote are never read as this one's: the source is ingested again.
     An image folder's is that of its image files (``images``: their listing, when known)."""
     src = cfg.source
     h = hashlib.sha256(src.model_dump_json().encode())
     h.update(json.dumps([cfg.test_fraction, cfg.val_fraction, cfg.train.seed]).encode())
+    h.update(f"layout {LAYOUT}".encode())  # files of another layout are ingested again
     if src.resolved_format == "builtin":
         import sklearn
 

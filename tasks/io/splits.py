@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ae_models.streaming import ParquetSource, rows_of, sample_mask, sample_rows
+from ae_models.tensor_column import FEATURES, batch_matrix
 from feature_store.schema import LABEL, SPLIT
 
 if TYPE_CHECKING:
@@ -19,11 +20,9 @@ SPLITS = ("train", "val", "test")
 
 def load_split_matrices(data: NormalizedData) -> dict[str, np.ndarray]:
     """Feature matrix (float32) per split of a normalized dataset."""
-    table = pq.read_table(data.path, columns=[SPLIT, *data.features])
+    table = pq.read_table(data.path, columns=[SPLIT, FEATURES])
     splits = table.column(SPLIT).to_numpy(zero_copy_only=False)
-    matrix = np.column_stack(
-        [table.column(c).to_numpy().astype(np.float32, copy=False) for c in data.features]
-    )
+    matrix = batch_matrix(table)
     return {s: matrix[splits == s] for s in SPLITS}
 
 
@@ -31,8 +30,8 @@ SAMPLE_ROWS = 100_000  # rows of each split measured and pictured when training 
 
 
 def split_source(data: NormalizedData, split: str) -> ParquetSource:
-    """The feature columns of one split of a normalized dataset, as a streamable source."""
-    return ParquetSource(data.path, tuple(data.features), (SPLIT, split))
+    """The feature matrix of one split of a normalized dataset, as a streamable source."""
+    return ParquetSource(data.path, (FEATURES,), (SPLIT, split))
 
 
 def sample_splits(

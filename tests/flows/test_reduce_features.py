@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from ae_models.tensor_column import to_wide
 from feature_store import read_features
 from flows.reduce_features import reduce_features
 from stores import resolve_stores
@@ -169,6 +170,8 @@ def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path
     raw_path = next((st.data_dir / "digits").glob("*/raw.parquet"))
     rows = tmp_path / "rows.parquet"
     table = pq.read_table(raw_path).slice(0, 50).drop_columns(["event_timestamp", "label"])
+    names = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    table = to_wide(table, names)  # the served model takes a column per pixel, as users send
     pq.write_table(table, rows)
     script = BLOCK_PIPELINE + (
         "import json, sys, mlflow, pandas as pd;"

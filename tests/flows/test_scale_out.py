@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ae_models.tensor_column import FEATURES, TensorSpec, batch_matrix, tensor_array
 from feature_store import load_table, read_features
 from flows.partitions import write_partitions
 from flows.reduce_features import reduce_features
@@ -91,14 +92,16 @@ def test_a_failed_partition_commits_nothing_and_leaves_no_files(
     files = set((home / "warehouse").rglob("*.parquet"))
     source = next((home / "data" / "digits").glob("*/normalized.parquet"))
     broken = tmp_path / "broken.parquet"
-    with pq.ParquetWriter(broken, pq.read_schema(source)) as writer:
+    schema = pq.read_schema(source)
+    index = schema.get_field_index(FEATURES)
+    schema = schema.set(index, TensorSpec("float32", 64).field())  # pixels as float32
+    with pq.ParquetWriter(broken, schema) as writer:
         for i in range(3):
             part = pq.ParquetFile(source).read_row_group(i)
+            values = batch_matrix(part).copy()
             if i == 1:  # a NaN input gives a NaN code, which the schema check refuses
-                col = part.column("pixel_0_0").to_numpy().astype("float32")
-                col[0] = np.nan
-                index = part.schema.get_field_index("pixel_0_0")
-                part = part.set_column(index, part.schema.field(index), pa.array(col))
+                values[0, 0] = np.nan
+            part = part.set_column(index, schema.field(index), tensor_array(values))
             writer.write_table(part)
     job = ScoringJob(
         table="digits",
@@ -109,7 +112,7 @@ def test_a_failed_partition_commits_nothing_and_leaves_no_files(
         run_id="r",
         stores=st,
         mode="replace",
-        features=[c for c in pq.read_schema(source).names if c.startswith("pixel_")],
+        features=[f"pixel_{r}_{c}" for r in range(8) for c in range(8)],
         partition_rows=400,
     )
     with pytest.raises(ValueError, match="NaN"):

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from ae_models.tensor_column import batch_matrix
 from stores import resolve_stores
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
@@ -81,7 +82,7 @@ def _ingest_one(case: tuple[bytes, int]) -> str:
             assert "\n" not in str(err)
             event(f"refused: {str(err).split(': ', 1)[-1].split(chr(39))[0][:50]}")
             return "refused"
-        values = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
+        values = batch_matrix(pq.read_table(data.path))
         assert data.rows == ingested.rows and np.isfinite(values).all()
         return "ingested"
     finally:

@@ -11,6 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from ae_models.preprocessing import Normalizer
+from ae_models.tensor_column import (
+    FEATURES,
+    TensorSpec,
+    batch_matrix,
+    find_tensor,
+    tensor_values,
+    to_wide,
+)
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io.sources import inspect_source
@@ -27,8 +35,15 @@ def test_digits_become_normalized_parquet(tmp_stores) -> None:
     assert table.num_rows == 1797
     assert table.column_names[:4] == ["entity_id", "event_timestamp", "label", "split"]
     assert str(table.schema.field("event_timestamp").type) == "timestamp[us, tz=UTC]"
-    values = np.column_stack([table.column(c).to_numpy() for c in data.features])
-    assert values.min() == 0.0 and values.max() == 1.0
+    assert table.column_names[4:] == [FEATURES]  # the feature matrix: one column
+    spec = find_tensor(table.schema)
+    assert spec == TensorSpec("uint8", 64, 16.0)  # the digits' bytes, exactly, and their scale
+    values = batch_matrix(table)
+    assert values.shape == (1797, 64) and values.min() == 0.0 and values.max() == 1.0
+    raw = pq.read_table(ingested.path)
+    assert find_tensor(raw.schema) == TensorSpec("uint8", 64)  # raw: the same bytes, unscaled
+    stored = tensor_values(table.column(FEATURES), spec)
+    assert np.array_equal(tensor_values(raw.column(FEATURES), spec), stored)
     assert sum(data.split_rows.values()) == 1797 and data.split_rows["train"] > 1000
     spec = json.loads(Path(data.spec_path).read_text())
     assert spec["version"] == 1 and len(spec["columns"]) == 64
@@ -80,7 +95,7 @@ def test_missing_cells_are_imputed_with_the_training_median_and_an_indicator(
     spec = {c.source: c for c in Normalizer.load(data.spec_path).columns}
     assert spec["age"].missing_indicator == "age__missing"
     assert spec["income"].missing_indicator is None  # nothing missing, no indicator
-    norm = pq.read_table(data.path).to_pandas().set_index("entity_id")
+    norm = to_wide(pq.read_table(data.path), data.features).to_pandas().set_index("entity_id")
     missing = [f"r{i}" for i in range(60) if i % 4 == 0]
     assert norm.loc[missing, "age__missing"].eq(1.0).all()
     assert norm["age__missing"].sum() == len(missing)
@@ -221,7 +236,7 @@ def test_normalize_settings_are_checked_and_applied(tmp_path, tmp_stores) -> Non
     )
     validate_config(cfg)
     data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
-    values = pq.read_table(data.path, columns=["a"]).column("a").to_numpy()
+    values = batch_matrix(pq.read_table(data.path))[:, data.features.index("a")]
     assert values.min() < 0 < values.max()  # standardized, not squeezed into [0, 1]
     from ae_models.preprocessing import Normalizer
     from tasks.train import build_model

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ae_models.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io.arrays import SourceReadError, read_idx, read_npz
@@ -41,7 +42,7 @@ def test_image_folder_labels_ids_and_scaling(tmp_path, tmp_stores) -> None:
     assert sorted(set(raw["label"])) == ["a", "b"]
     assert raw["entity_id"].iloc[0] == "a/0.png" and len(ingested.features) == 120
     data = normalize_dataset(ingested, cfg(tmp_path / "imgs"))
-    table = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
+    table = batch_matrix(pq.read_table(data.path))
     assert table.min() >= 0 and table.max() <= 1 and table.max() > 0.9
 
 
@@ -136,7 +137,7 @@ def test_mnist_idx_rows_and_mean(shared_datasets, tmp_stores) -> None:
     ingested = ingest_source(config, tmp_stores)
     assert ingested.rows == 60000 and ingested.has_label
     data = normalize_dataset(ingested, config)
-    x = pq.read_table(data.path, columns=data.features).to_pandas().to_numpy()
+    x = batch_matrix(pq.read_table(data.path))
     assert abs(x.mean() - 33.318 / 255) < 1e-4
     test = ingest_source(cfg(shared_datasets / "mnist" / "t10k-images-idx3-ubyte.gz"), tmp_stores)
     assert test.rows == 10000
@@ -259,3 +260,15 @@ def test_a_png_cut_after_its_header_is_quarantined_and_leaves_no_pixels(tmp_path
     for r, row in zip(block.ids, block.features, strict=True):
         with Image.open(tmp_path / "imgs" / r) as img:
             np.testing.assert_array_equal(row, np.asarray(img).reshape(-1))
+
+
+def test_files_of_another_parquet_layout_are_ingested_again(monkeypatch) -> None:
+    """The layout of the Parquet files is part of the ingest folder's name: files an older
+    aepipe wrote (a column per feature) are never read as tensor columns."""
+    from tasks.io import sources
+
+    cfg = build_config({})
+    now = sources.source_fingerprint(cfg)
+    assert sources.source_fingerprint(cfg) == now
+    monkeypatch.setattr(sources, "LAYOUT", sources.LAYOUT - 1)
+    assert sources.source_fingerprint(cfg) != now
