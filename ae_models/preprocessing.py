@@ -415,9 +415,14 @@ def model_input(batch: Any, normalizer: Normalizer, known: tuple[str, ...] = ())
                 f"normalizer reads {len(specs)} named column(s) "
                 f"{'of pixels' if normalizer.fixed_scale else 'of a table'}"
             )
-        values = torch.from_numpy(tensor_values(batch.column(FEATURES), tensor).astype(np.float32))
-        low, inv = (torch.from_numpy(a) for a in normalizer.scaled_bounds())
-        return values.sub_(low).mul_(inv).clamp_(0.0, 1.0)
+        stored = tensor_values(batch.column(FEATURES), tensor)  # a view of Arrow's buffer
+        with warnings.catch_warnings():  # read-only: only read, by the conversion below
+            warnings.simplefilter("ignore", UserWarning)
+            values = torch.from_numpy(stored).to(torch.float32)  # both cores, not NumPy's one
+        low, inv = normalizer.scaled_bounds()
+        if stored.dtype == np.uint8 and not low.any() and (inv * 255 <= 1).all():
+            return values.mul_(torch.from_numpy(inv))  # bytes over a scale >= 255: in [0, 1]
+        return values.sub_(torch.from_numpy(low)).mul_(torch.from_numpy(inv)).clamp_(0.0, 1.0)
     if specs and all(c.kind == "scaled" for c in specs):
         cols = [batch.column(c.source) for c in specs]
         if all(pa.types.is_integer(c.type) and c.null_count == 0 for c in cols):

@@ -74,6 +74,7 @@ def worker_setup(home: str, inputs: str) -> dict:
 
     from stores import resolve_stores
     from tasks.ingest import ingest_source
+    from tasks.io.parquet import write_options
     from tasks.normalize import normalize_dataset
     from tasks.register import register_model
     from tasks.train import train_autoencoder
@@ -91,7 +92,7 @@ def worker_setup(home: str, inputs: str) -> dict:
     sizes = {}
     for n in (100_000, 1_000_000):
         path = Path(inputs) / f"raw-{n}.parquet"
-        with pq.ParquetWriter(path, raw.schema) as writer:
+        with pq.ParquetWriter(path, raw.schema, **write_options(raw.schema)) as writer:
             done, rep = 0, 0
             while done < n:
                 part = raw.slice(0, min(raw.num_rows, n - done))

@@ -49,6 +49,7 @@ from feature_store.schema import (
 from stores import Stores
 from tasks import registry
 from tasks.config import PipelineConfig, io_task
+from tasks.io.parquet import read_ahead
 from tasks.monitor import record_check
 
 SCORE_BATCH = 16_384
@@ -317,7 +318,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
 
     def batches():
         nonlocal anomalies
-        for batch in wanted():
+        for batch in read_ahead(wanted()):  # the next batch decodes while this one scores
             if normalizer is not None:
                 x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP))
             elif inputs == [FEATURES]:

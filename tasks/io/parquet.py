@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ae_models.tensor_column import TensorSpec, tensor_array
 
+T = TypeVar("T")
 _TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary)
 
 
@@ -145,6 +147,47 @@ class ParquetSink:
             os.replace(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
+
+
+def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` as a background thread produces them, at most ``depth`` ahead: the next
+    Parquet batch decodes (Arrow releases the GIL) while the caller computes on this one.
+    An error in the producer is raised in the caller at that point; leaving early (closing
+    the generator) stops the producer before it reads more."""
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as err:  # handed to the caller's thread
+            put((False, err))
+
+    thread = threading.Thread(target=run, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def with_tensor(roles: dict[str, pa.Array], matrix: np.ndarray, spec: TensorSpec) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import ae_models
 from ae_models.fitting import fit_autoencoder
@@ -45,3 +46,22 @@ def test_estimator_and_fit_path_give_the_same_model() -> None:
     assert fit.scorer == est.scorer_
     losses = [[h["train_loss"] for h in run] for run in (fit.history, est.history_)]
     assert losses[0] == losses[1]
+
+
+def test_bce_scores_skip_the_matrix_and_match_it() -> None:
+    """A sigmoid head's BCE score comes from the logits without the rows x columns matrix,
+    equal to that matrix's row means within float32 rounding (targets outside [0, 1] are
+    clamped as the matrix clamps them), and fitting and scoring give the same scores."""
+    from ae_models.scoring import bce_row_means, column_errors
+
+    x = 1 / (1 + np.exp(-blobs()))  # in (0, 1)
+    model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="sigmoid")
+    ae_models.train(model, x, None, ae_models.TrainConfig(epochs=3, batch_size=64, seed=0))
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        out = model.eval()(xt)
+        for target in (xt, xt * 1.5 - 0.25):  # in range; partly outside it
+            matrix = column_errors(target, out, "bce").mean(dim=1)
+            assert torch.allclose(bce_row_means(target, out.logits), matrix, rtol=1e-5, atol=1e-6)
+    scorer, fitted = fit_scorer(model, x, "bce", 0.05, batch_size=100)
+    assert np.array_equal(fitted.scores, score_rows(model, x, scorer, batch_size=100).scores)

@@ -79,6 +79,19 @@ def test_write_and_read_versions(tmp_stores) -> None:
     assert v1["z_0"].dtype == np.float32
 
 
+def test_only_repeating_text_is_dictionary_encoded(tmp_stores) -> None:
+    """Codes, scores and ids are written plain (a dictionary of floats or unique ids is built
+    only to be dropped); the model name, run id and explanation names get a dictionary."""
+    write(tmp_stores, make_batch(2000, 3, 1), 3, 1)
+    (path,) = data_files(tmp_stores)
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {
+        group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)
+    }
+    dictionary = {c for c, e in encodings.items() if "RLE_DICTIONARY" in e}
+    assert dictionary == {"model_name", "run_id", "top_columns.list.element"}
+
+
 def test_rewriting_a_version_replaces_it(tmp_stores) -> None:
     write(tmp_stores, make_batch(5, 3, 1), 3, 1)
     write(tmp_stores, make_batch(4, 3, 1), 3, 1)

@@ -68,3 +68,34 @@ def test_an_error_in_the_caller_removes_the_partial_file(tmp_path) -> None:
         sink.write(table(10))
         raise KeyError("the caller failed")
     assert not list(tmp_path.iterdir())  # neither the file nor its temporary
+
+
+def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_when_left() -> None:
+    import threading
+    import time
+
+    from tasks.io.parquet import read_ahead
+
+    assert list(read_ahead(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    got = read_ahead(failing())
+    assert next(got) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(got)
+    produced = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    stream = read_ahead(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer leaves: the producer stops, its thread ends
+    time.sleep(0.1)
+    assert len(produced) <= 4 and threading.active_count() == before
