@@ -53,28 +53,30 @@ ALLREDUCE_GBPS = 100.0  # assumed GPU interconnect bandwidth for the paper proje
 
 
 def write_copies(folder: Path, copies: int) -> Path:
-    """MNIST's training rows repeated ``copies`` times as normalized Parquet (scaled pixels,
-    one float32 column each, a split column of ``train``), written once per folder."""
+    """MNIST's training rows repeated ``copies`` times as the normalize stage writes pixels
+    (a split column of ``train`` and the tensor column: each row's bytes, with their scale
+    255), written once per folder."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.io.arrays import load_mnist
-    from tasks.io.parquet import write_options
+    from ae_models.tensor_column import TensorSpec
+    from tasks.io.arrays import read_idx
+    from tasks.io.parquet import with_tensor, write_options
 
     path = folder / f"mnist-x{copies}.parquet"
     if path.is_file():
         return path
-    x = load_mnist(require_dataset("mnist"), "train")[0].reshape(-1, 784)
-    names = [f"pixel_{i}" for i in range(784)]
+    images = read_idx(require_dataset("mnist") / "train-images-idx3-ubyte.gz")
+    x = np.ascontiguousarray(images.reshape(-1, 784), dtype=np.uint8)
+    spec = TensorSpec("uint8", 784, 255.0)
     tmp = path.with_suffix(".tmp")
     writer = None
     for copy in range(copies):
         for start in range(0, len(x), GROUP_ROWS):
-            rows = (x[start : start + GROUP_ROWS].astype(np.float32) / 255.0).T.copy()
-            columns = {n: rows[i] for i, n in enumerate(names)}
-            columns["split"] = np.full(rows.shape[1], "train", dtype=object)
-            table = pa.table(columns)
+            rows = x[start : start + GROUP_ROWS]
+            split = pa.array(np.full(len(rows), "train", dtype=object), pa.string())
+            table = with_tensor({"split": split}, rows, spec)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, **write_options(table.schema))
             writer.write_table(table)
@@ -87,23 +89,20 @@ def write_copies(folder: Path, copies: int) -> Path:
 
 def worker(mode: str, path: str, epochs: int, checkpoints: str) -> dict:
     """One contender in this fresh process: train, time, measure memory and test loss."""
-    import numpy as np
     import torch
 
     import ae_models
     from ae_models.distributed import train_ddp
     from ae_models.streaming import ParquetSource
+    from ae_models.tensor_column import FEATURES
     from ae_models.train_config import TrainConfig
     from ae_models.training import evaluate_loss
     from tasks.io.arrays import load_mnist
 
-    test = torch.from_numpy(
-        (load_mnist(require_dataset("mnist"), "test")[0].reshape(-1, 784) / 255.0).astype(
-            np.float32
-        )
-    )
-    columns = tuple(f"pixel_{i}" for i in range(784))
-    source = ParquetSource(path, columns, ("split", "train"))
+    # load_mnist gives pixels in [0, 1] already (before 2026-12-02 they were divided by 255
+    # again here and in the training file: the published figures below predate the fix)
+    test = torch.from_numpy(load_mnist(require_dataset("mnist"), "test")[0])
+    source = ParquetSource(path, (FEATURES,), ("split", "train"))
     cfg = TrainConfig(epochs=epochs, batch_size=256, patience=0, seed=0)
     model = ae_models.create_model("deep", seed=0, input_dim=784, code_size=16)
     baseline = rss_mb()
