@@ -9,7 +9,8 @@ row in one tensor column: ``ae_models.tensor_column``) are repeated into Parquet
 Timed, each in a fresh process, best of ``--runs`` (3) per contender:
 - aepipe: ``tasks.score.score_new_rows`` (the score-features flow's task): Parquet batches ->
   the champion's normalizer -> encoder -> one atomic Iceberg append, at its scoring
-  precision (auto: bf16 where the CPU computes it natively, else fp32), and forced to fp32;
+  precision (``ae_models.runtime.SCORING_PRECISION``: fp32, so codes keep their 24 bits),
+  and forced to bf16 where the CPU computes it natively;
 - plain script: what a competent user writes without aepipe: the champion's weights
   downloaded from MLflow into their own torch modules, pyarrow reading Parquet batches,
   the tensor column viewed as a uint8 matrix (``np.frombuffer``) and divided by 255,
@@ -234,7 +235,7 @@ def main() -> None:
         print(json.dumps(fn(*rest)))
         return
 
-    from ae_models.runtime import cpu_has_fast_bf16
+    from ae_models.runtime import SCORING_PRECISION, cpu_has_fast_bf16
 
     print(machine(), flush=True)
     precisions = ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
@@ -267,8 +268,9 @@ def main() -> None:
         rows["aepipe 100k (auto)"] = ours(small, "100000", "auto")
         rows["aepipe 1M (auto)"] = ours(big, "1000000", "auto")
         for p in precisions:
-            # auto is fp32 where the CPU has no native bf16: that run is the fp32 one
-            same = p == "fp32" and len(precisions) == 1
+            # aepipe's own precision (SCORING_PRECISION, fp32: codes keep 24 bits) was just
+            # run as "auto": those runs are that precision's, not run twice
+            same = p == SCORING_PRECISION
             rows[f"aepipe 1M {p}"] = rows["aepipe 1M (auto)"] if same else ours(big, "1000000", p)
             out = root / f"script-{p}"
             out.mkdir()

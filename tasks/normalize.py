@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 NORMALIZE_BATCH = 65_536  # rows per normalize batch, at most
 MIN_TRAIN_ROWS = 2  # fewer cannot be fitted meaningfully (nor batch-normalized)
 NORMALIZE_BATCH_CELLS = 8 << 20  # wide rows (pixels) come in fewer: buffers reused, cached
+WRITE_BATCH_BYTES = 8 << 20  # features per batch written (and row group), at most about
 NORMALIZED_FILE = "normalized.parquet"
 SPEC_FILE = NORMALIZER_FILE  # the spec is copied into the model folder under this name
 
@@ -181,8 +182,16 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     room = room_for(folder, sum(counts.values()) * width, "data", f"normalizing {ingested.path}")
     try:
         with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
-            batches = source.iter_batches(batch_size=batch_rows)
-            for batch, codes in zip(batches, split_codes, strict=True):
+            codes_of = np.concatenate(split_codes)
+            # batches of about WRITE_BATCH_BYTES of features: what the sink holds (a batch
+            # encoding, two waiting) stays small however wide one-hot makes the rows
+            write_rows = min(
+                batch_rows, max(1024, WRITE_BATCH_BYTES // spec.field().type.byte_width)
+            )
+            done = 0
+            for batch in source.iter_batches(batch_size=write_rows):
+                codes = codes_of[done : done + batch.num_rows]
+                done += batch.num_rows
                 if spec.dtype == "uint8":
                     values = tensor_values(batch.column(FEATURES), raw_tensor)
                 else:  # row-major: each row's features are one value of the column

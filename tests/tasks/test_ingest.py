@@ -244,3 +244,24 @@ def test_normalize_settings_are_checked_and_applied(tmp_path, tmp_stores) -> Non
     assert not Normalizer.load(data.spec_path).unit_range
     assert build_model(cfg, 3, unit_range=False).config.output == "linear"
     assert build_model(cfg, 3, unit_range=True).config.output == "sigmoid"
+
+
+def test_normalized_rows_keep_their_split_across_small_write_batches(
+    tmp_path, tmp_stores, monkeypatch
+) -> None:
+    """The normalized file is written in batches of about WRITE_BATCH_BYTES of features (row
+    groups), another size than the split pass reads: each row still gets its own split."""
+    monkeypatch.setattr("tasks.normalize.WRITE_BATCH_BYTES", 4096)
+    path = tmp_path / "t.csv"
+    path.write_text("id,a,b\n" + "".join(f"r{i},{i},{'xyz'[i % 3]}\n" for i in range(3000)))
+    cfg = build_config({"source": {"path": str(path), "entity_id": "id"}})
+    data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
+    assert pq.ParquetFile(data.path).metadata.num_row_groups > 2
+    table = pq.read_table(data.path)
+    ids = table.column("entity_id").to_pandas()
+    want = assign_splits(ids, cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
+    assert (table.column("split").to_numpy(zero_copy_only=False) == want).all()
+    a = batch_matrix(table)[:, data.features.index("a")]
+    spec = {c.source: c for c in Normalizer.load(data.spec_path).columns}["a"]
+    want = np.clip((ids.str[1:].astype(int) - spec.low) / (spec.high - spec.low), 0, 1)
+    assert np.allclose(a, want)  # each row its own values
