@@ -27,10 +27,10 @@ from tasks.results import result_storage
 def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
     """An upper bound of what ingesting ``plan`` writes to the data folder: the partitions'
     files and the merged copy, each at most the source's size (images: their decoded
-    pixels, and the pixels as float32 that the ingest also normalizes)."""
+    pixels, a byte each, twice: raw, and normalized, which keeps the bytes and their scale)."""
     if plan.layout is not None:
         images = sum(len(p.files) for p in plan.parts)
-        return 2 * images * math.prod(plan.layout.shape) * (1 + 4)
+        return 2 * images * math.prod(plan.layout.shape) * (1 + 1)
     if plan.info.format == "builtin":  # scikit-learn's digits: 1797 rows of 64 pixels
         return 2 * 1797 * len(plan.info.features) * 8
     path = Path(cfg.source.path)
