@@ -26,7 +26,7 @@ from prefect import task
 
 import ae_models
 from ae_models.outputs import ENTITY_ID, RECON_ERROR, RECON_MSE
-from ae_models.tensor_column import FEATURES, find_tensor, tensor_values
+from ae_models.tensor_column import to_wide
 from feature_store.schema import EVENT_TIMESTAMP, LABEL, SPLIT
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
@@ -116,11 +116,7 @@ def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFram
     which = "test" if (splits == "test").any() else "val"
     picked = np.flatnonzero(splits == which)[:EVAL_MAX_ROWS]
     raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP]).take(picked)
-    tensor = find_tensor(raw.schema)
-    rows = raw.drop_columns([FEATURES] if tensor else []).to_pandas()  # only these rows
-    if tensor is not None:  # pixels as users send them: a column each
-        pixels = tensor_values(raw.column(FEATURES), tensor)
-        rows = pd.concat([rows, pd.DataFrame(pixels, columns=ingested.features)], axis=1)
+    rows = to_wide(raw, ingested.features).to_pandas()  # pixels a column each, as users send
     return rows.drop(columns=[LABEL], errors="ignore")
 
 

@@ -195,19 +195,25 @@ def check_source_shape(ingested: IngestResult, champion: Champion) -> None:
     spec = Normalizer.load(Path(champion.model_dir) / NORMALIZER_FILE)
     schema = pq.read_schema(ingested.path)
     model = f"{champion.model_name} v{champion.version}"
-    tensor = find_tensor(schema) is not None  # pixels: named by position, all bytes
-    names = ingested.features if tensor else schema.names
-    missing = [c for c in spec.source_columns if c not in names]
-    if missing or (tensor and not spec.fixed_scale):
-        what = f"{len(missing)} column(s) {model} was trained on: {missing[:10]}"
-        if tensor and not missing:
-            what = f"the table columns {model} was trained on (it holds {len(names)} pixels)"
-        raise ConfigError(f"the source lacks {what}; restore them, or retrain on the new shape")
+    tensor = find_tensor(schema)
+    if tensor is not None:  # pixels in one column of bytes: the shape is their count
+        if not spec.fixed_scale or len(spec.columns) != tensor.width:
+            trained = f"{len(spec.columns)} {'pixels' if spec.fixed_scale else 'table columns'}"
+            raise ConfigError(
+                f"the source holds {tensor.width} pixels a row; {model} was trained on "
+                f"{trained}; retrain on the new shape"
+            )
+        return
+    missing = [c for c in spec.source_columns if c not in schema.names]
+    if missing:
+        raise ConfigError(
+            f"the source lacks {len(missing)} column(s) {model} was trained on: "
+            f"{missing[:10]}; restore them, or retrain on the new shape"
+        )
     changed = [
         f"{c.source!r} ({KIND_HOLDS[c.kind]} then, {now} now)"
         for c in spec.columns
-        if not tensor
-        and (now := type_class(schema.field(c.source).type)) not in (KIND_HOLDS[c.kind], "null")
+        if (now := type_class(schema.field(c.source).type)) not in (KIND_HOLDS[c.kind], "null")
     ]
     if changed:
         raise ConfigError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -93,3 +94,35 @@ def test_without_a_timestamp_the_id_is_the_key(tmp_path, tmp_stores) -> None:
 def test_a_version_with_no_rows_scores_everything(tmp_path, tmp_stores) -> None:
     rows, found = new_positions(tmp_path, tmp_stores, OLD)
     assert rows is None and found.after is None and "no feature table" in found.how
+
+
+def test_pixels_of_another_shape_are_refused_before_scoring(tmp_path) -> None:
+    """A source whose pixels come in one tensor column is checked by their count a row
+    against the champion's normalizer, before anything is scored."""
+    from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
+    from ae_models.tensor_column import TensorSpec
+    from tasks.config import ConfigError
+    from tasks.ingest import IngestResult
+    from tasks.io.parquet import with_tensor
+    from tasks.score import Champion, check_source_shape
+
+    names = [f"pixel_{i}" for i in range(16)]
+    path = tmp_path / "raw.parquet"
+    ids = pa.array(["a", "b", "c"])
+    pq.write_table(
+        with_tensor({"entity_id": ids}, np.zeros((3, 16), np.uint8), TensorSpec("uint8", 16)), path
+    )
+    ingested = IngestResult(str(path), 3, names, False, "fp", "digest")
+
+    def champion(name: str, trained: Normalizer) -> Champion:
+        (tmp_path / name).mkdir()
+        trained.save(tmp_path / name / NORMALIZER_FILE)
+        return Champion("m", 1, "run", str(tmp_path / name))
+
+    check_source_shape(ingested, champion("same", Normalizer.fit_scaled(names, 255.0)))
+    smaller = champion("smaller", Normalizer.fit_scaled(names[:9], 255.0))
+    with pytest.raises(ConfigError, match="holds 16 pixels a row; m v1 was trained on 9 pixels"):
+        check_source_shape(ingested, smaller)
+    table = champion("table", Normalizer.fit(pd.DataFrame({"age": [1.0, 2.0]})))
+    with pytest.raises(ConfigError, match="trained on 1 table columns"):
+        check_source_shape(ingested, table)
