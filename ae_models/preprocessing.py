@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ae_models.column_stats import FitStats, signed_log1p
+
 log = logging.getLogger(__name__)
 SPEC_VERSION = 1
 OTHER, MISSING = "__other__", "__missing__"
@@ -35,21 +37,7 @@ class ExtraColumnsWarning(UserWarning):
     """Input columns the normalizer was not fitted on; they are ignored."""
 
 
-def signed_log1p(v: np.ndarray) -> np.ndarray:
-    """log1p that keeps the sign, so negative values stay defined."""
-    return np.sign(v) * np.log1p(np.abs(v))
-
-
 OUTPUT_LIMIT = 1e6  # standard / robust outputs are clipped to +-this: finite in float32
-
-
-def _mean_std(values: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation without overflow, even for values near 1e308."""
-    top = float(np.abs(values).max())
-    if top == 0.0:
-        return 0.0, 0.0
-    unit = values / top
-    return top * float(unit.mean()), top * float(unit.std())
 
 
 def _span(low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray | float:
@@ -57,17 +45,17 @@ def _span(low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray | flo
     return high / 2 - low / 2
 
 
-def _usable_scale(scale: float, values: np.ndarray) -> float:
+def _usable_scale(scale: float, low: float, high: float, std: float) -> float:
     """A divisor that keeps scaled values finite: the given scale unless it is tiny next to
-    the data's range (an IQR of 1e-228 among 0s and a -1 overflowed float32), then the
-    standard deviation, then the range; 1 for a constant column. Outputs stay within about
-    +-1e6 of the centre."""
-    span = 2 * float(_span(values.min(), values.max()))  # inf when it overflows
+    the data's range ``low``..``high`` (an IQR of 1e-228 among 0s and a -1 overflowed
+    float32), then the standard deviation ``std``, then the range; 1 for a constant column.
+    Outputs stay within about +-1e6 of the centre."""
+    span = 2 * float(_span(low, high))  # inf when it overflows
     if span <= 0:
         return 1.0
     span = min(span, np.finfo(np.float64).max)
     floor = span * 1e-6
-    for candidate in (scale, _mean_std(values)[1], span):
+    for candidate in (scale, std, span):
         if np.isfinite(candidate) and candidate >= floor:
             return candidate
     return span
@@ -195,13 +183,30 @@ class Normalizer:
         per_column: dict[str, str] | None = None,
         log1p: list[str] | tuple[str, ...] = (),
     ) -> Normalizer:
-        """Fit on training rows.
+        """Fit on training rows held in one frame: :meth:`from_stats` of their summary
+        (exact for the medians of up to 32,768 distinct values a column)."""
+        stats = FitStats(FitStats.kinds_of_frame(frame), tuple(log1p))
+        stats.add_frame(frame)
+        return cls.from_stats(stats, max_levels, scaling, per_column)
+
+    @classmethod
+    def from_stats(
+        cls,
+        stats: FitStats,
+        max_levels: int = 20,
+        scaling: str = "minmax",
+        per_column: dict[str, str] | None = None,
+    ) -> Normalizer:
+        """Fit from a summary of the training rows (:class:`FitStats`, gathered batch by
+        batch, so the rows need not be held).
 
         Numeric columns: missing values filled with the median (plus a missing-indicator
         column when any are missing), optional signed log1p, then min-max to [0, 1] (clipped
         at scoring), standard (mean/std) or robust (median/IQR) scaling, globally or per
         column. Text columns: one-hot of the ``max_levels`` most frequent values plus
-        ``__other__`` and ``__missing__``. Booleans: 0/1.
+        ``__other__`` and ``__missing__``. Booleans: 0/1. Medians and quartiles are exact
+        up to 32,768 distinct values a column, within a documented rank error beyond
+        (:class:`~ae_models.column_stats.QuantileSketch`); the rest is exact.
         """
         per_column = per_column or {}
         for col, how in {"": scaling, **per_column}.items():
@@ -209,35 +214,35 @@ class Normalizer:
                 where = f" for column {col!r}" if col else ""
                 raise SchemaError(f"unknown scaling {how!r}{where}; available: {list(SCALERS)}")
         specs = []
-        for name in frame.columns:
-            s = frame[name]
-            if pd.api.types.is_bool_dtype(s):
+        for name, kind in stats.kinds.items():
+            if kind == "boolean":
                 specs.append(ColumnSpec(name, "boolean", [name]))
-            elif pd.api.types.is_numeric_dtype(s):
-                values = s.to_numpy(dtype=np.float64, na_value=np.nan)
-                finite = values[np.isfinite(values)]
-                if finite.size == 0:
+            elif kind == "numeric":
+                num = stats.numbers[name]
+                if num.finite == 0:
                     raise SchemaError(f"numeric column {name!r} has no finite values to fit on")
-                indicator = f"{name}__missing" if finite.size < values.size else None
-                use_log = name in log1p
-                t = signed_log1p(finite) if use_log else finite
+                indicator = f"{name}__missing" if num.finite < num.rows else None
+                use_log = num.log1p
+                f = signed_log1p if use_log else None
+                low, high = (float(f(np.array([v]))[0]) if f else v for v in (num.low, num.high))
                 how = per_column.get(name, scaling)
                 center, scale = 0.0, 1.0
+                mean, std = num.moments.mean_std()
                 if how == "standard":
-                    center, scale = _mean_std(t)
+                    center, scale = mean, std
                 elif how == "robust":
-                    q1, med, q3 = np.percentile(t, [25, 50, 75])
+                    q1, med, q3 = num.sketch.quantiles([0.25, 0.5, 0.75], f)
                     center, scale = float(med), 2 * float(_span(q1, q3))
                 if how != "minmax":
-                    scale = _usable_scale(scale, t)
+                    scale = _usable_scale(scale, low, high, std)
                 specs.append(
                     ColumnSpec(
                         name,
                         "numeric",
                         [name] + ([indicator] if indicator else []),
-                        low=float(t.min()),
-                        high=float(t.max()),
-                        fill=float(np.median(finite)),
+                        low=low,
+                        high=high,
+                        fill=num.sketch.quantiles([0.5])[0],
                         missing_indicator=indicator,
                         scaler=how,  # type: ignore[arg-type]
                         center=center,
@@ -246,8 +251,7 @@ class Normalizer:
                     )
                 )
             else:
-                counts = s.dropna().astype(str).value_counts()
-                levels = [str(v) for v in counts.index[:max_levels]]
+                levels = stats.texts[name].top(max_levels)
                 outputs = [f"{name}={v}" for v in levels] + [f"{name}={OTHER}", f"{name}={MISSING}"]
                 specs.append(ColumnSpec(name, "categorical", outputs, levels=levels))
         return cls(specs)
@@ -305,8 +309,11 @@ class Normalizer:
 
     def _fill(self, n: int, values_of: Any) -> np.ndarray:
         """The output matrix from each column's values as ``values_of(spec)`` gives them
-        (see :func:`_pandas_values`): column-major float32, filled column by column."""
-        out = np.empty((len(self.output_columns), n), np.float32).T  # every column is set
+        (see :func:`_pandas_values`): row-major float32 (what Parquet's tensor column and
+        torch take without a copy), filled column by column; one-hot levels are set by one
+        scatter a column, not a pass a level."""
+        out = np.zeros((n, len(self.output_columns)), np.float32)
+        rows = np.arange(n)
         j = 0
         for c in self.columns:
             v = values_of(c)
@@ -336,8 +343,7 @@ class Normalizer:
             else:  # level codes, with UNSEEN and ABSENT
                 other = len(c.levels)
                 pos = np.where(v == UNSEEN, other, np.where(v == ABSENT, other + 1, v))
-                for k in range(len(c.outputs)):  # a contiguous column each, no scatter
-                    out[:, j + k] = pos == k
+                out[rows, j + pos] = 1.0
                 j += len(c.outputs)
         return out
 

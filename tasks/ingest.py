@@ -43,6 +43,7 @@ from tasks.io.sources import (
     json_digest,
     source_fingerprint,
 )
+from tasks.io.tables import utc_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -301,33 +302,19 @@ def _ingest_table_part(
     reader = TableReader(
         src, info.columns, info.features, label, slices, part.first_row, plan.kinds
     )
-    types = {"num": pa.float64(), "bool": pa.bool_(), "cat": pa.string()}
-    now = datetime.now(UTC)
+    now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     quarantine: list[tuple[str, str]] = []
     try:
         with ParquetSink(path) as sink:  # encodes a chunk while the next is parsed
             for chunk in reader.chunks():
                 quarantine.extend(chunk.quarantine)
-                frame = chunk.frame
-                n = len(frame)
-                ts = (
-                    frame["__ts"]
-                    if "__ts" in frame
-                    else pd.Series(pd.Timestamp(now), index=range(n))
-                )
-                arrays = {
-                    ENTITY_KEY: pa.array(frame["__id"], pa.string(), from_pandas=True),
-                    EVENT_TIMESTAMP: utc_timestamps(ts),
-                }
+                t = chunk.table
+                ts = t["__ts"] if "__ts" in t.column_names else pa.repeat(now, len(t))
+                columns = {ENTITY_KEY: t["__id"], EVENT_TIMESTAMP: ts}
                 if label:
-                    arrays[LABEL] = pa.array(
-                        frame["__label"].to_numpy(dtype=object),
-                        pa.string() if src.resolved_format == "csv" else None,
-                    )
-                for col in info.features:
-                    typ = types[reader.kinds[col]]
-                    arrays[col] = pa.array(frame[col], typ, from_pandas=True)
-                sink.write(pa.table(arrays))
+                    columns[LABEL] = t["__label"]
+                columns.update((col, t[col]) for col in info.features)
+                sink.write(pa.table(columns))
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
         first = str(err).splitlines()[0]
         raise ConfigError(f"cannot read {src.path!r}: {first}") from None
@@ -555,12 +542,6 @@ def _check_quarantine(
         )
     if quarantined == rows_in:
         raise ConfigError(f"no usable rows in {cfg.source.path!r}; see {where}")
-
-
-def utc_timestamps(values: pd.Series) -> pa.Array:
-    """Arrow ``timestamp[us, UTC]`` array of a tz-aware pandas Series."""
-    naive = values.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us").to_numpy()
-    return pa.array(naive, pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
 
 
 def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str:

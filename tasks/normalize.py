@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
+from ae_models.column_stats import FitStats
 from ae_models.preprocessing import NORMALIZER_FILE, Normalizer, SchemaError
 from ae_models.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT
 from stores import Stores
 from stores.space import room_for
 from tasks.config import ConfigError, PipelineConfig
-from tasks.io.parquet import ParquetSink, with_tensor
+from tasks.io.parquet import ParquetSink, read_ahead, with_tensor
 from tasks.io.sources import json_digest
 
 if TYPE_CHECKING:
@@ -56,11 +57,22 @@ class NormalizedData:
 
 
 def assign_splits(
-    ids: pd.Series, test_fraction: float, val_fraction: float, seed: int
+    ids: pd.Series | pa.Array | pa.ChunkedArray,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
 ) -> np.ndarray:
-    """'train' / 'val' / 'test' per row from a seeded hash of the entity id: stable across runs."""
+    """'train' / 'val' / 'test' per row from a seeded hash of the entity id: stable across runs.
+
+    The hash is pandas' ``hash_pandas_object`` of the ids as text (SipHash with the seed's
+    key), taken on the values directly: ids are unique, so pandas' factorizing first
+    (twice the time) buys nothing, and the values are the same."""
     key = f"aepipe{seed:010d}"[-16:]
-    h = pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key=key).to_numpy()
+    if isinstance(ids, pa.ChunkedArray | pa.Array):
+        values = ids.cast(pa.string()).to_numpy(zero_copy_only=False)
+    else:
+        values = ids.astype(str).to_numpy(dtype=object)
+    h = pd.util.hash_array(values, hash_key=key, categorize=False)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(
         u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")
@@ -121,9 +133,9 @@ def write_scaled(
 def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
     """Fit the normalizer on the training split, transform all rows, write Parquet + JSON spec.
 
-    Two passes over the raw Parquet in batches: the first assigns splits and keeps the
-    training rows' raw features (what fitting needs), the second transforms and writes
-    batch by batch, so memory holds the training features, not the whole table twice.
+    Two passes over the raw Parquet in batches, in Arrow: the first assigns splits and
+    summarizes the training rows (:class:`~ae_models.column_stats.FitStats`: bounded
+    memory, whatever the rows), the second transforms and writes batch by batch.
     Fixed-scale sources (pixels) were normalized by the ingest itself; their file is reused.
     """
     folder = Path(ingested.path).parent
@@ -137,16 +149,19 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         )
     source = pq.ParquetFile(ingested.path)
     features = ingested.features
-    train_parts: list[pd.DataFrame] = []
     counts = {"train": 0, "val": 0, "test": 0}
-    first_pass = [ENTITY_KEY] if ingested.pixel_scale else [ENTITY_KEY, *features]
+    stats = None  # fixed pixel scaling fits on nothing
+    if not ingested.pixel_scale:
+        kinds = FitStats.kinds_of_arrow(source.schema_arrow, features)
+        stats = FitStats(kinds, tuple(cfg.normalize.log1p))
+    first_pass = [ENTITY_KEY] if stats is None else [ENTITY_KEY, *features]
     batch_rows = _normalize_batch_rows(len(features))
     split_names = np.array(list(counts))
+    split_array = pa.array(list(counts), pa.string())
     split_codes: list[np.ndarray] = []  # a byte a row, so the second pass need not hash again
-    for batch in source.iter_batches(batch_size=batch_rows, columns=first_pass):
-        frame = batch.to_pandas()
+    for batch in read_ahead(source.iter_batches(batch_size=batch_rows, columns=first_pass)):
         splits = assign_splits(
-            frame[ENTITY_KEY], cfg.test_fraction, cfg.val_fraction, cfg.train.seed
+            batch.column(ENTITY_KEY), cfg.test_fraction, cfg.val_fraction, cfg.train.seed
         )
         codes = np.zeros(len(splits), np.int8)
         for code, name in enumerate(split_names):
@@ -154,23 +169,21 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
             codes[mask] = code
             counts[name] += int(mask.sum())
         split_codes.append(codes)
-        if not ingested.pixel_scale:  # fixed pixel scaling fits on nothing
-            train_parts.append(frame.loc[splits == "train", features])
+        if stats is not None:
+            stats.add_arrow(batch.filter(pa.array(codes == 0)))
     rows = _check_train_rows(counts)
     try:
-        if ingested.pixel_scale:
+        if stats is None:
             normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
         else:
-            normalizer = Normalizer.fit(
-                pd.concat(train_parts, ignore_index=True),
+            normalizer = Normalizer.from_stats(
+                stats,
                 max_levels=cfg.source.max_levels,
                 scaling=cfg.normalize.scaling,
                 per_column=cfg.normalize.columns,
-                log1p=cfg.normalize.log1p,
             )
     except SchemaError as err:
         raise ConfigError(str(err)) from None
-    del train_parts
     names = normalizer.output_columns
     keep = [ENTITY_KEY, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
     raw_tensor = find_tensor(source.schema_arrow)
@@ -189,16 +202,15 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
                 batch_rows, max(1024, WRITE_BATCH_BYTES // spec.field().type.byte_width)
             )
             done = 0
-            for batch in source.iter_batches(batch_size=write_rows):
+            for batch in read_ahead(source.iter_batches(batch_size=write_rows)):
                 codes = codes_of[done : done + batch.num_rows]
                 done += batch.num_rows
                 if spec.dtype == "uint8":
                     values = tensor_values(batch.column(FEATURES), raw_tensor)
                 else:  # row-major: each row's features are one value of the column
                     values = normalizer.transform_arrow(batch.select(features))
-                    values = np.ascontiguousarray(values)
                 arrays = {name: batch.column(name) for name in keep}
-                arrays[SPLIT] = pa.array(split_names[codes], pa.string())
+                arrays[SPLIT] = split_array.take(codes)
                 sink.write(with_tensor(arrays, values, spec))
     except SchemaError as err:
         raise ConfigError(str(err)) from None

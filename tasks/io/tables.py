@@ -13,9 +13,13 @@ import codecs
 import glob
 import gzip
 import io
-from collections.abc import Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+T = TypeVar("T")
+R = TypeVar("R")
 BATCH_ROWS = 65_536
 TYPE_SHARE = 0.8  # share of a column's first-batch values that decides its type
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes"}, {"false", "f", "no"}
@@ -30,9 +36,12 @@ TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes"}, {"false", "f", "no"}
 
 @dataclass
 class Chunk:
-    """One batch of usable rows and the rows of that batch that were set aside."""
+    """One batch of usable rows and the rows of that batch that were set aside. ``table``
+    holds ``__id`` (text), ``__ts`` (UTC times, when the source names a timestamp column),
+    ``__label`` (when it names a label) and the features, typed: float64 numbers (missing
+    as null), booleans, text."""
 
-    frame: pd.DataFrame
+    table: pa.Table
     positions: np.ndarray  # source row number of each usable row
     quarantine: list[tuple[str, str]] = field(default_factory=list)
 
@@ -106,84 +115,74 @@ def check_parquet_files(files: list[str], needed: list[str], kinds: dict[str, st
     return extra
 
 
-class _Utf8Repair(io.RawIOBase):
-    """A CSV file's bytes with every sequence that is not UTF-8 replaced by U+FFFD.
-
-    pyarrow decodes a ragged row's text before it calls the invalid-row handler, and fails
-    the whole file when that text is not UTF-8; repaired bytes keep such rows skippable.
-    ``repaired`` turns true once something was replaced: from then on, values holding
-    U+FFFD are set aside as not UTF-8. Costs one decode and encode pass in C.
-    """
-
-    def __init__(self, path: str) -> None:
-        opener = gzip.open if path.lower().endswith(".gz") else open
-        self._file = opener(path, "rb")
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._pending = b""
-        self._eof = False
-        self.repaired = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._pending and not self._eof:
-            data = self._file.read(max(len(buffer), 1 << 16))
-            self._eof = not data
-            text = self._decoder.decode(data, final=self._eof)
-            out = text.encode("utf-8")
-            held = len(self._decoder.getstate()[0])
-            if not self.repaired and out != data[: len(data) - held]:
-                self.repaired = True
-            self._pending = out
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
+BLOCK_BYTES = 4 << 20  # CSV bytes one worker parses at a time
 
 
-def _csv_batches(
-    path: str,
-    delimiter: str,
-    quote_char: str | None,
-    header: bool,
-    names: list[str],
-    ragged: list[tuple[str, str]],
-    encoding: str = "utf-8",
-    repair: _Utf8Repair | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of string columns; ragged rows are skipped into ``ragged``. UTF-8
-    text is read through ``repair`` (other encodings pyarrow transcodes itself)."""
+def _csv_blocks(path: str, header: bool, encoding: str) -> Iterator[bytes]:
+    """The file's data lines (the header line dropped) as UTF-8 blocks of about
+    :data:`BLOCK_BYTES`, each ending at a line end, streamed (gzip too). Text in another
+    encoding is transcoded here. A block parses on its own because a line end always ends a
+    row in aepipe's CSV options (pyarrow's ``newlines_in_values`` is off), so blocks parse
+    in parallel and give the rows the whole file gives, in the same order."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        read = f.read
+        if codecs.lookup(encoding).name != "utf-8":
+            text = io.TextIOWrapper(f, encoding=encoding, newline="")
+
+            def read(n: int) -> bytes:
+                return text.read(n).encode("utf-8")
+
+        rest, skip = b"", header
+        while True:  # (a byte order mark starts the first block: pyarrow skips it)
+            data = read(BLOCK_BYTES)
+            end = not data
+            data = rest + data
+            if skip:
+                nl = data.find(b"\n")
+                if nl < 0 and not end:
+                    rest = data
+                    continue
+                data = b"" if nl < 0 else data[nl + 1 :]
+                skip = False
+            cut = len(data) if end else data.rfind(b"\n") + 1
+            block, rest = data[:cut], data[cut:]
+            if block and not block.isspace():
+                yield block
+            if end:
+                return
+
+
+@dataclass
+class _Parsed:
+    """One CSV block parsed into string columns: its ragged rows (expected and actual field
+    counts, text) skipped, and whether bytes that are not UTF-8 were replaced by U+FFFD."""
+
+    table: pa.Table
+    ragged: list[tuple[int, int, str]]
+    repaired: bool
+
+
+def _parse_block(block: bytes, names: list[str], delimiter: str, quote_char: str | None) -> _Parsed:
+    """Parse one block of :func:`_csv_blocks` on this thread. Bytes that are not UTF-8 are
+    replaced first (pyarrow decodes a ragged row's text before its handler sees it, and
+    would fail the whole file), so such rows can be set aside one by one."""
     import pyarrow.csv as pacsv
 
-    unnumbered: list[tuple[int, str]] = []  # (index in ragged, the row's text)
+    repaired = False
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        block, repaired = block.decode("utf-8", "replace").encode("utf-8"), True
+    ragged: list[tuple[int, int, str]] = []
 
     def on_invalid(row) -> str:
-        # pyarrow's streaming reader does not know line numbers: found after the read
-        if row.number in (None, -1):
-            unnumbered.append((len(ragged), row.text))
-        where = f"line {row.number}" if row.number not in (None, -1) else "ragged line"
-        ragged.append(
-            (
-                where,
-                f"expected {row.expected_columns} fields, got "
-                f"{row.actual_columns}: {row.text[:80]!r}",
-            )
-        )
+        ragged.append((row.expected_columns, row.actual_columns, row.text))
         return "skip"
 
-    reader = pacsv.open_csv(
-        repair if repair is not None else path,
-        read_options=pacsv.ReadOptions(
-            block_size=1 << 22,
-            column_names=names,
-            skip_rows=1 if header else 0,
-            encoding=encoding,
-        ),
+    table = pacsv.read_csv(
+        pa.py_buffer(block),
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=names),
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, quote_char=quote_char or False, invalid_row_handler=on_invalid
         ),
@@ -193,13 +192,27 @@ def _csv_batches(
             quoted_strings_can_be_null=False,
         ),
     )
-    yield from reader
-    if unnumbered:
-        for (index, _), number in zip(
-            unnumbered, _line_numbers(path, [t for _, t in unnumbered], encoding), strict=True
-        ):
-            if number is not None:
-                ragged[index] = (f"line {number}", ragged[index][1])
+    return _Parsed(table, ragged, repaired)
+
+
+def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn`` over ``items`` on ``workers`` threads (Arrow's kernels and the CSV parser
+    release the GIL), results in input order, at most ``2 * workers`` items in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="aepipe-table") as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # a caller that stops early, or a failure: queued blocks are not parsed
+            for future in pending:
+                future.cancel()
 
 
 def _line_numbers(path: str, texts: list[str], encoding: str) -> list[int | None]:
@@ -233,8 +246,26 @@ class _Rejects:
         self.bad |= mask
 
 
+@dataclass
+class _Block:
+    """One batch checked and typed on a worker thread, before its rows are numbered: the
+    typed columns (see :class:`Chunk`, ids aside), the given entity ids and event times (for
+    the duplicate check, which needs the rows before it), rows rejected so far, ragged rows."""
+
+    n: int
+    columns: dict[str, pa.Array]
+    ids: pd.Series | None
+    ts: pd.Series | None
+    rejects: _Rejects
+    ragged: list[tuple[int, int, str]]
+
+
 class TableReader:
-    """Reads a table source in batches, typing columns and quarantining unusable rows."""
+    """Reads a table source in batches, typing columns and quarantining unusable rows.
+
+    CSV blocks are parsed, cleaned, checked and typed on every core at once
+    (:func:`_in_order`); the rows are numbered, their entity ids checked for duplicates and
+    the batches handed on in file order."""
 
     def __init__(
         self,
@@ -245,13 +276,16 @@ class TableReader:
         slices: list[tuple[str, list[int] | None]] | None = None,
         first_row: int = 0,
         kinds: dict[str, str] | None = None,
+        workers: int | None = None,
     ) -> None:
         """Read ``slices`` of a Parquet source ((file, row groups or None for all) pairs; the
         whole source when None) whose first row is source row ``first_row``, with the column
-        ``kinds`` already decided (else from the first batch)."""
+        ``kinds`` already decided (else from the first batch), on ``workers`` threads (the
+        cores this process may use when None)."""
         self.src, self.columns, self.features, self.label = src, columns, features, label
         self.slices, self.first_row = slices, first_row
         self.kinds: dict[str, str] = dict(kinds or {})
+        self.workers = workers or len(os.sched_getaffinity(0))
         self.seen_ids: set[str] = set()  # keys of rows kept so far
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
@@ -268,58 +302,38 @@ class TableReader:
                 raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
             yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=needed)
 
+    def _items(self) -> Iterator[bytes | pa.RecordBatch]:
+        """What the workers take: blocks of CSV bytes, or Parquet record batches."""
+        src = self.src
+        if src.resolved_format == "csv":
+            return _csv_blocks(src.path, src.header, src.encoding)
+        return self._parquet_batches()
+
+    def _cleaned(self, item: bytes | pa.RecordBatch) -> tuple[dict[str, pa.Array], _Parsed]:
+        """A batch's columns (text trimmed, ``na_values`` as nulls; CSV blocks parsed first;
+        values that were not UTF-8 as nulls, their rows set aside by :meth:`_typed`)."""
+        src = self.src
+        if isinstance(item, bytes):
+            parsed = _parse_block(item, self.columns, src.delimiter, src.quote_char)
+        else:
+            parsed = _Parsed(pa.Table.from_batches([item]), [], False)
+        na = pa.array(list(src.na_values), pa.string())
+        cols = {}
+        for name, arr in zip(parsed.table.column_names, parsed.table.columns, strict=True):
+            arr = arr.combine_chunks()
+            if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+                if src.skip_initial_space:
+                    arr = pc.utf8_trim_whitespace(arr)
+                arr = pc.if_else(pc.is_in(arr, value_set=na), pa.scalar(None, arr.type), arr)
+            cols[name] = arr
+        return cols, parsed
+
     def decide_kinds(self) -> dict[str, str]:
         """Numeric, boolean or categorical per feature column, from the first batch."""
-        for cols, _ in self._raw_batches():
-            self._decide_kinds(cols)
+        for item in self._items():
+            self._decide_kinds(self._cleaned(item)[0])
             break
         return self.kinds
-
-    def _raw_batches(self) -> Iterator[tuple[dict[str, pa.Array], list[tuple[str, np.ndarray]]]]:
-        """Each batch's columns (text trimmed, ``na_values`` as nulls) and, per column that
-        had them, a mask of values that were not UTF-8 (nulls now; their rows are set aside)."""
-        src = self.src
-        repair = None
-        if src.resolved_format == "csv":
-            repair = _Utf8Repair(src.path) if src.encoding == "utf-8" else None
-            batches = _csv_batches(
-                src.path,
-                src.delimiter,
-                src.quote_char,
-                src.header,
-                self.columns,
-                self.ragged,
-                src.encoding,
-                repair,
-            )
-        else:
-            batches = self._parquet_batches()
-        try:
-            yield from self._cleaned(batches, repair)
-        finally:  # also when a caller stops early (decide_kinds reads one batch)
-            if repair is not None:
-                repair.close()
-
-    def _cleaned(
-        self, batches: Iterator[pa.RecordBatch], repair: _Utf8Repair | None
-    ) -> Iterator[tuple[dict[str, pa.Array], list[tuple[str, np.ndarray]]]]:
-        src = self.src
-        na = pa.array(list(src.na_values), pa.string())
-        for batch in batches:
-            cols = {}
-            not_utf8: list[tuple[str, np.ndarray]] = []
-            for name, arr in zip(batch.schema.names, batch.columns, strict=True):
-                if repair is not None and repair.repaired and pa.types.is_string(arr.type):
-                    invalid = _mask(pc.match_substring(arr, "\ufffd"))
-                    if invalid.any():
-                        not_utf8.append((name, invalid))
-                        arr = pc.if_else(pa.array(invalid), pa.scalar(None, arr.type), arr)
-                if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-                    if src.skip_initial_space:
-                        arr = pc.utf8_trim_whitespace(arr)
-                    arr = pc.if_else(pc.is_in(arr, value_set=na), pa.scalar(None, arr.type), arr)
-                cols[name] = arr
-            yield cols, not_utf8
 
     def _decide_kinds(self, cols: dict[str, pa.Array]) -> None:
         for col in self.features:
@@ -340,106 +354,133 @@ class TableReader:
             else:
                 self.kinds[col] = "cat"
 
-    def chunks(self) -> Iterator[Chunk]:
-        """Typed batches of usable rows, each with the rows it set aside."""
+    def _typed(self, item: bytes | pa.RecordBatch) -> _Block:
+        """Parse (CSV), clean, check and type one batch: runs on a worker thread."""
         src = self.src
+        cols, parsed = self._cleaned(item)
+        n = parsed.table.num_rows
+        rejects = _Rejects(n)
+        flag = rejects.add
+        if parsed.repaired:
+            for name, arr in cols.items():
+                if not pa.types.is_string(arr.type):
+                    continue
+                invalid = _mask(pc.match_substring(arr, "\ufffd"))
+                if invalid.any():
+                    cols[name] = pc.if_else(pa.array(invalid), pa.scalar(None, arr.type), arr)
+                    flag(
+                        invalid,
+                        lambda i, c=name: (
+                            f"column {c!r} holds bytes that are not UTF-8 (set source.encoding "
+                            "if the file uses another encoding)"
+                        ),
+                    )
+        out: dict[str, pa.Array] = {}
+        if self.label:
+            label = cols[self.label]
+            if pa.types.is_dictionary(label.type):
+                label = label.dictionary_decode()
+            out["__label"] = label.cast(pa.string()) if isinstance(item, bytes) else label
+        for col in self.features:
+            out[col] = self._typed_column(col, cols[col], flag)
+        ids = ts = None
+        if src.entity_id:
+            ids = cols[src.entity_id].cast(pa.string()).to_pandas().astype("string")
+        if src.timestamp:
+            raw_ts = cols[src.timestamp].to_pandas()
+            ts = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
+            flag(
+                ts.isna().to_numpy(),
+                lambda i, t=raw_ts: f"timestamp {t.iloc[i]!r} cannot be parsed",
+            )
+            out["__ts"] = utc_timestamps(ts)
+        return _Block(n, out, ids, ts, rejects, parsed.ragged)
+
+    def _typed_column(self, col: str, arr: pa.Array, flag: Callable) -> pa.Array:
+        """One feature column as its kind's type (float64, boolean or text); values that do
+        not fit the kind flagged with their reason (their rows are set aside)."""
+        kind = self.kinds[col]
+        orig = arr
+        text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+        if kind == "num":
+            if text:
+                ok = _is_number(arr)
+                flag(
+                    _mask(pc.and_(arr.is_valid(), pc.invert(ok))),
+                    lambda i, a=arr: f"column {col!r} has non-numeric value {a[i].as_py()!r}",
+                )
+                arr = pc.if_else(ok, arr, pa.scalar(None, arr.type))
+            arr = arr.cast(pa.float64())
+            flag(
+                _mask(pc.is_inf(arr)),
+                lambda i, a=orig: f"column {col!r} has a non-finite value {a[i].as_py()!r}",
+            )
+            if pc.any(pc.is_nan(arr)).as_py():  # NaN is a missing value: null, like the rest
+                arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, pa.float64()), arr)
+            return arr
+        if kind == "bool":
+            if not text:
+                return arr.cast(pa.bool_())
+            flag(
+                _mask(pc.and_(arr.is_valid(), pc.invert(_is_bool_word(arr)))),
+                lambda i, a=arr: f"column {col!r} has non-boolean value {a[i].as_py()!r}",
+            )
+            return pc.if_else(
+                arr.is_valid(),
+                pc.is_in(pc.utf8_lower(arr), value_set=TRUE_SET),
+                pa.scalar(None, pa.bool_()),
+            )
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        return arr.cast(pa.string())
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Typed batches of usable rows in source order, each with the rows it set aside."""
+        if not self.kinds:
+            self.decide_kinds()
         start = self.first_row
-        for cols, not_utf8 in self._raw_batches():
-            if not self.kinds:
-                self._decide_kinds(cols)
-            n = len(next(iter(cols.values()))) if cols else 0
+        ragged_texts: list[str] = []
+        for block in _in_order(self._typed, self._items(), self.workers):
+            for expected, actual, text in block.ragged:
+                # the parser knows no line numbers in a block: found after the read
+                reason = f"expected {expected} fields, got {actual}: {text[:80]!r}"
+                self.ragged.append(("ragged line", reason))
+                ragged_texts.append(text)
+            n = block.n
             positions = np.arange(start, start + n)
             start += n
             self.rows_in += n
-            rejects = _Rejects(n)
-            flag = rejects.add
-            for col, invalid in not_utf8:
-                flag(
-                    invalid,
-                    lambda i, c=col: (
-                        f"column {c!r} holds bytes that are not UTF-8 (set source.encoding "
-                        "if the file uses another encoding)"
-                    ),
-                )
-
-            typed: dict[str, pd.Series] = {}
-            for col in self.features:
-                arr = orig = cols[col]
-                kind = self.kinds[col]
-                text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-                if kind == "num":
-                    if text:
-                        ok = _is_number(arr)
-                        flag(
-                            _mask(pc.and_(arr.is_valid(), pc.invert(ok))),
-                            lambda i, c=col, a=arr: (
-                                f"column {c!r} has non-numeric value {a[i].as_py()!r}"
-                            ),
-                        )
-                        arr = pc.cast(pc.if_else(ok, arr, pa.scalar(None, arr.type)), pa.float64())
-                    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
-                    flag(
-                        np.isinf(values),
-                        lambda i, c=col, a=orig: (
-                            f"column {c!r} has a non-finite value {a[i].as_py()!r}"
-                        ),
-                    )
-                    typed[col] = pd.Series(values, dtype="float64")
-                elif kind == "bool":
-                    if text:
-                        low = pc.utf8_lower(arr)
-                        flag(
-                            _mask(pc.and_(arr.is_valid(), pc.invert(_is_bool_word(arr)))),
-                            lambda i, c=col, a=arr: (
-                                f"column {c!r} has non-boolean value {a[i].as_py()!r}"
-                            ),
-                        )
-                        arr = pc.if_else(
-                            arr.is_valid(),
-                            pc.is_in(low, value_set=TRUE_SET),
-                            pa.scalar(None, pa.bool_()),
-                        )
-                    typed[col] = arr.to_pandas().astype("boolean")
-                else:
-                    typed[col] = arr.cast(pa.string()).to_pandas().astype("string")
-            ids = (
-                cols[src.entity_id].cast(pa.string()).to_pandas().astype("string")
-                if src.entity_id
-                else pd.Series(positions.astype(str), dtype="string")
-            )
-            ts = None
-            if src.timestamp:
-                raw_ts = cols[src.timestamp].to_pandas()
-                ts = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
-                flag(
-                    ts.isna().to_numpy(),
-                    lambda i, t=raw_ts: f"timestamp {t.iloc[i]!r} cannot be parsed",
-                )
-            if src.entity_id:  # row numbers are unique by construction; given ids may not be
+            rejects = block.rejects
+            if block.ids is not None:  # row numbers are unique by construction; ids may not be
+                ids, ts = block.ids, block.ts
                 id_missing = ids.isna().to_numpy()
-                flag(id_missing, lambda i: "missing entity id")
+                rejects.add(id_missing, lambda i: "missing entity id")
                 live = ~id_missing & ~rejects.bad
                 # the key: the id, or (id, event time) when the source has versions over time
                 keys = ids if ts is None else version_keys(ids, ts)
                 dup = live & (keys.duplicated().to_numpy() | keys.isin(self.seen_ids).to_numpy())
-                flag(dup, lambda i, ids=ids, ts=ts: duplicate_reason(ids.iloc[i], ts, i))
+                rejects.add(dup, lambda i, ids=ids, ts=ts: duplicate_reason(ids.iloc[i], ts, i))
                 self.seen_ids.update(keys[live & ~dup].tolist())
-            out = pd.DataFrame(typed)
-            out.insert(0, "__id", ids)
-            if ts is not None:
-                out.insert(1, "__ts", ts)
-            if self.label:
-                label = cols[self.label]
-                out.insert(
-                    len(out.columns) - len(self.features),
-                    "__label",
-                    label.cast(pa.string()).to_pandas()
-                    if src.resolved_format == "csv"
-                    else label.to_pandas(),
-                )
-            keep = ~rejects.bad
+                id_array = pa.array(ids, pa.string(), from_pandas=True)
+            else:
+                id_array = pc.cast(pa.array(positions), pa.string())
+            table = pa.table({"__id": id_array, **block.columns})
+            if rejects.bad.any():
+                table = table.filter(pa.array(~rejects.bad))
             quarantine = [(f"row {positions[i]}", r) for i, r in sorted(rejects.reasons.items())]
-            yield Chunk(out[keep].reset_index(drop=True), positions[keep], quarantine)
+            yield Chunk(table, positions[~rejects.bad], quarantine)
+        if ragged_texts and self.src.resolved_format == "csv":
+            first = len(self.ragged) - len(ragged_texts)
+            numbers = _line_numbers(self.src.path, ragged_texts, self.src.encoding)
+            for k, number in enumerate(numbers):
+                if number is not None:
+                    self.ragged[first + k] = (f"line {number}", self.ragged[first + k][1])
+
+
+def utc_timestamps(values: pd.Series) -> pa.Array:
+    """Arrow ``timestamp[us, UTC]`` array of a tz-aware pandas Series."""
+    naive = values.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us").to_numpy()
+    return pa.array(naive, pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
 
 
 def version_keys(ids: pd.Series, ts: pd.Series) -> pd.Series:

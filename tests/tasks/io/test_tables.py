@@ -152,3 +152,50 @@ def test_number_check_is_the_regular_expression(values) -> None:
     arr = pa.array(values, pa.string())
     expected = pc.match_substring_regex(arr, tabular.NUMBER, ignore_case=True)
     assert tabular._is_number(arr).to_pylist() == expected.to_pylist()
+
+
+def _read_all(path, workers, **source):
+    """Every chunk's table and the quarantine of reading ``path`` with ``workers`` threads."""
+    cfg = config(path, **source)
+    from tasks.io.sources import inspect_source
+
+    info = inspect_source(cfg.source)
+    reader = tabular.TableReader(cfg.source, info.columns, info.features, None, workers=workers)
+    chunks = list(reader.chunks())
+    table = pa.concat_tables(c.table for c in chunks)
+    quarantine = reader.ragged + [q for c in chunks for q in c.quarantine]
+    return table, sorted(quarantine), [p for c in chunks for p in c.positions]
+
+
+def test_blocks_parsed_in_parallel_give_what_one_block_gives(tmp_path, monkeypatch) -> None:
+    """Byte ranges cut at line ends, parsed on two threads: the same rows in the same order,
+    the same quarantine (ragged lines with their line numbers, a byte that is not UTF-8),
+    blank lines and Windows line ends included."""
+    lines = ["id,x,city"]
+    for i in range(400):
+        if i % 97 == 5:
+            lines.append(f"r{i},{i}")  # ragged
+        elif i % 89 == 7:
+            lines.append("")
+        else:
+            lines.append(f"r{i},{i * 0.5},c{i % 7}")
+    data = "\r\n".join(lines).encode() + b"\r\nbad,1,caf\xe9\r\n"
+    csv = tmp_path / "t.csv"
+    csv.write_bytes(data)
+    one = _read_all(csv, workers=1)
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 64)  # dozens of blocks
+    many = _read_all(csv, workers=2)
+    assert one[0].equals(many[0]) and one[1] == many[1] and one[2] == many[2]
+    table, quarantine, _ = many
+    assert table.num_rows == 400 - 5 - 5  # 5 ragged, 5 blank lines; the bad row aside
+    assert table.column("x").to_pylist()[:2] == [0.0, 0.5]
+    locations = [where for where, _ in quarantine]
+    assert "line 7" in locations  # r5, after the header and r0..r4
+    assert any("not UTF-8" in reason for _, reason in quarantine)
+
+
+def test_a_byte_order_mark_is_not_read_as_data(tmp_path) -> None:
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes(b"\xef\xbb\xbf7,a\n8,b\n")
+    table, quarantine, _ = _read_all(csv, workers=2, header=False)
+    assert table.column("col_0").to_pylist() == [7.0, 8.0] and not quarantine
