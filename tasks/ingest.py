@@ -304,6 +304,15 @@ def _ingest_table_part(
     )
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     quarantine: list[tuple[str, str]] = []
+    # one partition (a CSV file, a small Parquet source) with rows to type: the normalizer's
+    # statistics are gathered in this same pass; normalize summarizes several partitions'
+    # merged file itself
+    summary = None
+    if len(plan.parts) == 1 and all(col in plan.kinds for col in info.features):
+        kinds = {"num": "numeric", "bool": "boolean", "cat": "categorical"}
+        summary = normalize.TrainingSummary(
+            {col: kinds[plan.kinds[col]] for col in info.features}, cfg
+        )
     try:
         with ParquetSink(path) as sink:  # encodes a chunk while the next is parsed
             for chunk in reader.chunks():
@@ -314,7 +323,12 @@ def _ingest_table_part(
                 if label:
                     columns[LABEL] = t["__label"]
                 columns.update((col, t[col]) for col in info.features)
-                sink.write(pa.table(columns))
+                table = pa.table(columns)
+                sink.write(table)
+                if summary is not None:
+                    summary.add(t["__id"], table)
+            if summary is not None:
+                sink.metadata.update(summary.metadata())
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
         first = str(err).splitlines()[0]
         raise ConfigError(f"cannot read {src.path!r}: {first}") from None

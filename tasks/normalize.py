@@ -12,6 +12,7 @@ their file and reuses it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,17 @@ def assign_splits(
     The hash is pandas' ``hash_pandas_object`` of the ids as text (SipHash with the seed's
     key), taken on the values directly: ids are unique, so pandas' factorizing first
     (twice the time) buys nothing, and the values are the same."""
+    codes = _split_codes(ids, test_fraction, val_fraction, seed)
+    return np.array(["train", "val", "test"])[codes]
+
+
+def _split_codes(
+    ids: pd.Series | pa.Array | pa.ChunkedArray,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+) -> np.ndarray:
+    """:func:`assign_splits` as codes: 0 train, 1 val, 2 test (:data:`SPLIT_NAMES`)."""
     key = f"aepipe{seed:010d}"[-16:]
     if isinstance(ids, pa.ChunkedArray | pa.Array):
         values = ids.cast(pa.string()).to_numpy(zero_copy_only=False)
@@ -74,9 +86,10 @@ def assign_splits(
         values = ids.astype(str).to_numpy(dtype=object)
     h = pd.util.hash_array(values, hash_key=key, categorize=False)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.where(
-        u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")
-    )
+    codes = np.zeros(len(u), np.int8)
+    codes[u < test_fraction + val_fraction] = 1
+    codes[u < test_fraction] = 2
+    return codes
 
 
 def _normalize_batch_rows(n_features: int) -> int:
@@ -130,12 +143,93 @@ def write_scaled(
     return dict(zip(names.tolist(), counts.tolist(), strict=True))
 
 
+SPLIT_NAMES = pa.array(["train", "val", "test"], pa.string())  # split codes 0, 1, 2
+FIT_KEY = "aepipe.fit"  # raw.parquet metadata: the normalizer fitted in the ingest's pass
+
+
+def split_codes_of(ids: pa.Array | pa.ChunkedArray, cfg: PipelineConfig) -> np.ndarray:
+    """Each row's split as a code (:data:`SPLIT_NAMES`), from its entity id."""
+    return _split_codes(ids, cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
+
+
+def _fit_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """What a fitted normalizer depends on beyond the rows (the splits are in the ingest's
+    fingerprint already)."""
+    return {"normalize": cfg.normalize.model_dump(mode="json"), "levels": cfg.source.max_levels}
+
+
+class TrainingSummary:
+    """Splits counted and training rows summarized batch by batch: what fitting a table's
+    normalizer needs, gathered in the ingest's own pass (one pass over the source) or, for
+    ingests of several partitions, in a first pass over the raw file."""
+
+    def __init__(self, kinds: dict[str, str], cfg: PipelineConfig) -> None:
+        """``kinds``: each feature column's :data:`~ae_models.column_stats.KINDS` entry
+        (none: nothing to summarize, splits only)."""
+        self.cfg = cfg
+        self.stats = FitStats(kinds, tuple(cfg.normalize.log1p)) if kinds else None
+        self.counts = {"train": 0, "val": 0, "test": 0}
+
+    def add(
+        self, ids: pa.Array | pa.ChunkedArray, features: pa.Table | pa.RecordBatch
+    ) -> np.ndarray:
+        """Take a batch (its ids and feature columns); its split codes."""
+        codes = split_codes_of(ids, self.cfg)
+        per_code = np.bincount(codes, minlength=3)
+        for name, n in zip(self.counts, per_code.tolist(), strict=True):
+            self.counts[name] += n
+        if self.stats is not None:
+            train = codes == 0
+            self.stats.add_arrow(features if train.all() else features.filter(pa.array(train)))
+        return codes
+
+    def normalizer(self) -> Normalizer:
+        """The normalizer fitted from the summary (SchemaError when it cannot be)."""
+        if self.stats is None:
+            raise SchemaError("no feature columns were summarized")
+        cfg = self.cfg
+        return Normalizer.from_stats(
+            self.stats,
+            max_levels=cfg.source.max_levels,
+            scaling=cfg.normalize.scaling,
+            per_column=cfg.normalize.columns,
+        )
+
+    def metadata(self) -> dict[str, str]:
+        """The fitted normalizer and the split counts as raw Parquet metadata (under
+        :data:`FIT_KEY`), for :func:`fitted_while_ingesting`; empty when it cannot be fitted
+        (normalize then fits again, and reports why)."""
+        try:
+            spec = self.normalizer().to_dict()
+        except SchemaError:
+            return {}
+        fit = {"settings": _fit_settings(self.cfg), "spec": spec, "split_rows": self.counts}
+        return {FIT_KEY: json.dumps(fit)}
+
+
+def fitted_while_ingesting(
+    source: pq.ParquetFile, cfg: PipelineConfig
+) -> tuple[Normalizer, dict[str, int]] | None:
+    """The normalizer and split counts the ingest fitted in its pass over the source, when
+    it did and with these settings; None otherwise (then normalize summarizes the raw
+    file itself)."""
+    held = (source.metadata.metadata or {}).get(FIT_KEY.encode())
+    if held is None:
+        return None
+    fit = json.loads(held)
+    if fit["settings"] != _fit_settings(cfg):
+        return None
+    return Normalizer.from_dict(fit["spec"]), dict(fit["split_rows"])
+
+
 def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> NormalizedData:
     """Fit the normalizer on the training split, transform all rows, write Parquet + JSON spec.
 
-    Two passes over the raw Parquet in batches, in Arrow: the first assigns splits and
-    summarizes the training rows (:class:`~ae_models.column_stats.FitStats`: bounded
-    memory, whatever the rows), the second transforms and writes batch by batch.
+    A table ingested in one partition was summarized by the ingest's own pass
+    (:class:`TrainingSummary`, kept in the raw file's metadata): one pass over the raw
+    Parquet transforms and writes it batch by batch. Otherwise a first pass assigns splits
+    and summarizes the training rows (:class:`~ae_models.column_stats.FitStats`: bounded
+    memory, whatever the rows).
     Fixed-scale sources (pixels) were normalized by the ingest itself; their file is reused.
     """
     folder = Path(ingested.path).parent
@@ -149,41 +243,30 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
         )
     source = pq.ParquetFile(ingested.path)
     features = ingested.features
-    counts = {"train": 0, "val": 0, "test": 0}
-    stats = None  # fixed pixel scaling fits on nothing
-    if not ingested.pixel_scale:
-        kinds = FitStats.kinds_of_arrow(source.schema_arrow, features)
-        stats = FitStats(kinds, tuple(cfg.normalize.log1p))
-    first_pass = [ENTITY_KEY] if stats is None else [ENTITY_KEY, *features]
     batch_rows = _normalize_batch_rows(len(features))
-    split_names = np.array(list(counts))
-    split_array = pa.array(list(counts), pa.string())
-    split_codes: list[np.ndarray] = []  # a byte a row, so the second pass need not hash again
-    for batch in read_ahead(source.iter_batches(batch_size=batch_rows, columns=first_pass)):
-        splits = assign_splits(
-            batch.column(ENTITY_KEY), cfg.test_fraction, cfg.val_fraction, cfg.train.seed
+    fitted = None if ingested.pixel_scale else fitted_while_ingesting(source, cfg)
+    split_codes: list[np.ndarray] | None = None  # None: hashed again batch by batch
+    if fitted is not None:
+        normalizer, counts = fitted
+    else:
+        kinds = (
+            {} if ingested.pixel_scale else FitStats.kinds_of_arrow(source.schema_arrow, features)
         )
-        codes = np.zeros(len(splits), np.int8)
-        for code, name in enumerate(split_names):
-            mask = splits == name
-            codes[mask] = code
-            counts[name] += int(mask.sum())
-        split_codes.append(codes)
-        if stats is not None:
-            stats.add_arrow(batch.filter(pa.array(codes == 0)))
+        summary = TrainingSummary(kinds, cfg)
+        columns = [ENTITY_KEY] + ([] if ingested.pixel_scale else features)
+        split_codes = []  # a byte a row, so the second pass need not hash again
+        for batch in read_ahead(source.iter_batches(batch_size=batch_rows, columns=columns)):
+            split_codes.append(summary.add(batch.column(ENTITY_KEY), batch))
+        counts = summary.counts
+        _check_train_rows(counts)
+        try:
+            if ingested.pixel_scale:  # fixed pixel scaling fits on nothing
+                normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
+            else:
+                normalizer = summary.normalizer()
+        except SchemaError as err:
+            raise ConfigError(str(err)) from None
     rows = _check_train_rows(counts)
-    try:
-        if stats is None:
-            normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
-        else:
-            normalizer = Normalizer.from_stats(
-                stats,
-                max_levels=cfg.source.max_levels,
-                scaling=cfg.normalize.scaling,
-                per_column=cfg.normalize.columns,
-            )
-    except SchemaError as err:
-        raise ConfigError(str(err)) from None
     names = normalizer.output_columns
     keep = [ENTITY_KEY, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
     raw_tensor = find_tensor(source.schema_arrow)
@@ -195,7 +278,7 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     room = room_for(folder, sum(counts.values()) * width, "data", f"normalizing {ingested.path}")
     try:
         with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
-            codes_of = np.concatenate(split_codes)
+            codes_of = np.concatenate(split_codes) if split_codes is not None else None
             # batches of about WRITE_BATCH_BYTES of features: what the sink holds (a batch
             # encoding, two waiting) stays small however wide one-hot makes the rows
             write_rows = min(
@@ -203,14 +286,17 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
             )
             done = 0
             for batch in read_ahead(source.iter_batches(batch_size=write_rows)):
-                codes = codes_of[done : done + batch.num_rows]
+                if codes_of is None:
+                    codes = split_codes_of(batch.column(ENTITY_KEY), cfg)
+                else:
+                    codes = codes_of[done : done + batch.num_rows]
                 done += batch.num_rows
                 if spec.dtype == "uint8":
                     values = tensor_values(batch.column(FEATURES), raw_tensor)
                 else:  # row-major: each row's features are one value of the column
                     values = normalizer.transform_arrow(batch.select(features))
                 arrays = {name: batch.column(name) for name in keep}
-                arrays[SPLIT] = split_array.take(codes)
+                arrays[SPLIT] = SPLIT_NAMES.take(codes)
                 sink.write(with_tensor(arrays, values, spec))
     except SchemaError as err:
         raise ConfigError(str(err)) from None

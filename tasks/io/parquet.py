@@ -81,7 +81,9 @@ class ParquetSink:
     the GIL to encode). At most ``depth`` tables wait. The first table fixes the schema;
     later ones are cast to it. Use as a context manager: leaving it normally finishes the
     file and renames it into place (no file when no row was written); leaving on an error
-    stops the thread and deletes the partial file. ``path`` never holds a partial file."""
+    stops the thread and deletes the partial file. ``path`` never holds a partial file.
+    Entries put in :attr:`metadata` before it is left go into the file's key-value
+    metadata (``ParquetFile(path).metadata.metadata``)."""
 
     def __init__(self, path: str | Path, depth: int = 2) -> None:
         self.path = Path(path)
@@ -91,6 +93,7 @@ class ParquetSink:
         self._thread = threading.Thread(target=self._run, name="parquet-sink", daemon=True)
         self._thread.start()
         self.rows = 0
+        self.metadata: dict[str, str] = {}
 
     def _run(self) -> None:
         writer: pq.ParquetWriter | None = None
@@ -108,6 +111,8 @@ class ParquetSink:
         finally:
             if writer is not None:
                 try:
+                    if self.metadata and self._error is None:
+                        writer.add_key_value_metadata(self.metadata)
                     writer.close()
                 except BaseException as err:
                     self._error = self._error or err

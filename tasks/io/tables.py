@@ -1,10 +1,11 @@
 """Streaming reads of tables (CSV, Parquet file / folder / glob) with per-row checks.
 
-Rows arrive in batches of typed pandas frames; rows that cannot be used (ragged CSV lines,
+Rows arrive in batches of typed Arrow columns; rows that cannot be used (ragged CSV lines,
 text in a numeric column, infinite values, unparseable timestamps, duplicate entity ids) are
 set aside with their location and reason instead of failing the run. Column types are
-decided from the first batch: a column is numeric (or boolean) when at least 80 % of its
-values there parse as such; the rest of its rows are then quarantined, not the column lost.
+decided from the first batch (of a CSV, its first megabyte): a column is numeric (or
+boolean) when at least 80 % of its values there parse as such; the rest of its rows are
+then quarantined, not the column lost. A CSV is parsed in blocks on every core at once.
 """
 
 from __future__ import annotations
@@ -116,9 +117,12 @@ def check_parquet_files(files: list[str], needed: list[str], kinds: dict[str, st
 
 
 BLOCK_BYTES = 4 << 20  # CSV bytes one worker parses at a time
+KIND_SAMPLE_BYTES = 1 << 20  # CSV bytes whose values decide the column kinds
 
 
-def _csv_blocks(path: str, header: bool, encoding: str) -> Iterator[bytes]:
+def _csv_blocks(
+    path: str, header: bool, encoding: str, block_bytes: int | None = None
+) -> Iterator[bytes]:
     """The file's data lines (the header line dropped) as UTF-8 blocks of about
     :data:`BLOCK_BYTES`, each ending at a line end, streamed (gzip too). Text in another
     encoding is transcoded here. A block parses on its own because a line end always ends a
@@ -135,7 +139,7 @@ def _csv_blocks(path: str, header: bool, encoding: str) -> Iterator[bytes]:
 
         rest, skip = b"", header
         while True:  # (a byte order mark starts the first block: pyarrow skips it)
-            data = read(BLOCK_BYTES)
+            data = read(block_bytes or BLOCK_BYTES)
             end = not data
             data = rest + data
             if skip:
@@ -302,11 +306,11 @@ class TableReader:
                 raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
             yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=needed)
 
-    def _items(self) -> Iterator[bytes | pa.RecordBatch]:
+    def _items(self, block_bytes: int | None = None) -> Iterator[bytes | pa.RecordBatch]:
         """What the workers take: blocks of CSV bytes, or Parquet record batches."""
         src = self.src
         if src.resolved_format == "csv":
-            return _csv_blocks(src.path, src.header, src.encoding)
+            return _csv_blocks(src.path, src.header, src.encoding, block_bytes)
         return self._parquet_batches()
 
     def _cleaned(self, item: bytes | pa.RecordBatch) -> tuple[dict[str, pa.Array], _Parsed]:
@@ -322,15 +326,18 @@ class TableReader:
         for name, arr in zip(parsed.table.column_names, parsed.table.columns, strict=True):
             arr = arr.combine_chunks()
             if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-                if src.skip_initial_space:
-                    arr = pc.utf8_trim_whitespace(arr)
-                arr = pc.if_else(pc.is_in(arr, value_set=na), pa.scalar(None, arr.type), arr)
+                if src.skip_initial_space:  # spaces, tabs: ASCII (3x faster than Unicode's)
+                    arr = pc.ascii_trim_whitespace(arr)
+                missing = pc.is_in(arr, value_set=na)
+                if pc.any(missing).as_py():
+                    arr = pc.if_else(missing, pa.scalar(None, arr.type), arr)
             cols[name] = arr
         return cols, parsed
 
     def decide_kinds(self) -> dict[str, str]:
-        """Numeric, boolean or categorical per feature column, from the first batch."""
-        for item in self._items():
+        """Numeric, boolean or categorical per feature column, from the first batch (of a
+        CSV: its first :data:`KIND_SAMPLE_BYTES`)."""
+        for item in self._items(KIND_SAMPLE_BYTES):
             self._decide_kinds(self._cleaned(item)[0])
             break
         return self.kinds

@@ -275,3 +275,49 @@ def test_splits_do_not_move_between_aepipe_versions() -> None:
     pinned = "rraeeeeaeeeeeearrreaaereerrrrrerre"  # t(r)ain, t(e)st, v(a)l
     for given in (pd.Series(ids), pa.array(ids), pa.chunked_array([ids[:5], ids[5:]])):
         assert "".join(s[1] for s in assign_splits(given, 0.3, 0.2, seed=7)) == pinned
+
+
+def test_a_table_is_fitted_in_the_ingest_pass_as_normalize_would_fit_it(
+    tmp_path, tmp_stores
+) -> None:
+    """One pass: the ingest of a one-partition table fits the normalizer as it reads, and
+    normalize then only transforms. The result is what normalize's own pass gives; other
+    normalize settings on the same (cached) ingest are not served the ingest's fit."""
+    from tasks.normalize import FIT_KEY
+
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "t.csv"
+    frame = pd.DataFrame(
+        {
+            "x": np.where(rng.random(500) < 0.1, np.nan, rng.exponential(2, 500)),
+            "city": rng.choice(["a", "b", "c"], 500),
+            "flag": rng.choice(["true", "false"], 500),
+        }
+    )
+    frame.to_csv(csv, index=False)
+    cfg = build_config({"source": {"path": str(csv)}, "model": {"code_size": 1}})
+    ingested = ingest_source(cfg, tmp_stores)
+    assert FIT_KEY.encode() in pq.ParquetFile(ingested.path).metadata.metadata
+    one_pass = normalize_dataset(ingested, cfg)
+    spec_one = Path(one_pass.spec_path).read_text()
+    table_one = pq.read_table(one_pass.path)
+    # the same raw rows without the ingest's fit: normalize summarizes them itself
+    raw = pq.read_table(ingested.path)
+    pq.write_table(raw.replace_schema_metadata(None), ingested.path)
+    assert FIT_KEY.encode() not in (pq.ParquetFile(ingested.path).metadata.metadata or {})
+    two_pass = normalize_dataset(ingested, cfg)
+    assert Path(two_pass.spec_path).read_text() == spec_one
+    assert pq.read_table(two_pass.path).equals(table_one)
+    assert one_pass.split_rows == two_pass.split_rows
+    # another scaling on the (cached) ingest's min-max fit: fitted again, with its scaling
+    ingested = ingest_source(cfg, tmp_stores)
+    standard = build_config(
+        {
+            "source": {"path": str(csv)},
+            "model": {"code_size": 1},
+            "normalize": {"scaling": "standard"},
+        }
+    )
+    data = normalize_dataset(ingested, standard)
+    scalers = {c.source: c.scaler for c in Normalizer.load(data.spec_path).columns}
+    assert scalers["x"] == "standard"
