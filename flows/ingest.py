@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 
-from flows.partitions import map_with_progress, task_runner_for
+from flows.partitions import map_with_progress, run_subflow
 from stores import Stores
 from stores import data as data_store
 from stores.space import room_for
@@ -72,4 +72,4 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
 
 def ingest(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     """Run :func:`ingest_partitions` as a subflow on the task runner ``cfg`` asks for."""
-    return ingest_partitions.with_options(task_runner=task_runner_for(cfg))(cfg, stores)
+    return run_subflow(ingest_partitions, cfg, cfg, stores)

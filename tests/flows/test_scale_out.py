@@ -144,3 +144,32 @@ def test_a_data_store_folder_holds_data_models_and_cached_results(
     ingest = task_states(state.state_details.flow_run_id, "ingest-partitions")
     assert ingest["merge-ingest"] == "Cached"  # the other home's ingest, from the shared folder
     assert task_states(state.state_details.flow_run_id)["normalize"] == "Cached"
+
+
+def test_a_subflow_runs_without_a_heartbeat_of_its_own(prefect_server) -> None:
+    """A nested flow run (the partitioned ingest and write) sends no heartbeat of its own:
+    Prefect joins a heartbeat thread that sleeps in one-second steps when a flow ends, a
+    second or more per subflow; the parent keeps its heartbeat, and its tasks still run on
+    the task runner the config asks for."""
+    from prefect import flow, task
+    from prefect.settings import get_current_settings
+
+    from flows.partitions import run_subflow
+
+    @task
+    def setting(_: int) -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    @flow
+    def child() -> list[int | None]:
+        return [f.result() for f in setting.map([1, 2])] + [setting.fn(0)]
+
+    @flow
+    def parent() -> tuple[int | None, list[int | None], int | None]:
+        before = get_current_settings().flows.heartbeat_frequency
+        inside = run_subflow(child, config("unused", "threads"))
+        return before, inside, get_current_settings().flows.heartbeat_frequency
+
+    before, inside, after = parent()
+    assert before == after == get_current_settings().flows.heartbeat_frequency is not None
+    assert inside == [None, None, None]
