@@ -400,13 +400,56 @@ class Normalizer:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def model_input(batch: Any, normalizer: Normalizer, known: tuple[str, ...] = ()) -> Any:
+class ScaledBytes:
+    """Rows of bytes (aepipe's pixel tensor column) that become the model's float32 input a
+    batch at a time, as the model reads them (:class:`~ae_models.streaming.Rows`): a
+    1,024-row batch is converted, scaled, run and scored while it is in cache, instead of
+    the whole Parquet batch being written out as float32 first and read back (measured
+    15-20 % less time for conversion, network and BCE on 65,536 MNIST rows)."""
+
+    def __init__(self, values: Any, low: Any, inv: Any) -> None:
+        """``values``: a (rows, width) integer tensor; each input is
+        ``clip((value - low) * inv, 0, 1)`` (``low`` None: 0, and no clip is needed)."""
+        self.values, self.low, self.inv = values, low, inv
+        self.rows, self.width = int(values.shape[0]), int(values.shape[1])
+
+    def scaled(self, values: Any) -> Any:
+        """Some of the rows (a tensor of them) as float32 model input."""
+        import torch
+
+        out = values.to(torch.float32)
+        if self.low is None:
+            return out.mul_(self.inv)
+        return out.sub_(self.low).mul_(self.inv).clamp_(0.0, 1.0)
+
+    def ordered_batches(self, batch_size: int) -> Any:
+        """The rows in order, ``batch_size`` at a time, as float32."""
+        for start in range(0, self.rows, batch_size):
+            yield self.scaled(self.values[start : start + batch_size])
+
+    def epoch_batches(self, epoch: int, batch_size: int, generator: Any) -> Any:
+        """The rows in a random order (``generator``'s), ``batch_size`` at a time."""
+        import torch
+
+        order = torch.randperm(self.rows, generator=generator)
+        for start in range(0, self.rows, batch_size):
+            yield self.scaled(self.values[order[start : start + batch_size]])
+
+    def matrix(self) -> np.ndarray:
+        """All the rows as one float32 matrix."""
+        return self.scaled(self.values).numpy()
+
+
+def model_input(
+    batch: Any, normalizer: Normalizer, known: tuple[str, ...] = (), lazy: bool = False
+) -> Any:
     """The normalized model input (NumPy or torch, float32) of a raw Arrow batch. Pixel data
     (every column a fixed scaling of integers without nulls) takes a fast path: the columns
     are stacked as they are and torch transposes and scales them in one pass, several times
     faster than going through pandas; aepipe's own files hold pixels in one tensor column
     (:mod:`ae_models.tensor_column`), scaled the same way. ``known``: columns that are not
-    features (ids, times)."""
+    features (ids, times). ``lazy``: bytes come back as :class:`ScaledBytes`, converted a
+    model batch at a time."""
     import pyarrow as pa
     import torch
 
@@ -424,11 +467,12 @@ def model_input(batch: Any, normalizer: Normalizer, known: tuple[str, ...] = ())
         stored = tensor_values(batch.column(FEATURES), tensor)  # a view of Arrow's buffer
         with warnings.catch_warnings():  # read-only: only read, by the conversion below
             warnings.simplefilter("ignore", UserWarning)
-            values = torch.from_numpy(stored).to(torch.float32)  # both cores, not NumPy's one
+            values = torch.from_numpy(stored)
         low, inv = normalizer.scaled_bounds()
-        if stored.dtype == np.uint8 and not low.any() and (inv * 255 <= 1).all():
-            return values.mul_(torch.from_numpy(inv))  # bytes over a scale >= 255: in [0, 1]
-        return values.sub_(torch.from_numpy(low)).mul_(torch.from_numpy(inv)).clamp_(0.0, 1.0)
+        fits = stored.dtype == np.uint8 and not low.any() and (inv * 255 <= 1).all()
+        # bytes over a scale >= 255 are in [0, 1] already: no offset, no clip
+        rows = ScaledBytes(values, None if fits else torch.from_numpy(low), torch.from_numpy(inv))
+        return rows if lazy else rows.scaled(values)  # torch converts on both cores
     if specs and all(c.kind == "scaled" for c in specs):
         cols = [batch.column(c.source) for c in specs]
         if all(pa.types.is_integer(c.type) and c.null_count == 0 for c in cols):

@@ -26,7 +26,7 @@ from prefect import task
 import ae_models
 from ae_models.drift import DriftCheck, DriftCounts, count_batch, drift_decision
 from ae_models.outputs import score_outputs
-from ae_models.preprocessing import Normalizer, model_input
+from ae_models.preprocessing import Normalizer, ScaledBytes, model_input
 from ae_models.scoring import Scorer
 from ae_models.tensor_column import FEATURES, batch_matrix, find_tensor
 from feature_store import (
@@ -304,10 +304,12 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         if held:
             yield pa.concat_batches(held)
 
-    def count(scored: Any, x: np.ndarray, batch: pa.RecordBatch) -> None:
+    def count(scored: Any, x: np.ndarray | ScaledBytes, batch: pa.RecordBatch) -> None:
         nonlocal drift
         if reference is None or scored.calibrated is None:
             return  # a model saved before drift references: scoring works, nothing checked
+        if isinstance(x, ScaledBytes):  # pixels: no column has a reference of its own
+            x = x.matrix() if reference["columns"] else np.empty((x.rows, 0), np.float32)
         keep = slice(None)
         if held_out_only:
             keep = pc.not_equal(batch.column(SPLIT), "train").to_numpy(zero_copy_only=False)
@@ -320,7 +322,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         nonlocal anomalies
         for batch in read_ahead(wanted()):  # the next batch decodes while this one scores
             if normalizer is not None:
-                x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP))
+                x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP), lazy=True)
             elif inputs == [FEATURES]:
                 x = batch_matrix(batch)
             else:

@@ -51,3 +51,32 @@ def test_columns_beyond_the_features_are_warned_about_unless_known() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model_input(batch.drop_columns(["note"]), table, KNOWN)
+
+
+@pytest.mark.parametrize("scale", [255.0, 16.0])
+def test_bytes_converted_batch_by_batch_score_as_the_whole_matrix(scale) -> None:
+    """Scoring takes the pixel tensor column as bytes and converts each model batch as it
+    runs (``lazy``): the same inputs, codes and scores as converting the batch at once."""
+    import torch
+
+    from ae_models.outputs import score_outputs
+    from ae_models.preprocessing import ScaledBytes
+    from ae_models.registry import create_model
+    from ae_models.scoring import fit_scorer
+    from ae_models.tensor_column import TensorSpec, tensor_array
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256 if scale == 255.0 else 17, size=(3000, 64), dtype=np.uint8)
+    ids = pa.array([str(i) for i in range(3000)])
+    schema = pa.schema([pa.field("entity_id", pa.string()), TensorSpec("uint8", 64).field()])
+    batch = pa.RecordBatch.from_arrays([ids, tensor_array(pixels)], schema=schema)
+    norm = Normalizer.fit_scaled([f"p{i}" for i in range(64)], scale)
+    eager = model_input(batch, norm, KNOWN)
+    lazy = model_input(batch, norm, KNOWN, lazy=True)
+    assert isinstance(lazy, ScaledBytes) and (lazy.rows, lazy.width) == (3000, 64)
+    assert torch.equal(torch.cat(list(lazy.ordered_batches(1024))), eager)
+    model = create_model("deep", input_dim=64, code_size=4, seed=0).eval()
+    scorer, _ = fit_scorer(model, eager, "bce")
+    a = score_outputs(model, eager, scorer, device="cpu")
+    b = score_outputs(model, lazy, scorer, device="cpu")
+    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.scores, b.scores)
