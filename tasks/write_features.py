@@ -320,7 +320,9 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
 
     def batches():
         nonlocal anomalies
-        for batch in read_ahead(wanted()):  # the next batch decodes while this one scores
+        # the next batch decodes while this one scores; one ahead: a 65,536-row batch of
+        # pixels is 51 MB, and more in flight only grew the memory of large runs
+        for batch in read_ahead(wanted(), depth=1):
             if normalizer is not None:
                 x = model_input(batch, normalizer, (ENTITY_KEY, EVENT_TIMESTAMP), lazy=True)
             elif inputs == [FEATURES]:
