@@ -14,7 +14,6 @@ import codecs
 import glob
 import gzip
 import io
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from ae_models.cpus import usable_cpus
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -289,7 +290,7 @@ class TableReader:
         self.src, self.columns, self.features, self.label = src, columns, features, label
         self.slices, self.first_row = slices, first_row
         self.kinds: dict[str, str] = dict(kinds or {})
-        self.workers = workers or len(os.sched_getaffinity(0))
+        self.workers = workers or usable_cpus()
         self.seen_ids: set[str] = set()  # keys of rows kept so far
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
