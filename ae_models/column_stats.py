@@ -302,11 +302,7 @@ class FitStats:
             col = batch.column(name)
             if isinstance(col, pa.ChunkedArray):
                 col = col.combine_chunks()
-            col = col.cast(pa.float64())
-            values = col.to_numpy(zero_copy_only=False)
-            if col.null_count:  # to_numpy gives NaN for nulls of floats: make sure
-                values = np.where(col.is_valid().to_numpy(zero_copy_only=False), values, np.nan)
-            stats.add(values)
+            stats.add(col.cast(pa.float64()).to_numpy(zero_copy_only=False))  # nulls: NaN
         for name, stats in self.texts.items():
             col = batch.column(name)
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):

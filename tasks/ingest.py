@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,7 +42,6 @@ from tasks.io.sources import (
     json_digest,
     source_fingerprint,
 )
-from tasks.io.tables import utc_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +357,7 @@ def _ingest_array_part(
     digest = ArrayDigest()
     quarantine: list[tuple[str, str]] = []
     rows_in, scale, split_rows = 0, None, None
-    now = pd.Timestamp(datetime.now(UTC))
+    now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     with contextlib.ExitStack() as stack:
         blocks = stack.enter_context(contextlib.closing(_array_blocks(plan, part, cfg)))
         raw = stack.enter_context(ParquetSink(path))
@@ -373,7 +371,7 @@ def _ingest_array_part(
                 continue
             roles = {
                 ENTITY_KEY: pa.array(data.ids, pa.string()),
-                EVENT_TIMESTAMP: utc_timestamps(pd.Series(now, index=range(len(data.ids)))),
+                EVENT_TIMESTAMP: pa.repeat(now, len(data.ids)),
             }
             if data.labels is not None:
                 roles[LABEL] = pa.array(data.labels)
@@ -388,7 +386,7 @@ def _ingest_array_part(
                     normalized = stack.enter_context(ParquetSink(norm_path))
                     split_rows = {"train": 0, "val": 0, "test": 0}
                 counts = normalize.write_scaled(data, pixels, roles, cfg, normalized)
-                split_rows = {k: split_rows[k] + counts.get(k, 0) for k in split_rows}
+                split_rows = {k: split_rows[k] + counts[k] for k in split_rows}
     return _PartRead(
         raw.rows,
         rows_in,

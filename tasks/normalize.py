@@ -126,7 +126,7 @@ def write_scaled(
     (:func:`tasks.io.arrays.as_pixels`), stored as they are with their scale (exact: what
     the fixed scaling computes, see :func:`ae_models.tensor_column.tensor_floats`); None
     when a byte cannot hold them, then float32 values are stored."""
-    splits = assign_splits(pd.Series(data.ids), cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
+    codes = split_codes_of(roles[ENTITY_KEY], cfg)
     if pixels is not None:
         spec, values = TensorSpec("uint8", pixels.shape[1], float(data.scale)), pixels
     else:
@@ -137,10 +137,9 @@ def write_scaled(
     for start in range(0, len(values), step):
         part = slice(start, start + step)
         arrays = {name: column[part] for name, column in roles.items()}
-        arrays[SPLIT] = pa.array(splits[part], pa.string())
+        arrays[SPLIT] = SPLIT_NAMES.take(codes[part])
         sink.write(with_tensor(arrays, values[part], spec))
-    names, counts = np.unique(splits, return_counts=True)
-    return dict(zip(names.tolist(), counts.tolist(), strict=True))
+    return split_counts(codes)
 
 
 SPLIT_NAMES = pa.array(["train", "val", "test"], pa.string())  # split codes 0, 1, 2
@@ -150,6 +149,12 @@ FIT_KEY = "aepipe.fit"  # raw.parquet metadata: the normalizer fitted in the ing
 def split_codes_of(ids: pa.Array | pa.ChunkedArray, cfg: PipelineConfig) -> np.ndarray:
     """Each row's split as a code (:data:`SPLIT_NAMES`), from its entity id."""
     return _split_codes(ids, cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
+
+
+def split_counts(codes: np.ndarray) -> dict[str, int]:
+    """Rows per split (every split named, 0 when it has none) of split codes."""
+    per_code = np.bincount(codes, minlength=len(SPLIT_NAMES)).tolist()
+    return dict(zip(SPLIT_NAMES.to_pylist(), per_code, strict=True))
 
 
 def _fit_settings(cfg: PipelineConfig) -> dict[str, Any]:
@@ -175,8 +180,7 @@ class TrainingSummary:
     ) -> np.ndarray:
         """Take a batch (its ids and feature columns); its split codes."""
         codes = split_codes_of(ids, self.cfg)
-        per_code = np.bincount(codes, minlength=3)
-        for name, n in zip(self.counts, per_code.tolist(), strict=True):
+        for name, n in split_counts(codes).items():
             self.counts[name] += n
         if self.stats is not None:
             train = codes == 0

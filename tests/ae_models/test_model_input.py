@@ -75,6 +75,9 @@ def test_bytes_converted_batch_by_batch_score_as_the_whole_matrix(scale) -> None
     lazy = model_input(batch, norm, KNOWN, lazy=True)
     assert isinstance(lazy, ScaledBytes) and (lazy.rows, lazy.width) == (3000, 64)
     assert torch.equal(torch.cat(list(lazy.ordered_batches(1024))), eager)
+    shuffled = torch.cat(list(lazy.epoch_batches(0, 512, torch.Generator().manual_seed(0))))
+    assert not torch.equal(shuffled, eager)  # another order, the same rows
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, eager.tolist()))
     model = create_model("deep", input_dim=64, code_size=4, seed=0).eval()
     scorer, _ = fit_scorer(model, eager, "bce")
     a = score_outputs(model, eager, scorer, device="cpu")
