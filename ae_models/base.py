@@ -126,9 +126,11 @@ class Autoencoder(nn.Module):
     def row_reconstruction_loss(self, x: Tensor, out: AEOutput) -> Tensor:
         """Reconstruction loss of each row, matched to the output head: binary cross-entropy
         from the logits for a sigmoid head, squared error for a linear one."""
-        if self.config.output == "sigmoid":
+        if self.config.output == "sigmoid":  # targets in [0, 1]: a min-max scaled value
+            # beyond its training range (a validation row) is not clipped in the input
             logits = out.logits if out.logits is not None else torch.logit(out.recon, eps=1e-7)
-            per = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+            target = x.float().clamp(0, 1)
+            per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
         else:
             per = (out.recon.float() - x.float()).pow(2)
         return per.flatten(1).mean(dim=1)

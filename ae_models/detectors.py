@@ -45,12 +45,17 @@ class Detectors:
 
     @classmethod
     def fit(cls, codes: np.ndarray, x: np.ndarray, seed: int = 0) -> Detectors:
-        """Keep a uniform sample of at most :data:`BANK_ROWS` of the training ``codes``, grow
-        the isolation forest on the training inputs ``x`` and keep their columns' quantiles."""
+        """Keep a uniform sample of at most :data:`BANK_ROWS` of the distinct training
+        ``codes`` (each once: many copies of a row in the bank are no evidence that the row
+        is normal, and would put a repeated anomaly at distance 0 from its own copies), grow
+        the isolation forest on the training inputs ``x`` and keep their columns'
+        quantiles."""
         if len(codes) < 2:
             raise ValueError("the ensemble score needs at least 2 training rows")
         rng = np.random.default_rng(seed)
-        codes = np.asarray(codes, np.float32)
+        codes = np.unique(np.asarray(codes, np.float32), axis=0)
+        if len(codes) < 2:  # every row the same code: the distance to it is what there is
+            codes = np.repeat(codes, 2, axis=0)
         pick = np.sort(rng.choice(len(codes), min(BANK_ROWS, len(codes)), replace=False))
         flat = np.asarray(x, np.float32).reshape(len(x), -1)
         forest = IsolationForest.fit(flat, seed=int(rng.integers(2**31)))

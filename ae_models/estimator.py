@@ -162,8 +162,8 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
 
     ``fit(X)`` trains the named variant; ``transform`` gives latent codes,
     ``inverse_transform`` decodes them, ``decision_function`` gives per-row anomaly
-    scores of the ``anomaly_score`` kind (higher = more anomalous; ``auto``: BCE for [0, 1]
-    data, else ``hybrid``, see :mod:`ae_models.scoring`), ``calibrated_score`` maps them to
+    scores of the ``anomaly_score`` kind (higher = more anomalous; ``auto``: ``kl`` for
+    [0, 1] data, else ``ensemble``, see :mod:`ae_models.scoring`), ``calibrated_score`` maps them to
     [0, 1] by the training scores, ``predict`` flags rows above ``threshold_`` (the
     ``1 - contamination`` quantile of the training scores, or with ``contamination="auto"`` a
     robust rule on them).
@@ -174,9 +174,11 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     ``anomaly_score="auto"`` is ``ensemble`` for data outside [0, 1]: the scaled
     reconstruction error, the code's distance to its nearest training codes, an isolation
     forest's score and ECOD's tail score on the inputs, each as a robust z-score over the
-    training rows, averaged (:mod:`ae_models.scoring`); ``trim_fraction`` (default 0) > 0
-    leaves each batch's worst-reconstructed share out of the loss after a few warm-up epochs
-    (see :class:`ae_models.training.TrainConfig`).
+    training rows, floored so that no part can veto the others, averaged
+    (:mod:`ae_models.scoring`); for [0, 1] data it is ``kl``, the cross-entropy less the
+    targets' own entropy (standardize a table to get ``ensemble``); ``trim_fraction``
+    (default 0) > 0 leaves each batch's worst-reconstructed share out of the loss after a
+    few warm-up epochs (see :class:`ae_models.training.TrainConfig`).
     ``batch_size="auto"`` gives small data sets enough steps an epoch
     (:func:`~ae_models.train_config.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower

@@ -84,6 +84,7 @@ def fit_autoencoder(
     score_on: np.ndarray | None = None,
     score_precision: str = "fp32",
     streaming: bool = False,
+    table: bool = False,
 ) -> FittedAutoencoder:
     """Train ``model`` on ``x_train`` (early stopping on ``x_val``), then fit its scorer in one
     forward pass over ``score_on`` (default: the training and validation rows together; for
@@ -94,8 +95,9 @@ def fit_autoencoder(
     data-parallel on a :class:`~ae_models.streaming.ParquetSource`
     (:mod:`ae_models.distributed`). ``score_precision`` is the precision the scores are
     computed at; the pipeline passes :data:`~ae_models.runtime.SCORING_PRECISION`, the rule
-    its feature table is scored with, so the threshold fits the scores written. A score kind
-    the model cannot give raises ValueError.
+    its feature table is scored with, so the threshold fits the scores written. ``table``
+    says the rows are a table's, not pixels (``score="auto"`` is then ``ensemble`` whatever
+    the output head). A score kind the model cannot give raises ValueError.
     """
     if cfg.strategy == "ddp":
         from ae_models.distributed import train_ddp
@@ -121,6 +123,7 @@ def fit_autoencoder(
         device=cfg.device,
         precision=score_precision,
         seed=cfg.seed,
+        table=table,
     )
     return FittedAutoencoder(model, scorer, result, fitted)
 

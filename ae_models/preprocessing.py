@@ -37,7 +37,10 @@ class ExtraColumnsWarning(UserWarning):
     """Input columns the normalizer was not fitted on; they are ignored."""
 
 
-OUTPUT_LIMIT = 1e6  # standard / robust outputs are clipped to +-this: finite in float32
+OUTPUT_LIMIT = 1e6  # numeric table outputs are clipped to +-this: finite in float32
+# what a spec's transform gives, beside the spec itself: 2 since min-max outputs of a table
+# are no longer clipped to [0, 1] (normalized files of revision 1 are made again)
+TRANSFORM_REVISION = 2
 
 
 def _span(low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray | float:
@@ -201,10 +204,11 @@ class Normalizer:
         batch, so the rows need not be held).
 
         Numeric columns: missing values filled with the median (plus a missing-indicator
-        column when any are missing), optional signed log1p, then min-max to [0, 1] (clipped
-        at scoring), standard (mean/std) or robust (median/IQR) scaling, globally or per
-        column. Text columns: one-hot of the ``max_levels`` most frequent values plus
-        ``__other__`` and ``__missing__``. Booleans: 0/1. Medians and quartiles are exact
+        column when any are missing), optional signed log1p, then min-max (the training rows
+        span [0, 1]; other rows may lie beyond, so the score sees how far), standard
+        (mean/std) or robust (median/IQR) scaling, globally or per column. Text columns:
+        one-hot of the ``max_levels`` most frequent values plus ``__other__`` and
+        ``__missing__``. Booleans: 0/1. Medians and quartiles are exact
         up to 32,768 distinct values a column, within a documented rank error beyond
         (:class:`~ae_models.column_stats.QuantileSketch`); the rest is exact.
         """
@@ -282,8 +286,9 @@ class Normalizer:
             )
 
     def transform(self, frame: pd.DataFrame, known: tuple[str, ...] = ()) -> np.ndarray:
-        """Normalized float32 matrix (rows x output columns): in [0, 1] for min-max, booleans,
-        one-hot and pixels; centred and scaled for standard and robust scaling. Columns in
+        """Normalized float32 matrix (rows x output columns): in [0, 1] for booleans, one-hot
+        and pixels, and for min-max within the training range (beyond it below 0 or above
+        1); centred and scaled for standard and robust scaling. Columns in
         ``known`` (ids, timestamps) are expected extras and not warned about."""
         self.check_columns(frame, known)
         if self.fixed_scale:
@@ -330,9 +335,10 @@ class Normalizer:
                 else:
                     span = _span(c.low, c.high)
                     v = _span(c.low, v) / span if span > 0 else np.zeros_like(v)
-                    if c.kind == "scaled":
-                        v = np.where(missing, 0.0, v)
-                    out[:, j] = np.clip(v, 0.0, 1.0)
+                    if c.kind == "scaled":  # pixels: a fixed range, clipped to it
+                        out[:, j] = np.clip(np.where(missing, 0.0, v), 0.0, 1.0)
+                    else:  # the training range is [0, 1]; beyond it stays visible
+                        out[:, j] = np.clip(v, -OUTPUT_LIMIT, OUTPUT_LIMIT)
                 j += 1
                 if c.missing_indicator:
                     out[:, j] = missing

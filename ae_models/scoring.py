@@ -8,13 +8,22 @@ Score kinds (per row, higher = more unusual), chosen with ``score``:
   a column the model always reconstructs loosely does not drown one it reconstructs well;
   on the ADBench sets this ranks anomalies better than plain MSE (benchmarks/adbench.py);
 - ``bce``: mean binary cross-entropy, for [0, 1] data and a sigmoid head;
+- ``kl``: for a sigmoid head, each value's binary cross-entropy minus the entropy of the
+  value itself (the KL divergence of the reconstruction from the target, zero at a perfect
+  reconstruction), plus the squared distance by which the value lies outside [0, 1]. For 0/1
+  targets it equals ``bce``; for continuous targets (min-max scaled columns, gray pixels)
+  ``bce`` is not: it carries the target's own entropy, largest at 0.5 and zero at 0 and 1,
+  so rows whose values sit at the ends of their ranges (the anomalies of a table) score as
+  the most normal. Measured on ADBench's thyroid (one split, min-max): AUROC ``bce`` 0.081,
+  ``kl`` 0.936;
 - ``elbo``: the VAE's negative ELBO as trained (mean reconstruction loss + weighted KL);
 - ``hybrid``: ``scaled_mse`` plus how far the row's code lies from the training codes (the
   Mahalanobis distance in the latent space), each as robust z-scores of its log (median and
   MAD over the training rows) and summed: rows the model reconstructs well but maps to an
   unusual code count too;
 - ``ensemble``: four detectors of different kinds, each as a robust z-score over the
-  training rows (median and MAD; of the log for the first two), averaged: the
+  training rows (median and MAD; of the log for the first two), floored at
+  ``-ENSEMBLE_FLOOR`` and averaged: the
   ``scaled_mse`` reconstruction error (rows that break the columns' learned relations), the
   mean distance of the row's code to its 10 nearest training codes (rows in sparse regions
   of the code space; a sample of at most 4,096 training codes is kept), an isolation
@@ -23,12 +32,18 @@ Score kinds (per row, higher = more unusual), chosen with ``score``:
   training columns; :mod:`ae_models.detectors`). No one kind of detector wins on every data
   set (ADBench's finding; on its 27 sets each part is the worst of them somewhere), and
   averaging detectors whose errors differ keeps a set where one fails from failing the
-  score: chosen on one half of the 27 sets and confirmed on the other, its mean AUROC and
-  average rank are ahead of every PyOD peer's (``benchmarks/adbench.py``,
-  docs/benchmarks.md);
-- ``auto``: ``bce`` for a sigmoid head (data in [0, 1]), else ``ensemble``.
+  score. The floor is what keeps one part from vetoing the others: a part only sees its own
+  kind of anomaly, so "typical to me" is weak evidence, while "far out to me" is strong; a
+  part can lower a row's mean by at most ``ENSEMBLE_FLOOR / 4`` robust deviations and raise
+  it without bound (a repeated anomaly whose code sits at distance 0 in the neighbour bank
+  scored a z of -20 before, outweighing three parts' +16). The neighbour bank holds each
+  distinct code once, so copies of a row are no evidence that it is normal;
+- ``auto``: ``ensemble`` for tables (the pipeline says so: every non-pixel source) and for
+  data outside [0, 1]; ``kl`` for a sigmoid head on [0, 1] data that is not a table.
 
-Per-column errors (the terms the row score averages) give per-source-column contributions.
+Per-column errors give per-source-column contributions (``top_columns``): the terms the row
+score averages, or for a scaled score of a sigmoid head (a min-max table's ``ensemble``) the
+head's own divergence, ``kl``, each relative to its training mean.
 
 A :class:`ScoreCalibration` is fitted on the training rows' scores and stored with the model
 (``model.json``), so scoring applies exactly what training decided:
@@ -63,13 +78,16 @@ from ae_models.detectors import Detectors
 from ae_models.streaming import is_rows
 from ae_models.training import forward_batches
 
-ScoreKind = Literal["mse", "scaled_mse", "bce", "elbo", "hybrid", "ensemble"]
-SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "elbo", "hybrid", "ensemble")
+ScoreKind = Literal["mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble"]
+SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble")
 SCALED = ("scaled_mse", "hybrid", "ensemble")  # kinds whose column errors are scaled
 
 AUTO_K = 3.5  # robust standard deviations above the median log score for "auto"
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 N_QUANTILES = 1001  # stored training-score quantiles: a resolution of 0.1 %
+# an ensemble part's robust z-score counts at most this far below its training median:
+# chosen on half A of the ADBench sets (benchmarks/adbench.py; docs/models.md)
+ENSEMBLE_FLOOR = 0.5
 
 
 def auto_threshold(scores: np.ndarray, k: float = AUTO_K) -> float:
@@ -136,17 +154,18 @@ class ScoreCalibration:
         return cls(float(data["threshold"]), str(data["rule"]), tuple(data["quantiles"]))
 
 
-def resolve_score(kind: str, output: str, model_name: str) -> ScoreKind:
-    """The score kind ``auto`` stands for, checked against the model (``elbo`` needs a VAE,
-    ``bce`` a sigmoid head)."""
+def resolve_score(kind: str, output: str, model_name: str, table: bool = False) -> ScoreKind:
+    """The score kind ``auto`` stands for (``ensemble`` for a ``table`` or a linear head,
+    ``kl`` for a sigmoid head on other data), checked against the model (``elbo`` needs a
+    VAE, ``bce`` and ``kl`` a sigmoid head)."""
     if kind not in SCORE_KINDS:
         raise ValueError(f"score must be one of {list(SCORE_KINDS)}, got {kind!r}")
     if kind == "auto":
-        return "bce" if output == "sigmoid" else "ensemble"
+        return "kl" if output == "sigmoid" and not table else "ensemble"
     if kind == "elbo" and model_name != "vae":
         raise ValueError(f"score 'elbo' needs model 'vae', not {model_name!r}")
-    if kind == "bce" and output != "sigmoid":
-        raise ValueError("score 'bce' needs data in [0, 1] and a sigmoid head; use 'mse'")
+    if kind in ("bce", "kl") and output != "sigmoid":
+        raise ValueError(f"score {kind!r} needs data in [0, 1] and a sigmoid head; use 'mse'")
     return kind  # type: ignore[return-value]
 
 
@@ -156,12 +175,17 @@ def column_errors(
     """Per-row, per-column error terms of ``kind`` (rows x columns, fp32); the row score is
     their mean (plus the VAE's penalty for ``elbo``)."""
     x = x.float().flatten(1)
-    if kind == "bce" or (kind == "elbo" and out.logits is not None):
+    if kind in ("bce", "kl") or (kind == "elbo" and out.logits is not None):
+        target = x.clamp(0, 1)
         if out.logits is not None:
             logits = out.logits.float().flatten(1)
-            return F.binary_cross_entropy_with_logits(logits, x.clamp(0, 1), reduction="none")
-        recon = out.recon.float().flatten(1).clamp(1e-7, 1 - 1e-7)
-        return F.binary_cross_entropy(recon, x.clamp(0, 1), reduction="none")
+            errors = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        else:
+            recon = out.recon.float().flatten(1).clamp(1e-7, 1 - 1e-7)
+            errors = F.binary_cross_entropy(recon, target, reduction="none")
+        if kind == "kl":  # less the target's own entropy, plus what lies outside [0, 1]
+            errors = (errors - target_entropy(target)).clamp_min_(0) + (x - target).square()
+        return errors
     residual = out.recon.float().flatten(1) - x
     if kind in SCALED:
         if feature_scale is None:
@@ -179,6 +203,24 @@ def unit_targets(x: Tensor) -> Tensor:
         if low < 0 or high > 1:
             return x.clamp(0, 1)
     return x
+
+
+def target_entropy(target: Tensor) -> Tensor:
+    """Each value's binary entropy ``-t log t - (1 - t) log(1 - t)`` (0 at 0 and 1): the
+    cross-entropy of a perfect reconstruction of a target ``t`` in [0, 1]."""
+    return -(torch.special.xlogy(target, target) + torch.special.xlogy(1 - target, 1 - target))
+
+
+def kl_row_means(x: Tensor, logits: Tensor) -> Tensor:
+    """Each row's mean ``kl`` error (:func:`column_errors`) from logits: the row's mean
+    cross-entropy (:func:`bce_row_means`, without the matrix) less its values' mean entropy,
+    plus their mean squared distance outside [0, 1]. Equal to the matrix's row means within
+    float32 rounding (a row's terms are each at least 0 but for rounding)."""
+    x = x.float().flatten(1)
+    target = unit_targets(x)
+    entropy = target_entropy(target).mean(dim=1)
+    outside = (x - target).square().mean(dim=1) if target is not x else 0.0
+    return (bce_row_means(target, logits) - entropy).clamp_min(0) + outside
 
 
 def bce_row_means(x: Tensor, logits: Tensor) -> Tensor:
@@ -225,6 +267,12 @@ class Scorer:
     # each input's mean error term over the training rows: what "usual" is per column, so a
     # row's columns are ranked by how unusual their error is (top_columns), not by its size
     column_typical: tuple[float, ...] | None = None
+    # ensemble: how far below its training median a part's z-score counts (None: no floor,
+    # the rule of models saved before the floor, which score as they were fitted)
+    floor: float | None = None
+    # the kind of the per-column errors that explain a row (top_columns), when not the
+    # score's own: ``kl`` for a scaled score of a sigmoid head, the head's own divergence
+    explain: ScoreKind | None = None
     # ensemble: training codes, isolation forest, column quantiles (files beside model.json)
     detectors: Detectors | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -246,7 +294,8 @@ class Scorer:
             )
             for value in [getattr(self, name)]
         }
-        return {"kind": self.kind, **listed, **self.calibration.to_dict()}
+        extra = {k: v for k in ("floor", "explain") for v in [getattr(self, k)] if v is not None}
+        return {"kind": self.kind, **listed, **extra, **self.calibration.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scorer:
@@ -264,6 +313,8 @@ class Scorer:
             floats("latent_precision"),
             floats("mix"),
             floats("column_typical"),
+            float(data["floor"]) if data.get("floor") is not None else None,
+            data.get("explain"),
         )
 
     @classmethod
@@ -319,11 +370,18 @@ class Scorer:
     def ensemble(self, parts: Tensor) -> Tensor:
         """The ``ensemble`` score: the mean of the four parts as robust z-scores (median
         and MAD over the training rows; of the logs of the error and the distance, the
-        others on their own scale: the tail score is a sum of logs already)."""
+        others on their own scale: the tail score is a sum of logs already), each floored
+        at ``-floor``, so no part can veto what the others see."""
+        return self.ensemble_z(parts).mean(dim=1)
+
+    def ensemble_z(self, parts: Tensor) -> Tensor:
+        """The four parts of :meth:`ensemble_parts` as the floored robust z-scores the
+        ``ensemble`` score averages (rows x 4)."""
         center = torch.tensor(self.mix[0::2], dtype=torch.float32, device=parts.device)
         spread = torch.tensor(self.mix[1::2], dtype=torch.float32, device=parts.device)
         logged = torch.cat([parts[:, :2].clamp_min(1e-12).log(), parts[:, 2:]], 1)
-        return ((logged - center) / spread).mean(dim=1)
+        z = (logged - center) / spread
+        return z if self.floor is None else z.clamp_min(-self.floor)
 
 
 def log_center_spread(values: np.ndarray) -> tuple[float, float]:
@@ -370,12 +428,15 @@ def score_rows(
                 scale = scorer.scale_tensor(xb.device)
             z = out.latent.float()
             matrix = per_column or column_mean
-            if scorer.kind == "bce" and out.logits is not None:  # the matrix only if asked
-                score = bce_row_means(xb, out.logits)  # the same rows with or without it
+            if scorer.kind in ("bce", "kl") and out.logits is not None:  # matrix if asked
+                row_means = bce_row_means if scorer.kind == "bce" else kl_row_means
+                score = row_means(xb, out.logits)  # the same rows with or without it
                 errors = column_errors(xb, out, scorer.kind, scale) if matrix else None
             else:
                 errors = column_errors(xb, out, scorer.kind, scale)
                 score = row_scores(errors, out, scorer.kind)
+                if matrix and scorer.explain is not None:  # what explains a row
+                    errors = column_errors(xb, out, scorer.explain, scale)
             if scorer.kind == "hybrid":
                 score = scorer.combine(score, z)
             elif scorer.kind == "ensemble":
@@ -424,13 +485,15 @@ def fit_scorer(
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
+    table: bool = False,
 ) -> tuple[Scorer, RowScores]:
     """The scorer of a trained ``model`` fitted on its training rows ``x`` (residual scale,
     latent statistics, threshold, calibration), and the training rows' codes and scores, from
     one forward pass over ``x``: the residuals and codes that fit the statistics also give the
     rows' scores (the same tensor operations :func:`score_rows` applies, so the training
-    scores equal what scoring the rows again gives)."""
-    resolved = resolve_score(kind, model.config.output, model.model_name)
+    scores equal what scoring the rows again gives). ``table``: the rows are a table's (for
+    ``auto``: :func:`resolve_score`)."""
+    resolved = resolve_score(kind, model.config.output, model.model_name, table)
     placeholder = ScoreCalibration(0.0, "", ())
     if resolved not in SCALED:
         scorer = Scorer(resolved, placeholder)
@@ -448,19 +511,27 @@ def fit_scorer(
         fitted = fitted._replace(column_mean=None)
         return dataclasses.replace(scorer, calibration=calibration, column_typical=typical), fitted
     residual_batches, latent_batches, input_batches = [], [], []
+    # a sigmoid head's rows are explained by its own divergence (kl), not the scaled residual
+    explain: ScoreKind | None = "kl" if model.config.output == "sigmoid" else None
+    explain_sum: Tensor | None = None
     with torch.inference_mode():
         for xb, out in forward_batches(model, x, batch_size, device, precision):
             residual_batches.append((out.recon.float().flatten(1) - xb.float().flatten(1)).cpu())
             latent_batches.append(out.latent.float().cpu())
             if resolved == "ensemble":
                 input_batches.append(xb.float().flatten(1).cpu())
+            if explain is not None:
+                batch_sum = column_errors(xb, out, explain).double().sum(dim=0).cpu()
+                explain_sum = batch_sum if explain_sum is None else explain_sum + batch_sum
     residuals = torch.cat(residual_batches).numpy()
     latents = torch.cat(latent_batches)
     scale = tuple(float(v) for v in residual_scale(residuals))
-    typical = tuple(
-        float(v) for v in np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=0)
-    )
-    scorer = Scorer(resolved, placeholder, scale, column_typical=typical)
+    if explain_sum is not None:
+        column_typical = (explain_sum / max(len(residuals), 1)).numpy()
+    else:
+        column_typical = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=0)
+    typical = tuple(float(v) for v in column_typical)
+    scorer = Scorer(resolved, placeholder, scale, column_typical=typical, explain=explain)
     if resolved == "hybrid":
         codes = latents.numpy().astype(np.float64)
         mean = codes.mean(axis=0)
@@ -478,6 +549,7 @@ def fit_scorer(
             tuple(float(v) for v in precision_matrix.reshape(-1)),
             (*log_center_spread(recon), *log_center_spread(distance)),
             typical,
+            explain=explain,
         )
     scale_t = scorer.scale_tensor()
     part_batches: list[Tensor] = []
@@ -496,7 +568,7 @@ def fit_scorer(
         for column in (2, 3):
             center, spread = median_spread(parts[:, column])
             mix += [center, max(spread, 1e-6)]
-        scorer = dataclasses.replace(scorer, mix=tuple(mix))
+        scorer = dataclasses.replace(scorer, mix=tuple(mix), floor=ENSEMBLE_FLOOR)
     scores = []
     with torch.inference_mode():
         for i, (residual, z) in enumerate(zip(residual_batches, latent_batches, strict=True)):

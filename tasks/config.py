@@ -174,7 +174,8 @@ class NormalizeConfig(_Frozen):
 
     scaling: Literal["minmax", "standard", "robust"] = Field(
         "minmax",
-        description="numeric columns: minmax (clipped to [0, 1]), standard, robust (median / IQR)",
+        description="numeric columns: minmax (training range to [0, 1]), standard, robust "
+        "(median / IQR)",
     )
     columns: dict[str, Literal["minmax", "standard", "robust"]] = Field(
         default_factory=dict, description="per-column scaling, overriding `scaling`"
@@ -260,10 +261,10 @@ class PipelineConfig(_Frozen):
         description="expected share of anomalies: the training-score quantile 1 - contamination "
         "is the threshold; 'auto' when unknown (median + 3.5 MAD of the log training scores)",
     )
-    score: Literal["auto", "mse", "scaled_mse", "bce", "elbo", "hybrid", "ensemble"] = Field(
+    score: Literal["auto", "mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble"] = Field(
         "auto",
-        description="anomaly score kind (ae_models.scoring); auto: bce for [0, 1] data, "
-        "else ensemble",
+        description="anomaly score kind (ae_models.scoring); auto: ensemble for tables, "
+        "kl (cross-entropy less the pixel's own entropy) for images",
     )
     explain_top_k: int | None = Field(
         None,

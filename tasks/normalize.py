@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from ae_models.column_stats import FitStats
-from ae_models.preprocessing import NORMALIZER_FILE, Normalizer, SchemaError
+from ae_models.preprocessing import NORMALIZER_FILE, TRANSFORM_REVISION, Normalizer, SchemaError
 from ae_models.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
 from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT
 from stores import Stores
@@ -317,6 +317,7 @@ def normalize_cache_key(context: Any, parameters: dict[str, Any]) -> str:
         ingested.fingerprint,
         ingested.content_digest,
         cfg.normalize.model_dump(mode="json"),
+        TRANSFORM_REVISION,
     )
 
 

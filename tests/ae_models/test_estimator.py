@@ -41,8 +41,8 @@ def test_fit_learns_and_sets_attributes(fitted, digits) -> None:
     assert fitted.loss_ == "bce" and fitted.n_features_in_ == 64
     assert fitted.transform(x).shape == (len(x), 8)
     assert fitted.inverse_transform(fitted.transform(x[:5])).shape == (5, 64)
-    scores = fitted.decision_function(x)  # BCE: the data lie in [0, 1]
-    assert fitted.scorer_.kind == "bce" and scores.shape == (len(x),) and (scores >= 0).all()
+    scores = fitted.decision_function(x)  # cross-entropy less entropy: the data lie in [0, 1]
+    assert fitted.scorer_.kind == "kl" and scores.shape == (len(x),) and (scores >= 0).all()
     mse = AutoencoderReducer(code_size=8, epochs=30, batch_size=64, anomaly_score="mse").fit(x)
     baseline = float(((x - x.mean(axis=0)) ** 2).mean())
     assert mse.decision_function(x).mean() < 0.5 * baseline

@@ -48,11 +48,47 @@ def test_estimator_and_fit_path_give_the_same_model() -> None:
     assert losses[0] == losses[1]
 
 
-def test_bce_scores_skip_the_matrix_and_match_it() -> None:
-    """A sigmoid head's BCE score comes from the logits without the rows x columns matrix,
-    equal to that matrix's row means within float32 rounding (targets outside [0, 1] are
-    clamped as the matrix clamps them), and fitting and scoring give the same scores."""
-    from ae_models.scoring import bce_row_means, column_errors
+def test_kl_score_is_cross_entropy_less_the_targets_entropy() -> None:
+    """``kl``: zero at a perfect reconstruction of a continuous target (where ``bce`` keeps
+    the target's entropy, largest at 0.5: the bias that ranked a min-max table's extreme rows,
+    its anomalies, as the most normal), equal to ``bce`` on 0/1 targets, the distance outside
+    [0, 1] added; the row means from the logits equal the matrix's, and fitting and scoring
+    give the same scores."""
+    from types import SimpleNamespace
+
+    from ae_models.scoring import column_errors
+
+    target = torch.tensor([[0.5, 0.5, 0.5], [0.01, 0.99, 0.01], [0.0, 1.0, 0.0]])
+    perfect = SimpleNamespace(logits=torch.logit(target.clamp(1e-6, 1 - 1e-6)), recon=target)
+    kl = column_errors(target, perfect, "kl").mean(dim=1)
+    bce = column_errors(target, perfect, "bce").mean(dim=1)
+    assert kl.abs().max() < 1e-4  # perfect reconstructions: nothing to report
+    assert bce[0] > bce[1] > bce[2]  # bce: the middle row "worse" for its own entropy
+    binary = (torch.rand(20, 3, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    guess = SimpleNamespace(logits=torch.randn(20, 3), recon=None)
+    assert torch.allclose(
+        column_errors(binary, guess, "kl"), column_errors(binary, guess, "bce"), atol=1e-6
+    )
+    beyond = target + torch.tensor([[2.0, 0.0, 0.0]])  # 2.5: 1.5 beyond the training range
+    # KL(1 || 0.5) = log 2 for the clamped target, plus the squared 1.5 beyond [0, 1]
+    expected = np.log(2) + 1.5**2
+    assert column_errors(beyond, perfect, "kl")[0, 0].item() == pytest.approx(expected, rel=1e-4)
+
+    x = 1 / (1 + np.exp(-blobs()))  # in (0, 1)
+    model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="sigmoid")
+    assert fit_scorer(model, x, "auto", 0.05)[0].kind == "kl"
+    assert fit_scorer(model, x, "auto", 0.05, table=True)[0].kind == "ensemble"
+
+
+@pytest.mark.parametrize("kind", ["bce", "kl"])
+def test_bce_scores_skip_the_matrix_and_match_it(kind: str) -> None:
+    """A sigmoid head's BCE (and KL) score comes from the logits without the rows x columns
+    matrix, equal to that matrix's row means within float32 rounding (targets outside
+    [0, 1] are clamped as the matrix clamps them; KL adds the distance outside), and fitting
+    and scoring give the same scores."""
+    from ae_models.scoring import bce_row_means, column_errors, kl_row_means
+
+    row_means = bce_row_means if kind == "bce" else kl_row_means
 
     x = 1 / (1 + np.exp(-blobs()))  # in (0, 1)
     model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="sigmoid")
@@ -61,7 +97,7 @@ def test_bce_scores_skip_the_matrix_and_match_it() -> None:
     with torch.inference_mode():
         out = model.eval()(xt)
         for target in (xt, xt * 1.5 - 0.25):  # in range; partly outside it
-            matrix = column_errors(target, out, "bce").mean(dim=1)
-            assert torch.allclose(bce_row_means(target, out.logits), matrix, rtol=1e-5, atol=1e-6)
-    scorer, fitted = fit_scorer(model, x, "bce", 0.05, batch_size=100)
+            matrix = column_errors(target, out, kind).mean(dim=1)
+            assert torch.allclose(row_means(target, out.logits), matrix, rtol=1e-4, atol=1e-5)
+    scorer, fitted = fit_scorer(model, x, kind, 0.05, batch_size=100)
     assert np.array_equal(fitted.scores, score_rows(model, x, scorer, batch_size=100).scores)

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ae_models.preprocessing import OTHER, ExtraColumnsWarning, Normalizer, SchemaError
+from ae_models.preprocessing import (
+    OTHER,
+    OUTPUT_LIMIT,
+    ExtraColumnsWarning,
+    Normalizer,
+    SchemaError,
+)
 
 
 @pytest.fixture
@@ -46,9 +52,11 @@ def test_fit_transform_ranges_and_columns(frame) -> None:
 
 def test_scoring_applies_the_training_fit(frame) -> None:
     norm = Normalizer.fit(frame)
-    new = pd.DataFrame({"age": [100.0], "city": ["zzz"], "flag": [True]})
+    new = pd.DataFrame({"age": [100.0, -1e308, np.inf], "city": ["zzz"] * 3, "flag": [True] * 3})
     out = norm.transform(new)
-    assert out[0, 0] == 1.0  # clipped to the training range
+    # ages 20..60: 100 lies a whole range beyond the top, not piled up at 1 with the top
+    # itself (the anomaly score must see how far); a value beyond float32 stays finite
+    assert out[0, 0] == 2.0 and out[1, 0] == -OUTPUT_LIMIT and np.isfinite(out).all()
     assert out[0, norm.output_columns.index(f"city={OTHER}")] == 1.0
 
 

@@ -145,5 +145,8 @@ def test_csv_shape_changes(csv_home) -> None:
     # new rows whose categories are numbers: unseen levels, flagged, the drift names it
     pd.concat([first, later.assign(region=[i % 3 for i in range(200)])]).to_csv(path, index=False)
     scored = score_features(config(home, path))
-    assert scored.rows_written == 200 and scored.anomalies > 150
+    # most flagged (140 of 200 measured; 150+ with the old bce score): an unseen level sets
+    # an input the network never saw set and lies beyond every training value, while the
+    # isolation forest cannot see it (the input was constant in training)
+    assert scored.rows_written == 200 and scored.anomalies > 120
     assert scored.drift.drifted and "region" in scored.drift.drifted_columns
