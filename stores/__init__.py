@@ -122,10 +122,14 @@ class Stores(BaseModel):
 
     def ui_commands(self) -> dict[str, str]:
         """Shell commands that open the Prefect and MLflow UIs on these stores (a remote
-        tracking server is its own UI: its address, credentials blanked out)."""
+        tracking server is its own UI: its address, credentials blanked out; a database URI
+        that holds credentials is named by its setting, ``$AEPIPE_TRACKING_URI``)."""
         bin_dir = _bin_dir()
+        backend = self.tracking_uri
+        if redact_uri(backend) != backend:  # credentials: the same setting, never its value
+            backend = f'"${ENV_TRACKING_URI}"'
         mlflow = (
-            f"{bin_dir}mlflow ui --backend-store-uri {self.tracking_uri} "
+            f"{bin_dir}mlflow ui --backend-store-uri {backend} "
             f"--default-artifact-root {self.artifact_root.as_uri()} --port {MLFLOW_UI_PORT}"
         )
         if self.tracking_uri.startswith(("http://", "https://")):

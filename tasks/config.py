@@ -25,7 +25,10 @@ from ae_models.registry import list_models
 from ae_models.train_config import TrainConfig
 
 BUILTIN_SOURCES = ("digits",)
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a whole data set name (fullmatch)
+MAX_NAME = 64  # characters: a folder, a table and a model name are made of it
+# MLflow's registered model names, kept to what is safe as a folder name too (fullmatch)
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ConfigError(ValueError):
@@ -309,9 +312,27 @@ class PipelineConfig(_Frozen):
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, v: str) -> str:
-        if not NAME_PATTERN.match(v):
+        if not NAME_PATTERN.fullmatch(v):  # fullmatch: '$' would let a trailing newline in
             raise ValueError(
                 f"dataset name {v!r} must start with a letter and hold only letters, digits, '_'"
+            )
+        if len(v) > MAX_NAME:
+            raise ValueError(f"dataset name is {len(v)} characters long; at most {MAX_NAME}")
+        return v
+
+    @field_validator("registered_model")
+    @classmethod
+    def _registered_model_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not MODEL_NAME_PATTERN.fullmatch(v) or ".." in v:
+            raise ValueError(
+                f"registered_model {v!r} must start with a letter or digit and hold only "
+                "letters, digits, '_', '-' and single '.'"
+            )
+        if len(v) > 2 * MAX_NAME:
+            raise ValueError(
+                f"registered_model is {len(v)} characters long; at most {2 * MAX_NAME}"
             )
         return v
 

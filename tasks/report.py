@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
-from stores import Stores, console_script, python_command, resolve_stores
+from stores import Stores, console_script, python_command, redact_uri, resolve_stores
 from tasks.ingest import IngestResult
 from tasks.materialize import Materialized
 from tasks.monitor import artifact_key
@@ -224,7 +224,7 @@ def summarize(
         anomalies=written.anomalies,
         run_id=registered.run_id,
         home=str(stores.home),
-        warehouse=stores.warehouse,
+        warehouse=redact_uri(stores.warehouse),
         prefect_ui=ui["prefect"],
         mlflow_ui=ui["mlflow"],
         pictures=sorted(str(p) for p in Path(trained.plots_dir).glob("*.png")),

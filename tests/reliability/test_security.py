@@ -105,3 +105,17 @@ def test_credentials_never_reach_logs_params_or_artifacts(aepipe_cli, tmp_path) 
                 assert secret.encode() not in path.read_bytes(), path
     finally:
         stop(server)
+
+
+def test_a_database_tracking_uri_never_shows_its_password(tmp_path, monkeypatch) -> None:
+    """A Postgres tracking store with a password in its URI: the UI command names the
+    setting (``$AEPIPE_TRACKING_URI``, which the user's shell holds) instead of quoting the
+    password, and the UI address holds no credentials either."""
+    from stores import resolve_stores
+
+    secret = "fake-pa55word-7e3"
+    monkeypatch.setenv("AEPIPE_TRACKING_URI", f"postgresql+psycopg2://bot:{secret}@db:5432/ml")
+    stores = resolve_stores(tmp_path)
+    shown = [*stores.ui_commands().values(), stores.mlflow_ui_url]
+    assert all(secret not in line for line in shown), shown
+    assert '--backend-store-uri "$AEPIPE_TRACKING_URI"' in stores.ui_commands()["mlflow"]

@@ -33,6 +33,12 @@ def test_flat_params_cover_every_section() -> None:
         ({"modle": {}}, "modle: Extra inputs are not permitted"),
         ({"train": {"epochs": 0}}, "epochs must be >= 1"),
         ({"dataset": "my table"}, "dataset name 'my table' must start with a letter"),
+        # checked whole: a pattern ending in '$' let a trailing newline through
+        ({"dataset": "nl\n"}, r"dataset name 'nl\\n' must start with a letter"),
+        ({"dataset": "a" * 300}, "dataset name is 300 characters long; at most 64"),
+        ({"registered_model": "../x/y"}, "registered_model '../x/y' must start with a letter"),
+        ({"registered_model": "a..b"}, "registered_model 'a..b' must start"),
+        ({"registered_model": "m" * 200}, "registered_model is 200 characters long"),
         ({"contamination": 0.9}, "contamination"),
     ],
 )
