@@ -119,3 +119,58 @@ def test_a_database_tracking_uri_never_shows_its_password(tmp_path, monkeypatch)
     shown = [*stores.ui_commands().values(), stores.mlflow_ui_url]
     assert all(secret not in line for line in shown), shown
     assert '--backend-store-uri "$AEPIPE_TRACKING_URI"' in stores.ui_commands()["mlflow"]
+
+
+class _Planted:
+    """What an attacker pickles into a cached result: unpickling it runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_a_cached_result_is_read_as_json_whatever_the_file_claims(prefect_server, tmp_path) -> None:
+    """A result file under ``results/`` whose record names the pickle serializer (or a JSON
+    one with another object decoder) is never deserialized: the cache lookup misses, the task
+    runs again and writes a JSON record over it; the planted command never runs."""
+    from prefect.results import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import JSONSerializer, PickleSerializer
+
+    from flows.ingest import ingest_partitions
+    from stores import resolve_stores
+    from tasks.config import build_config
+
+    home, marker = tmp_path / "home", tmp_path / "pwned"
+    cfg = build_config({"home": str(home), "source": {"path": "digits"}})
+    stores = resolve_stores(home)
+    first = ingest_partitions(cfg, stores)
+    records = [p for p in (home / "results").iterdir() if p.is_file()]
+    assert records
+    hostile = [
+        PickleSerializer(),
+        JSONSerializer(object_decoder="tests.reliability.test_security._decoder_that_runs"),
+    ]
+    for path, serializer in zip(records, hostile * len(records), strict=False):
+        metadata = ResultRecordMetadata(serializer=serializer, storage_key=str(path))
+        payload = _Planted(f"touch {marker}") if serializer.type == "pickle" else {"x": 1}
+        path.write_bytes(ResultRecord(metadata=metadata, result=payload).serialize())
+    again = ingest_partitions(cfg, stores)
+    assert not marker.exists() and not _DECODED, "a planted result record ran code"
+    assert again.rows == first.rows == 1797
+    for path in records:  # written again, as JSON
+        assert b'"type":"json"' in path.read_bytes() and b"_decoder_that_runs" not in (
+            path.read_bytes()
+        )
+
+
+_DECODED: list[object] = []
+
+
+def _decoder_that_runs(value: object) -> object:
+    """An object decoder a crafted JSON record names: any importable callable would do."""
+    _DECODED.append(value)
+    return value
