@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from feature_store.catalog import as_stores, commits, load_table
+from feature_store.catalog import (
+    MODEL_NAME_PROPERTY,
+    FeatureStoreError,
+    as_stores,
+    commits,
+    load_table,
+    table_identifier,
+)
+from stores import NAMESPACE
+from stores.space import within
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -105,7 +114,15 @@ def maintain_table(
     if retain < timedelta(0) or orphan_age < timedelta(0):
         raise ValueError("retain and orphan_age must not be negative")
     st = as_stores(home)
-    compacted = compact_table(load_table(table, st), compact_at) if compact_at else 0
+    owned = load_table(table, st)
+    if table_identifier(table).rsplit(".", 1)[0] != NAMESPACE or (
+        MODEL_NAME_PROPERTY not in owned.properties
+    ):
+        raise FeatureStoreError(
+            f"table {table!r} is not one of aepipe's feature tables (namespace {NAMESPACE!r}, "
+            f"property {MODEL_NAME_PROPERTY!r}): upkeep deletes files, and only of its own"
+        )
+    compacted = compact_table(owned, compact_at) if compact_at else 0
     tbl = load_table(table, st)
     now = now or datetime.now(UTC)
     cutoff = now - retain
@@ -133,8 +150,11 @@ def maintain_table(
     listed = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     orphan_cutoff = datetime.now(UTC) - orphan_age  # file times are the clock's, always
     deleted = orphans = freed = 0
+    local = isinstance(fs, pafs.LocalFileSystem)
     for info in listed:
         if info.type != pafs.FileType.File or info.path in needed:
+            continue
+        if local and not within(info.path, root):  # reached through a link: not the table's
             continue
         if info.path not in dropped:  # never committed (or a metadata file the log let go)
             mtime = info.mtime

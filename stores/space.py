@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,17 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies under ``root`` with no symbolic link between them (links in
+    ``root``'s own path are allowed): removing it removes nothing outside ``root``."""
+    p, r = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    try:
+        rel = p.relative_to(r)
+    except ValueError:
+        return False
+    return Path(os.path.realpath(p)) == Path(os.path.realpath(r)) / rel
 
 
 def local_folder(uri_or_path: str | Path) -> Path | None:

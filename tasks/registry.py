@@ -21,6 +21,7 @@ import pandas as pd
 from feature_store import FeatureStoreError, record_aliases
 from stores import Stores
 from stores.locks import store_lock
+from stores.space import within
 from tasks.config import ConfigError
 from tasks.tracking import configure_mlflow
 
@@ -175,11 +176,17 @@ def record_decision(
         client.set_model_version_tag(name, str(version), key, value)
 
 
-def download_version(name: str, version: int | str, folder: Path) -> Path:
+def download_version(name: str, version: int | str, folder: Path, root: Path) -> Path:
     """Fetch a registered version's aepipe model folder (weights, config, normalizer spec)
-    into ``folder`` (kept when already there), atomically."""
+    into ``folder`` (kept when already there), atomically; ``folder`` must lie in ``root``
+    (the models store) with no link between them, since a failed or stale copy is removed."""
     import mlflow
 
+    if not within(folder, root):
+        raise ConfigError(
+            f"the model folder {folder} is reached through a symbolic link out of the models "
+            f"store {root}; aepipe only writes and removes its own folders there: remove the link"
+        )
     if (folder / "model.json").exists():
         return folder
     staging = folder.with_name(f".{version}.{os.getpid()}.download")

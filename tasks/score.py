@@ -86,7 +86,7 @@ def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
     onto an object-store ``AEPIPE_DATA`` for the partition workers."""
     mv = registry.champion_version(cfg.model_name, stores)
     folder = stores.models_dir / cfg.model_name / str(mv.version)
-    registry.download_version(cfg.model_name, mv.version, folder)
+    registry.download_version(cfg.model_name, mv.version, folder, stores.models_dir)
     if not data_store.published(stores, folder):  # a version's folder never changes
         data_store.publish(stores, folder)
     return Champion(cfg.model_name, int(mv.version), mv.run_id, str(folder))

@@ -120,3 +120,48 @@ def test_upkeep_compacts_a_versions_appended_files_and_keeps_every_row(tmp_store
     assert table_history("t", tmp_stores)["mode"].iloc[-1] == "compact"
     write(tmp_stores, make_batch(5, 2, 1, start=500), 2, 1, mode="append")  # appends go on
     assert len(read_features("t", 1, home=tmp_stores)) == 35
+
+
+def test_upkeep_never_deletes_through_a_link_nor_touches_other_tables(tmp_stores, tmp_path) -> None:
+    """A symbolic link planted in a table's data folder to another directory: upkeep deletes
+    old files of the table, not of the linked directory (before: it deleted them as orphans).
+    A table outside aepipe's namespace is refused before anything is compacted or deleted."""
+    write(tmp_stores, make_batch(3, 2, 1), 2, 1)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    old = time.time() - 3 * 86400
+    for name in ("a.parquet", "b.txt"):
+        (outside / name).write_bytes(b"not the table's")
+        os.utime(outside / name, (old, old))
+    folder = next((tmp_stores.home / "warehouse").rglob("model_version=1"))
+    (folder / "link").symlink_to(outside, target_is_directory=True)
+    orphan = folder / "00000-0-killed-writer.parquet"
+    orphan.write_bytes(b"PAR1 not committed")
+    os.utime(orphan, (old, old))
+
+    done = maintain_table("t", home=tmp_stores)
+
+    assert done.orphans == 1 and not orphan.exists()  # the table's own orphan goes
+    assert sorted(p.name for p in outside.iterdir()) == ["a.parquet", "b.txt"]
+    from feature_store.catalog import get_catalog
+
+    catalog = get_catalog(tmp_stores)
+    catalog.create_namespace_if_not_exists("other")
+    theirs = load_table("t", tmp_stores).schema()
+    catalog.create_table("other.theirs", schema=theirs)
+    with pytest.raises(FeatureStoreError, match="not one of aepipe's feature tables"):
+        maintain_table("other.theirs", home=tmp_stores)
+
+
+def test_a_model_folder_reached_through_a_link_is_refused_before_any_removal(tmp_path) -> None:
+    from tasks.config import ConfigError
+    from tasks.registry import download_version
+
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    (elsewhere / "7").mkdir(parents=True)
+    (elsewhere / "7" / "keep.txt").write_text("someone else's")
+    models.mkdir()
+    (models / "aepipe-x").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ConfigError, match="reached through a symbolic link"):
+        download_version("aepipe-x", 7, models / "aepipe-x" / "7", models)
+    assert (elsewhere / "7" / "keep.txt").read_text() == "someone else's"
