@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from feature_store.catalog import (
-    MODEL_NAME_PROPERTY,
     FeatureStoreError,
     as_stores,
     commits,
@@ -114,15 +113,12 @@ def maintain_table(
     if retain < timedelta(0) or orphan_age < timedelta(0):
         raise ValueError("retain and orphan_age must not be negative")
     st = as_stores(home)
-    owned = load_table(table, st)
-    if table_identifier(table).rsplit(".", 1)[0] != NAMESPACE or (
-        MODEL_NAME_PROPERTY not in owned.properties
-    ):
+    if table_identifier(table).rsplit(".", 1)[0] != NAMESPACE:
         raise FeatureStoreError(
-            f"table {table!r} is not one of aepipe's feature tables (namespace {NAMESPACE!r}, "
-            f"property {MODEL_NAME_PROPERTY!r}): upkeep deletes files, and only of its own"
+            f"table {table!r} is not in aepipe's namespace {NAMESPACE!r}: upkeep deletes "
+            "files, and only of aepipe's own tables"
         )
-    compacted = compact_table(owned, compact_at) if compact_at else 0
+    compacted = compact_table(load_table(table, st), compact_at) if compact_at else 0
     tbl = load_table(table, st)
     now = now or datetime.now(UTC)
     cutoff = now - retain

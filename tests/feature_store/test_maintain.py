@@ -149,7 +149,7 @@ def test_upkeep_never_deletes_through_a_link_nor_touches_other_tables(tmp_stores
     catalog.create_namespace_if_not_exists("other")
     theirs = load_table("t", tmp_stores).schema()
     catalog.create_table("other.theirs", schema=theirs)
-    with pytest.raises(FeatureStoreError, match="not one of aepipe's feature tables"):
+    with pytest.raises(FeatureStoreError, match="not in aepipe's namespace 'aepipe'"):
         maintain_table("other.theirs", home=tmp_stores)
 
 

@@ -400,11 +400,23 @@ def test_an_object_store_data_store_mirrors_each_home(
         return checkpoint_dir(data, cfg, stores).relative_to(stores.home)
 
     assert key(one) == key(two)  # so a training killed in one home resumes in another
-    from tasks.results import ObjectStoreResults
+    from prefect.results import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import JSONSerializer, PickleSerializer
+
+    from tasks.results import ObjectStoreResults, RefusedResult
 
     results = ObjectStoreResults(basepath=f"s3://{BUCKET}/mirror/results")
-    uri = results.write_path("key-1", b"cached")
+    cached = ResultRecord(
+        metadata=ResultRecordMetadata(serializer=JSONSerializer()), result={"rows": 1}
+    ).serialize()
+    uri = results.write_path("key-1", cached)
     assert uri == f"s3://{BUCKET}/mirror/results/key-1"
-    assert results.read_path("key-1") == results.read_path(uri) == b"cached"
+    assert results.read_path("key-1") == results.read_path(uri) == cached
+    pickled = ResultRecord(
+        metadata=ResultRecordMetadata(serializer=PickleSerializer()), result={"rows": 1}
+    ).serialize()
+    results.write_path("key-3", pickled)  # a record naming pickle: never read, whatever it holds
+    with pytest.raises(RefusedResult, match="names the serializer 'pickle'"):
+        results.read_path("key-3")
     with pytest.raises(ValueError, match="does not exist"):
         results.read_path("key-2")
