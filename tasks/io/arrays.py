@@ -29,6 +29,22 @@ class SourceReadError(ValueError):
     """A source file that cannot be read as what it claims to be; the message names it."""
 
 
+# values in one row of an image or array source, at most: 2**24 (4096 x 4096 gray, 2364 x
+# 2364 RGB). A model's first layer of 256 units would hold 4G weights beyond it, and a
+# header that declares more (a 16-byte IDX file claiming 30000 x 30000) is refused before
+# anything is allocated for it
+MAX_ROW_VALUES = 2**24
+
+
+def check_row_width(values: int, what: str) -> None:
+    """Refuse a source whose rows would hold more than :data:`MAX_ROW_VALUES` values."""
+    if values > MAX_ROW_VALUES:
+        raise SourceReadError(
+            f"{what} declares {values:,} values a row; aepipe takes at most "
+            f"{MAX_ROW_VALUES:,} (4096 x 4096 pixels): resize the images first"
+        )
+
+
 def _read_bytes(p: Path, limit: int = -1) -> bytes:
     opener = gzip.open if p.suffix == ".gz" else open
     try:
@@ -52,17 +68,36 @@ def _parse_idx_header(data: bytes, p: Path) -> tuple[np.dtype, tuple[int, ...], 
 
 
 def idx_shape(path: str | Path) -> tuple[int, ...]:
-    """Shape an IDX file declares, read from its header alone (no data decompressed)."""
+    """Shape an IDX file declares, read from its header alone (no data decompressed), checked
+    against the file: an uncompressed file's size, a gzip file's recorded size (its ISIZE
+    trailer, the decompressed size modulo 2**32), and the width of a row."""
     p = Path(path)
-    return _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)[1]
+    dtype, shape, header = _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)
+    declared = header + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if p.suffix == ".gz":
+        with open(p, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            actual = struct.unpack("<I", fh.read(4))[0]
+        declared %= 2**32
+    else:
+        actual = p.stat().st_size
+    if actual != declared:
+        raise SourceReadError(
+            f"{str(p)!r} declares shape {shape} ({declared:,} bytes with its header) but "
+            f"holds {actual:,}: truncated, corrupt or not what it claims"
+        )
+    check_row_width(int(np.prod(shape[1:], dtype=object)), f"{str(p)!r}")
+    return shape
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Array stored in an IDX file (``.gz`` or raw), with its shape from the header."""
+    """Array stored in an IDX file (``.gz`` or raw), with its shape from the header: the
+    header is checked first (:func:`idx_shape`), and no more than it declares is read."""
     p = Path(path)
-    data = _read_bytes(p)
-    dtype, shape, header = _parse_idx_header(data, p)
+    idx_shape(p)
+    dtype, shape, header = _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)
     expected = int(np.prod(shape)) * dtype.itemsize
+    data = _read_bytes(p, header + expected + 1)  # one byte more tells a longer file
     if len(data) - header != expected:
         raise SourceReadError(
             f"{str(p)!r} holds {len(data) - header} data bytes, header says {expected} "
@@ -122,7 +157,9 @@ def as_pixels(data: ArrayData) -> np.ndarray | None:
 
 
 def pixel_columns(shape: tuple[int, int, int]) -> list[str]:
-    """Column names of flattened H x W x C pixels: ``pixel_0`` ... ``pixel_{HWC-1}``."""
+    """Column names of flattened H x W x C pixels: ``pixel_0`` ... ``pixel_{HWC-1}`` (an
+    image wider than :data:`MAX_ROW_VALUES` refused first)."""
+    check_row_width(shape[0] * shape[1] * shape[2], f"an image of {shape[0]} x {shape[1]}")
     return [f"pixel_{i}" for i in range(shape[0] * shape[1] * shape[2])]
 
 

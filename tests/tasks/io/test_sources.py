@@ -165,12 +165,39 @@ def test_idx_errors_are_named(tmp_path) -> None:
     assert read_idx(raw).shape == (2, 3, 3)
     with pytest.raises(SourceReadError, match="bad magic number"):
         read_idx(_idx(tmp_path / "magic.idx.gz", b"\x01\x02" + header[2:] + bytes(18)))
-    with pytest.raises(SourceReadError, match="header says 18"):
+    with pytest.raises(SourceReadError, match=r"declares shape \(2, 3, 3\) \(34 bytes"):
         read_idx(_idx(tmp_path / "short.idx.gz", header + bytes(5)))
     truncated = tmp_path / "cut.idx.gz"
     truncated.write_bytes(gzip.compress(header + bytes(18))[:-12])
-    with pytest.raises(SourceReadError, match="cannot read IDX file"):
+    with pytest.raises(SourceReadError, match=r"declares shape|cannot read IDX file"):
         read_idx(truncated)
+
+
+def test_declared_sizes_are_checked_before_anything_is_allocated(tmp_path) -> None:
+    """Issue 47.4: a 16-byte IDX header declaring 1 x 30000 x 30000 (900 M pixels) reached
+    5.6 GB in validation; a small gzip file that expands far beyond its header's shape was
+    decompressed whole. Both are refused from the header, the file's size and gzip's
+    recorded size, before any pixel column or buffer is made; so is a 9000 x 9000 image."""
+    from tasks.io.arrays import MAX_ROW_VALUES, idx_shape, pixel_columns
+
+    huge = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 1, 30000, 30000)
+    for gz in (False, True):
+        path = _idx(tmp_path / ("huge-images-idx3-ubyte" + ".gz" * gz), huge, gz=gz)
+        with pytest.raises(SourceReadError, match=r"declares shape \(1, 30000, 30000\)"):
+            idx_shape(path)
+        with pytest.raises(SourceReadError, match="declares shape"):
+            read_idx(path)
+    small = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 1, 10, 10)
+    bomb = _idx(tmp_path / "bomb-images-idx3-ubyte.gz", small + bytes(50_000_000))
+    assert bomb.stat().st_size < 100_000  # 50 MB of zeros, compressed
+    with pytest.raises(SourceReadError, match="holds 50,000,016"):
+        read_idx(bomb)
+    honest_but_wide = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 1, 5000, 5000)
+    with pytest.raises(SourceReadError, match="25,000,000 values a row; aepipe takes at most"):
+        idx_shape(_idx(tmp_path / "wide.idx", honest_but_wide + bytes(25_000_000), gz=False))
+    with pytest.raises(SourceReadError, match="an image of 9000 x 9000 declares 81,000,000"):
+        pixel_columns((9000, 9000, 1))
+    assert len(pixel_columns((28, 28, 1))) == 784 and MAX_ROW_VALUES >= 4096 * 4096
 
 
 def test_npz_errors_are_named(tmp_path) -> None:
