@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ae_models.base import Autoencoder
-from ae_models.scoring import RowScores, Scorer, fit_scorer
+from ae_models.scoring import DataKind, RowScores, Scorer, fit_scorer
 from ae_models.streaming import ArraySource, ParquetSource, rows_of, sample_mask, sample_rows
 from ae_models.training import TrainConfig, TrainResult, train
 
@@ -84,7 +84,7 @@ def fit_autoencoder(
     score_on: np.ndarray | None = None,
     score_precision: str = "fp32",
     streaming: bool = False,
-    table: bool = False,
+    data: DataKind = "unknown",
 ) -> FittedAutoencoder:
     """Train ``model`` on ``x_train`` (early stopping on ``x_val``), then fit its scorer in one
     forward pass over ``score_on`` (default: the training and validation rows together; for
@@ -95,9 +95,11 @@ def fit_autoencoder(
     data-parallel on a :class:`~ae_models.streaming.ParquetSource`
     (:mod:`ae_models.distributed`). ``score_precision`` is the precision the scores are
     computed at; the pipeline passes :data:`~ae_models.runtime.SCORING_PRECISION`, the rule
-    its feature table is scored with, so the threshold fits the scores written. ``table``
-    says the rows are a table's, not pixels (``score="auto"`` is then ``ensemble`` whatever
-    the output head). A score kind the model cannot give raises ValueError.
+    its feature table is scored with, so the threshold fits the scores written. ``data``
+    says what the rows are (``"table"``: ``score="auto"`` is ``ensemble`` whatever the
+    output head; ``"pixels"``: ``bce`` for a sigmoid head; see
+    :func:`~ae_models.scoring.resolve_score`). A score kind the model cannot give raises
+    ValueError.
     """
     if cfg.strategy == "ddp":
         from ae_models.distributed import train_ddp
@@ -123,7 +125,7 @@ def fit_autoencoder(
         device=cfg.device,
         precision=score_precision,
         seed=cfg.seed,
-        table=table,
+        data=data,
     )
     return FittedAutoencoder(model, scorer, result, fitted)
 

@@ -39,7 +39,9 @@ Score kinds (per row, higher = more unusual), chosen with ``score``:
   scored a z of -20 before, outweighing three parts' +16). The neighbour bank holds each
   distinct code once, so copies of a row are no evidence that it is normal;
 - ``auto``: ``ensemble`` for tables (the pipeline says so: every non-pixel source) and for
-  data outside [0, 1]; ``kl`` for a sigmoid head on [0, 1] data that is not a table.
+  data outside [0, 1]; ``bce`` for images (pixels, whose targets sit mostly at 0 and 1, and
+  where ``kl``'s entropy costs about 4x ``bce``'s per-value work in scoring); ``kl`` for a
+  sigmoid head on [0, 1] data of unknown kind (the estimator's: a min-max table or pixels).
 
 Per-column errors give per-source-column contributions (``top_columns``): the terms the row
 score averages, or for a scaled score of a sigmoid head (a min-max table's ``ensemble``) the
@@ -81,6 +83,8 @@ from ae_models.training import forward_batches
 ScoreKind = Literal["mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble"]
 SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble")
 SCALED = ("scaled_mse", "hybrid", "ensemble")  # kinds whose column errors are scaled
+# what the rows are, for ``auto``: a table's, an image's pixels, or not known (the estimator)
+DataKind = Literal["table", "pixels", "unknown"]
 
 AUTO_K = 3.5  # robust standard deviations above the median log score for "auto"
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
@@ -154,14 +158,16 @@ class ScoreCalibration:
         return cls(float(data["threshold"]), str(data["rule"]), tuple(data["quantiles"]))
 
 
-def resolve_score(kind: str, output: str, model_name: str, table: bool = False) -> ScoreKind:
-    """The score kind ``auto`` stands for (``ensemble`` for a ``table`` or a linear head,
-    ``kl`` for a sigmoid head on other data), checked against the model (``elbo`` needs a
-    VAE, ``bce`` and ``kl`` a sigmoid head)."""
+def resolve_score(kind: str, output: str, model_name: str, data: DataKind = "unknown") -> ScoreKind:
+    """The score kind ``auto`` stands for, checked against the model (``elbo`` needs a VAE,
+    ``bce`` and ``kl`` a sigmoid head): ``ensemble`` for a ``table`` or a linear head; for a
+    sigmoid head ``bce`` on ``pixels`` and ``kl`` on [0, 1] data of unknown kind."""
     if kind not in SCORE_KINDS:
         raise ValueError(f"score must be one of {list(SCORE_KINDS)}, got {kind!r}")
     if kind == "auto":
-        return "kl" if output == "sigmoid" and not table else "ensemble"
+        if output != "sigmoid" or data == "table":
+            return "ensemble"
+        return "bce" if data == "pixels" else "kl"
     if kind == "elbo" and model_name != "vae":
         raise ValueError(f"score 'elbo' needs model 'vae', not {model_name!r}")
     if kind in ("bce", "kl") and output != "sigmoid":
@@ -485,15 +491,15 @@ def fit_scorer(
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
-    table: bool = False,
+    data: DataKind = "unknown",
 ) -> tuple[Scorer, RowScores]:
     """The scorer of a trained ``model`` fitted on its training rows ``x`` (residual scale,
     latent statistics, threshold, calibration), and the training rows' codes and scores, from
     one forward pass over ``x``: the residuals and codes that fit the statistics also give the
     rows' scores (the same tensor operations :func:`score_rows` applies, so the training
-    scores equal what scoring the rows again gives). ``table``: the rows are a table's (for
+    scores equal what scoring the rows again gives). ``data``: what the rows are (for
     ``auto``: :func:`resolve_score`)."""
-    resolved = resolve_score(kind, model.config.output, model.model_name, table)
+    resolved = resolve_score(kind, model.config.output, model.model_name, data)
     placeholder = ScoreCalibration(0.0, "", ())
     if resolved not in SCALED:
         scorer = Scorer(resolved, placeholder)

@@ -225,7 +225,7 @@ class PipelineDefault:
             score=cfg.score,
             contamination=cfg.contamination,
             score_precision=SCORING_PRECISION,
-            table=not self.normalizer.fixed_scale,
+            data="pixels" if self.normalizer.fixed_scale else "table",
         )
         self.scorer, self.precision = fit.scorer, SCORING_PRECISION
         return self

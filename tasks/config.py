@@ -267,7 +267,7 @@ class PipelineConfig(_Frozen):
     score: Literal["auto", "mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble"] = Field(
         "auto",
         description="anomaly score kind (ae_models.scoring); auto: ensemble for tables, "
-        "kl (cross-entropy less the pixel's own entropy) for images",
+        "bce for images; kl is bce less the target's own entropy",
     )
     explain_top_k: int | None = Field(
         None,

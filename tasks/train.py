@@ -352,7 +352,7 @@ def train_autoencoder(
         x_train, x_val, score_on = parts["train"], parts["val"], None
         labels = load_split_labels(data) if data.has_label else None
     normalizer = Normalizer.load(data.spec_path)
-    table = not normalizer.fixed_scale  # a table's score is the ensemble (score: auto)
+    data_kind = "pixels" if normalizer.fixed_scale else "table"  # for score: auto
     model = build_model(cfg, len(data.features), normalizer.unit_range)
     train_cfg = cfg.train
     if train_cfg.checkpoint_dir is None:
@@ -364,7 +364,7 @@ def train_autoencoder(
             train_cfg, checkpoint_dir=str(stores.under_models(train_cfg.checkpoint_dir))
         )
     try:  # a score kind the model cannot give (elbo without a VAE): before any work
-        resolve_score(cfg.score, model.config.output, model.model_name, table)
+        resolve_score(cfg.score, model.config.output, model.model_name, data_kind)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     data_store.fetch(stores, train_cfg.checkpoint_dir)  # resume where another machine stopped
@@ -398,7 +398,7 @@ def train_autoencoder(
             score_precision=SCORING_PRECISION,
             score_on=score_on,
             streaming=streaming,
-            table=table,
+            data=data_kind,
         )
     except BaseException as err:
         client.set_terminated(run_id, status="FAILED")

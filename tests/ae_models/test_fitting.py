@@ -76,8 +76,9 @@ def test_kl_score_is_cross_entropy_less_the_targets_entropy() -> None:
 
     x = 1 / (1 + np.exp(-blobs()))  # in (0, 1)
     model = ae_models.create_model("deep", seed=0, input_dim=12, code_size=3, output="sigmoid")
-    assert fit_scorer(model, x, "auto", 0.05)[0].kind == "kl"
-    assert fit_scorer(model, x, "auto", 0.05, table=True)[0].kind == "ensemble"
+    assert fit_scorer(model, x, "auto", 0.05)[0].kind == "kl"  # [0, 1] data of unknown kind
+    assert fit_scorer(model, x, "auto", 0.05, data="table")[0].kind == "ensemble"
+    assert fit_scorer(model, x, "auto", 0.05, data="pixels")[0].kind == "bce"
 
 
 @pytest.mark.parametrize("kind", ["bce", "kl"])
