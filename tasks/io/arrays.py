@@ -71,7 +71,11 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
     """Shape an IDX file declares, read from its header alone (no data decompressed), checked
     against the file: an uncompressed file's size, a gzip file's recorded size (its ISIZE
     trailer, the decompressed size modulo 2**32), and the width of a row."""
-    p = Path(path)
+    return _checked_idx_header(Path(path))[1]
+
+
+def _checked_idx_header(p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """:func:`_parse_idx_header` of ``p``'s header, checked as :func:`idx_shape` says."""
     dtype, shape, header = _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)
     declared = header + int(np.prod(shape, dtype=object)) * dtype.itemsize
     if p.suffix == ".gz":
@@ -87,15 +91,14 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
             f"holds {actual:,}: truncated, corrupt or not what it claims"
         )
     check_row_width(int(np.prod(shape[1:], dtype=object)), f"{str(p)!r}")
-    return shape
+    return dtype, shape, header
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Array stored in an IDX file (``.gz`` or raw), with its shape from the header: the
     header is checked first (:func:`idx_shape`), and no more than it declares is read."""
     p = Path(path)
-    idx_shape(p)
-    dtype, shape, header = _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)
+    dtype, shape, header = _checked_idx_header(p)
     expected = int(np.prod(shape)) * dtype.itemsize
     data = _read_bytes(p, header + expected + 1)  # one byte more tells a longer file
     if len(data) - header != expected:
