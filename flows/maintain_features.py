@@ -34,7 +34,7 @@ def maintain_features(
 ) -> list[Maintained]:
     """Maintain ``tables`` (default: every feature table in the store), one task each."""
     cfg = config or PipelineConfig()
-    stores = run_stores(cfg.home)
+    stores = run_stores(cfg)
     if tables is None and not store_exists(stores):  # upkeep scheduled before a first run
         print(f"no feature store under {stores.home} yet: nothing to maintain")
         return []

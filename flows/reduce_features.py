@@ -6,22 +6,28 @@ from prefect import flow
 
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, RetrainRequest
 from tasks.credentials import run_stores
 from tasks.materialize import materialize_job
 from tasks.normalize import normalize
 from tasks.register import register
+from tasks.registry import retrain_config
 from tasks.report import RunSummary, report
 from tasks.train import train, train_elsewhere
 from tasks.validate import check_stores, validate_config
 
 
 @flow(name="reduce-features", log_prints=True)
-def reduce_features(config: PipelineConfig | None = None) -> RunSummary:
-    """Turn a data set into a versioned feature table of latent codes and anomaly scores."""
+def reduce_features(
+    config: PipelineConfig | None = None, retrain: RetrainRequest | None = None
+) -> RunSummary:
+    """Turn a data set into a versioned feature table of latent codes and anomaly scores;
+    ``retrain`` (a drift event's names) retrains a data set with its stored config."""
     cfg = config or PipelineConfig()
+    if retrain is not None:  # the stored config of the drifted version, never an event's
+        cfg = retrain_config(retrain, cfg, run_stores(cfg))
+    stores = run_stores(cfg)  # a deployed run's places checked first
     validate_config(cfg)
-    stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg, stores)

@@ -24,8 +24,8 @@ from tasks.validate import check_stores, validate_config
 def score_features(config: PipelineConfig | None = None) -> Scored:
     """Score the rows the champion has not seen yet and append them; says so when none are new."""
     cfg = config or PipelineConfig()
+    stores = run_stores(cfg)  # a deployed run's places checked first
     validate_config(cfg, training=False)  # the model's settings are the version's
-    stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     current = champion(cfg, stores)
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged

@@ -23,7 +23,7 @@ def train_autoencoder_flow(
     ``request_id`` tags the MLflow run, whose artifacts then carry the trained model back to
     the ``reduce-features`` run that asked for it.
     """
-    stores = run_stores(config.home)
+    stores = run_stores(config, handed=(data.path, data.spec_path))
     data = dataclasses.replace(
         data,
         path=local_copy(data.path, stores),

@@ -19,8 +19,8 @@ def train_downstream_flow(
 ) -> DownstreamReport:
     """Fit logistic regression on the table's codes and on its two baselines; print accuracies."""
     cfg = config or PipelineConfig()
+    stores = run_stores(cfg)  # a deployed run's places checked first
     validate_config(cfg, training=False)  # the model's settings are the version's
-    stores = run_stores(cfg.home)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg, stores)

@@ -37,8 +37,9 @@ class ConfigError(ValueError):
 
 def retry_unless_config_error(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry what may pass (I/O), never a ConfigError, which
-    only the user can fix, so a bad source fails at once instead of after the retries."""
-    return not isinstance(getattr(state, "data", None), ConfigError)
+    only the user can fix, so a bad source fails at once instead of after the retries, nor a
+    MemoryError, which the same input meets again (and retrying holds the memory longer)."""
+    return not isinstance(getattr(state, "data", None), (ConfigError, MemoryError))
 
 
 def run_logger(fallback: logging.Logger) -> Any:
@@ -367,6 +368,21 @@ class PipelineConfig(_Frozen):
         return out
 
 
+class RetrainRequest(_Frozen):
+    """What a drift event asks of the reduce-features deployment: retrain ``dataset`` with the
+    config version ``version`` of ``registered_model`` was trained with, as the tracking store
+    kept it. Names only: an event never carries a config, so it cannot choose a place."""
+
+    dataset: str
+    registered_model: str
+    version: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> RetrainRequest:
+        PipelineConfig(dataset=self.dataset, registered_model=self.registered_model)
+        return self
+
+
 def dataset_name_for(path: str) -> str:
     """A valid data set name from a source path: its stem, other characters as ``_``."""
     stem = Path(path.rstrip("/")).name
@@ -407,13 +423,38 @@ def build_config(data: dict[str, Any]) -> PipelineConfig:
         raise ConfigError(_one_line(err)) from None
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: a config is a plain mapping, and a kilobyte of
+    nested aliases ("billion laughs") expands to gigabytes once a value is walked."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"{self.name} uses the YAML alias *{event.anchor} (line "
+                f"{event.start_mark.line + 1}); aepipe configs take no aliases: write the "
+                "values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, name: str = "<config>") -> Any:
+    """Parse YAML text as :func:`yaml.safe_load` does, aliases refused (ConfigError)."""
+    loader = _PlainLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a YAML config file, apply dotted-key ``overrides``, and validate."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text(), str(p)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(
             f"config file {str(p)!r} is not valid YAML: {err}".splitlines()[0]

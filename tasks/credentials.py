@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from stores import Stores, resolve_stores
-from tasks.config import ConfigError
+from tasks.config import ConfigError, PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,14 @@ def load_secret_block(name: str | None = None) -> list[str]:
     return sorted(value)
 
 
-def run_stores(home: str | os.PathLike[str] | None = None) -> Stores:
+def run_stores(cfg: PipelineConfig, handed: Iterable[str] = ()) -> Stores:
     """The stores of a flow run: the deployment's Secret block first, then
-    :func:`stores.resolve_stores` for ``home``."""
+    :func:`stores.resolve_stores` for ``cfg.home``; in a run started from a deployment, the
+    places its parameters name (and the ``handed`` files) checked against the deployment's
+    own and the operator's allow-list first (:mod:`tasks.places`)."""
+    from tasks.places import check_deployed_run
+
     load_secret_block()
-    return resolve_stores(home)
+    stores = resolve_stores(cfg.home)
+    check_deployed_run(cfg, stores.data, handed)
+    return stores

@@ -35,7 +35,9 @@ from tasks.normalize import NormalizedData
 from tasks.registry import (
     CHALLENGER,
     CHAMPION,
+    DATASET_TAG,
     EVAL_METRIC,
+    check_model_binding,
     load_version_model,
     make_champion,
     record_decision,
@@ -237,7 +239,9 @@ def register_model(
         # registering, comparing with the champion and promoting is a read-then-write: runs
         # sharing this home take turns, so two at once cannot both replace the champion
         with registry_lock(stores, cfg.model_name):
+            check_model_binding(cfg.model_name, cfg.dataset, client)  # checked before work too
             version = register_challenger(client, info.model_uri, cfg.model_name)
+            client.set_registered_model_tag(cfg.model_name, DATASET_TAG, cfg.dataset)
             current = version_by_alias(client, cfg.model_name, CHAMPION)
             champion_value: float | None = None
             reason_prefix = ""

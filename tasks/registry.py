@@ -22,7 +22,7 @@ from feature_store import FeatureStoreError, record_aliases
 from stores import Stores
 from stores.locks import store_lock
 from stores.space import within
-from tasks.config import ConfigError
+from tasks.config import ConfigError, PipelineConfig, RetrainRequest, build_config
 from tasks.tracking import configure_mlflow
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -64,6 +64,75 @@ def scoring_lock(stores: Stores, dataset: str) -> Iterator[None]:
     two at once would both find the same rows new and both append them."""
     with store_lock(stores, f"scoring-{dataset}"):
         yield
+
+
+DATASET_TAG = "aepipe.dataset"  # on a registered model and its runs: the data set it models
+CONFIG_ARTIFACT = "aepipe/config.json"  # in a training run: the config it was trained with
+
+
+def bound_dataset(client: Any, name: str) -> str | None:
+    """The data set the registered model ``name`` models: its ``aepipe.dataset`` tag, else
+    (a model registered before the tag) the data set of its first version's experiment; None
+    when there is no such model or nothing says."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return None
+    if DATASET_TAG in (model.tags or {}):
+        return str(model.tags[DATASET_TAG])
+    versions = client.search_model_versions(
+        f"name='{name}'", max_results=1, order_by=["version_number ASC"]
+    )
+    if not versions or not versions[0].run_id:
+        return None
+    run = client.get_run(versions[0].run_id)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return experiment.removeprefix("aepipe-") if experiment.startswith("aepipe-") else None
+
+
+def check_model_binding(model_name: str, dataset: str, client: Any) -> None:
+    """Refuse (ConfigError) to train or score data set ``dataset`` with a registered model
+    that models another: its champion would be judged on, or score, columns it never saw."""
+    bound = bound_dataset(client, model_name)
+    if bound is not None and bound != dataset:
+        raise ConfigError(
+            f"registered model {model_name!r} models the data set {bound!r}, not {dataset!r}; "
+            f"name another with registered_model (--registered-model), e.g. 'aepipe-{dataset}'"
+        )
+
+
+def trained_config(client: Any, name: str, version: int | str, dataset: str) -> dict[str, Any]:
+    """The config version ``version`` of ``name`` was trained with, from its training run
+    (what a retrain of the data set reuses); a ConfigError when the version does not model
+    ``dataset`` or its run kept no config."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    check_model_binding(name, dataset, client)
+    mv = _get_version(client, name, version)
+    try:
+        stored = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}")
+    except (MlflowException, OSError):
+        raise ConfigError(
+            f"version {version} of {name!r} kept no training config (it predates aepipe "
+            f"storing one); retrain {dataset!r} once with `aepipe run`"
+        ) from None
+    if not isinstance(stored, dict) or stored.get("dataset") != dataset:
+        raise ConfigError(f"version {version} of {name!r} was not trained on {dataset!r}")
+    return stored
+
+
+def retrain_config(
+    request: RetrainRequest, deployment_cfg: PipelineConfig, stores: Stores
+) -> PipelineConfig:
+    """The config a drift-triggered retrain runs with: the one the drifted version was trained
+    with, from ``stores``' tracking store, in the deployment's own home."""
+    stored = trained_config(
+        registry_client(stores), request.registered_model, request.version, request.dataset
+    )
+    return build_config({**stored, "home": deployment_cfg.home})
 
 
 def version_by_alias(client: Any, name: str, alias: str = CHAMPION) -> Any | None:

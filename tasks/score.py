@@ -290,8 +290,9 @@ DRIFT_EVENT = "aepipe.drift.detected"
 def announce_drift(scored: Scored, cfg: PipelineConfig) -> bool:
     """Emit the Prefect event ``aepipe.drift.detected`` for the data set when the run found
     drift and ``drift.retrain`` is on: the resource ``aepipe.dataset.<name>``, the check's
-    evidence and the run's config (what the reduce-features trigger retrains with) as its
-    payload. Whether an event was emitted."""
+    evidence and what the reduce-features trigger retrains (``retrain``: the data set and the
+    model version, names only; the retrain loads that version's config from the tracking
+    store) as its payload. Whether an event was emitted."""
     if scored.drift is None or not scored.drift.drifted or not cfg.drift.retrain:
         return False
     from prefect.events import emit_event
@@ -315,7 +316,11 @@ def announce_drift(scored: Scored, cfg: PipelineConfig) -> bool:
             "flagged_rate": check.flagged_rate,
             "expected_rate": check.expected_rate,
             "drifted_columns": list(check.drifted_columns),
-            "config": cfg.model_dump(mode="json"),
+            "retrain": {
+                "dataset": cfg.dataset,
+                "registered_model": scored.model_name,
+                "version": scored.model_version,
+            },
         },
     )
     return True

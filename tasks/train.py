@@ -29,6 +29,7 @@ from feature_store.schema import row_bytes
 from stores import Stores
 from stores import data as data_store
 from stores.space import StoreFull, ensure_room, is_disk_full, local_folder
+from tasks import registry
 from tasks.config import ConfigError, PipelineConfig, run_logger
 from tasks.evaluation import plots
 from tasks.evaluation.metrics import (
@@ -239,7 +240,11 @@ def start_run(
     """Open the MLflow run of this training (params and tags now, metrics as they come)."""
     client = configure_mlflow(stores)
     experiment_id = ensure_experiment(experiment_name(cfg.dataset), stores)
-    tags = {"aepipe.source": cfg.source.path, "aepipe.model": cfg.model.name}
+    tags = {
+        "aepipe.source": cfg.source.path,
+        "aepipe.model": cfg.model.name,
+        registry.DATASET_TAG: cfg.dataset,
+    }
     if request_id:
         tags[REQUEST_TAG] = request_id
     commit = git_commit()
@@ -253,6 +258,8 @@ def start_run(
         client.log_batch(
             run.info.run_id, params=[Param(k, v) for k, v in params[start : start + 100]]
         )
+    # the config whole (params are flattened strings): what a drift retrain reuses
+    client.log_dict(run.info.run_id, cfg.model_dump(mode="json"), registry.CONFIG_ARTIFACT)
     return client, run.info.run_id
 
 

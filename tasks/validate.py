@@ -80,6 +80,14 @@ def check_stores(cfg: PipelineConfig, stores: Stores) -> None:
                 f"cannot write the {name} folder {folder}: no write permission on {existing}"
             )
     check_tracking(stores)
+    from tasks.registry import check_model_binding, registry_client
+
+    try:
+        client = registry_client(stores)  # nothing created: no store yet, nothing bound
+    except ConfigError:
+        client = None
+    if client is not None:
+        check_model_binding(cfg.model_name, cfg.dataset, client)
     from feature_store.catalog import check_catalog
     from stores.remote import StoreUnavailable, check_object_store
 

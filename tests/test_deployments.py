@@ -74,7 +74,7 @@ def two_training_runs_take_turns(api: str) -> None:
     assert second["start_time"] >= first["end_time"], (first, second)
 
 
-def drift_retrains_through_the_trigger(api: str, cli, home: Path, orders) -> None:
+def drift_retrains_through_the_trigger(api: str, cli, home: Path, orders, tracking: str) -> None:
     """Score-features deployment runs on a clean batch and on a drifted one: the drifted
     run emits aepipe.drift.detected and reduce-features' trigger starts one retrain with
     that run's config; the clean run starts nothing."""
@@ -115,11 +115,44 @@ def drift_retrains_through_the_trigger(api: str, cli, home: Path, orders) -> Non
         time.sleep(2)
     (retrain,) = new  # the drifted batch's; the clean batch's run would be here by now
     assert retrain["state_type"] == "COMPLETED", retrain["state_name"]
-    assert retrain["parameters"]["config"]["dataset"] == "orders"
-    assert retrain["parameters"]["config"]["train"]["epochs"] == 8  # the scoring run's config
+    # the event names the data set and version only; the run loaded version 1's config
+    assert retrain["parameters"]["retrain"] == {
+        "dataset": "orders", "registered_model": "aepipe-orders", "version": 1
+    }  # fmt: skip
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking, tracking)
+    retrained = client.get_model_version("aepipe-orders", "2")
+    assert client.get_run(retrained.run_id).data.params["train.epochs"] == "8"
     history = read_drift("orders", home=home)  # the retrain's first write is checked too
     scored = history[history["model_version"] == 1]
     assert list(scored["drifted"]) == [False, False, True]  # first write, clean, drifted
+
+
+def a_place_not_allowed_is_refused(api: str, home: Path) -> None:
+    """Whoever can start a deployment's run cannot make it read a file outside the places
+    the operator allowed (AEPIPE_ALLOWED_PATHS): the run fails before it reads anything."""
+    deployment = call(api, "GET", "/deployments/name/score-features/score-features")
+    config = {
+        "home": str(home),
+        "dataset": "passwd",
+        "source": {"path": "/etc/passwd", "format": "csv", "delimiter": ":", "header": False},
+    }
+    run = call(
+        api, "POST", f"/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"config": config}},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while (state := call(api, "GET", f"/flow_runs/{run['id']}"))["state_type"] not in (
+        "COMPLETED", "FAILED", "CRASHED"
+    ):  # fmt: skip
+        assert time.monotonic() < deadline, state["state_name"]
+        time.sleep(1)
+    assert state["state_type"] == "FAILED"
+    logs = call(api, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
+    text = "\n".join(entry["message"] for entry in logs)
+    assert "source.path '/etc/passwd' is not this deployment's own" in text, text[-2000:]
+    assert not (home / "data" / "passwd").exists()
 
 
 def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path, orders) -> None:
@@ -136,6 +169,8 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path, orders) ->
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "PWD": str(ROOT),  # prefect.yaml's pull step: workers run from the repository root
+        # the operator's allow-list: these runs name homes and sources under tmp_path
+        "AEPIPE_ALLOWED_PATHS": str(tmp_path),
     }
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -205,7 +240,8 @@ def test_deploy_and_run_with_training_on_the_gpu_pool(tmp_path: Path, orders) ->
         )
         assert "Completed" in upkeep.stdout, upkeep.stdout[-3000:]
         two_training_runs_take_turns(api)
-        drift_retrains_through_the_trigger(api, cli, home, orders)
+        drift_retrains_through_the_trigger(api, cli, home, orders, tracking)
+        a_place_not_allowed_is_refused(api, home)
     except BaseException:
         for log in sorted(logs.iterdir()):
             print(f"--- {log.name}\n{log.read_text()[-4000:]}")

@@ -10,8 +10,11 @@ import pytest
 from feature_store import read_drift
 from flows.reduce_features import reduce_features
 from flows.score_features import score_features
-from tasks.config import build_config
+from stores import resolve_stores
+from tasks.config import ConfigError, PipelineConfig, RetrainRequest, build_config
+from tasks.registry import retrain_config
 from tasks.score import announce_drift
+from tasks.validate import check_stores
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +70,20 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orde
     assert "drift: DETECTED in 600 rows" in moved.to_text()
     (event,) = drift_events(1)  # the reduce-features deployment's trigger retrains on it
     assert event.resource.id == "aepipe.dataset.orders"
-    assert event.payload["config"]["dataset"] == "orders"
+    # names only: the retrain loads the drifted version's config from the tracking store
+    assert "config" not in event.payload
+    request = RetrainRequest.model_validate(event.payload["retrain"])
+    assert request == RetrainRequest(dataset="orders", registered_model="aepipe-orders", version=1)
+    deployment_cfg = PipelineConfig(home=str(home))  # the deployment's own (digits) config
+    assert retrain_config(request, deployment_cfg, resolve_stores(home)) == cfg
+    forged = RetrainRequest(dataset="digits", registered_model="aepipe-orders", version=1)
+    with pytest.raises(ConfigError, match="models the data set 'orders', not 'digits'"):
+        retrain_config(forged, deployment_cfg, resolve_stores(home))
+    # issue 47.7: a run of another data set cannot take this registered model over (it
+    # became the champion, and every later scoring of orders failed); checked before work
+    other = PipelineConfig(home=str(home), registered_model="aepipe-orders")
+    with pytest.raises(ConfigError, match="models the data set 'orders', not 'digits'"):
+        check_stores(other, resolve_stores(home))
     assert event.payload["drifted_columns"] == moved.drift.drifted_columns
     quiet = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"retrain": False})})
     parts.append(orders(600, 3600 + 600, 5, scale=1.6))
@@ -94,7 +110,6 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orde
     # every check is a metric step of the version's MLflow monitoring run, with a picture
     import mlflow
 
-    from stores import resolve_stores
     from tasks.monitor import MONITOR_TAG, PICTURES, VERSION_TAG
 
     st = resolve_stores(home)

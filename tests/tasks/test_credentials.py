@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tasks.config import ConfigError
+from tasks.config import ConfigError, PipelineConfig
 from tasks.credentials import ALLOWED_SETTINGS, ENV_SECRET_BLOCK, load_secret_block, run_stores
 
 
@@ -35,7 +35,7 @@ def test_a_runs_stores_come_from_the_named_block(block, tmp_path, monkeypatch) -
     uri = f"sqlite:///{tmp_path}/elsewhere.db"
     monkeypatch.setenv(ENV_SECRET_BLOCK, block("test-stores", {"AEPIPE_TRACKING_URI": uri}))
     monkeypatch.setenv("AEPIPE_TRACKING_URI", "sqlite:///worker-default.db")  # the block wins
-    stores = run_stores(tmp_path / "home")
+    stores = run_stores(PipelineConfig(home=str(tmp_path / "home")))
     assert stores.tracking_uri == uri and os.environ["AEPIPE_TRACKING_URI"] == uri
     assert stores.catalog_uri == f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
 
@@ -45,7 +45,8 @@ def test_without_a_block_name_or_a_block_nothing_changes(block, tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="tasks.credentials"):
         assert load_secret_block("no-such-block") == []
     assert "no Secret block 'no-such-block'" in caplog.text
-    assert run_stores(tmp_path).tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stores = run_stores(PipelineConfig(home=str(tmp_path)))
+    assert stores.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.mark.parametrize(
