@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,15 @@ class Callback(Protocol):
     """
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
+
+
+# set when the process is asked to stop (SIGTERM, see aepipe's CLI): a training loop ends at
+# its next batch, so the process can exit instead of training on in a worker thread
+STOP = threading.Event()
+
+
+class Stopped(RuntimeError):
+    """Training ended early because :data:`STOP` was set."""
 
 
 @dataclass
@@ -386,6 +396,11 @@ def train(
                 else rows.epoch_batches(epoch, batch_size, shuffle)
             )
             for batch in batches:
+                if STOP.is_set():
+                    raise Stopped(
+                        f"training stopped in epoch {epoch} by a termination signal; the next "
+                        "run with the same settings resumes from its last checkpoint"
+                    )
                 if isinstance(share, CpuShare):
                     share.tick()
                 xb = batch.to(device, non_blocking=True)

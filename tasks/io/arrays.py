@@ -77,7 +77,8 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
 def _checked_idx_header(p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     """:func:`_parse_idx_header` of ``p``'s header, checked as :func:`idx_shape` says."""
     dtype, shape, header = _parse_idx_header(_read_bytes(p, 4 + 4 * 255), p)
-    declared = header + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    values = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    declared = header + values
     if p.suffix == ".gz":
         with open(p, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
@@ -91,6 +92,7 @@ def _checked_idx_header(p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
             f"holds {actual:,}: truncated, corrupt or not what it claims"
         )
     check_row_width(int(np.prod(shape[1:], dtype=object)), f"{str(p)!r}")
+    check_fits_memory(values, f"{str(p)!r}")
     return dtype, shape, header
 
 
@@ -454,39 +456,81 @@ def idx_layout(
     return None, None, [f"x_{i}" for i in range(shape[1] if len(shape) == 2 else 1)]
 
 
-def npz_x_shape(path: str | Path) -> tuple[tuple[int, ...], bool]:
-    """Shape of ``X`` in an NPZ file and whether it has ``y``, from the array headers alone."""
+def check_fits_memory(nbytes: int, what: str) -> None:
+    """Refuse an array source whose values would take more than half the memory available
+    now: it is read whole, and a few declared bytes (a header, a zip entry) can claim any
+    size."""
+    from ae_models.streaming import available_memory
+
+    room = available_memory()
+    if nbytes > room // 2:
+        raise SourceReadError(
+            f"{what} declares {nbytes / 2**30:.1f} GiB of values; this machine has "
+            f"{room / 2**30:.1f} GiB available and array sources are read whole: split it, "
+            "or convert it to Parquet, which is read in parts"
+        )
+
+
+def _npz_headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array in an NPZ file, from its headers alone, each checked:
+    its zip entry's size is what the header declares, and all of them fit in memory."""
     import zipfile
 
-    p = Path(path)
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    declared = 0
     try:
         with zipfile.ZipFile(p) as zf:
-            names = {n.removesuffix(".npy") for n in zf.namelist()}
-            if "X" not in names:
-                raise SourceReadError(f"{str(p)!r} has no array 'X' (arrays: {sorted(names)})")
-            with zf.open("X.npy") as fh:
-                version = np.lib.format.read_magic(fh)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, _ = read_header(fh)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(fh)
+                    start = fh.tell()
+                if dtype.hasobject:
+                    raise SourceReadError(f"{str(p)!r}: array {info.filename!r} holds objects")
+                size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if start + size != info.file_size:
+                    raise SourceReadError(
+                        f"{str(p)!r}: array {info.filename!r} declares shape {tuple(shape)} "
+                        f"({size:,} bytes) but its entry holds {info.file_size - start:,}: "
+                        "corrupt or not what it claims"
+                    )
+                declared += size
+                headers[info.filename.removesuffix(".npy")] = (tuple(shape), dtype)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        if isinstance(err, SourceReadError):
+            raise
         raise SourceReadError(f"cannot read NPZ file {str(p)!r}: {err}") from None
-    return tuple(shape), "y" in names
+    if "X" not in headers:
+        raise SourceReadError(f"{str(p)!r} has no array 'X' (arrays: {sorted(headers)})")
+    check_row_width(int(np.prod(headers["X"][0][1:], dtype=object)), f"{str(p)!r}")
+    check_fits_memory(declared, f"{str(p)!r}")
+    return headers
+
+
+def npz_x_shape(path: str | Path) -> tuple[tuple[int, ...], bool]:
+    """Shape of ``X`` in an NPZ file and whether it has ``y``, from the array headers alone."""
+    headers = _npz_headers(Path(path))
+    return headers["X"][0], "y" in headers
 
 
 def read_npz(path: str | Path) -> ArrayData:
-    """Rows of the array ``X`` in an NPZ file, with ``y`` as the label when present."""
+    """Rows of the array ``X`` in an NPZ file, with ``y`` as the label when present; the
+    headers are checked first (:func:`_npz_headers`), so nothing larger than they declare,
+    or than memory holds, is allocated."""
     p = Path(path)
+    headers = _npz_headers(p)
     try:
         with np.load(p, allow_pickle=False) as npz:
-            if "X" not in npz.files:
-                raise SourceReadError(f"{str(p)!r} has no array 'X' (arrays: {npz.files})")
             x = np.asarray(npz["X"])
-            y = np.asarray(npz["y"]) if "y" in npz.files else None
-    except (OSError, ValueError) as err:
+            y = np.asarray(npz["y"]) if "y" in headers else None
+    except (OSError, ValueError, EOFError) as err:
         raise SourceReadError(f"cannot read NPZ file {str(p)!r}: {err}") from None
     if x.ndim < 2:
         raise SourceReadError(f"'X' in {str(p)!r} must have rows and columns, shape {x.shape}")

@@ -5,6 +5,7 @@ fingerprint (paths, sizes, modification times) and the digests of its content.""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -72,6 +73,27 @@ def _array_columns(src: SourceConfig, fmt: str, images: list[str] | None) -> lis
     return columns + ([LABEL] if has_labels else [])
 
 
+def _first_lines(path: str, encoding: str, count: int = 2) -> str:
+    """The first ``count`` lines of a CSV file (gzip too), each read no further than
+    :data:`~tasks.io.tables.MAX_LINE_BYTES`: a ConfigError when one is longer."""
+    import gzip
+
+    from tasks.io.tables import MAX_LINE_BYTES
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    text = ""
+    with opener(path, "rt", encoding=encoding, newline="") as f:
+        for _ in range(count):
+            line = f.readline(MAX_LINE_BYTES + 1)
+            if len(line) > MAX_LINE_BYTES:
+                raise ConfigError(
+                    f"a line among the first {count} of {path!r} is longer than "
+                    f"{MAX_LINE_BYTES:,} characters: not a CSV header aepipe can read"
+                )
+            text += line
+    return text
+
+
 def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, list[str]]:
     fmt = src.resolved_format
     if fmt == "builtin":
@@ -88,21 +110,32 @@ def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, l
     if fmt == "csv":
         try:
             head = pd.read_csv(
-                path,
+                io.StringIO(_first_lines(src.path, src.encoding)),
                 sep=src.delimiter,
                 nrows=0 if src.header else 1,
                 header=0 if src.header else None,
                 skipinitialspace=src.skip_initial_space,
                 quotechar=src.quote_char or '"',
                 quoting=3 if src.quote_char is None else 0,
-                encoding=src.encoding,
             )
-        except (pd.errors.EmptyDataError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        except (
+            pd.errors.EmptyDataError,
+            UnicodeDecodeError,
+            pd.errors.ParserError,
+            OSError,
+        ) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ConfigError(f"cannot read CSV header of {src.path!r}: {first}") from None
         if not src.header:
             return fmt, [f"col_{i}" for i in range(len(head.columns))]
-        return fmt, [str(c).strip() for c in head.columns]
+        names = [str(c).strip() for c in head.columns]
+        broken = [n for n in names if "\n" in n or "\r" in n]
+        if broken:  # rows end at line ends: the header's second line would be read as a row
+            raise ConfigError(
+                f"the CSV header of {src.path!r} has a line break inside the quoted column "
+                f"name {broken[0]!r}; aepipe reads one header line: rename the column"
+            )
+        return fmt, names
     try:
         import pyarrow.dataset as ds
 

@@ -119,17 +119,37 @@ def check_parquet_files(files: list[str], needed: list[str], kinds: dict[str, st
 
 BLOCK_BYTES = 4 << 20  # CSV bytes one worker parses at a time
 KIND_SAMPLE_BYTES = 1 << 20  # CSV bytes whose values decide the column kinds
+MAX_LINE_BYTES = 16 << 20  # a longer CSV line is set aside unread, not held in memory
+
+
+@dataclass(frozen=True)
+class _LongLine:
+    """A CSV line over :data:`MAX_LINE_BYTES`, skipped unparsed: its 1-based number, its
+    length in bytes and its first bytes (for the quarantine's reason)."""
+
+    number: int
+    length: int
+    head: bytes
+
+    def reason(self) -> str:
+        return (
+            f"line of {self.length:,} bytes, longer than the {MAX_LINE_BYTES:,}-byte limit: "
+            f"{self.head[:80].decode('utf-8', 'replace')!r}"
+        )
 
 
 def _csv_blocks(
     path: str, header: bool, encoding: str, block_bytes: int | None = None
-) -> Iterator[bytes]:
+) -> Iterator[bytes | _LongLine]:
     """The file's data lines (the header line dropped) as UTF-8 blocks of about
     :data:`BLOCK_BYTES`, each ending at a line end, streamed (gzip too). Text in another
     encoding is transcoded here. A block parses on its own because a line end always ends a
     row in aepipe's CSV options (pyarrow's ``newlines_in_values`` is off), so blocks parse
-    in parallel and give the rows the whole file gives, in the same order."""
+    in parallel and give the rows the whole file gives, in the same order. A line longer
+    than :data:`MAX_LINE_BYTES` is read past in blocks and yielded as a :class:`_LongLine`,
+    so memory stays bounded whatever one line holds."""
     opener = gzip.open if path.lower().endswith(".gz") else open
+    size = block_bytes or BLOCK_BYTES
     with opener(path, "rb") as f:
         read = f.read
         if codecs.lookup(encoding).name != "utf-8":
@@ -138,9 +158,9 @@ def _csv_blocks(
             def read(n: int) -> bytes:
                 return text.read(n).encode("utf-8")
 
-        rest, skip = b"", header
+        rest, skip, line = b"", header, 1  # line: the number of the first line in rest
         while True:  # (a byte order mark starts the first block: pyarrow skips it)
-            data = read(block_bytes or BLOCK_BYTES)
+            data = read(size)
             end = not data
             data = rest + data
             if skip:
@@ -149,13 +169,35 @@ def _csv_blocks(
                     rest = data
                     continue
                 data = b"" if nl < 0 else data[nl + 1 :]
-                skip = False
+                skip, line = False, 2
             cut = len(data) if end else data.rfind(b"\n") + 1
+            if cut == 0 and len(data) > MAX_LINE_BYTES:
+                long, rest, end = _skip_line(data, read, size, line)
+                yield long
+                line += 1
+                if end:
+                    return
+                continue
             block, rest = data[:cut], data[cut:]
             if block and not block.isspace():
                 yield block
+            line += block.count(b"\n")
             if end:
                 return
+
+
+def _skip_line(
+    start: bytes, read: Callable[[int], bytes], size: int, number: int
+) -> tuple[_LongLine, bytes, bool]:
+    """Read past the rest of a line that began with ``start`` (no line end in it): the line
+    as a :class:`_LongLine`, the bytes after its end, and whether the file ended first."""
+    length = len(start)
+    while data := read(size):
+        nl = data.find(b"\n")
+        if nl >= 0:
+            return _LongLine(number, length + nl + 1, start[:200]), data[nl + 1 :], False
+        length += len(data)
+    return _LongLine(number, length, start[:200]), b"", True
 
 
 @dataclass
@@ -187,7 +229,9 @@ def _parse_block(block: bytes, names: list[str], delimiter: str, quote_char: str
 
     table = pacsv.read_csv(
         pa.py_buffer(block),
-        read_options=pacsv.ReadOptions(use_threads=False, column_names=names),
+        read_options=pacsv.ReadOptions(  # one parser block: a line of any length parses
+            use_threads=False, column_names=names, block_size=max(len(block), 1 << 20) + 1
+        ),
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, quote_char=quote_char or False, invalid_row_handler=on_invalid
         ),
@@ -229,12 +273,14 @@ def _line_numbers(path: str, texts: list[str], encoding: str) -> list[int | None
     wanted = 0
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding=encoding, errors="replace", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            if wanted == len(texts):
-                break
-            if line.rstrip("\r\n") == texts[wanted]:
-                found[wanted] = number
-                wanted += 1
+        number, starts = 0, True  # starts: the next piece starts a line
+        while wanted < len(texts) and (piece := f.readline(MAX_LINE_BYTES)):
+            if starts:  # (a line too long to be ragged is read in pieces, never whole)
+                number += 1
+                if piece.rstrip("\r\n") == texts[wanted]:
+                    found[wanted] = number
+                    wanted += 1
+            starts = piece.endswith(("\n", "\r"))
     return found
 
 
@@ -263,6 +309,7 @@ class _Block:
     ts: pd.Series | None
     rejects: _Rejects
     ragged: list[tuple[int, int, str]]
+    long: _LongLine | None = None  # a line too long to read, set aside
 
 
 class TableReader:
@@ -307,7 +354,9 @@ class TableReader:
                 raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
             yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=needed)
 
-    def _items(self, block_bytes: int | None = None) -> Iterator[bytes | pa.RecordBatch]:
+    def _items(
+        self, block_bytes: int | None = None
+    ) -> Iterator[bytes | _LongLine | pa.RecordBatch]:
         """What the workers take: blocks of CSV bytes, or Parquet record batches."""
         src = self.src
         if src.resolved_format == "csv":
@@ -339,8 +388,9 @@ class TableReader:
         """Numeric, boolean or categorical per feature column, from the first batch (of a
         CSV: its first :data:`KIND_SAMPLE_BYTES`)."""
         for item in self._items(KIND_SAMPLE_BYTES):
-            self._decide_kinds(self._cleaned(item)[0])
-            break
+            if not isinstance(item, _LongLine):
+                self._decide_kinds(self._cleaned(item)[0])
+                break
         return self.kinds
 
     def _decide_kinds(self, cols: dict[str, pa.Array]) -> None:
@@ -362,8 +412,10 @@ class TableReader:
             else:
                 self.kinds[col] = "cat"
 
-    def _typed(self, item: bytes | pa.RecordBatch) -> _Block:
+    def _typed(self, item: bytes | _LongLine | pa.RecordBatch) -> _Block:
         """Parse (CSV), clean, check and type one batch: runs on a worker thread."""
+        if isinstance(item, _LongLine):
+            return _Block(0, {}, None, None, _Rejects(0), [], item)
         src = self.src
         cols, parsed = self._cleaned(item)
         n = parsed.table.num_rows
@@ -448,10 +500,15 @@ class TableReader:
             self.decide_kinds()
         start = self.first_row
         ragged_texts: list[str] = []
+        ragged_at: list[int] = []  # where each of ragged_texts is in self.ragged
         for block in _in_order(self._typed, self._items(), self.workers):
+            if block.long is not None:
+                self.ragged.append((f"line {block.long.number}", block.long.reason()))
+                continue
             for expected, actual, text in block.ragged:
                 # the parser knows no line numbers in a block: found after the read
                 reason = f"expected {expected} fields, got {actual}: {text[:80]!r}"
+                ragged_at.append(len(self.ragged))
                 self.ragged.append(("ragged line", reason))
                 ragged_texts.append(text)
             n = block.n
@@ -478,11 +535,10 @@ class TableReader:
             quarantine = [(f"row {positions[i]}", r) for i, r in sorted(rejects.reasons.items())]
             yield Chunk(table, positions[~rejects.bad], quarantine)
         if ragged_texts and self.src.resolved_format == "csv":
-            first = len(self.ragged) - len(ragged_texts)
             numbers = _line_numbers(self.src.path, ragged_texts, self.src.encoding)
-            for k, number in enumerate(numbers):
+            for at, number in zip(ragged_at, numbers, strict=True):
                 if number is not None:
-                    self.ragged[first + k] = (f"line {number}", self.ragged[first + k][1])
+                    self.ragged[at] = (f"line {number}", self.ragged[at][1])
 
 
 def utc_timestamps(values: pd.Series) -> pa.Array:

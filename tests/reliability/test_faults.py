@@ -217,3 +217,66 @@ def test_an_unwritable_store_folder_is_named_before_any_work(aepipe_cli, tmp_pat
         f"{blocker} is a file, not a folder"
     )
     assert not (tmp_path / ".aepipe" / "models").exists()
+
+
+def test_a_memory_error_is_never_retried(prefect_server) -> None:
+    """Issue 47.4: every MemoryError was retried twice by the I/O tasks' policy, holding the
+    memory longer to meet the same input again. A transient failure still is retried."""
+    from prefect import flow
+
+    from tasks.config import io_task
+
+    calls: dict[str, int] = {}
+
+    def failing(kind: type[BaseException]) -> None:
+        calls[kind.__name__] = calls.get(kind.__name__, 0) + 1
+        raise kind("planted")
+
+    step = io_task("planted-failure")(failing).with_options(retry_delay_seconds=0)
+
+    @flow
+    def both() -> list:
+        return [step(kind, return_state=True) for kind in (MemoryError, OSError)]
+
+    states = both()
+    assert all(s.is_failed() for s in states)
+    assert calls == {"MemoryError": 1, "OSError": 3}
+
+
+def test_sigterm_ends_a_run_within_the_grace(tmp_path) -> None:
+    """Issue 47.4: a run sent SIGTERM in training marked its task crashed and went on
+    training in its worker thread: the process outlived the signal by minutes. Now the
+    training loop stops at its next batch and the command ends with one line; the process
+    is gone within the 20 s hard limit. (A new user's run: its own
+    temporary Prefect server, which the signal stops too.)"""
+    from tests.conftest import AEPIPE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AEPIPE_", "PREFECT_"))}
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [AEPIPE, "run", "--home", str(tmp_path / "home"), "--set", "train.epochs=5000",
+             "--set", "train.patience=0"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "epoch 10/5000" not in log.read_text(errors="replace"):
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            # to the process group, as systemd, a container stop or `kill -- -PGID` do: the
+            # temporary Prefect server goes too, so the run cannot report its crash to it
+            os.killpg(proc.pid, signal.SIGTERM)
+            sent = time.monotonic()
+            rc = proc.wait(timeout=45)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert "aepipe: stopping on SIGTERM" in text
+    assert took < 30, f"{took:.1f} s"
+    assert "epoch 200/5000" not in text

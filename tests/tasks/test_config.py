@@ -93,3 +93,21 @@ def test_dataset_is_named_after_the_source_by_default() -> None:
     assert build_config({"source": {"path": "2024.parquet"}}).dataset == "d_2024"
     named = build_config({"dataset": "mine", "source": {"path": "a.csv"}})
     assert named.dataset == "mine" and named.model_name == "aepipe-mine"
+
+
+def test_yaml_aliases_are_refused_so_a_small_file_cannot_expand(tmp_path, aepipe_main) -> None:
+    """Issue 47.4: a 1 KB "billion laughs" alias tree under model.params passed safe_load and
+    validation, then hung at 4.4 GB. Aliases are refused where they are met, in a config
+    file and in a --set value alike."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text("model:\n  params:\n" + "".join(f"    {line}\n" for line in lines))
+    with pytest.raises(ConfigError, match=r"uses the YAML alias \*a0 \(line 4\)"):
+        load_config(laughs)
+    done = aepipe_main("run", "--set", "model.params={a: &a [1, 2], b: *a}", cwd=tmp_path)
+    assert done.returncode == 2 and "--set model.params uses the YAML alias *a" in done.stderr
+    assert not (tmp_path / ".aepipe").exists()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("model:\n  params:\n    hidden: [16, 8]\n")
+    assert load_config(plain).model.params == {"hidden": [16, 8]}

@@ -15,7 +15,7 @@ from PIL import Image
 from ae_models.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
-from tasks.io.arrays import SourceReadError, read_idx, read_npz
+from tasks.io.arrays import SourceReadError, npz_x_shape, read_idx, read_npz
 from tasks.normalize import normalize_dataset
 
 
@@ -299,3 +299,36 @@ def test_files_of_another_parquet_layout_are_ingested_again(monkeypatch) -> None
     assert sources.source_fingerprint(cfg) == now
     monkeypatch.setattr(sources, "LAYOUT", sources.LAYOUT - 1)
     assert sources.source_fingerprint(cfg) != now
+
+
+def test_an_npz_is_checked_against_its_headers_and_memory_before_loading(
+    tmp_path, monkeypatch
+) -> None:
+    """An NPZ entry whose size is not what its header declares is refused unread; one whose
+    arrays would not fit in half the memory available is refused before np.load allocates
+    them (a 2 MB zip of zeros can declare gigabytes); a row wider than MAX_ROW_VALUES too."""
+    import zipfile
+
+    import ae_models.streaming
+
+    path = tmp_path / "lies.npz"
+    np.savez(path, X=np.zeros((4, 3)))
+    with zipfile.ZipFile(path) as zf:
+        body = zf.read("X.npy")
+    lying = body.replace(b"(4, 3)", b"(9, 3)")  # the header claims more rows than follow
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("X.npy", lying)
+    for read in (read_npz, lambda p: npz_x_shape(p)):
+        with pytest.raises(SourceReadError, match=r"declares shape \(9, 3\) \(216 bytes\)"):
+            read(path)
+    honest = tmp_path / "big.npz"
+    np.savez_compressed(honest, X=np.zeros((1000, 1000)), y=np.zeros(1000))
+    monkeypatch.setattr(ae_models.streaming, "available_memory", lambda: 4 << 20)
+    with pytest.raises(SourceReadError, match=r"declares 0\.0 GiB of values; this machine has"):
+        read_npz(honest)
+    monkeypatch.undo()
+    assert read_npz(honest).features.shape == (1000, 1000)
+    wide = tmp_path / "wide.npz"
+    np.savez_compressed(wide, X=np.zeros((1, 2**24 + 1), dtype=np.uint8))
+    with pytest.raises(SourceReadError, match="values a row; aepipe takes at most"):
+        npz_x_shape(wide)

@@ -201,3 +201,36 @@ def test_a_byte_order_mark_is_not_read_as_data(tmp_path) -> None:
     csv.write_bytes(b"\xef\xbb\xbf7,a\n8,b\n")
     table, quarantine, _ = _read_all(csv, workers=2, header=False)
     assert table.column("col_0").to_pylist() == [7.0, 8.0] and not quarantine
+
+
+def test_a_line_too_long_is_quarantined_and_memory_stays_bounded(
+    tmp_path, tmp_stores, monkeypatch
+) -> None:
+    """One line longer than MAX_LINE_BYTES (16 MiB; 4 KiB here) among good ones is set aside
+    as ``line N`` unread, in blocks, and the rest of the file ingests; gzip the same. (Before:
+    pyarrow's "straddling object" refused the whole source, and a 2 GiB line was held whole.)"""
+    monkeypatch.setattr(tabular, "MAX_LINE_BYTES", 4096)
+    lines = ["a,b"] + [f"{i},{i * 2}" for i in range(50)]
+    lines.insert(20, "7," + "9" * 20_000)  # line 21: 20 KB of digits, no line end for a while
+    for name, opener in (("long.csv", open), ("long.csv.gz", gzip.open)):
+        path = tmp_path / name
+        with opener(path, "wt") as fh:
+            fh.write("\n".join(lines) + "\n")
+        monkeypatch.setattr(tabular, "BLOCK_BYTES", 1000)  # the line spans many reads
+        ingested = ingest_source(config(path), tmp_stores)
+        assert ingested.rows == 50 and ingested.quarantined == 1
+        (bad,) = pq.read_table(ingested.quarantine_path).to_pylist()
+        assert bad["location"] == "line 21"
+        assert bad["reason"].startswith("line of 20,003 bytes, longer than the 4,096-byte limit")
+    # a text line long enough to matter is refused from the header on, before any work
+    header = tmp_path / "header.csv"
+    header.write_text("a" * 10_000 + "\n1\n")
+    with pytest.raises(ConfigError, match="longer than 4,096 characters"):
+        validate_config(config(header))
+
+
+def test_a_quoted_line_break_in_the_header_is_refused_not_a_phantom_row(tmp_path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text('"first\nname",b\n1,2\n3,4\n')
+    with pytest.raises(ConfigError, match="line break inside the quoted column name"):
+        validate_config(config(path))
