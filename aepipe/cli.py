@@ -154,7 +154,22 @@ def _parser() -> argparse.ArgumentParser:
     mpromote.add_argument("name", help="registered model name")
     mpromote.add_argument("version", help="version number")
     mpromote.add_argument("--note", default="", help="why, recorded on the version")
-    for p in (mlist, mcompare, mpromote):
+    mserve = msub.add_parser(
+        "serve",
+        help="serve a version over HTTP (MLflow's scoring server, bounded: body size, rows, "
+        "JSON depth, infinite values)",
+    )
+    mserve.add_argument("name", help="registered model name")
+    mserve.add_argument("--alias", default="champion", help="alias or version (default champion)")
+    mserve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    mserve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    mserve.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB)"
+    )
+    mserve.add_argument(
+        "--max-rows", type=int, default=10_000, help="most rows a request (default 10000)"
+    )
+    for p in (mlist, mcompare, mpromote, mserve):
         p.add_argument("--home", default=None, help="state folder")
 
     serve = sub.add_parser(
@@ -411,6 +426,19 @@ def _models(args: argparse.Namespace) -> int:
     elif args.models_command == "compare":
         table = compare_versions(args.name, st)
         print(table.to_string(index=False, max_colwidth=70, float_format=lambda v: f"{v:.5g}"))
+    elif args.models_command == "serve":
+        from tasks.registry import registry_client
+        from tasks.serving import serve_model
+
+        registry_client(st)  # the store exists (one line otherwise); MLflow reads it from here
+        at = f"/{args.alias}" if args.alias.isdigit() else f"@{args.alias}"
+        serve_model(
+            f"models:/{args.name}{at}",
+            args.host,
+            args.port,
+            int(args.max_body_mb * 2**20),
+            args.max_rows,
+        )
     else:
         print(promote_manually(args.name, args.version, st, note=args.note))
     return 0

@@ -119,8 +119,9 @@ def _s3_reason(message: str, endpoint: str) -> str:
     return message.splitlines()[0][:300]
 
 
-def check_database(uri: str) -> None:
-    """Open one connection to the SQL catalog's database (bounded in time)."""
+def check_database(uri: str, what: str = "the Iceberg catalog") -> None:
+    """Open one connection to ``what``'s database (bounded in time): a server that does not
+    answer, refuses the credentials or has no such database is one StoreUnavailable line."""
     import sqlalchemy as sa
     from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
@@ -131,7 +132,7 @@ def check_database(uri: str) -> None:
         engine = sa.create_engine(uri, connect_args=args, poolclass=sa.pool.NullPool)
     except (NoSuchModuleError, ModuleNotFoundError) as err:
         raise StoreUnavailable(
-            f"the Iceberg catalog {redact_uri(uri)} needs a database driver that is not "
+            f"{what} {redact_uri(uri)} needs a database driver that is not "
             f"installed ({err}); install aepipe's scale extra: pip install 'aepipe[scale]'"
         ) from None
     try:
@@ -141,7 +142,7 @@ def check_database(uri: str) -> None:
         orig = getattr(err, "orig", None) or err
         reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
         raise StoreUnavailable(
-            f"the Iceberg catalog database {redact_uri(uri)} refuses connections: {reason[:300]}"
+            f"{what} database {redact_uri(uri)} refuses connections: {reason[:300]}"
         ) from None
     finally:
         engine.dispose()

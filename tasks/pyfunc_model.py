@@ -42,6 +42,7 @@ class AutoencoderPyfunc(PythonModel):
         from ae_models.outputs import ENTITY_ID, KNOWN_INPUTS, score_outputs
 
         frame = pd.DataFrame(model_input)
+        check_request(frame)
         x = self.normalizer.transform(frame, KNOWN_INPUTS)
         scored = score_outputs(self.model, x, self.scorer, mse=True)
         ids = (
@@ -50,6 +51,38 @@ class AutoencoderPyfunc(PythonModel):
             else frame.index.astype(str).to_numpy()
         )
         return pd.DataFrame({ENTITY_ID: ids, **scored.columns()})
+
+
+ENV_MAX_ROWS = "AEPIPE_SERVE_MAX_ROWS"
+DEFAULT_MAX_ROWS = 10_000
+
+
+def check_request(frame: pd.DataFrame) -> None:
+    """Refuse (MLflow's 400) rows the model must not score: an infinite value, which the
+    pipeline quarantines and min-max scaling would hide; and, in a scoring server, more rows
+    than ``$AEPIPE_SERVE_MAX_ROWS`` (10,000) in one request. Batch scoring in Python
+    (``mlflow.pyfunc.load_model(...).predict``) takes any number of rows."""
+    import os
+
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    serving = os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
+    limit = int(os.environ.get(ENV_MAX_ROWS, DEFAULT_MAX_ROWS))
+    if serving and len(frame) > limit:
+        raise MlflowException.invalid_parameter_value(
+            f"{len(frame):,} rows in one request; this server takes at most {limit:,} "
+            f"({ENV_MAX_ROWS}): send them in parts"
+        )
+    numbers = frame.select_dtypes(include="number")
+    if numbers.shape[1]:
+        bad = np.isinf(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            raise MlflowException.invalid_parameter_value(
+                f"row {row}, column {numbers.columns[col]!r} holds "
+                f"{numbers.iat[row, col]}: infinite values cannot be scored"
+            )
 
 
 mlflow.models.set_model(AutoencoderPyfunc())

@@ -32,6 +32,14 @@ def check_tracking(stores: Stores) -> None:
     """Fail fast, in one line, when a remote tracking server cannot be reached (bounded
     retries), so a run never trains for an hour to fail at registration."""
     uri = stores.tracking_uri
+    if uri.startswith(("postgresql", "mysql", "mssql")):  # a database store: one connection
+        from stores.remote import StoreUnavailable, check_database
+
+        try:  # (MLflow itself retries a missing database for over a minute)
+            check_database(uri, "the MLflow tracking store")
+        except StoreUnavailable as err:
+            raise TrackingUnavailable(stores.redact(str(err))) from None
+        return
     if not uri.startswith(("http://", "https://")):
         return  # a local SQLite store: created on first use
     for key, value in HTTP_RETRY_DEFAULTS.items():

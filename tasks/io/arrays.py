@@ -232,7 +232,7 @@ def _decode_share(
     and bit-identical (PNG is lossless); any other file, a PNG that needs converting or
     resizing, and one libspng refuses go through PIL, whose error names what is wrong."""
     from imagecodecs import spng_decode
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     mode, size, resize = job
     size = (int(size[0]), int(size[1]))
@@ -252,6 +252,9 @@ def _decode_share(
             arr = _decode_pil(data, mode, size if resize else None)
         except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
             bad[i] = "cannot decode image: not an image format PIL reads, or corrupt"
+            continue
+        except Image.DecompressionBombError as err:  # no OSError: it failed the whole source
+            bad[i] = f"image too large to decode: {err}".splitlines()[0]
             continue
         except (OSError, ValueError) as err:
             bad[i] = f"cannot decode image: {type(err).__name__}: {err}".splitlines()[0]
@@ -335,8 +338,8 @@ def probe_images(
             with Image.open(os.path.join(base, r)) as probe:
                 probe_mode, (w, h) = probe.mode, probe.size
             break
-        except (UnidentifiedImageError, OSError):
-            continue
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            continue  # (decoding quarantines it with the reason)
     else:
         raise SourceReadError(f"none of the {len(rel)} image files under {base!r} can be decoded")
     if mode == "auto":

@@ -198,6 +198,18 @@ def test_champion_pyfunc_in_a_fresh_process_matches_the_table(two_runs, tmp_path
     assert sorted(p.name for p in (Path(code) / "code").iterdir()) == ["ae_models"]
 
 
+def invoke(url: str, data: bytes) -> tuple[int, dict]:
+    """POST ``data`` (JSON) to a scoring server's /invocations: the status and the answer."""
+    request = urllib.request.Request(
+        f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def test_mlflow_models_serve_answers_like_the_feature_table(two_runs, tmp_path) -> None:
     """Issue 21.1: the README's `mlflow models serve` on the champion answers the logged
     serving example with the feature table's codes and scores; a missing column is a 400
@@ -234,16 +246,7 @@ def test_mlflow_models_serve_answers_like_the_feature_table(two_runs, tmp_path) 
     url = f"http://127.0.0.1:{port}"
 
     def post(body: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(
-            f"{url}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+        return invoke(url, json.dumps(body).encode())
 
     try:
         wait_http(f"{url}/ping", server, log)
@@ -272,6 +275,51 @@ def test_mlflow_models_serve_answers_like_the_feature_table(two_runs, tmp_path) 
         status, answer = post(no_ids)
         assert status == 200, answer
         assert [r["entity_id"] for r in answer["predictions"]] == ["0", "1", "2", "3", "4"]
+    finally:
+        stop(server)
+
+
+def test_aepipe_models_serve_is_bounded(two_runs, tmp_path) -> None:
+    """Issue 47.6: `mlflow models serve` parsed a 200 MB body, scored 1M rows in one request
+    (1.55 GB), answered `Infinity` with 200 and `is_anomaly: false`, and JSON nested 100k deep
+    with a 500. `aepipe models serve` answers the same requests as MLflow's server within
+    bounds: 413 past the body cap, 400 past the row cap, to infinite values and to JSON too
+    deep, before the model scores anything (a table's float columns: see
+    test_source_shapes::test_served_rows_with_infinite_or_huge_values)."""
+    home, _, _ = two_runs
+    st = resolve_stores(home)
+    client = registry_client(st)
+    version = client.get_model_version_by_alias("aepipe-digits", "champion")
+    model = Path(client.download_artifacts(version.run_id, "model", str(tmp_path)))
+    example = json.loads((model / "serving_input_example.json").read_text())
+    port = free_port()
+    cli = str(Path(sys.executable).with_name("aepipe"))
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [cli, "models", "serve", "aepipe-digits", "--home", str(home), "--port", str(port),
+             "--max-body-mb", "0.25", "--max-rows", "50"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/ping", server, log)
+        status, answer = invoke(url, json.dumps(example).encode())
+        assert status == 200 and len(answer["predictions"]) == 5, answer
+        split = example["dataframe_split"]
+        rows = {"dataframe_split": {**split, "data": split["data"] * 11}}  # 55 rows
+        status, answer = invoke(url, json.dumps(rows).encode())
+        assert status == 400 and "55 rows in one request" in answer["message"], answer
+        status, answer = invoke(url, b"[" * 300_000 + b"]" * 300_000)
+        assert status == 413, answer
+        status, answer = invoke(url, b"[" * 100_000 + b"]" * 100_000)
+        assert status == 400 and answer["message"] == "JSON nested too deeply", answer
+        at = split["columns"].index("pixel_3_3")
+        infinite = [list(r) for r in split["data"]]
+        infinite[2][at] = float("inf")
+        body = json.dumps({"dataframe_split": {**split, "data": infinite}}).encode()
+        status, answer = invoke(url, body)  # (pixels are integers: MLflow's schema refuses)
+        assert status == 400 and "pixel_3_3" in answer["message"], answer
     finally:
         stop(server)
 

@@ -150,3 +150,29 @@ def test_csv_shape_changes(csv_home) -> None:
     # isolation forest cannot see it (the input was constant in training)
     assert scored.rows_written == 200 and scored.anomalies > 120
     assert scored.drift.drifted and "region" in scored.drift.drifted_columns
+
+
+def test_served_rows_with_infinite_or_huge_values(csv_home) -> None:
+    """Issue 47.6: the served model answered `Infinity` with `is_anomaly: false` (the pipeline
+    quarantines such a row). Now an infinite value is refused naming its row and column, in a
+    scoring server or a batch predict alike; a finite 1e308, far outside the training range,
+    is scored and flagged, not hidden by the scaling."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from stores import resolve_stores
+    from tasks.registry import registry_client
+
+    home, _ = csv_home
+    registry_client(resolve_stores(home))
+    model = mlflow.pyfunc.load_model("models:/aepipe-shapes@champion")
+    rows = orders_frame(6, 5000, 9)
+    plain = model.predict(rows)
+    assert len(plain) == 6
+    infinite = rows.assign(amount=[1.0, 2.0, float("inf"), 3.0, 4.0, 5.0])
+    with pytest.raises(MlflowException, match="row 2, column 'amount' holds inf"):
+        model.predict(infinite)
+    huge = rows.assign(amount=[1.0, 1e308, 2.0, 3.0, 4.0, 5.0])
+    scored = model.predict(huge)
+    assert bool(scored["is_anomaly"].iloc[1])
+    assert scored["anomaly_score"].iloc[1] == scored["anomaly_score"].max()

@@ -188,6 +188,16 @@ def test_each_wrong_remote_store_is_one_line_before_any_work(
 
     remote.use(monkeypatch, AEPIPE_CATALOG="postgresql+nosuchdriver://u@127.0.0.1/catalog")
     assert "pip install 'aepipe[scale]'" in _check(tmp_path)
+    monkeypatch.setenv("AEPIPE_CATALOG", remote.catalog)
+
+    # issue 47.9: a tracking store on the real PostgreSQL naming a database that is not there
+    # (MLflow retried it for over a minute, after the run had started)
+    missing = remote.postgres.rsplit("/", 1)[0] + "/no_such_mlflow"
+    remote.use(monkeypatch, AEPIPE_TRACKING_URI=missing)
+    message = _check(tmp_path)
+    assert message.startswith("the MLflow tracking store database postgresql")
+    assert 'database "no_such_mlflow" does not exist' in message
+    monkeypatch.delenv("AEPIPE_TRACKING_URI")
 
 
 def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
@@ -420,3 +430,39 @@ def test_an_object_store_data_store_mirrors_each_home(
         results.read_path("key-3")
     with pytest.raises(ValueError, match="does not exist"):
         results.read_path("key-2")
+
+
+def test_a_tracking_database_password_shows_nowhere(
+    remote: Remote, prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Issue 47.5: with AEPIPE_TRACKING_URI a PostgreSQL URI holding a password, the password
+    showed in the run summary's MLflow UI line, the Prefect artifacts and events and `aepipe
+    ui`. A whole run on the real PostgreSQL: it is in nothing printed, nothing under the home
+    and nothing the Prefect server stored (its artifacts, events and logs)."""
+    from prefect.settings import get_current_settings
+
+    from aepipe.cli import main
+    from flows.reduce_features import reduce_features
+    from tasks.config import build_config
+
+    secret = "fake-pa55word-9d1"
+    database = create_database(remote.postgres, "mlflow_with_password")
+    uri = (
+        database.replace("://", f"://aepipe:{secret}@", 1)
+        if "@" not in database
+        else (database.replace("@", f":{secret}@", 1))
+    )
+    monkeypatch.setenv("AEPIPE_TRACKING_URI", uri)
+    home = tmp_path / "home"
+    summary = reduce_features(build_config({"home": str(home), "train": {"epochs": 2}}))
+    assert summary.model_version == 1
+    assert main(["ui", "--home", str(home)]) == 0
+    time.sleep(3)  # events reach the server's database a moment after they are emitted
+    printed = capsys.readouterr()
+    assert secret not in printed.out + printed.err + summary.to_text()
+    url = get_current_settings().server.database.connection_url.get_secret_value()
+    prefect_db = Path(url.split("///", 1)[1])
+    stored = [*prefect_db.parent.glob(prefect_db.name + "*"), *home.rglob("*")]
+    for path in stored:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

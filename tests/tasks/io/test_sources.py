@@ -332,3 +332,21 @@ def test_an_npz_is_checked_against_its_headers_and_memory_before_loading(
     np.savez_compressed(wide, X=np.zeros((1, 2**24 + 1), dtype=np.uint8))
     with pytest.raises(SourceReadError, match="values a row; aepipe takes at most"):
         npz_x_shape(wide)
+
+
+def test_one_huge_image_is_quarantined_not_the_whole_folder(tmp_path, tmp_stores) -> None:
+    """Issue 47.9: one 400-megapixel PNG among the images failed the whole run with PIL's
+    DecompressionBombError. Its header alone (20000 x 20000, a few bytes) now sets that one
+    image aside with the reason, first in the folder or not; the others ingest."""
+    import zlib
+
+    write_images(tmp_path / "imgs", 6)
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    (tmp_path / "imgs" / "a" / "00-huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk + iend)
+    ingested = ingest_source(cfg(tmp_path / "imgs", max_quarantine_fraction=0.5), tmp_stores)
+    assert ingested.rows == 6 and ingested.quarantined == 1
+    (row,) = pq.read_table(ingested.quarantine_path).to_pylist()
+    assert row["location"] == "a/00-huge.png"
+    assert row["reason"].startswith("image too large to decode: Image size (400000000 pixels)")
