@@ -11,13 +11,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aepipe import __version__
+from aepipe.stopping import by_termination, stop_on_sigterm
 from stores import Stores, resolve_stores
 
 EXIT_USAGE = 2
@@ -463,100 +462,16 @@ def _log_trace(st: Stores) -> Path | None:
         return None
 
 
-SIGTERM_GRACE_S = 20.0  # after SIGTERM, the process ends within this, whatever still runs
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (a scheduler, ``kill``, a container stop): stop training loops at their next
-    batch, end the command, and end the process after :data:`SIGTERM_GRACE_S` at most,
-    whatever thread is still busy. Checkpoints stay; the next run resumes from them."""
-    _stop_work(signum)
-    raise SystemExit(128 + signum)
-
-
-_stopping = threading.Lock()
-
-
-def _stop_work(signum: int) -> None:
-    """Set training loops to stop at their next batch and end the process after
-    :data:`SIGTERM_GRACE_S` whatever still runs (a thread busy in native code, a crash
-    report retrying a server that is gone). Once per process."""
-    from ae_models.training import STOP
-
-    if not _stopping.acquire(blocking=False):
-        return
-    STOP.set()
-    print("aepipe: stopping on SIGTERM", file=sys.stderr, flush=True)
-    deadline = threading.Timer(SIGTERM_GRACE_S, os._exit, args=(128 + signum,))
-    deadline.daemon = True
-    deadline.start()
-
-
-def _by_termination(err: BaseException) -> bool:
-    """Whether ``err`` is, or arose while handling, Prefect's TerminationSignal (its own
-    SIGTERM handler raises it while a flow runs; a crash report that then fails, say to a
-    temporary server already stopping, raises something else from it)."""
-    from prefect.exceptions import TerminationSignal
-
-    seen: BaseException | None = err
-    for _ in range(20):
-        if seen is None:
-            return False
-        if isinstance(seen, TerminationSignal):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aepipe`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
-    watching = _watch_for_sigterm() if main_thread else None
-    try:
-        return _command(args)
-    except BaseException as err:  # Prefect's TerminationSignal is no Exception
-        if not _by_termination(err):
-            raise
-        return 128 + signal.SIGTERM
-    finally:
-        if watching is not None:
-            watching()
-        if main_thread and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _watch_for_sigterm() -> Callable[[], None] | None:
-    """Stop the work on SIGTERM whichever Python handler takes it: while a flow runs,
-    Prefect's own handler replaces aepipe's and first reports the crash to its server,
-    retrying for a minute when that server went with the signal (a process-group SIGTERM
-    stops the temporary server too). The interpreter writes every signal's number to the
-    wakeup descriptor; a daemon thread reads it and calls :func:`_stop_work` at once.
-    Returns what ends the watch (the descriptor set before restored)."""
-    import socket
-
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-    try:
-        before = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    except ValueError:  # not the main thread of the main interpreter
-        reader.close()
-        writer.close()
-        return None
-
-    def watch() -> None:
-        with reader:
-            while data := reader.recv(64):
-                if signal.SIGTERM in data:
-                    _stop_work(signal.SIGTERM)
-
-    def end() -> None:
-        signal.set_wakeup_fd(before)
-        writer.close()  # the reader sees the end and the thread returns
-
-    threading.Thread(target=watch, name="aepipe-sigterm", daemon=True).start()
-    return end
+    with stop_on_sigterm():
+        try:
+            return _command(args)
+        except BaseException as err:  # Prefect's TerminationSignal is no Exception
+            if not by_termination(err):
+                raise
+            return 128 + signal.SIGTERM
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -585,7 +500,7 @@ def _command(args: argparse.Namespace) -> int:
         print("aepipe: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # the one place that turns any failure into one line
-        if _by_termination(err):
+        if by_termination(err):
             raise  # main() stops what still runs
         st = resolve_stores(getattr(args, "home", None))
         trace = _log_trace(st)

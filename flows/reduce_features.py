@@ -6,12 +6,12 @@ from prefect import flow
 
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
-from tasks.config import PipelineConfig, RetrainRequest
+from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
 from tasks.materialize import materialize_job
 from tasks.normalize import normalize
 from tasks.register import register
-from tasks.registry import retrain_config
+from tasks.registry import RetrainRequest, retrain_config
 from tasks.report import RunSummary, report
 from tasks.train import train, train_elsewhere
 from tasks.validate import check_stores, validate_config

@@ -368,21 +368,6 @@ class PipelineConfig(_Frozen):
         return out
 
 
-class RetrainRequest(_Frozen):
-    """What a drift event asks of the reduce-features deployment: retrain ``dataset`` with the
-    config version ``version`` of ``registered_model`` was trained with, as the tracking store
-    kept it. Names only: an event never carries a config, so it cannot choose a place."""
-
-    dataset: str
-    registered_model: str
-    version: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _names(self) -> RetrainRequest:
-        PipelineConfig(dataset=self.dataset, registered_model=self.registered_model)
-        return self
-
-
 def dataset_name_for(path: str) -> str:
     """A valid data set name from a source path: its stem, other characters as ``_``."""
     stem = Path(path.rstrip("/")).name

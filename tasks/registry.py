@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feature_store import FeatureStoreError, record_aliases
 from stores import Stores
 from stores.locks import store_lock
 from stores.space import within
-from tasks.config import ConfigError, PipelineConfig, RetrainRequest, build_config
+from tasks.config import ConfigError, PipelineConfig, build_config
 from tasks.tracking import configure_mlflow
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -122,6 +123,23 @@ def trained_config(client: Any, name: str, version: int | str, dataset: str) -> 
     if not isinstance(stored, dict) or stored.get("dataset") != dataset:
         raise ConfigError(f"version {version} of {name!r} was not trained on {dataset!r}")
     return stored
+
+
+class RetrainRequest(BaseModel):
+    """What a drift event asks of the reduce-features deployment: retrain ``dataset`` with the
+    config version ``version`` of ``registered_model`` was trained with, as the tracking store
+    kept it. Names only: an event never carries a config, so it cannot choose a place."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    registered_model: str
+    version: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> RetrainRequest:
+        PipelineConfig(dataset=self.dataset, registered_model=self.registered_model)
+        return self
 
 
 def retrain_config(

@@ -29,11 +29,11 @@ class SourceReadError(ValueError):
     """A source file that cannot be read as what it claims to be; the message names it."""
 
 
-# values in one row of an image or array source, at most: 2**24 (4096 x 4096 gray, 2364 x
-# 2364 RGB). A model's first layer of 256 units would hold 4G weights beyond it, and a
-# header that declares more (a 16-byte IDX file claiming 30000 x 30000) is refused before
-# anything is allocated for it
-MAX_ROW_VALUES = 2**24
+# values in one row of an image or array source, at most: 2**20 (1024 x 1024 gray, 591 x 591
+# RGB). A model's first layer of 256 units holds 268M weights at it, the rows' column names
+# about 70 MB; a header that declares more (a 16-byte IDX file claiming 30000 x 30000) is
+# refused before anything is allocated for it. Larger images: source.image_size resizes them
+MAX_ROW_VALUES = 2**20
 
 
 def check_row_width(values: int, what: str) -> None:
@@ -41,7 +41,8 @@ def check_row_width(values: int, what: str) -> None:
     if values > MAX_ROW_VALUES:
         raise SourceReadError(
             f"{what} declares {values:,} values a row; aepipe takes at most "
-            f"{MAX_ROW_VALUES:,} (4096 x 4096 pixels): resize the images first"
+            f"{MAX_ROW_VALUES:,} (1024 x 1024 pixels): resize the images first "
+            "(source.image_size)"
         )
 
 

@@ -5,7 +5,6 @@ fingerprint (paths, sizes, modification times) and the digests of its content.""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -73,25 +72,22 @@ def _array_columns(src: SourceConfig, fmt: str, images: list[str] | None) -> lis
     return columns + ([LABEL] if has_labels else [])
 
 
-def _first_lines(path: str, encoding: str, count: int = 2) -> str:
-    """The first ``count`` lines of a CSV file (gzip too), each read no further than
-    :data:`~tasks.io.tables.MAX_LINE_BYTES`: a ConfigError when one is longer."""
+def _check_first_line(path: str) -> None:
+    """A ConfigError when the file's first line (gzip too) runs past
+    :data:`~tasks.io.tables.MAX_LINE_BYTES` bytes: no CSV header, and pandas would hold it
+    whole to find out."""
     import gzip
 
     from tasks.io.tables import MAX_LINE_BYTES
 
     opener = gzip.open if path.lower().endswith(".gz") else open
-    text = ""
-    with opener(path, "rt", encoding=encoding, newline="") as f:
-        for _ in range(count):
-            line = f.readline(MAX_LINE_BYTES + 1)
-            if len(line) > MAX_LINE_BYTES:
-                raise ConfigError(
-                    f"a line among the first {count} of {path!r} is longer than "
-                    f"{MAX_LINE_BYTES:,} characters: not a CSV header aepipe can read"
-                )
-            text += line
-    return text
+    with opener(path, "rb") as f:
+        head = f.read(MAX_LINE_BYTES + 1)
+    if len(head) > MAX_LINE_BYTES and b"\n" not in head:
+        raise ConfigError(
+            f"the first line of {path!r} is longer than {MAX_LINE_BYTES:,} bytes: not a CSV "
+            "header aepipe can read"
+        )
 
 
 def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, list[str]]:
@@ -109,14 +105,16 @@ def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, l
         return fmt, _array_columns(src, fmt, images)
     if fmt == "csv":
         try:
+            _check_first_line(src.path)
             head = pd.read_csv(
-                io.StringIO(_first_lines(src.path, src.encoding)),
+                path,
                 sep=src.delimiter,
                 nrows=0 if src.header else 1,
                 header=0 if src.header else None,
                 skipinitialspace=src.skip_initial_space,
                 quotechar=src.quote_char or '"',
                 quoting=3 if src.quote_char is None else 0,
+                encoding=src.encoding,
             )
         except (
             pd.errors.EmptyDataError,

@@ -11,8 +11,8 @@ from feature_store import read_drift
 from flows.reduce_features import reduce_features
 from flows.score_features import score_features
 from stores import resolve_stores
-from tasks.config import ConfigError, PipelineConfig, RetrainRequest, build_config
-from tasks.registry import retrain_config
+from tasks.config import ConfigError, PipelineConfig, build_config
+from tasks.registry import RetrainRequest, retrain_config
 from tasks.score import announce_drift
 from tasks.validate import check_stores
 

@@ -225,7 +225,7 @@ def test_a_line_too_long_is_quarantined_and_memory_stays_bounded(
     # a text line long enough to matter is refused from the header on, before any work
     header = tmp_path / "header.csv"
     header.write_text("a" * 10_000 + "\n1\n")
-    with pytest.raises(ConfigError, match="longer than 4,096 characters"):
+    with pytest.raises(ConfigError, match="longer than 4,096 bytes"):
         validate_config(config(header))
 
 
