@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, unmapped
 
@@ -38,6 +39,19 @@ def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
     return 2 * sum(f.stat().st_size for f in files)
 
 
+def failed_part(parts: list[Any]) -> BaseException:
+    """What a partitioned ingest raises when a part did not come back: the first part's
+    exception, or an error naming what came back instead (never a bare StopIteration)."""
+    failed = [p for p in parts if not isinstance(p, IngestedPart)]
+    for part in failed:
+        if isinstance(part, BaseException):
+            return part
+    return RuntimeError(
+        f"{len(failed)} ingest partition(s) returned no part (the first: "
+        f"{type(failed[0]).__name__}); run it again"
+    )
+
+
 @flow(name="ingest-partitions")
 def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     """Plan the source's partitions, read them in parallel tasks, merge them into one raw
@@ -60,7 +74,7 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
             )
             done = [p for p in parts if isinstance(p, IngestedPart)]
             if len(done) < len(parts):
-                raise next(p for p in parts if isinstance(p, BaseException))
+                raise failed_part(parts)
             merge = merge_ingest_task.with_options(refresh_cache=refresh, result_storage=results)
             # a result cached by another home names its files there: here, they are in plan's
             return merge(plan, done, cfg).moved_to(plan.folder)

@@ -280,3 +280,17 @@ def test_sigterm_ends_a_run_within_the_grace(tmp_path) -> None:
     assert "aepipe: stopping on SIGTERM" in text
     assert took < 30, f"{took:.1f} s"
     assert "epoch 200/5000" not in text
+
+
+def test_a_partition_that_returns_no_part_is_named(prefect_server, tmp_path, monkeypatch) -> None:
+    """A partition task that gave back something other than its part or its exception (a
+    result lost in storage, say) fails the ingest naming it, with the work folder removed;
+    before, `next()` found no exception and raised a bare StopIteration."""
+    import flows.ingest
+    from stores import resolve_stores
+    from tasks.config import build_config
+
+    monkeypatch.setattr(flows.ingest, "map_with_progress", lambda *a, **k: [None])
+    cfg = build_config({"home": str(tmp_path / "home"), "source": {"path": "digits"}})
+    with pytest.raises(RuntimeError, match=r"1 ingest partition\(s\) returned no part"):
+        flows.ingest.ingest_partitions(cfg, resolve_stores(cfg.home))
