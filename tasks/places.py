@@ -59,7 +59,13 @@ class Allowed:
     def path_allowed(self, value: str) -> bool:
         """Whether a path or URI lies under an allowed root (links resolved first)."""
         if "://" in value and not value.startswith("file://"):
-            return any("://" in root and value.startswith(root) for root in self.paths)
+            if "/../" in f"{value}/" or "/./" in f"{value}/":
+                return False  # an object key is literal, but some clients normalize it
+            return any(
+                "://" in root
+                and (value == root.rstrip("/") or value.startswith(root.rstrip("/") + "/"))
+                for root in self.paths
+            )
         real = Path(os.path.realpath(value.removeprefix("file://")))
         for root in self.paths:
             if "://" in root and not root.startswith("file://"):

@@ -26,10 +26,12 @@ def test_the_deployments_own_places_pass_without_an_allow_list(tmp_path) -> None
         ({"task_runner": "dask", "dask_address": "tcp://10.9.9.9:8786"}, "AEPIPE_ALLOWED_DASK"),
         ({"train_deployment": "other/flow"}, "AEPIPE_ALLOWED_DEPLOYMENTS"),
         ({"source": {"path": "s3://their-bucket/x.csv"}}, "s3://their-bucket/x.csv"),
+        ({"source": {"path": "s3://ours-too/x.csv"}}, "s3://ours-too/x.csv"),  # not s3://ours
+        ({"source": {"path": "s3://ours/in/../../x.csv"}}, "s3://ours/in/../../x.csv"),
     ],
 )
 def test_a_parameter_naming_another_place_is_refused(tmp_path, overrides, refused) -> None:
-    allowed = Allowed(paths=(str(tmp_path), "s3://ours/"))
+    allowed = Allowed(paths=(str(tmp_path), "s3://ours"))
     with pytest.raises(ConfigError, match="not this deployment's own") as err:
         check_places(config(**overrides), PipelineConfig(), allowed)
     assert refused in str(err.value)
