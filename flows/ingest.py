@@ -77,7 +77,10 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
                 raise failed_part(parts)
             merge = merge_ingest_task.with_options(refresh_cache=refresh, result_storage=results)
             # a result cached by another home names its files there: here, they are in plan's
-            return merge(plan, done, cfg).moved_to(plan.folder)
+            # folder, and fetched when only the object store has them (a fresh worker)
+            ingested = merge(plan, done, cfg).moved_to(plan.folder)
+            data_store.ensure_here(stores, ingested.path, ingested.quarantine_path)
+            return ingested
     except BaseException:  # a partition or the merge failed: its files go
         shutil.rmtree(Path(plan.work), ignore_errors=True)
         data_store.discard(stores, plan.work)

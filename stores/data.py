@@ -122,6 +122,16 @@ def fetch(stores: Stores, path: str | os.PathLike[str]) -> bool:
     return wanted.exists()
 
 
+def ensure_here(stores: Stores, *paths: str | os.PathLike[str] | None) -> None:
+    """Every file of a stage's result present in this home: fetched from the object store
+    when this home lacks it (a cached result made by another home names files that are only
+    there); a FileNotFoundError naming the first file neither holds."""
+    for path in paths:
+        if path is not None and not fetch(stores, path):
+            where = f" nor in the data store {stores.data}" if is_object_store(stores.data) else ""
+            raise FileNotFoundError(f"{path} is not in this home{where}; run it again")
+
+
 def _download(fs: Any, key: str, local: Path) -> None:
     """Copy the object ``key`` of ``fs`` to the file ``local`` (its folders made)."""
     import shutil

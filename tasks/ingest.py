@@ -66,6 +66,26 @@ class IngestResult:
     # split of the normalized.parquet the ingest wrote beside raw.parquet; None otherwise
     split_rows: dict[str, int] | None = None
 
+    def quarantine_note(self) -> str:
+        """`` (+N quarantined: 2 x duplicate entity id …; <path>)`` for a run's summary, the
+        commonest reasons first (quoted values as ``…``); '' when no row was set aside."""
+        if not self.quarantined:
+            return ""
+        reasons = ""
+        if self.quarantine_path and Path(self.quarantine_path).is_file():
+            import re
+            from collections import Counter
+
+            texts = pq.read_table(self.quarantine_path, columns=["reason"]).column("reason")
+            kinds = Counter(
+                re.sub(r"\d+", "N", re.sub(r"'[^']*'", "…", str(t))).split(":")[0]
+                for t in texts.to_pylist()
+            )
+            reasons = ", ".join(f"{n} x {kind}" for kind, n in kinds.most_common(3))
+            reasons += ", …" if len(kinds) > 3 else ""
+            reasons = f": {reasons}"
+        return f" (+{self.quarantined} quarantined{reasons}; {self.quarantine_path})"
+
     def moved_to(self, folder: str | os.PathLike[str]) -> IngestResult:
         """This result with its files named in ``folder`` (a home's copy of the data set's
         folder; a cached result names the folder of the home that made it)."""

@@ -61,6 +61,7 @@ class RunSummary:
     mlflow_url: str = ""  # where a browser reaches the MLflow UI
     home_flag: str = ""  # " --home X" when the run's home is not the default one
     quality: dict[str, float] = field(default_factory=dict)  # figures and their baselines
+    quarantine_note: str = ""  # " (+N quarantined: reasons; path)", or ''
 
     def warnings(self) -> list[str]:
         """What a reader must not miss: a model that learned nothing, codes that carry no
@@ -149,12 +150,7 @@ class RunSummary:
             [
                 f"aepipe: reduced {self.dataset!r} from {self.features_in} to {self.code_size} "
                 "features",
-                f"  rows ingested      {self.rows_ingested}"
-                + (
-                    f" (+{self.rows_quarantined} quarantined: {self.quarantine_path})"
-                    if self.rows_quarantined
-                    else ""
-                ),
+                f"  rows ingested      {self.rows_ingested}{self.quarantine_note}",
                 f"  model              {self.model_name} version {self.model_version} "
                 f"(alias: {alias}; {self.promotion})",
                 f"  test recon error   MSE {self.test_mse:.5f}   BCE {self.test_bce:.5f}"
@@ -177,7 +173,7 @@ class RunSummary:
 
     def to_markdown(self) -> str:
         """Markdown summary for the Prefect UI."""
-        skip = ("pictures", "quality", "home_flag")
+        skip = ("pictures", "quality", "home_flag", "quarantine_note")
         fields = {k: v for k, v in asdict(self).items() if k not in skip} | self.quality
         rows = "\n".join(f"| {k} | {v} |" for k, v in fields.items())
         warned = "".join(f"> **Warning:** {w}\n\n" for w in self.warnings())
@@ -208,6 +204,7 @@ def summarize(
         rows_ingested=ingested.rows,
         rows_quarantined=ingested.quarantined,
         quarantine_path=ingested.quarantine_path,
+        quarantine_note=ingested.quarantine_note(),
         features_in=len(data.features),
         code_size=trained.code_size,
         model_name=registered.model_name,

@@ -64,18 +64,20 @@ class Scored:
     selection: str  # which rows were taken as new, and how they were found
     snapshot_id: int | None
     drift: DriftCheck | None = None  # the new rows against the model's reference
+    quarantine_note: str = ""  # " (+N quarantined: reasons; path)": source rows set aside
 
     def to_text(self) -> str:
         """The lines the CLI prints at the end of a scoring run."""
         where = f"{self.table} (model {self.model_name} v{self.model_version})"
         if not self.rows_written:
             return (
-                f"no new rows in the source ({self.rows_seen} rows, all scored already: "
-                f"{self.selection}); nothing written to {where}"
+                f"no new rows in the source ({self.rows_seen} rows{self.quarantine_note}, all "
+                f"scored already: {self.selection}); nothing written to {where}"
             )
         text = (
-            f"scored {self.rows_written} new of {self.rows_seen} source rows into {where}: "
-            f"{self.anomalies} flagged as anomalies; snapshot {self.snapshot_id}"
+            f"scored {self.rows_written} new of {self.rows_seen} source rows"
+            f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
+            f"snapshot {self.snapshot_id}"
         )
         return text + (f"\n{self.drift.to_text()}" if self.drift is not None else "")
 
@@ -270,6 +272,7 @@ def scored_summary(job: ScoringJob, ingested: IngestResult, committed: Committed
         job.selection,
         committed.snapshot_id,
         committed.drift,
+        ingested.quarantine_note(),
     )
 
 

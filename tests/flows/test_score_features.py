@@ -161,8 +161,13 @@ def test_without_timestamps_new_rows_are_new_entity_ids(prefect_server, home, tm
     assert score_features(cfg).rows_written == 0
     more = pd.concat([sales(200, 0, 3), sales(25, 200, 4)]).drop(columns=["order_id", "ts"])
     more.to_csv(path, index=False)
+    with path.open("a") as fh:  # one ragged line among the new ones: set aside, and said so
+        fh.write("7\n")
     scored = score_features(cfg)
     assert (scored.rows_seen, scored.rows_written) == (225, 25)
+    # issue 40.3: the score report says what the ingest set aside, as `aepipe run`'s does
+    assert scored.quarantine_note.startswith(" (+1 quarantined: 1 x expected N fields, got N")
+    assert f"225 source rows{scored.quarantine_note} into" in scored.to_text()
     ids = read_features("sales", home=home)["entity_id"]
     assert sorted(ids, key=int) == [str(i) for i in range(225)]
 

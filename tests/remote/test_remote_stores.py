@@ -301,6 +301,12 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
         scored = score_features(settings(second))
         assert (scored.rows_seen, scored.rows_written) == (340, 40)
         assert scored.model_version == trained.model_version
+        # issue 40.1: a fresh worker with nothing new. Its ingest is a cache hit made by home
+        # two, rebased onto this home, whose files only S3 holds (before: FileNotFoundError
+        # from check_source_shape's read of raw.parquet)
+        shutil.rmtree(second)
+        again = score_features(settings(tmp_path / "four"))
+        assert (again.rows_seen, again.rows_written) == (340, 0)
 
         table = read_features("sales", home=tmp_path / "three")
         assert len(table) == 340 and table["entity_id"].is_unique

@@ -60,6 +60,10 @@ def test_bad_csv_rows_go_to_quarantine(tmp_path, tmp_stores) -> None:
     assert reasons["row 3"] == "timestamp 'yesterday-ish' cannot be parsed"
     assert reasons["row 4"] == "duplicate entity id 'a' at 2024-01-01T00:00:00+00:00"
     assert reasons["row 6"] == "column 'flag' has non-boolean value 'maybe'"
+    # what `aepipe run` and `aepipe score` print of them: the commonest kinds, the file
+    note = ingested.quarantine_note()
+    assert note.startswith(" (+6 quarantined: ") and note.endswith(f"; {ingested.quarantine_path})")
+    assert "1 x expected N fields, got N" in note and ", …" in note  # 6 kinds, 3 shown
     assert str(raw["event_timestamp"].dtype) == "datetime64[us, UTC]"
     assert raw["flag"].tolist() == [True, False, True, True, True, True]
 
