@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow
 
 from flows.ingest import ingest
@@ -10,11 +12,12 @@ from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
 from tasks.registry import scoring_lock
 from tasks.score import (
-    DRIFT_EVENT,
     Scored,
     announce_drift,
     champion,
     prepare_scoring,
+    retrain_note,
+    score_report,
     scored_summary,
 )
 from tasks.validate import check_stores, validate_config
@@ -35,7 +38,7 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
         job = prepare_scoring(ingested, current, cfg, stores)
         committed = run_partitioned(job, cfg)  # partitions on the configured task runner
     scored = scored_summary(job, ingested, committed)
-    print(scored.to_text())
-    if announce_drift(scored, cfg):  # the reduce-features deployment's trigger retrains
-        print(f"emitted {DRIFT_EVENT} for aepipe.dataset.{cfg.dataset}")
+    emitted = announce_drift(scored, cfg)  # the reduce-features deployment's trigger retrains
+    scored = dataclasses.replace(scored, retrain=retrain_note(scored, cfg, emitted))
+    score_report(scored)  # the run's report, in the Prefect UI (the CLI prints it once)
     return scored

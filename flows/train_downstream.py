@@ -7,7 +7,7 @@ from prefect import flow
 from flows.ingest import ingest
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
-from tasks.downstream import DownstreamReport, train_downstream
+from tasks.downstream import DownstreamReport, downstream_report, train_downstream
 from tasks.normalize import normalize
 from tasks.registry import CHAMPION
 from tasks.validate import check_stores, validate_config
@@ -25,5 +25,5 @@ def train_downstream_flow(
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     data = normalize(ingested, cfg, stores)
     report = train_downstream(data, cfg, stores, model_version)
-    print(report.to_text())
+    downstream_report(report, cfg.dataset)  # in the Prefect UI; the CLI prints it once
     return report

@@ -94,6 +94,12 @@ class SourceConfig(_Frozen):
         "when the counts show rows arrived late",
     )
     label: str | None = Field(None, description="kept aside, never a model input")
+    label_kind: Literal["auto", "class", "anomaly"] = Field(
+        "auto",
+        description="what the label means: class (the codes' downstream accuracies) or "
+        "anomaly (0/1, 1 an anomaly: AUROC and AP of the scores); auto: anomaly when 0/1 "
+        "with at most 20% ones, else class; the run says what it decided",
+    )
     include: list[str] | None = Field(None, description="feature columns; default: all others")
     exclude: list[str] = Field(default_factory=list, description="columns to leave out")
     delimiter: str = Field(",", description="CSV delimiter; spaces after it are skipped")

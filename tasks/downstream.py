@@ -150,3 +150,12 @@ def _log(
 
 
 train_downstream = task(name="train-downstream")(train_downstream_model)
+
+
+def downstream_report(report: DownstreamReport, dataset: str) -> None:
+    """The downstream check's result as a Prefect artifact on its flow run (what the CLI
+    prints), under the key ``aepipe-downstream-<dataset>``."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = "aepipe-downstream-" + dataset.replace("_", "-").lower()
+    create_markdown_artifact(f"```\n{report.to_text()}\n```", key=key)

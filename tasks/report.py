@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import task
@@ -62,6 +62,7 @@ class RunSummary:
     home_flag: str = ""  # " --home X" when the run's home is not the default one
     quality: dict[str, float] = field(default_factory=dict)  # figures and their baselines
     quarantine_note: str = ""  # " (+N quarantined: reasons; path)", or ''
+    label_note: str = ""  # what the label was taken as, and why
 
     def warnings(self) -> list[str]:
         """What a reader must not miss: a model that learned nothing, codes that carry no
@@ -78,10 +79,17 @@ class RunSummary:
                 f"logistic regression on the codes ({q['codes_logreg_accuracy']:.3f}) does no "
                 f"better than always answering the majority class ({majority:.3f})"
             )
-        if q.get("test_auroc", 1.0) <= 0.55:
+        auroc = q.get("test_auroc", 1.0)
+        if auroc < 0.45:  # worse than chance: the order is turned round, not random
+            out.append(
+                f"the anomaly scores rank the labelled anomalies mostly LAST: inverted (AUROC "
+                f"{auroc:.3f}; chance is 0.5): check that 1 marks the anomalies, or set "
+                "source.label_kind: class if the label is a class"
+            )
+        elif auroc <= 0.55:
             out.append(
                 f"the anomaly scores rank the labelled anomalies about as well as chance "
-                f"(AUROC {q['test_auroc']:.3f}; chance is 0.5)"
+                f"(AUROC {auroc:.3f}; chance is 0.5)"
             )
         return out
 
@@ -130,7 +138,7 @@ class RunSummary:
             "promotion": self.promotion,
             "test MSE": f"{self.test_mse:.5f}",
             "test BCE": f"{self.test_bce:.5f}",
-            **{k: f"{v:.5g}" for k, v in self.quality.items()},
+            **{k.replace("_", " "): f"{v:.5g}" for k, v in self.quality.items()},
             "training": f"{self.train_seconds:.1f} s on {self.device}",
             "feature table rows": self.rows_written,
             "flagged is_anomaly": self.anomalies,
@@ -155,6 +163,7 @@ class RunSummary:
                 f"(alias: {alias}; {self.promotion})",
                 f"  test recon error   MSE {self.test_mse:.5f}   BCE {self.test_bce:.5f}"
                 f"   (best epoch {self.best_epoch}, {self.train_seconds:.1f} s on {self.device})",
+                *([f"  label              {self.label_note}"] if self.label_note else []),
                 *self.quality_lines(),
                 f"  feature table      aepipe.{self.table}: {self.rows_written} rows, "
                 f"{self.anomalies} flagged is_anomaly",
@@ -173,9 +182,12 @@ class RunSummary:
 
     def to_markdown(self) -> str:
         """Markdown summary for the Prefect UI."""
-        skip = ("pictures", "quality", "home_flag", "quarantine_note")
-        fields = {k: v for k, v in asdict(self).items() if k not in skip} | self.quality
-        rows = "\n".join(f"| {k} | {v} |" for k, v in fields.items())
+        places = [
+            {"item": "feature table", "value": f"aepipe.{self.table}"},
+            {"item": "warehouse", "value": self.warehouse},
+            {"item": "quarantine", "value": self.quarantine_path or "none"},
+        ]  # the figures as the table artifact names and rounds them, then where things are
+        rows = "\n".join(f"| {r['item']} | {r['value']} |" for r in self.table_rows() + places)
         warned = "".join(f"> **Warning:** {w}\n\n" for w in self.warnings())
         run_page = f"{self.mlflow_url}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         pictures = "\n\n".join(
@@ -205,6 +217,7 @@ def summarize(
         rows_quarantined=ingested.quarantined,
         quarantine_path=ingested.quarantine_path,
         quarantine_note=ingested.quarantine_note(),
+        label_note=trained.label_note,
         features_in=len(data.features),
         code_size=trained.code_size,
         model_name=registered.model_name,

@@ -65,6 +65,7 @@ class Scored:
     snapshot_id: int | None
     drift: DriftCheck | None = None  # the new rows against the model's reference
     quarantine_note: str = ""  # " (+N quarantined: reasons; path)": source rows set aside
+    retrain: str = ""  # what happens about the drift found: who retrains, or what to start
 
     def to_text(self) -> str:
         """The lines the CLI prints at the end of a scoring run."""
@@ -79,7 +80,8 @@ class Scored:
             f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
             f"snapshot {self.snapshot_id}"
         )
-        return text + (f"\n{self.drift.to_text()}" if self.drift is not None else "")
+        drift = f"\n{self.drift.to_text()}" if self.drift is not None else ""
+        return text + drift + (f"\n{self.retrain}" if self.retrain else "")
 
 
 def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
@@ -290,6 +292,48 @@ def score_new_rows(
 DRIFT_EVENT = "aepipe.drift.detected"
 
 
+def drift_listeners() -> list[str]:
+    """The deployments (``flow/deployment``) whose enabled trigger runs on
+    ``aepipe.drift.detected`` on the Prefect server this process talks to; [] when none
+    (a temporary server, no ``prefect deploy`` or ``aepipe serve``, the trigger off)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import RunDeployment
+
+    names = []
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            expects = getattr(automation.trigger, "expect", set()) or set()
+            if not automation.enabled or DRIFT_EVENT not in expects:
+                continue
+            for action in automation.actions:
+                if isinstance(action, RunDeployment) and action.deployment_id is not None:
+                    deployment = client.read_deployment(action.deployment_id)
+                    flow = client.read_flow(deployment.flow_id)
+                    names.append(f"{flow.name}/{deployment.name}")
+    return names
+
+
+def retrain_note(scored: Scored, cfg: PipelineConfig, emitted: bool) -> str:
+    """One line on what follows the drift a run found: the deployment that will retrain,
+    or that none listens and what to start; '' when no drift was found."""
+    if scored.drift is None or not scored.drift.drifted:
+        return ""
+    if not cfg.drift.retrain:
+        return "retrain: off (drift.retrain false): run `aepipe run` to retrain by hand"
+    listeners = drift_listeners() if emitted else []
+    if listeners:
+        return (
+            f"retrain: emitted {DRIFT_EVENT} for aepipe.dataset.{cfg.dataset}; "
+            f"{', '.join(listeners)} will retrain it"
+        )
+    return (
+        f"retrain: emitted {DRIFT_EVENT}, but no deployment on this Prefect server listens "
+        "for it (a temporary server, or the trigger off): start `prefect server start` with "
+        "`prefect deploy --all` and a worker, or `aepipe serve`, to retrain on drift; or run "
+        "`aepipe run` now"
+    )
+
+
 def announce_drift(scored: Scored, cfg: PipelineConfig) -> bool:
     """Emit the Prefect event ``aepipe.drift.detected`` for the data set when the run found
     drift and ``drift.retrain`` is on: the resource ``aepipe.dataset.<name>``, the check's
@@ -327,6 +371,15 @@ def announce_drift(scored: Scored, cfg: PipelineConfig) -> bool:
         },
     )
     return True
+
+
+def score_report(scored: Scored) -> None:
+    """The scoring run's report as a Prefect artifact on its flow run (what the CLI prints),
+    under the key ``aepipe-score-<dataset>`` so a data set's reports line up."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = "aepipe-score-" + scored.table.replace("_", "-").lower()
+    create_markdown_artifact(f"```\n{scored.to_text()}\n```", key=key)
 
 
 champion = io_task("load-champion")(load_champion)

@@ -37,7 +37,7 @@ from tasks.evaluation.metrics import (
     baseline_reconstruction,
     code_metrics,
     is_anomaly_label,
-    is_classification_label,
+    read_label,
 )
 from tasks.io.splits import (
     SAMPLE_ROWS,
@@ -82,6 +82,7 @@ class TrainedModel:
     device: str
     precision: str
     loss: str = "mse"  # the reconstruction loss trained on: bce (sigmoid head) or mse
+    label_note: str = ""  # what the label was taken as (classes, anomalies), and why
 
 
 def streams(data: NormalizedData, cfg: PipelineConfig) -> bool:
@@ -450,11 +451,14 @@ def train_autoencoder(
     loss = model.config.loss_name  # what the model was trained to lower: bce or mse
     # below 1: reconstructs better than each column's training mean; 1 or more: learned nothing
     metrics["recon_vs_baseline"] = metrics[f"test_{loss}"] / max(metrics[f"baseline_{loss}"], 1e-12)
+    label_note = ""
     if labels is not None:
         y_fit = np.concatenate([labels["train"], labels["val"]])
-        if is_classification_label(y_fit):
+        y_all = np.concatenate([y_fit, labels[eval_split]])
+        kind, label_note = read_label(y_all, cfg.source.label_kind, cfg.source.label or "label")
+        if kind == "class":
             metrics.update(code_metrics(z_fit, y_fit, z_test, labels[eval_split]))
-        if is_anomaly_label(labels[eval_split]):
+        if kind == "anomaly" and is_anomaly_label(labels[eval_split]):
             metrics.update(anomaly_metrics(test_scores, labels[eval_split]))
     stamp = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     folder = stores.models_dir / cfg.dataset / stamp
@@ -504,6 +508,7 @@ def train_autoencoder(
         result.device,
         result.precision,
         loss,
+        label_note,
     )
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(trained)))  # until it is registered

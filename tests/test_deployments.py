@@ -113,6 +113,10 @@ def drift_retrains_through_the_trigger(api: str, cli, home: Path, orders, tracki
             break
         assert time.monotonic() < deadline, [r["state_name"] for r in new] or "no run"
         time.sleep(2)
+    # the drifted run's report (an artifact on its flow run) names who retrains (issue 40.5)
+    reports = call(api, "POST", "/artifacts/filter", {"artifacts": {"key": {"any_": [
+        "aepipe-score-orders"]}}})  # fmt: skip
+    assert any("reduce-features/reduce-features will retrain it" in a["data"] for a in reports)
     (retrain,) = new  # the drifted batch's; the clean batch's run would be here by now
     assert retrain["state_type"] == "COMPLETED", retrain["state_name"]
     # the event names the data set and version only; the run loaded version 1's config

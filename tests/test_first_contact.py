@@ -4,6 +4,7 @@ its fix; they need ``../shared/datasets`` and skip with a reason without it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def test_scoring_needs_only_what_locates_the_data(adult_run, tmp_path, aepipe_cl
     score = adult_run["score"]
     assert score.returncode == 0, score.stderr[-3000:]
     assert "no new rows in the source (32561 rows" in score.stdout
+    # issue 40.7: the report once (the flow no longer prints it into its log as well)
+    assert (score.stdout + score.stderr).count("no new rows in the source") == 1
     refused = aepipe_cli("score", "--code-size", "50", cwd=tmp_path)
     assert refused.returncode == 2 and "unrecognized arguments: --code-size" in refused.stderr
 
@@ -188,8 +191,15 @@ def test_summary_warns_loudly(tmp_path: Path) -> None:
     assert "learned nothing and was not promoted" in text
     assert "does no better than always answering the majority class (0.762)" in text
     assert "AUROC 0.430; chance is 0.5" in text
+    # issue 40.6: below chance is said to be inverted, not "about as well as chance"
+    assert "mostly LAST: inverted" in text and "about as well as chance" not in text
+    chance = dataclasses.replace(summary, quality={**summary.quality, "test_auroc": 0.52})
+    assert "about as well as chance (AUROC 0.520" in chance.to_text()
     markdown = summary.to_markdown()
     assert "file://" not in markdown
+    # issue 40.7: rounded figures named as in the table artifact, not raw floats and fields
+    assert "| codes logreg accuracy | 0.762 |" in markdown and "rows_ingested" not in markdown
+    assert "| rows ingested | 0 |" in markdown
     assert "](http://127.0.0.1:5000/get-artifact?path=plots/loss_curves.png&run_id=x)" in markdown
     assert "http://127.0.0.1:5000/#/experiments/3/runs/x" in markdown
 

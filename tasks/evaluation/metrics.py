@@ -21,6 +21,45 @@ def is_anomaly_label(y: np.ndarray) -> bool:
     return values == {0.0, 1.0}
 
 
+MAX_ANOMALY_SHARE = 0.2  # auto: a 0/1 label with more ones than this is a class label
+
+
+def read_label(y: np.ndarray, kind: str, name: str) -> tuple[str, str]:
+    """What the label ``name`` (values ``y``) is taken as, and one line saying so: "anomaly"
+    (AUROC and AP of the scores), "class" (the codes' downstream accuracies) or "none".
+    ``kind`` is ``source.label_kind``: ``auto`` reads a 0/1 label with at most 20 % ones as
+    anomalies and any other label of few values as classes."""
+    binary = is_anomaly_label(y)
+    share = float(np.mean(y.astype(float) == 1.0)) if binary else 0.0
+    if kind == "anomaly":
+        if binary:
+            return "anomaly", f"label {name!r}: anomalies (source.label_kind), {share:.1%} ones"
+        return "none", (
+            f"label {name!r}: source.label_kind is anomaly, but it is not 0/1 with both "
+            "values: no anomaly figures"
+        )
+    if kind == "auto" and binary and share <= MAX_ANOMALY_SHARE:
+        return "anomaly", (
+            f"label {name!r}: 0/1 with {share:.1%} ones, read as anomalies "
+            "(source.label_kind: class reads it as classes)"
+        )
+    if is_classification_label(y):
+        why = (
+            "source.label_kind"
+            if kind == "class"
+            else (
+                f"0/1 with {share:.1%} ones, more than {MAX_ANOMALY_SHARE:.0%}"
+                if binary
+                else f"{len(np.unique(y.astype(str)))} values"
+            )
+        )
+        return (
+            "class",
+            f"label {name!r}: classes ({why}; source.label_kind: anomaly for 0/1 anomaly marks)",
+        )
+    return "none", f"label {name!r}: too many distinct values for classes or anomalies"
+
+
 def code_metrics(
     z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray
 ) -> dict[str, float]:

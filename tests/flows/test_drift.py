@@ -68,6 +68,9 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orde
     assert set(moved.drift.drifted_columns[:2]) == {"amount", "items"}
     assert "region" not in moved.drift.drifted_columns
     assert "drift: DETECTED in 600 rows" in moved.to_text()
+    # issue 40.5: no deployment listens on this (test) server, and the run says so
+    assert "but no deployment on this Prefect server listens for it" in moved.retrain
+    assert moved.retrain in moved.to_text()
     (event,) = drift_events(1)  # the reduce-features deployment's trigger retrains on it
     assert event.resource.id == "aepipe.dataset.orders"
     # names only: the retrain loads the drifted version's config from the tracking store
@@ -90,6 +93,7 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orde
     pd.concat(parts).to_csv(path, index=False)
     recorded = score_features(quiet)
     assert recorded.drift.drifted  # drift.retrain false: recorded, and no event
+    assert recorded.retrain.startswith("retrain: off (drift.retrain false)")
     assert not announce_drift(recorded, quiet) and announce_drift(recorded, cfg)
 
     parts.append(orders(50, 4800, 4, scale=3.0))  # too few rows to judge

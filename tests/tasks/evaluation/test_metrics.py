@@ -11,6 +11,7 @@ from tasks.evaluation.metrics import (
     code_metrics,
     is_anomaly_label,
     is_classification_label,
+    read_label,
 )
 
 
@@ -19,6 +20,22 @@ def test_label_kinds() -> None:
     assert not is_anomaly_label(np.array([0, 0])) and not is_anomaly_label(np.array(["a", "b"]))
     assert is_classification_label(np.array(["<=50K", ">50K"]))
     assert not is_classification_label(np.arange(1000))
+
+
+def test_a_label_means_what_the_user_says() -> None:
+    """Issue 40.6: any 0/1 label was read as anomaly marks (a churn label got an AUROC and a
+    warning; two image folders 0/ and 1/ an "about chance" line). Now auto reads 0/1 with
+    at most 20 % ones as anomalies and says so; the rest are classes; the setting decides."""
+    rare = np.array([1] * 5 + [0] * 95)
+    churn = np.array([1] * 27 + [0] * 73)
+    kind, note = read_label(rare, "auto", "Class")
+    assert kind == "anomaly" and "0/1 with 5.0% ones, read as anomalies" in note
+    kind, note = read_label(churn, "auto", "churned")
+    assert kind == "class" and "0/1 with 27.0% ones, more than 20%" in note
+    assert read_label(churn, "anomaly", "churned")[0] == "anomaly"
+    assert read_label(rare, "class", "Class")[0] == "class"
+    assert read_label(np.array(["a", "b", "c"]), "anomaly", "y")[0] == "none"
+    assert read_label(np.arange(5000), "auto", "id")[0] == "none"
 
 
 def test_code_metrics_on_separable_codes() -> None:
