@@ -32,7 +32,7 @@ from tasks import normalize
 from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
 from tasks.io import arrays
 from tasks.io.parquet import ParquetSink, with_features, with_tensor, write_table
-from tasks.io.parts import concat_parts, cross_part_duplicates
+from tasks.io.parts import concat_parts, cross_part_duplicates, reason_kinds
 from tasks.io.sources import (
     ARRAY_FORMATS,
     ArrayDigest,
@@ -68,22 +68,11 @@ class IngestResult:
 
     def quarantine_note(self) -> str:
         """`` (+N quarantined: 2 x duplicate entity id …; <path>)`` for a run's summary, the
-        commonest reasons first (quoted values as ``…``); '' when no row was set aside."""
+        commonest reasons first; '' when no row was set aside."""
         if not self.quarantined:
             return ""
-        reasons = ""
-        if self.quarantine_path and Path(self.quarantine_path).is_file():
-            import re
-            from collections import Counter
-
-            texts = pq.read_table(self.quarantine_path, columns=["reason"]).column("reason")
-            kinds = Counter(
-                re.sub(r"\d+", "N", re.sub(r"'[^']*'", "…", str(t))).split(":")[0]
-                for t in texts.to_pylist()
-            )
-            reasons = ", ".join(f"{n} x {kind}" for kind, n in kinds.most_common(3))
-            reasons += ", …" if len(kinds) > 3 else ""
-            reasons = f": {reasons}"
+        kinds = reason_kinds(self.quarantine_path)
+        reasons = f": {kinds}" if kinds else ""
         return f" (+{self.quarantined} quarantined{reasons}; {self.quarantine_path})"
 
     def moved_to(self, folder: str | os.PathLike[str]) -> IngestResult:

@@ -72,3 +72,19 @@ def concat_parts(parts: list[tuple[int, str]], dups: dict[int, np.ndarray], out:
     if writer is not None:
         writer.close()
     os.replace(tmp, out)
+
+
+def reason_kinds(quarantine_path: str | None, top: int = 3) -> str:
+    """The commonest kinds of reason in a quarantine file, counted (``2 x column … has
+    non-numeric value …``: quoted values as ``…``, numbers as ``N``); '' without a file."""
+    if not quarantine_path or not os.path.isfile(quarantine_path):
+        return ""
+    import re
+    from collections import Counter
+
+    texts = pq.read_table(quarantine_path, columns=["reason"]).column("reason").to_pylist()
+    kinds = Counter(
+        re.sub(r"\d+", "N", re.sub(r"'[^']*'", "…", str(t))).split(":")[0] for t in texts
+    )
+    shown = ", ".join(f"{n} x {kind}" for kind, n in kinds.most_common(top))
+    return shown + (", …" if len(kinds) > top else "")
