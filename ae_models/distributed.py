@@ -391,6 +391,13 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException:  # recorded for the agent; leave without the process group's
         sys.stderr.flush()  # teardown, which aborts (SIGABRT) when a peer has gone
         os._exit(1)
+    # done: the results are on disk (rank 0 wrote them before the barrier). Leave without the
+    # interpreter's teardown too: a native thread still joinable at exit made a finished rank
+    # abort now and then ("terminate called without an active exception", SIGABRT), which
+    # failed a run whose training had completed
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
