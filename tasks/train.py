@@ -455,7 +455,8 @@ def train_autoencoder(
     if labels is not None:
         y_fit = np.concatenate([labels["train"], labels["val"]])
         y_all = np.concatenate([y_fit, labels[eval_split]])
-        kind, label_note = read_label(y_all, cfg.source.label_kind, cfg.source.label or "label")
+        name = repr(cfg.source.label) if cfg.source.label else "the source's own"
+        kind, label_note = read_label(y_all, cfg.source.label_kind, name)
         if kind == "class":
             metrics.update(code_metrics(z_fit, y_fit, z_test, labels[eval_split]))
         if kind == "anomaly" and is_anomaly_label(labels[eval_split]):

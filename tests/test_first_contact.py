@@ -101,6 +101,8 @@ def test_summary_sets_each_figure_beside_its_trivial_baseline(adult_run) -> None
     out = adult_run["run"].stdout
     assert "trivial baseline   MSE" in out and "(majority class 0.7" in out
     assert "codes -> label     logistic regression 0.8" in out
+    assert "  label              'Salary': classes (2 values)" in out  # and no AUROC line
+    assert "anomaly scores     AUROC" not in out
     home = adult_run["home"]
     assert f"read_features('adult', home='{home}')" in out
     assert f"features adult --home {home}" in out

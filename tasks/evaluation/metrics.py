@@ -33,31 +33,23 @@ def read_label(y: np.ndarray, kind: str, name: str) -> tuple[str, str]:
     share = float(np.mean(y.astype(float) == 1.0)) if binary else 0.0
     if kind == "anomaly":
         if binary:
-            return "anomaly", f"label {name!r}: anomalies (source.label_kind), {share:.1%} ones"
-        return "none", (
-            f"label {name!r}: source.label_kind is anomaly, but it is not 0/1 with both "
-            "values: no anomaly figures"
-        )
+            return "anomaly", f"{name}: anomalies (source.label_kind), {share:.1%} ones"
+        return "none", f"{name}: source.label_kind is anomaly, but it is not 0/1: no figures"
     if kind == "auto" and binary and share <= MAX_ANOMALY_SHARE:
         return "anomaly", (
-            f"label {name!r}: 0/1 with {share:.1%} ones, read as anomalies "
+            f"{name}: 0/1 with {share:.1%} ones, read as anomalies "
             "(source.label_kind: class reads it as classes)"
         )
     if is_classification_label(y):
-        why = (
-            "source.label_kind"
-            if kind == "class"
-            else (
-                f"0/1 with {share:.1%} ones, more than {MAX_ANOMALY_SHARE:.0%}"
-                if binary
-                else f"{len(np.unique(y.astype(str)))} values"
+        if kind == "class":
+            return "class", f"{name}: classes (source.label_kind)"
+        if binary:
+            return "class", (
+                f"{name}: 0/1 with {share:.1%} ones, more than {MAX_ANOMALY_SHARE:.0%}: read "
+                "as classes (source.label_kind: anomaly reads it as anomaly marks)"
             )
-        )
-        return (
-            "class",
-            f"label {name!r}: classes ({why}; source.label_kind: anomaly for 0/1 anomaly marks)",
-        )
-    return "none", f"label {name!r}: too many distinct values for classes or anomalies"
+        return "class", f"{name}: classes ({len(np.unique(y.astype(str)))} values)"
+    return "none", f"{name}: too many distinct values for classes or anomalies"
 
 
 def code_metrics(

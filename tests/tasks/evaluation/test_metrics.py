@@ -28,10 +28,11 @@ def test_a_label_means_what_the_user_says() -> None:
     at most 20 % ones as anomalies and says so; the rest are classes; the setting decides."""
     rare = np.array([1] * 5 + [0] * 95)
     churn = np.array([1] * 27 + [0] * 73)
-    kind, note = read_label(rare, "auto", "Class")
-    assert kind == "anomaly" and "0/1 with 5.0% ones, read as anomalies" in note
-    kind, note = read_label(churn, "auto", "churned")
-    assert kind == "class" and "0/1 with 27.0% ones, more than 20%" in note
+    kind, note = read_label(rare, "auto", "'Class'")
+    assert kind == "anomaly" and note.startswith("'Class': 0/1 with 5.0% ones, read as anomal")
+    kind, note = read_label(churn, "auto", "'churned'")
+    assert kind == "class" and "0/1 with 27.0% ones, more than 20%: read as classes" in note
+    assert read_label(np.arange(10).repeat(3), "auto", "x") == ("class", "x: classes (10 values)")
     assert read_label(churn, "anomaly", "churned")[0] == "anomaly"
     assert read_label(rare, "class", "Class")[0] == "class"
     assert read_label(np.array(["a", "b", "c"]), "anomaly", "y")[0] == "none"
