@@ -340,9 +340,8 @@ def normalize(ingested: IngestResult, cfg: PipelineConfig, stores: Stores) -> No
 
     folder = Path(ingested.path).parent
     path, spec_path = folder / NORMALIZED_FILE, folder / SPEC_FILE
+    # (the ingest stage made ingested.path present here: normalize reads it when not done)
     done = data_store.fetch(stores, path) and data_store.fetch(stores, spec_path)
-    if not done:
-        data_store.fetch(stores, ingested.path)
     results = result_storage(stores)  # on AEPIPE_DATA: shared by every machine
     data = normalize_task.with_options(refresh_cache=not done, result_storage=results)(
         ingested, cfg
