@@ -260,14 +260,22 @@ def _quiet_failures(home: Path) -> Path:
     return path
 
 
-def _config(args: argparse.Namespace) -> Any:
-    """The pipeline config of a run/score/downstream command, checked before anything runs."""
+def _settings(args: argparse.Namespace) -> Any:
+    """The pipeline config of a run/score/downstream command, validated (nothing written)."""
     from tasks.config import build_config, load_config
-    from tasks.validate import check_stores, validate_config
+    from tasks.validate import validate_config
 
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides) if args.config else build_config(_nested(overrides))
     validate_config(cfg, training=args.command == "run")  # before anything is written
+    return cfg
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The pipeline config of a run/score/downstream command, checked before anything runs."""
+    from tasks.validate import check_stores
+
+    cfg = _settings(args)
     check_stores(cfg, resolve_stores(cfg.home))  # and before Prefect's server starts
     return cfg
 
@@ -285,19 +293,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    from flows.score_features import score_features
-    from tasks.registry import champion_version
+    from tasks.scored import unchanged_scoring
 
-    # no champion: say so before Prefect starts
-    champion_version(cfg.model_name, resolve_stores(cfg.home))
-    _prepare_environment(resolve_stores(cfg.home).home)
-    _quiet_failures(resolve_stores(cfg.home).home)
-
-    scored = score_features(cfg)
+    cfg = _settings(args)
+    # nothing new since the last run (its note, the table's champion): answered at once,
+    # without MLflow or a Prefect server
+    scored = unchanged_scoring(cfg, resolve_stores(cfg.home))
+    if scored is None:
+        scored = _score_flow(args)
     print()
     print(scored.to_text())
     return 0
+
+
+def _score_flow(args: argparse.Namespace) -> Any:
+    """The score-features flow, once the stores answer and the model has a champion."""
+    cfg = _config(args)
+    from tasks.registry import champion_version
+
+    stores = resolve_stores(cfg.home)
+    champion_version(cfg.model_name, stores)  # none: said before Prefect starts
+    _prepare_environment(stores.home)
+    from flows.score_features import score_features
+
+    _quiet_failures(stores.home)
+    return score_features(cfg)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from tasks.score import (
     score_report,
     scored_summary,
 )
+from tasks.scored import remember_scoring, unchanged_scoring
 from tasks.validate import check_stores, validate_config
 
 
@@ -31,13 +32,18 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     validate_config(cfg, training=False)  # the model's settings are the version's
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
     current = champion(cfg, stores)
+    quiet = unchanged_scoring(cfg, stores, current.version)  # the last run's note says all
+    if quiet is not None:
+        score_report(quiet)
+        return quiet
     ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
     # runs scoring this data set at once take turns from finding the new rows to appending
     # them (else each would append the same rows); the later one finds only what is left
     with scoring_lock(stores, cfg.dataset):
         job = prepare_scoring(ingested, current, cfg, stores)
         committed = run_partitioned(job, cfg)  # partitions on the configured task runner
-    scored = scored_summary(job, ingested, committed)
+        scored = scored_summary(job, ingested, committed)
+        remember_scoring(scored, ingested.fingerprint, cfg, stores)  # for the next run
     emitted = announce_drift(scored, cfg)  # the reduce-features deployment's trigger retrains
     scored = dataclasses.replace(scored, retrain=retrain_note(scored, cfg, emitted))
     score_report(scored)  # the run's report, in the Prefect UI (the CLI prints it once)

@@ -132,6 +132,35 @@ def ensure_here(stores: Stores, *paths: str | os.PathLike[str] | None) -> None:
             raise FileNotFoundError(f"{path} is not in this home{where}; run it again")
 
 
+def read_note(stores: Stores, path: str | os.PathLike[str]) -> bytes | None:
+    """The current bytes of this home's small mutable file ``path`` (a note a run leaves for
+    the next one): the object store's copy when the data store is one (a copy here may be
+    stale), else the file; None when there is none."""
+    remote = remote_path(stores, path)
+    if remote is None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+    fs, _ = filesystem(stores.data)
+    try:
+        with fs.open_input_stream(remote) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_note(stores: Stores, path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace this home's small mutable file ``path`` with ``data`` (written whole, then
+    renamed), and the object store's copy with it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    publish(stores, target)
+
+
 def _download(fs: Any, key: str, local: Path) -> None:
     """Copy the object ``key`` of ``fs`` to the file ``local`` (its folders made)."""
     import shutil

@@ -24,7 +24,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from ae_models.drift import DriftCheck
 from ae_models.preprocessing import NORMALIZER_FILE
 from ae_models.tensor_column import find_tensor
 from feature_store import FeatureStoreError, load_table
@@ -34,13 +33,13 @@ from stores import data as data_store
 from tasks import registry
 from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
 from tasks.ingest import IngestResult
+from tasks.scored import Scored
 from tasks.write_features import (
     Committed,
     ModelRef,
     ScoringJob,
     new_job,
     save_row_positions,
-    write_in_process,
 )
 
 if TYPE_CHECKING:
@@ -49,39 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Champion = ModelRef  # the registered version that scores new data, and its model folder
-
-
-@dataclass(frozen=True)
-class Scored:
-    """What one scoring run did: rows seen in the source, rows new and written, the commit."""
-
-    table: str
-    model_name: str
-    model_version: int
-    rows_seen: int
-    rows_written: int
-    anomalies: int
-    selection: str  # which rows were taken as new, and how they were found
-    snapshot_id: int | None
-    drift: DriftCheck | None = None  # the new rows against the model's reference
-    quarantine_note: str = ""  # " (+N quarantined: reasons; path)": source rows set aside
-    retrain: str = ""  # what happens about the drift found: who retrains, or what to start
-
-    def to_text(self) -> str:
-        """The lines the CLI prints at the end of a scoring run."""
-        where = f"{self.table} (model {self.model_name} v{self.model_version})"
-        if not self.rows_written:
-            return (
-                f"no new rows in the source ({self.rows_seen} rows{self.quarantine_note}, all "
-                f"scored already: {self.selection}); nothing written to {where}"
-            )
-        text = (
-            f"scored {self.rows_written} new of {self.rows_seen} source rows"
-            f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
-            f"snapshot {self.snapshot_id}"
-        )
-        drift = f"\n{self.drift.to_text()}" if self.drift is not None else ""
-        return text + drift + (f"\n{self.retrain}" if self.retrain else "")
 
 
 def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
@@ -276,17 +242,6 @@ def scored_summary(job: ScoringJob, ingested: IngestResult, committed: Committed
         committed.drift,
         ingested.quarantine_note(),
     )
-
-
-def score_new_rows(
-    ingested: IngestResult, champion: Champion, cfg: PipelineConfig, stores: Stores
-) -> Scored:
-    """Score the new rows in this process, partition after partition, and append them in one
-    commit (the score-features flow runs the partitions as tasks instead)."""
-    with registry.scoring_lock(stores, cfg.dataset):  # see flows/score_features.py
-        job = scoring_job(ingested, champion, cfg, stores)
-        committed = write_in_process(job)
-    return scored_summary(job, ingested, committed)
 
 
 DRIFT_EVENT = "aepipe.drift.detected"

@@ -72,10 +72,11 @@ def _array_columns(src: SourceConfig, fmt: str, images: list[str] | None) -> lis
     return columns + ([LABEL] if has_labels else [])
 
 
-def _check_first_line(path: str) -> None:
+def _check_first_line(path: str, header: bool = True) -> None:
     """A ConfigError when the file's first line (gzip too) runs past
     :data:`~tasks.io.tables.MAX_LINE_BYTES` bytes: no CSV header, and pandas would hold it
-    whole to find out."""
+    whole to find out; or when a file with a ``header`` holds nothing after it (said here,
+    before a Prefect server is started for a run that has nothing to read)."""
     import gzip
 
     from tasks.io.tables import MAX_LINE_BYTES
@@ -88,6 +89,9 @@ def _check_first_line(path: str) -> None:
             f"the first line of {path!r} is longer than {MAX_LINE_BYTES:,} bytes: not a CSV "
             "header aepipe can read"
         )
+    first, _, rest = head.partition(b"\n")
+    if header and len(head) <= MAX_LINE_BYTES and first.strip() and not rest.strip():
+        raise ConfigError(f"source {path!r} has no rows (only its header line)")
 
 
 def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, list[str]]:
@@ -105,7 +109,7 @@ def _source_columns(src: SourceConfig, images: list[str] | None) -> tuple[str, l
         return fmt, _array_columns(src, fmt, images)
     if fmt == "csv":
         try:
-            _check_first_line(src.path)
+            _check_first_line(src.path, src.header)
             head = pd.read_csv(
                 path,
                 sep=src.delimiter,
@@ -204,9 +208,9 @@ def source_fingerprint(cfg: PipelineConfig, images: list[str] | None = None) -> 
     h.update(json.dumps([cfg.test_fraction, cfg.val_fraction, cfg.train.seed]).encode())
     h.update(f"layout {LAYOUT}".encode())  # files of another layout are ingested again
     if src.resolved_format == "builtin":
-        import sklearn
+        from importlib.metadata import version  # importing scikit-learn takes a second
 
-        h.update(f"sklearn-{sklearn.__version__}".encode())
+        h.update(f"sklearn-{version('scikit-learn')}".encode())
     elif src.fingerprint == "content":
         h.update(content_digest(src).encode())
     else:

@@ -141,8 +141,12 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     assert new["anomaly_score"].between(0, 1).all()
     assert new["event_timestamp"].min() == pd.Timestamp(T0 + timedelta(hours=300))
 
-    again = score_features(cfg)
+    state = score_features(cfg, return_state=True)
+    again = state.result()
     assert again.rows_written == 0 and snapshot(home) == scored.snapshot_id
+    # issue 40.4: nothing new since the last run's note: no ingest, no table scan
+    assert task_states(state.state_details.flow_run_id) == {"load-champion": "Completed"}
+    assert "unchanged since the scoring run" in again.selection
     assert progress_shown() == 100.0  # the Prefect UI showed the scoring progress
 
     # a downstream reader joins labels to the features as they were at each moment
@@ -153,12 +157,41 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
     assert joined["z_0"].notna().all()
 
 
-def test_without_timestamps_new_rows_are_new_entity_ids(prefect_server, home, tmp_path) -> None:
+def test_without_timestamps_new_rows_are_new_entity_ids(
+    prefect_server, home, tmp_path, aepipe_main, monkeypatch
+) -> None:
+    import yaml
+
+    import flows.score_features
+    from feature_store import record_aliases
+    from stores import resolve_stores
+    from tasks.scored import unchanged_scoring
+
     path = tmp_path / "orders.csv"
     sales(200, 0, 3).drop(columns=["order_id", "ts"]).to_csv(path, index=False)
     cfg = config(home, path)
     reduce_features(cfg)
     assert score_features(cfg).rows_written == 0
+
+    # issue 40.4: the next run with nothing new is answered from the last run's note, before
+    # MLflow or a Prefect server is started ...
+    settings = tmp_path / "orders.yaml"
+    settings.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    flow_started = []
+    monkeypatch.setattr(flows.score_features, "score_features", flow_started.append)
+    quick = aepipe_main("score", str(settings), cwd=tmp_path)
+    assert quick.returncode == 0 and not flow_started, quick.stderr
+    assert "no new rows in the source (200 rows, all scored already: the source is " in quick.stdout
+    assert "unchanged since the scoring run of" in quick.stdout
+    monkeypatch.undo()
+    # ... and only while settings, champion and table are as that run left them
+    st = resolve_stores(home)
+    assert unchanged_scoring(cfg, st) is not None
+    assert unchanged_scoring(cfg.model_copy(update={"partition_rows": 7}), st) is None
+    record_aliases(cfg.model_name, {"champion": 2}, st)  # a champion that has not scored it
+    assert unchanged_scoring(cfg, st) is None
+    assert unchanged_scoring(cfg, st, version=1) is not None  # the registry's, when asked
+    record_aliases(cfg.model_name, {"champion": 1}, st)
     more = pd.concat([sales(200, 0, 3), sales(25, 200, 4)]).drop(columns=["order_id", "ts"])
     more.to_csv(path, index=False)
     with path.open("a") as fh:  # one ragged line among the new ones: set aside, and said so

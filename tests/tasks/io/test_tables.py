@@ -88,6 +88,14 @@ def test_empty_and_unreadable_inputs(tmp_path, tmp_stores) -> None:
     empty.write_text("a,b\n")
     with pytest.raises(ConfigError, match="has no rows"):
         ingest_source(config(empty), tmp_stores)
+    # issue 40.4: said while the config is checked, before a Prefect server is started
+    empty.write_text("a,b\n\n  \n")
+    with pytest.raises(ConfigError, match=r"has no rows \(only its header line\)"):
+        validate_config(config(empty), training=False)
+    packed = tmp_path / "empty.csv.gz"
+    packed.write_bytes(gzip.compress(b"a,b\n"))
+    with pytest.raises(ConfigError, match=r"has no rows \(only its header line\)"):
+        validate_config(config(packed), training=False)
     blank = tmp_path / "blank.csv"
     blank.write_text("")
     with pytest.raises(ConfigError, match="cannot read CSV header"):
