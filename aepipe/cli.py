@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     feats.add_argument(
         "--maintain",
         action="store_true",
-        help="expire old snapshots and delete files no kept snapshot needs, instead of rows",
+        help="expire old snapshots and delete files no kept snapshot needs, and the data "
+        "store's files no run needs (superseded ingests, old checkpoints), instead of rows",
     )
     feats.add_argument(
         "--retain-days",
@@ -393,13 +394,16 @@ def _features(args: argparse.Namespace) -> int:
 
         if args.retain_days < 0 or args.orphan_age_hours < 0:
             raise _UsageError("--retain-days and --orphan-age-hours must not be negative")
-        done = maintain_table(
-            args.table,
-            retain=timedelta(days=args.retain_days),
-            orphan_age=timedelta(hours=args.orphan_age_hours),
-            home=args.home,
+        from stores.upkeep import maintain_data
+
+        retain, orphan_age = (
+            timedelta(days=args.retain_days),
+            timedelta(hours=args.orphan_age_hours),
         )
+        done = maintain_table(args.table, retain=retain, orphan_age=orphan_age, home=args.home)
         print(done.to_text())
+        pruned = maintain_data(resolve_stores(args.home), retain, orphan_age, [args.table])
+        print(pruned.to_text())
         return 0
     if args.history:
         from feature_store import table_history

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, unmapped
+from prefect.runtime import flow_run
 
 from flows.partitions import map_with_progress, run_subflow
 from stores import Stores
 from stores import data as data_store
 from stores.space import room_for
+from stores.upkeep import take_lease
 from tasks.config import PipelineConfig
 from tasks.ingest import (
     IngestedPart,
@@ -57,6 +59,8 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
     """Plan the source's partitions, read them in parallel tasks, merge them into one raw
     Parquet file; on an unchanged source every task is a cache hit and nothing is read."""
     plan = plan_ingest_task(cfg, stores)
+    # until the run ends: no other run prunes it meanwhile
+    take_lease(stores, plan.folder, flow_run.root_flow_run_id)
     # cached results must point at files that exist (here, or in an object-store AEPIPE_DATA)
     refresh = not data_store.exists(stores, plan.raw_path)
     results = result_storage(stores)  # on AEPIPE_DATA: shared by every machine
@@ -79,11 +83,11 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
             # a result cached by another home names its files there: here, they are in plan's
             # folder, and fetched when only the object store has them (a fresh worker)
             ingested = merge(plan, done, cfg).moved_to(plan.folder)
-            data_store.ensure_here(stores, ingested.path, ingested.quarantine_path)
+            data_store.need(stores, ingested)
             return ingested
     except BaseException:  # a partition or the merge failed: its files go
         shutil.rmtree(Path(plan.work), ignore_errors=True)
-        data_store.discard(stores, plan.work)
+        data_store.drop(stores, plan.work)
         raise
 
 

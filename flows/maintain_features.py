@@ -9,6 +9,7 @@ from prefect import flow
 from feature_store import Maintained, list_tables, maintain_table
 from feature_store.catalog import store_exists
 from stores import Stores
+from stores.upkeep import Pruned, maintain_data
 from tasks.config import PipelineConfig, io_task
 from tasks.credentials import run_stores
 
@@ -28,6 +29,20 @@ def maintain_one(table: str, cfg: PipelineConfig, stores: Stores) -> Maintained:
 maintain_task = io_task("maintain-table")(maintain_one)
 
 
+def maintain_files(cfg: PipelineConfig, stores: Stores, datasets: list[str] | None) -> Pruned:
+    """Expire the data store's files no run needs any more (:mod:`stores.upkeep`), with the
+    tables' retention settings."""
+    return maintain_data(
+        stores,
+        retain=timedelta(days=cfg.maintain.retain_days),
+        orphan_age=timedelta(hours=cfg.maintain.orphan_age_hours),
+        datasets=datasets,
+    )
+
+
+maintain_data_task = io_task("maintain-data")(maintain_files)
+
+
 @flow(name="maintain-features", log_prints=True)
 def maintain_features(
     config: PipelineConfig | None = None, tables: list[str] | None = None
@@ -44,4 +59,5 @@ def maintain_features(
         print(result.to_text())
     if not names:
         print(f"no feature tables under {stores.home}: nothing to maintain")
+    print(maintain_data_task(cfg, stores, tables).to_text())  # and the data store's files
     return done

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
+from stores.upkeep import leased, prune_ingests
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
 from tasks.materialize import materialize_job
+from tasks.monitor import drift_artifacts
 from tasks.normalize import normalize
 from tasks.register import register
 from tasks.registry import RetrainRequest, retrain_config
@@ -29,13 +32,18 @@ def reduce_features(
     stores = run_stores(cfg)  # a deployed run's places checked first
     validate_config(cfg)
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
-    ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
-    data = normalize(ingested, cfg, stores)
-    if cfg.train_deployment:
-        trained = train_elsewhere(data, cfg, stores)
-    else:
-        trained = train(data, cfg, stores)
-    registered = register(trained, ingested, data, cfg, stores)
-    job = materialize_job(data, trained, registered, cfg, stores)
-    written = run_partitioned(job, cfg)  # partitions on the configured task runner
+    # the ingest this run reads is not pruned meanwhile (its lease goes with the run)
+    with leased(stores, cfg.dataset, flow_run.root_flow_run_id):
+        ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
+        data = normalize(ingested, cfg, stores)
+        if cfg.train_deployment:
+            trained = train_elsewhere(data, cfg, stores)
+        else:
+            trained = train(data, cfg, stores)
+        registered = register(trained, ingested, data, cfg, stores)
+        job = materialize_job(data, trained, registered, cfg, stores)
+        written = run_partitioned(job, cfg)  # partitions on the configured task runner
+        drift_artifacts(job, written)  # on this run, where its user looks
+        # the commit landed: earlier ingests of the source are no longer anyone's
+        prune_ingests(stores, cfg.dataset, ingested.path, cfg.maintain.orphan_age_hours)
     return report(ingested, data, trained, registered, written, stores)

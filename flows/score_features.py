@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.ingest import ingest
 from flows.partitions import run_partitioned
+from stores.upkeep import leased, prune_ingests
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
+from tasks.monitor import drift_artifacts
 from tasks.registry import scoring_lock
 from tasks.score import (
     Scored,
@@ -36,14 +39,21 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
     if quiet is not None:
         score_report(quiet)
         return quiet
-    ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
-    # runs scoring this data set at once take turns from finding the new rows to appending
-    # them (else each would append the same rows); the later one finds only what is left
-    with scoring_lock(stores, cfg.dataset):
-        job = prepare_scoring(ingested, current, cfg, stores)
-        committed = run_partitioned(job, cfg)  # partitions on the configured task runner
-        scored = scored_summary(job, ingested, committed)
-        remember_scoring(scored, ingested.fingerprint, cfg, stores)  # for the next run
+    # the ingest this run reads is not pruned meanwhile (its lease goes with the run)
+    with leased(stores, cfg.dataset, flow_run.root_flow_run_id):
+        ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
+        # runs scoring this data set at once take turns from finding the new rows to
+        # appending them (else each would append the same rows); the later one finds only
+        # what is left
+        with scoring_lock(stores, cfg.dataset):
+            job = prepare_scoring(ingested, current, cfg, stores)
+            committed = run_partitioned(job, cfg)  # partitions on the configured task runner
+            drift_artifacts(job, committed)  # on this run, where its user looks
+            scored = scored_summary(job, ingested, committed)
+            remember_scoring(scored, ingested.fingerprint, cfg, stores)  # for the next run
+        # the commit landed: earlier ingests of the source are no longer anyone's
+        pruned = prune_ingests(stores, cfg.dataset, ingested.path, cfg.maintain.orphan_age_hours)
+    scored = dataclasses.replace(scored, pruned=pruned.note())
     emitted = announce_drift(scored, cfg)  # the reduce-features deployment's trigger retrains
     scored = dataclasses.replace(scored, retrain=retrain_note(scored, cfg, emitted))
     score_report(scored)  # the run's report, in the Prefect UI (the CLI prints it once)

@@ -6,7 +6,7 @@ import dataclasses
 
 from prefect import flow
 
-from stores.data import local_copy
+from stores.data import arrive
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
 from tasks.normalize import NormalizedData
@@ -26,7 +26,7 @@ def train_autoencoder_flow(
     stores = run_stores(config, handed=(data.path, data.spec_path))
     data = dataclasses.replace(
         data,
-        path=local_copy(data.path, stores),
-        spec_path=local_copy(data.spec_path, stores),
+        path=arrive(data.path, stores),
+        spec_path=arrive(data.spec_path, stores),
     )
     return train(data, config, stores, request_id)

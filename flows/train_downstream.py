@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.ingest import ingest
+from stores.upkeep import leased
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
 from tasks.downstream import DownstreamReport, downstream_report, train_downstream
@@ -22,8 +24,10 @@ def train_downstream_flow(
     stores = run_stores(cfg)  # a deployed run's places checked first
     validate_config(cfg, training=False)  # the model's settings are the version's
     check_stores(cfg, stores)  # before any work: an unwritable folder or a down server fails now
-    ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
-    data = normalize(ingested, cfg, stores)
-    report = train_downstream(data, cfg, stores, model_version)
+    # the ingest this run reads is not pruned meanwhile (its lease goes with the run)
+    with leased(stores, cfg.dataset, flow_run.root_flow_run_id):
+        ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
+        data = normalize(ingested, cfg, stores)
+        report = train_downstream(data, cfg, stores, model_version)
     downstream_report(report, cfg.dataset)  # in the Prefect UI; the CLI prints it once
     return report

@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, model_serializer
 
@@ -33,6 +34,7 @@ ENV_CATALOG = "AEPIPE_CATALOG"
 ENV_CATALOG_URI = "AEPIPE_CATALOG_URI"  # the older name of AEPIPE_CATALOG
 ENV_WAREHOUSE = "AEPIPE_WAREHOUSE"
 ENV_DATA = "AEPIPE_DATA"
+ENV_MLFLOW_UI = "AEPIPE_MLFLOW_UI"  # where browsers reach the MLflow UI (links in reports)
 DEFAULT_HOME = ".aepipe"
 NAMESPACE = "aepipe"
 MLFLOW_UI_PORT = 5000  # where `aepipe ui` starts the local MLflow UI
@@ -52,14 +54,13 @@ class Stores(BaseModel):
     catalog_uri: str  # a SQL URI, a REST catalog's URL, or a catalog name (.pyiceberg.yaml)
     warehouse: str
     data: str  # a folder, or an object store (s3://bucket/prefix) that the home mirrors
+    mlflow_ui: str = ""  # AEPIPE_MLFLOW_UI: the MLflow UI's address, when not the default
 
     def redact(self, text: str) -> str:
         """``text`` with the credentials of every store URI blanked out wherever they appear
         (the ``user:password@`` part, and the password on its own), for messages and traces
         that quote a URI."""
-        from urllib.parse import urlsplit
-
-        for uri in (self.tracking_uri, self.catalog_uri, self.warehouse, self.data):
+        for uri in (self.tracking_uri, self.catalog_uri, self.warehouse, self.data, self.mlflow_ui):
             parts = urlsplit(uri)
             if "@" in parts.netloc:
                 safe = redact_uri(uri).split("://", 1)[-1].split("/", 1)[0]
@@ -71,7 +72,7 @@ class Stores(BaseModel):
     @model_serializer(mode="wrap")
     def _without_credentials(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        for key in ("tracking_uri", "catalog_uri", "warehouse", "data"):
+        for key in ("tracking_uri", "catalog_uri", "warehouse", "data", "mlflow_ui"):
             data[key] = redact_uri(data[key])
         return data
 
@@ -114,8 +115,11 @@ class Stores(BaseModel):
 
     @property
     def mlflow_ui_url(self) -> str:
-        """Where a browser reaches the MLflow UI: the tracking server, or the local UI that
-        :meth:`ui_commands` starts (port 5000)."""
+        """Where a browser reaches the MLflow UI, for the links in reports: ``AEPIPE_MLFLOW_UI``
+        when set (a UI behind a proxy, on another port or host), else the tracking server,
+        else the local UI that :meth:`ui_commands` starts (port 5000)."""
+        if self.mlflow_ui:
+            return redact_uri(self.mlflow_ui).rstrip("/")
         if self.tracking_uri.startswith(("http://", "https://")):
             return redact_uri(self.tracking_uri).rstrip("/")
         return f"http://127.0.0.1:{MLFLOW_UI_PORT}"
@@ -128,12 +132,19 @@ class Stores(BaseModel):
         backend = self.tracking_uri
         if redact_uri(backend) != backend:  # credentials: the same setting, never its value
             backend = f'"${ENV_TRACKING_URI}"'
+        try:
+            port = urlsplit(self.mlflow_ui).port if self.mlflow_ui else None
+        except ValueError:  # no port aepipe can start a UI on: the address is all it says
+            port = None
         mlflow = (
             f"{bin_dir}mlflow ui --backend-store-uri {backend} "
-            f"--default-artifact-root {self.artifact_root.as_uri()} --port {MLFLOW_UI_PORT}"
+            f"--default-artifact-root {self.artifact_root.as_uri()} "
+            f"--port {port or MLFLOW_UI_PORT}"
         )
-        if self.tracking_uri.startswith(("http://", "https://")):
-            mlflow = f"open {redact_uri(self.tracking_uri)} in a browser"
+        if self.tracking_uri.startswith(("http://", "https://")) or (
+            self.mlflow_ui and port is None
+        ):
+            mlflow = f"open {self.mlflow_ui_url} in a browser"
         return {
             "prefect": f"PREFECT_HOME={self.prefect_home} {bin_dir}prefect server start",
             "mlflow": mlflow,
@@ -188,6 +199,7 @@ def resolve_stores(home: str | os.PathLike[str] | None = None) -> Stores:
         or f"sqlite:///{root / 'catalog.db'}",
         warehouse=os.environ.get(ENV_WAREHOUSE) or (root / "warehouse").as_uri(),
         data=_data_store(os.environ.get(ENV_DATA)) or str(root),
+        mlflow_ui=os.environ.get(ENV_MLFLOW_UI, ""),
     )
 
 

@@ -9,6 +9,17 @@ reads it (:func:`fetch`, :func:`localize`). So a run leaves nothing on local dis
 run or another machine needs, and the work itself still reads local files at disk speed.
 Files are immutable once published (every name holds a fingerprint, a stamp or a run id), so
 a fetched copy is never stale; checkpoints, which are rewritten, are uploaded whole each time.
+
+**The accessor.** Stages reach the data store's files through five verbs only, each taking
+paths or stage results (anything with a ``files()`` method naming its files: an ingest, a
+normalized data set, a model version's folder), so a result cached by another home is as
+usable as one made here: :func:`need` (present here, fetched when only the object store has
+it, else one error naming it), :func:`present` (the same as a question, for caches),
+:func:`share` (uploaded for the other machines), :func:`share_once` (uploaded unless there:
+an immutable folder) and :func:`drop` (the object store's copy deleted); a worker of another
+machine turns a file the planner named into one of its own with :func:`arrive`. The verbs
+below them (:func:`fetch`, :func:`publish`, :func:`localize`, :func:`local_copy`,
+:func:`discard`) are this package's; the layout test keeps them out of the stages.
 """
 
 from __future__ import annotations
@@ -78,14 +89,20 @@ def publish(stores: Stores, *paths: str | os.PathLike[str] | None) -> None:
 
 
 def discard(stores: Stores, path: str | os.PathLike[str]) -> None:
-    """Delete the object store's copy of this home's folder ``path`` (say, the partitions'
-    files once merged); nothing to do when the data store is a folder."""
+    """Delete the object store's copy of this home's file or folder ``path`` (say, the
+    partitions' files once merged); nothing to do when the data store is a folder."""
     remote = remote_path(stores, path)
     if remote is None:
         return
+    import pyarrow.fs as pafs
+
     fs, _ = filesystem(stores.data)
+    kind = fs.get_file_info(remote).type
     with contextlib.suppress(FileNotFoundError):
-        fs.delete_dir(remote)
+        if kind == pafs.FileType.File:
+            fs.delete_file(remote)
+        elif kind == pafs.FileType.Directory:
+            fs.delete_dir(remote)
 
 
 def fetch(stores: Stores, path: str | os.PathLike[str]) -> bool:
@@ -159,6 +176,60 @@ def write_note(stores: Stores, path: str | os.PathLike[str], data: bytes) -> Non
     tmp.write_bytes(data)
     os.replace(tmp, target)
     publish(stores, target)
+
+
+Item = Any  # a path (str or PathLike), None, or a stage result with a files() method
+
+
+def _paths(items: tuple[Item, ...]) -> list[str | os.PathLike[str]]:
+    """The files the ``items`` name: paths as they are, a stage result's ``files()``."""
+    out: list[str | os.PathLike[str]] = []
+    for item in items:
+        if item is None:
+            continue
+        files = getattr(item, "files", None)
+        out.extend(p for p in (files() if callable(files) else [item]) if p is not None)
+    return out
+
+
+def need(stores: Stores, *items: Item) -> None:
+    """Every file of ``items`` present in this home, fetched from the object store when only
+    it holds one (a result made by another home); a FileNotFoundError naming the first
+    file neither holds."""
+    ensure_here(stores, *_paths(items))
+
+
+def present(stores: Stores, *items: Item) -> bool:
+    """Whether every file of ``items`` is here now (fetched when only the object store holds
+    it): a cache's question, answered without an error."""
+    return all(fetch(stores, p) for p in _paths(items))
+
+
+def share(stores: Stores, *items: Item) -> None:
+    """Upload every file of ``items`` for the other machines (nothing on a folder store)."""
+    publish(stores, *_paths(items))
+
+
+def share_once(stores: Stores, *items: Item) -> None:
+    """:func:`share` what the object store lacks: for files and folders that never change
+    once written (a registered version's folder)."""
+    publish(stores, *(p for p in _paths(items) if not published(stores, p)))
+
+
+def drop(stores: Stores, *items: Item) -> None:
+    """Delete the object store's copy of every file or folder of ``items`` (a run's staged
+    files once merged); the local ones are the caller's."""
+    for path in _paths(items):
+        discard(stores, path)
+
+
+def arrive(ref: str | None, origin: Stores) -> str | None:
+    """A file that the machine which planned the work named, as a file on this one: its
+    :func:`location` (an object-store URI) or a path under ``origin``'s home, fetched into
+    this machine's own home when it has one; a path outside the homes (a source) as given."""
+    if ref is not None and is_object_store(ref):
+        return local_copy(ref, origin)
+    return localize(ref, origin)
 
 
 def _download(fs: Any, key: str, local: Path) -> None:

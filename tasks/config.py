@@ -218,19 +218,22 @@ class ModelSpec(_Frozen):
 
 
 class MaintainConfig(_Frozen):
-    """Feature-table upkeep (the maintain-features flow, ``aepipe features --maintain``)."""
+    """Upkeep of the feature tables and the data store (the maintain-features flow,
+    ``aepipe features --maintain``; runs prune their data set's superseded ingests)."""
 
     retain_days: float = Field(
         7,
         ge=0,
         description="expire snapshots older than this; time travel to any later time keeps "
-        "working (the current snapshot and the last one before the cutoff are kept)",
+        "working (the current snapshot and the last one before the cutoff are kept); "
+        "trained-model folders and cached results older than this are removed too",
     )
     orphan_age_hours: float = Field(
         24,
         ge=0,
         description="delete unreferenced files (a killed writer's) only once this old: "
-        "younger ones may belong to a write still in flight",
+        "younger ones may belong to a write still in flight; the same for a killed run's "
+        "lease on an ingest, its staged parts, and idle checkpoints",
     )
     compact_files: int = Field(
         4,

@@ -78,12 +78,12 @@ class IngestResult:
     def moved_to(self, folder: str | os.PathLike[str]) -> IngestResult:
         """This result with its files named in ``folder`` (a home's copy of the data set's
         folder; a cached result names the folder of the home that made it)."""
-        quarantine = Path(folder) / QUARANTINE_FILE if self.quarantine_path else None
-        return dataclasses.replace(
-            self,
-            path=str(Path(folder) / RAW_FILE),
-            quarantine_path=str(quarantine) if quarantine else None,
-        )
+        q = str(Path(folder) / QUARANTINE_FILE) if self.quarantine_path else None
+        return dataclasses.replace(self, path=str(Path(folder) / RAW_FILE), quarantine_path=q)
+
+    def files(self) -> tuple[str | None, ...]:
+        """The data-store files this result names (:mod:`stores.data`'s accessor)."""
+        return (self.path, self.quarantine_path)
 
 
 def _read_array(src: SourceConfig, info: SourceInfo) -> arrays.ArrayData:
@@ -279,7 +279,7 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
     refs = [str(path) if read.rows_out else None, str(qpath) if qpath else None, read.normalized]
     if plan.stores is not None:
         here = data_store.here(plan.stores)
-        data_store.publish(here, *refs)
+        data_store.share(here, *refs)
         refs = [data_store.location(here, f) if f else None for f in refs]
     return IngestedPart(
         part.index,
@@ -455,9 +455,9 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     split_rows = _merge_normalized(plan, written) if not dups else None
     shutil.rmtree(work, ignore_errors=True)
     if plan.stores is not None:  # for every machine, before the result is cached
-        data_store.discard(plan.stores, work)
+        data_store.drop(plan.stores, work)
         normalized = [folder / normalize.NORMALIZED_FILE, folder / normalize.SPEC_FILE]
-        data_store.publish(
+        data_store.share(
             plan.stores,
             plan.raw_path,
             where if quarantine else None,
@@ -497,7 +497,7 @@ def _fetched(part: IngestedPart, origin: Stores | None) -> IngestedPart:
     for name in ("path", "quarantine", "normalized"):
         ref = getattr(part, name)
         try:
-            files[name] = data_store.local_copy(ref, origin)
+            files[name] = data_store.arrive(ref, origin)
         except FileNotFoundError:
             files[name] = ref
     return dataclasses.replace(part, **files)

@@ -24,7 +24,7 @@ from feature_store import record_drift
 from tasks.config import run_logger
 
 if TYPE_CHECKING:
-    from tasks.write_features import ScoringJob
+    from tasks.write_features import Committed, ScoringJob
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,11 @@ def publish_to_prefect(check: DriftCheck, job: ScoringJob, run_id: str | None) -
         )
 
 
-def record_check(check: DriftCheck, job: ScoringJob) -> None:
+def record_check(check: DriftCheck, job: ScoringJob) -> str | None:
     """Keep a scoring run's drift check: the drift table's row first (the record), then the
-    MLflow monitoring run and, inside a Prefect run, the artifacts. The features are
-    committed by now, so MLflow being unreachable costs a warning, not the run."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
+    MLflow monitoring run, whose id it returns (None when MLflow was unreachable: the
+    features are committed by now, so that costs a warning, not the run). The Prefect
+    artifacts come from :func:`drift_artifacts`, on the run the user opens."""
     record_drift(job.table, drift_row(check, job), job.stores)
     run_id = None
     try:
@@ -209,5 +208,16 @@ def record_check(check: DriftCheck, job: ScoringJob) -> None:
             job.table,
             job.stores.redact(str(err).splitlines()[0] if str(err) else type(err).__name__),
         )
+    return run_id
+
+
+def drift_artifacts(job: ScoringJob, committed: Committed) -> None:
+    """The commit's drift check as artifacts of the run the user opens (the top-level flow
+    calls this: not the partitioned write's commit task deep inside it); nothing when no
+    rows were written or outside a Prefect run."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if committed.drift is None:
+        return
     if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
-        publish_to_prefect(check, job, run_id)
+        publish_to_prefect(committed.drift, job, committed.monitor_run)

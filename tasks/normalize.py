@@ -56,6 +56,10 @@ class NormalizedData:
     split_rows: dict[str, int]
     has_label: bool
 
+    def files(self) -> tuple[str, ...]:
+        """The data-store files this result names (:mod:`stores.data`'s accessor)."""
+        return (self.path, self.spec_path)
+
 
 def assign_splits(
     ids: pd.Series | pa.Array | pa.ChunkedArray,
@@ -341,12 +345,13 @@ def normalize(ingested: IngestResult, cfg: PipelineConfig, stores: Stores) -> No
     folder = Path(ingested.path).parent
     path, spec_path = folder / NORMALIZED_FILE, folder / SPEC_FILE
     # (the ingest stage made ingested.path present here: normalize reads it when not done)
-    done = data_store.fetch(stores, path) and data_store.fetch(stores, spec_path)
+    done = data_store.present(stores, path, spec_path)
     results = result_storage(stores)  # on AEPIPE_DATA: shared by every machine
     data = normalize_task.with_options(refresh_cache=not done, result_storage=results)(
         ingested, cfg
     )
-    if not done:
-        data_store.publish(stores, path, spec_path)
     # a result cached by another home names its files there
-    return dataclasses.replace(data, path=str(path), spec_path=str(spec_path))
+    data = dataclasses.replace(data, path=str(path), spec_path=str(spec_path))
+    if not done:
+        data_store.share(stores, data)
+    return data

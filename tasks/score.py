@@ -40,6 +40,7 @@ from tasks.write_features import (
     ScoringJob,
     new_job,
     save_row_positions,
+    write_in_process,
 )
 
 if TYPE_CHECKING:
@@ -57,9 +58,9 @@ def load_champion(cfg: PipelineConfig, stores: Stores) -> Champion:
     mv = registry.champion_version(cfg.model_name, stores)
     folder = stores.models_dir / cfg.model_name / str(mv.version)
     registry.download_version(cfg.model_name, mv.version, folder, stores.models_dir)
-    if not data_store.published(stores, folder):  # a version's folder never changes
-        data_store.publish(stores, folder)
-    return Champion(cfg.model_name, int(mv.version), mv.run_id, str(folder))
+    champion = Champion(cfg.model_name, int(mv.version), mv.run_id, str(folder))
+    data_store.share_once(stores, champion)  # a version's folder never changes
+    return champion
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def find_new_rows(
     new = src.join(done, keys=keys, join_type="left anti", use_threads=True)
     positions = np.sort(new.column(_POSITION).to_numpy())
     path = save_row_positions(positions, stores.data_dir / cfg.dataset / "scoring")
-    data_store.publish(stores, path)  # the partition workers read it
+    data_store.share(stores, path)  # the partition workers read it
     what = "(entity id, event time) pairs" if versioned else "entity ids"
     return NewRows(path, None, f"{len(positions)} rows whose {what} the table lacks")
 
@@ -242,6 +243,18 @@ def scored_summary(job: ScoringJob, ingested: IngestResult, committed: Committed
         committed.drift,
         ingested.quarantine_note(),
     )
+
+
+def score_new_rows(
+    ingested: IngestResult, champion: Champion, cfg: PipelineConfig, stores: Stores
+) -> Scored:
+    """Score the new rows in this process, partition after partition, and append them in one
+    commit (the score-features flow runs the partitions as tasks instead): for benchmarks
+    and tests of the scoring itself, without Prefect."""
+    with registry.scoring_lock(stores, cfg.dataset):  # see flows/score_features.py
+        job = scoring_job(ingested, champion, cfg, stores)
+        committed = write_in_process(job)
+    return scored_summary(job, ingested, committed)
 
 
 DRIFT_EVENT = "aepipe.drift.detected"

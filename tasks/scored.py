@@ -48,6 +48,7 @@ class Scored:
     drift: DriftCheck | None = None  # the new rows against the model's reference
     quarantine_note: str = ""  # " (+N quarantined: reasons; path)": source rows set aside
     retrain: str = ""  # what happens about the drift found: who retrains, or what to start
+    pruned: str = ""  # what the run removed from the data store once its commit landed
 
     def to_text(self) -> str:
         """The lines the CLI prints at the end of a scoring run."""
@@ -56,14 +57,15 @@ class Scored:
             return (
                 f"no new rows in the source ({self.rows_seen} rows{self.quarantine_note}, all "
                 f"scored already: {self.selection}); nothing written to {where}"
-            )
+            ) + (f"\n{self.pruned}" if self.pruned else "")
         text = (
             f"scored {self.rows_written} new of {self.rows_seen} source rows"
             f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
             f"snapshot {self.snapshot_id}"
         )
         drift = f"\n{self.drift.to_text()}" if self.drift is not None else ""
-        return text + drift + (f"\n{self.retrain}" if self.retrain else "")
+        retrain = f"\n{self.retrain}" if self.retrain else ""
+        return text + drift + retrain + (f"\n{self.pruned}" if self.pruned else "")
 
 
 def note_path(cfg: PipelineConfig, stores: Stores) -> Path:

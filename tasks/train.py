@@ -211,7 +211,7 @@ class _Publish:
         self.stores, self.path = stores, folder / CHECKPOINT
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        data_store.publish(self.stores, self.path)
+        data_store.share(self.stores, self.path)
 
 
 def _logger() -> Any:
@@ -344,8 +344,7 @@ def train_autoencoder(
     tagged with it and carries the model folder, pictures and this result as artifacts, so the
     flow that asked can pick them up from MLflow wherever the training ran.
     """
-    for path in (data.path, data.spec_path):  # on an object-store AEPIPE_DATA: from there
-        data_store.fetch(stores, path)
+    data_store.need(stores, data)  # on an object-store AEPIPE_DATA: from there
     if data.split_rows.get("train", 0) == 0:
         raise ConfigError("the training split is empty")
     streaming = streams(data, cfg)
@@ -375,7 +374,7 @@ def train_autoencoder(
         resolve_score(cfg.score, model.config.output, model.model_name, data_kind)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    data_store.fetch(stores, train_cfg.checkpoint_dir)  # resume where another machine stopped
+    data_store.present(stores, train_cfg.checkpoint_dir)  # resume where another machine stopped
     record = Path(train_cfg.checkpoint_dir) / TRAINED_RECORD
     pending = unregistered_training(record, stores)
     if pending is not None:
@@ -513,7 +512,7 @@ def train_autoencoder(
     )
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(trained)))  # until it is registered
-    data_store.publish(stores, folder, record)
+    data_store.share(stores, folder, record)
     if request_id:
         client.log_artifacts(run_id, str(folder), HANDOFF_MODEL)
         if plots_dir.is_dir():

@@ -97,6 +97,10 @@ class ModelRef:
     run_id: str
     model_dir: str
 
+    def files(self) -> tuple[str, ...]:
+        """The data-store folder this version names (:mod:`stores.data`'s accessor)."""
+        return (self.model_dir,)
+
 
 def new_job(
     model: ModelRef,
@@ -156,6 +160,7 @@ class Committed:
     snapshot_id: int | None
     partitions: int
     drift: DriftCheck | None = None  # the written rows against the model's reference
+    monitor_run: str | None = None  # the MLflow run the check was logged to (None: not)
 
 
 def _row_group_starts(meta: pq.FileMetaData) -> np.ndarray:
@@ -238,10 +243,10 @@ def _taken(
 def _files_here(job: ScoringJob) -> ScoringJob:
     """``job`` with its files (source, model folder, specs, row positions) on this machine:
     a worker with a home of its own fetches them from an object-store ``AEPIPE_DATA``."""
-    from stores.data import localize
+    from stores.data import arrive
 
     names = ("source", "model_dir", "normalizer", "rows", "explain_spec")
-    return dataclasses.replace(job, **{n: localize(getattr(job, n), job.stores) for n in names})
+    return dataclasses.replace(job, **{n: arrive(getattr(job, n), job.stores) for n in names})
 
 
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
@@ -392,10 +397,10 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
             aliases=aliases,
         )
     snapshot = load_table(job.table, job.stores).current_snapshot() if rows else None
-    check = None
+    check, monitor_run = None, None
     if rows:
         check = drift_of(job, parts)
-        record_check(check, job)
+        monitor_run = record_check(check, job)
     return Committed(
         job.table,
         rows,
@@ -404,6 +409,7 @@ def commit_parts(job: ScoringJob, parts: list[StagedPart]) -> Committed:
         snapshot.snapshot_id if snapshot else None,
         len(parts),
         check,
+        monitor_run,
     )
 
 

@@ -53,6 +53,29 @@ def test_the_served_model_file_imports_nothing_of_the_pipeline() -> None:
         assert imported_roots(ROOT / rel) & forbidden == set()
 
 
+# stores.data's low-level verbs: the stages use its accessor (need, present, share,
+# share_once, drop, arrive), so a result cached by another home is always usable (issue 40.1)
+DATA_STORE_INTERNALS = {"fetch", "publish", "localize", "local_copy", "ensure_here", "discard"}
+
+
+def test_stages_reach_the_data_store_through_its_accessor() -> None:
+    hand = {}
+    for path in modules():
+        if path.is_relative_to(ROOT / "stores"):
+            continue
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "data_store" and node.attr in DATA_STORE_INTERNALS:
+                    names.add(node.attr)
+            elif isinstance(node, ast.ImportFrom) and node.module == "stores.data":
+                names |= {a.name for a in node.names} & DATA_STORE_INTERNALS
+        if names:
+            hand[str(path.relative_to(ROOT))] = sorted(names)
+    assert hand == {}
+
+
 def test_no_module_is_over_600_lines() -> None:
     long = {
         str(p.relative_to(ROOT)): n

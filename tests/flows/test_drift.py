@@ -39,7 +39,11 @@ def drift_events(expected: int, timeout: float = 90) -> list:
         time.sleep(1)
 
 
-def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orders) -> None:
+def test_scoring_runs_check_drift_and_record_it(
+    aepipe_cli, home, tmp_path, orders, monkeypatch
+) -> None:
+    # issue 40.7: pictures link to the MLflow UI where the user runs it, not a fixed port
+    monkeypatch.setenv("AEPIPE_MLFLOW_UI", "http://127.0.0.1:5055")
     path = tmp_path / "orders.csv"
     parts = [orders(3000, 0, 1)]
     pd.concat(parts).to_csv(path, index=False)
@@ -139,3 +143,12 @@ def test_scoring_runs_check_drift_and_record_it(aepipe_cli, home, tmp_path, orde
     assert len(tables) == 5 and len(images) == 4
     assert any("amount" in str(a.data) and "drift" in str(a.data) for a in tables)
     assert all(f"run_id={run.info.run_id}" in str(a.data) for a in images)
+    assert all(str(a.data).startswith("http://127.0.0.1:5055/get-artifact?") for a in images)
+    # issue 40.7: on the run the user opens (the scoring or training run itself), not on a
+    # task of the partitioned write's subflow
+    with get_client(sync_client=True) as prefect:
+        runs = [prefect.read_flow_run(a.flow_run_id) for a in found]
+        flows = {prefect.read_flow(r.flow_id).name for r in runs}
+    assert all(a.task_run_id is None for a in found)
+    assert all(r.parent_task_run_id is None for r in runs)
+    assert flows == {"reduce-features", "score-features"}

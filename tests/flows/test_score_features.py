@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,14 @@ def progress_shown() -> float:
         (a for a in found if a.description == "Partitions scored"), key=lambda a: a.created
     )
     return float(ours[-1].data)
+
+
+def scored_ingest(home) -> str:
+    """The raw file of the ingest the last scoring run read (its note's fingerprint)."""
+    import json
+
+    note = json.loads((home / "data" / "sales" / "last-score.json").read_text())
+    return str(home / "data" / "sales" / note["fingerprint"] / "raw.parquet")
 
 
 def snapshot(home) -> int:
@@ -201,6 +210,12 @@ def test_without_timestamps_new_rows_are_new_entity_ids(
     # issue 40.3: the score report says what the ingest set aside, as `aepipe run`'s does
     assert scored.quarantine_note.startswith(" (+1 quarantined: 1 x expected N fields, got N")
     assert f"225 source rows{scored.quarantine_note} into" in scored.to_text()
+    # issue 40.2: the ingest of the source as it was (training's, first scoring's) went once
+    # the commit landed; this run's own stays for the next run, and no lease is left behind
+    ingests = [p for p in (home / "data" / "sales").iterdir() if p.is_dir() and p.name != "scoring"]
+    assert ingests == [Path(scored_ingest(home)).parent]
+    assert not list(ingests[0].glob(".lease-*"))
+    assert "data store: removed 1 superseded ingest(s)" in scored.to_text()
     ids = read_features("sales", home=home)["entity_id"]
     assert sorted(ids, key=int) == [str(i) for i in range(225)]
 

@@ -201,7 +201,7 @@ def test_each_wrong_remote_store_is_one_line_before_any_work(
 
 
 def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
-    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """Issue 20.5: `reduce-features` with every store remote (Prefect: a server on PostgreSQL;
     MLflow: a server on PostgreSQL with its artifacts on S3; the catalog on PostgreSQL; the
@@ -294,6 +294,8 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
         assert list((workers[1] / ".aepipe" / "data").rglob("*.parquet")) or list(
             (workers[0] / ".aepipe" / "data").rglob("*.parquet")
         )
+        trained_keys = bucket_keys(remote, "aepipe/")
+        assert any(k.endswith("/normalized.parquet") for k in trained_keys)
         shutil.rmtree(first)
 
         sales(40, 300, 2).to_parquet(folder / "day2.parquet")
@@ -307,18 +309,24 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
         shutil.rmtree(second)
         again = score_features(settings(tmp_path / "four"))
         assert (again.rows_seen, again.rows_written) == (340, 0)
+        assert "unchanged since the scoring run" in again.selection  # issue 40.4: the note
+        boto3.client(
+            "s3", endpoint_url=remote.env["AWS_ENDPOINT_URL"], region_name="us-east-1"
+        ).delete_object(Bucket=BUCKET, Key="aepipe/data/sales/last-score.json")
+        again = score_features(settings(tmp_path / "five"))  # the whole flow, cache rebased
+        assert (again.rows_seen, again.rows_written) == (340, 0)
+        assert "rows whose (entity id, event time) pairs" in again.selection
 
         table = read_features("sales", home=tmp_path / "three")
         assert len(table) == 340 and table["entity_id"].is_unique
         assert not (tmp_path / "three").exists()
-    s3 = boto3.client("s3", endpoint_url=remote.env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-    keys = [
-        o["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="aepipe/")
-        for o in page.get("Contents", [])
-    ]
-    assert any(k.endswith("/raw.parquet") for k in keys)
-    assert any(k.endswith("/normalized.parquet") for k in keys)
+        # issue 40.1: every reader command from a home that never ran anything
+        check_readers_from_an_empty_home(tmp_path / "six", trained.model_version, capsys)
+    keys = bucket_keys(remote, "aepipe/")
+    # issue 40.2: the training's ingest (day 1 only) went when the day-2 scoring landed
+    assert len([k for k in keys if k.endswith("/raw.parquet")]) == 1
+    assert not any(k.endswith("/normalized.parquet") for k in keys)
+    assert not any("/.lease-" in k for k in keys)
     assert any("/checkpoints/" in k for k in keys)
     assert any(k.startswith("aepipe/results/") for k in keys)  # Prefect's cached results
     assert not any("/parts-" in k for k in keys)  # the partitions' files went with the merge
@@ -330,6 +338,35 @@ def test_a_run_with_every_store_remote_is_scored_and_read_from_empty_homes(
         names = {row[0] for row in runs}
     engine.dispose()
     assert {"reduce-features", "score-features"} <= names
+
+
+def bucket_keys(remote: Remote, prefix: str) -> list[str]:
+    """Every key under ``prefix`` in the test bucket."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=remote.env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def check_readers_from_an_empty_home(home: Path, version: int, capsys) -> None:
+    """`aepipe features`, `drift` and `models` in a home that never ran anything, every
+    store remote: each answers from the stores, and the home stays empty of data."""
+    from aepipe.cli import main
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        status = main([*args, "--home", str(home)])
+        out = capsys.readouterr()
+        assert status == 0, out.err
+        return out.out
+
+    assert "entity_id" in run("features", "sales", "--limit", "2")
+    assert "checks," in run("drift", "sales")
+    assert "aepipe-sales" in run("models", "list")
+    compared = run("models", "compare", "aepipe-sales").splitlines()
+    assert compared[1].split()[:2] == [str(version), "champion"]
+    assert not (home / "data").exists()
 
 
 def test_runs_on_two_machines_take_turns_in_the_catalog_database(
@@ -436,6 +473,16 @@ def test_an_object_store_data_store_mirrors_each_home(
         results.read_path("key-3")
     with pytest.raises(ValueError, match="does not exist"):
         results.read_path("key-2")
+
+
+def test_upkeep_prunes_and_expires_on_the_object_store(
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 40.2: superseded ingests and expired files go from S3 too, from any home."""
+    from tests.stores.test_upkeep import check_remote_upkeep
+
+    remote.use(monkeypatch, AEPIPE_DATA=f"s3://{BUCKET}/upkeep")
+    check_remote_upkeep(resolve_stores(tmp_path / "one"), resolve_stores(tmp_path / "two"))
 
 
 def test_a_tracking_database_password_shows_nowhere(
