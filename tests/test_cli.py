@@ -43,6 +43,35 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_prefect_starts_early_only_in_a_home_that_has_run(tmp_path: Path) -> None:
+    """Issue 40.4: the temporary Prefect server starts while the stores are checked in a home
+    that has run before (its start overlaps them), after them in a new home; a failed check
+    is one line either way and leaves a new home empty."""
+    import os
+
+    from tests.conftest import run_aepipe
+
+    outside = f"train.checkpoint_dir={tmp_path / 'elsewhere'}"
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}
+    new = run_aepipe(
+        "run", "--source", "digits", "--set", outside, "--home", str(tmp_path / "new"),
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert new.returncode == 2 and "outside the data store" in new.stderr
+    assert not (tmp_path / "new").exists()
+    used = tmp_path / "used"
+    (used / "prefect").mkdir(parents=True)
+    old = run_aepipe(
+        "run", "--source", "digits", "--set", outside, "--home", str(used),
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert old.returncode == 2, old.stderr
+    errors = [line for line in old.stderr.splitlines() if line.startswith("aepipe: error:")]
+    assert len(errors) == 1 and "outside the data store" in errors[0]
+    assert (used / "prefect" / "prefect.db").is_file()  # the server had started meanwhile
+    assert sorted(os.listdir(used)) == ["prefect"]  # and nothing of a run was written
+
+
 def test_features_of_missing_store_is_one_line(aepipe_cli, tmp_path: Path) -> None:
     """The console script itself (the cases above run its main() in this process)."""
     result = aepipe_cli("features", "digits", cwd=tmp_path)
@@ -141,3 +170,19 @@ def test_failure_inside_the_flow_is_one_line_with_the_trace_in_the_log(aepipe_cl
     quarantine = next((tmp_path / ".aepipe" / "data").rglob("quarantine.parquet"))
     where = pq.read_table(quarantine).column("location").to_pylist()
     assert where == [f"line {n}" for n in range(302, 332)]  # header: line 1, 300 good rows
+
+
+def test_a_slow_temporary_server_is_waited_for(tmp_path: Path, monkeypatch) -> None:
+    """Issue 40.4: on a loaded 2-core machine the temporary server took over Prefect's 20 s
+    to answer once and the run failed; the CLI waits up to 90 s (a user's setting stays)."""
+    from aepipe.cli import _prepare_environment
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    _prepare_environment(tmp_path, create=False)
+    from prefect.settings import Settings
+
+    assert Settings().server.ephemeral.startup_timeout_seconds == 90
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    _prepare_environment(tmp_path, create=False)
+    assert Settings().server.ephemeral.startup_timeout_seconds == 300

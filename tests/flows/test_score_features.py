@@ -219,6 +219,18 @@ def test_without_timestamps_new_rows_are_new_entity_ids(
     ids = read_features("sales", home=home)["entity_id"]
     assert sorted(ids, key=int) == [str(i) for i in range(225)]
 
+    # the most eager upkeep (nothing kept for its age) leaves what the champion and the
+    # table need: the next day's rows still score, every row still reads
+    from datetime import timedelta as span
+
+    from stores.upkeep import maintain_data
+
+    swept = maintain_data(st, retain=span(0), orphan_age=span(0))
+    assert swept.removed and (home / "models" / "aepipe-sales" / "1").is_dir()
+    pd.concat([more, sales(5, 225, 6).drop(columns=["order_id", "ts"])]).to_csv(path, index=False)
+    assert score_features(cfg).rows_written == 5
+    assert len(read_features("sales", home=home)) == 230
+
 
 def test_scoring_needs_a_champion_and_fails_without_retrying(
     prefect_server, home, tmp_path
