@@ -7,7 +7,7 @@ nothing written; unexpected failures print one line too, and the full trace goes
 from __future__ import annotations
 
 import argparse
-import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -274,69 +274,44 @@ def _settings(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def _config(args: argparse.Namespace) -> Any:
-    """The pipeline config of a run/score/downstream command, checked before anything runs;
-    the Prefect server the flow needs starting meanwhile (see :func:`_checked_with_prefect`).
-    Returns the config and a function that waits until that server serves."""
+def _config(args: argparse.Namespace, also: Callable[[Any, Stores], Any] | None = None) -> Any:
+    """The pipeline config of a run/score/downstream command, checked before anything runs
+    (the stores, and ``also``: a check of the command's own); the Prefect server the flow
+    needs starting meanwhile (see :func:`_checked_with_prefect`). Returns the config and the
+    context the flow runs in."""
     cfg = _settings(args)
-    return cfg, _checked_with_prefect(cfg, resolve_stores(cfg.home))
+    return cfg, _checked_with_prefect(cfg, resolve_stores(cfg.home), also)
 
 
-def _checked_with_prefect(cfg: Any, stores: Stores) -> Callable[[], None]:
-    """Check the stores, and start Prefect's temporary server when there is no server to
-    talk to (no ``PREFECT_API_URL``). The start takes seconds on 2 cores (a process of its
-    own), so in a home that has run before it starts on a thread first and overlaps the
-    checks and the flow's imports; in a new home it starts after the checks, so a store
-    that fails them leaves nothing behind. Returns a function that waits until it serves."""
+def _checked_with_prefect(
+    cfg: Any, stores: Stores, also: Callable[[Any, Stores], Any] | None = None
+) -> Callable[[], Any]:
+    """Check the stores, and start the run's own Prefect server when none is configured
+    (no ``PREFECT_API_URL``; :mod:`aepipe.prefect_server`). Its start takes seconds on 2
+    cores, so in a home that has run before it starts first and overlaps the checks and the
+    flow's imports; in a new home it starts after the checks, so a store that fails them
+    leaves nothing behind. Returns the context the flow runs in (the server answering)."""
+    from aepipe.prefect_server import RunServer, configured_server
     from tasks.validate import check_stores
 
-    _prepare_environment(stores.home, create=False)
-    if Path(os.environ["PREFECT_HOME"]).expanduser().is_dir():  # a home that has run
-        ready = _prefect_in_background()
+    def check() -> None:
         check_stores(cfg, stores)
-        return ready
-    check_stores(cfg, stores)  # before anything is written: a down store is one line
-    _prepare_environment(stores.home)
-    return _prefect_in_background()
+        if also is not None:
+            also(cfg, stores)
 
-
-def _prefect_in_background() -> Callable[[], None]:
-    """Start Prefect's temporary server on a thread (none when ``PREFECT_API_URL`` names a
-    server); returns a function that waits until it serves, raising what its start raised.
-    The server is stopped when the process ends, whether or not a flow ran."""
-    import threading
-
-    from prefect.settings import get_current_settings
-
-    if get_current_settings().api.url:
-        return lambda: None
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        try:
-            SubprocessASGIServer().start()  # the instance the flow's client then finds
-        except BaseException as err:  # handed to the caller's wait
-            failed.append(err)
-
-    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    thread.start()
-
-    def stop_at_exit() -> None:  # a run that failed before the flow: no server left behind
-        from prefect.server.api.server import SubprocessASGIServer
-
-        thread.join(120)
-        SubprocessASGIServer().stop()
-
-    atexit.register(stop_at_exit)
-
-    def wait() -> None:
-        thread.join()
-        if failed:
-            raise failed[0]
-
-    return wait
+    _prepare_environment(stores.home, create=False)
+    log = stores.home / "logs" / "prefect-server.log"
+    prefect_home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    if not (stores.home.is_dir() and prefect_home.is_dir()):  # a new home
+        check()  # before anything is written (Prefect too): a down store is one line
+        _prepare_environment(stores.home)
+        return contextlib.nullcontext if configured_server() else RunServer(log).serving
+    if configured_server():
+        check()
+        return contextlib.nullcontext
+    server = RunServer(log)  # a home that has run: the start overlaps the checks
+    check()
+    return server.serving
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -345,8 +320,8 @@ def _run(args: argparse.Namespace) -> int:
     from flows.reduce_features import reduce_features
 
     _quiet_failures(stores.home)
-    prefect_ready()
-    summary = reduce_features(cfg)
+    with prefect_ready():
+        summary = reduce_features(cfg)
     print()
     print(summary.to_text())
     return 0
@@ -368,16 +343,16 @@ def _score(args: argparse.Namespace) -> int:
 
 def _score_flow(args: argparse.Namespace) -> Any:
     """The score-features flow, once the stores answer and the model has a champion."""
-    cfg, prefect_ready = _config(args)
     from tasks.registry import champion_version
 
+    # no champion: one line, and nothing written in a new home
+    cfg, prefect_ready = _config(args, lambda c, st: champion_version(c.model_name, st))
     stores = resolve_stores(cfg.home)
-    champion_version(cfg.model_name, stores)  # none: one line (the server stops at exit)
     from flows.score_features import score_features
 
     _quiet_failures(stores.home)
-    prefect_ready()
-    return score_features(cfg)
+    with prefect_ready():
+        return score_features(cfg)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -416,8 +391,8 @@ def _downstream(args: argparse.Namespace) -> int:
 
     version = args.model_version
     _quiet_failures(resolve_stores(cfg.home).home)
-    prefect_ready()
-    report = train_downstream_flow(cfg, int(version) if version.isdigit() else version)
+    with prefect_ready():
+        report = train_downstream_flow(cfg, int(version) if version.isdigit() else version)
     print()
     print(report.to_text())
     return 0

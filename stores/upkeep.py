@@ -80,9 +80,12 @@ def take_lease(stores: Stores, folder: str | Path, run_id: str | None) -> None:
     if not run_id:
         return
     path = Path(folder) / f"{LEASE_PREFIX}{run_id}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(datetime.now(UTC).isoformat())
-    data_store.publish(stores, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(datetime.now(UTC).isoformat())
+        data_store.publish(stores, path)
+    except OSError as err:  # a full disk: the ingest's own room check says so in one line
+        log.warning("could not take a lease on %s (%s)", folder, err)
 
 
 @contextlib.contextmanager

@@ -97,7 +97,10 @@ def remember_scoring(scored: Scored, fingerprint: str, cfg: PipelineConfig, stor
         "quarantine_note": scored.quarantine_note,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    data_store.write_note(stores, note_path(cfg, stores), json.dumps(note).encode())
+    try:
+        data_store.write_note(stores, note_path(cfg, stores), json.dumps(note).encode())
+    except OSError as err:  # the commit has landed: without a note the next run compares
+        log.warning("could not leave the scoring note (%s); the next run scores in full", err)
 
 
 def unchanged_scoring(

@@ -68,8 +68,8 @@ def test_prefect_starts_early_only_in_a_home_that_has_run(tmp_path: Path) -> Non
     assert old.returncode == 2, old.stderr
     errors = [line for line in old.stderr.splitlines() if line.startswith("aepipe: error:")]
     assert len(errors) == 1 and "outside the data store" in errors[0]
-    assert (used / "prefect" / "prefect.db").is_file()  # the server had started meanwhile
-    assert sorted(os.listdir(used)) == ["prefect"]  # and nothing of a run was written
+    assert (used / "logs" / "prefect-server.log").is_file()  # it had started meanwhile
+    assert sorted(os.listdir(used)) == ["logs", "prefect"]  # and nothing of a run was written
 
 
 def test_features_of_missing_store_is_one_line(aepipe_cli, tmp_path: Path) -> None:
@@ -174,7 +174,8 @@ def test_failure_inside_the_flow_is_one_line_with_the_trace_in_the_log(aepipe_cl
 
 def test_a_slow_temporary_server_is_waited_for(tmp_path: Path, monkeypatch) -> None:
     """Issue 40.4: on a loaded 2-core machine the temporary server took over Prefect's 20 s
-    to answer once and the run failed; the CLI waits up to 90 s (a user's setting stays)."""
+    to answer once and the run failed; the CLI waits up to 90 s (a user's setting stays)
+    for the server it starts, and names it when it never answers."""
     from aepipe.cli import _prepare_environment
 
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
@@ -186,3 +187,12 @@ def test_a_slow_temporary_server_is_waited_for(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     _prepare_environment(tmp_path, create=False)
     assert Settings().server.ephemeral.startup_timeout_seconds == 300
+    # the run's own server keeps to the same setting, and one that cannot answer in time
+    # is stopped and named, its log with it
+    from aepipe.prefect_server import RunServer
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "0.2")
+    server = RunServer(tmp_path / "logs" / "prefect-server.log")
+    with pytest.raises(RuntimeError, match=r"did not answer within 0.2 s .*prefect-server\.log"):
+        server.wait()
+    assert server.process.poll() is not None

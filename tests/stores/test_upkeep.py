@@ -150,3 +150,13 @@ def test_a_run_lets_go_of_its_lease_however_it_ends(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [".lease-run-2"]
     take_lease(stores, folder, None)  # outside a flow run: nothing to hold
     assert sorted(p.name for p in folder.iterdir()) == [".lease-run-2"]
+
+
+def test_a_lease_that_cannot_be_written_does_not_fail_the_run(tmp_path: Path, caplog) -> None:
+    """A full or broken disk: the ingest's own room check reports it; the lease only warns."""
+    from stores.upkeep import take_lease
+
+    stores = resolve_stores(tmp_path / "home")
+    blocker = _file(stores.data_dir / "sales", 1)  # a file where the data set's folder goes
+    take_lease(stores, blocker / NEW_INGEST, "run-1")
+    assert "could not take a lease" in caplog.text
