@@ -101,6 +101,10 @@ def leased(stores: Stores, dataset: str, run_id: str | None) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     lease.unlink(missing_ok=True)
                     data_store.discard(stores, lease)
+                with contextlib.suppress(OSError):  # an ingest that failed: no empty folder
+                    lease.parent.rmdir()
+            with contextlib.suppress(OSError):
+                (stores.data_dir / dataset).rmdir()
 
 
 def _child_names(stores: Stores, folder: Path) -> set[str]:

@@ -150,6 +150,11 @@ def test_a_run_lets_go_of_its_lease_however_it_ends(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [".lease-run-2"]
     take_lease(stores, folder, None)  # outside a flow run: nothing to hold
     assert sorted(p.name for p in folder.iterdir()) == [".lease-run-2"]
+    # a run whose ingest failed (no room, say) leaves no folder behind for its lease
+    with pytest.raises(OSError, match="no room"), leased(stores, "orders", "run-3"):
+        take_lease(stores, stores.data_dir / "orders" / OLD_INGEST, "run-3")
+        raise OSError("no room")
+    assert not (stores.data_dir / "orders").exists()
 
 
 def test_a_lease_that_cannot_be_written_does_not_fail_the_run(tmp_path: Path, caplog) -> None:
