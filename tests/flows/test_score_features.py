@@ -201,6 +201,9 @@ def test_without_timestamps_new_rows_are_new_entity_ids(
     assert unchanged_scoring(cfg, st) is None
     assert unchanged_scoring(cfg, st, version=1) is not None  # the registry's, when asked
     record_aliases(cfg.model_name, {"champion": 1}, st)
+    # a catalog that does not answer: no quick answer, the whole flow's checks name it
+    dead = st.model_copy(update={"catalog_uri": "postgresql+psycopg2://u@127.0.0.1:9/x"})
+    assert unchanged_scoring(cfg, dead) is None
     more = pd.concat([sales(200, 0, 3), sales(25, 200, 4)]).drop(columns=["order_id", "ts"])
     more.to_csv(path, index=False)
     with path.open("a") as fh:  # one ragged line among the new ones: set aside, and said so
