@@ -274,13 +274,12 @@ def _settings(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def _config(args: argparse.Namespace, also: Callable[[Any, Stores], Any] | None = None) -> Any:
-    """The pipeline config of a run/score/downstream command, checked before anything runs
-    (the stores, and ``also``: a check of the command's own); the Prefect server the flow
-    needs starting meanwhile (see :func:`_checked_with_prefect`). Returns the config and the
-    context the flow runs in."""
+def _config(args: argparse.Namespace) -> Any:
+    """The pipeline config of a run/downstream command, checked before anything runs; the
+    Prefect server the flow needs starting meanwhile (see :func:`_checked_with_prefect`).
+    Returns the config and the context the flow runs in."""
     cfg = _settings(args)
-    return cfg, _checked_with_prefect(cfg, resolve_stores(cfg.home), also)
+    return cfg, _checked_with_prefect(cfg, resolve_stores(cfg.home))
 
 
 def _checked_with_prefect(
@@ -335,19 +334,22 @@ def _score(args: argparse.Namespace) -> int:
     # without MLflow or a Prefect server
     scored = unchanged_scoring(cfg, resolve_stores(cfg.home))
     if scored is None:
-        scored = _score_flow(args)
+        scored = _score_flow(cfg)
     print()
     print(scored.to_text())
     return 0
 
 
-def _score_flow(args: argparse.Namespace) -> Any:
-    """The score-features flow, once the stores answer and the model has a champion."""
+def _score_flow(cfg: Any) -> Any:
+    """The score-features flow on the validated ``cfg``, once the stores answer and the
+    model has a champion."""
     from tasks.registry import champion_version
 
-    # no champion: one line, and nothing written in a new home
-    cfg, prefect_ready = _config(args, lambda c, st: champion_version(c.model_name, st))
     stores = resolve_stores(cfg.home)
+    # no champion: one line, and nothing written in a new home
+    prefect_ready = _checked_with_prefect(
+        cfg, stores, lambda c, st: champion_version(c.model_name, st)
+    )
     from flows.score_features import score_features
 
     _quiet_failures(stores.home)

@@ -48,9 +48,9 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
         with scoring_lock(stores, cfg.dataset):
             job = prepare_scoring(ingested, current, cfg, stores)
             committed = run_partitioned(job, cfg)  # partitions on the configured task runner
-            drift_artifacts(job, committed)  # on this run, where its user looks
             scored = scored_summary(job, ingested, committed)
             remember_scoring(scored, ingested.fingerprint, cfg, stores)  # for the next run
+        drift_artifacts(job, committed)  # on this run, where its user looks
         # the commit landed: earlier ingests of the source are no longer anyone's
         pruned = prune_ingests(stores, cfg.dataset, ingested.path, cfg.maintain.orphan_age_hours)
     scored = dataclasses.replace(scored, pruned=pruned.note())

@@ -10,7 +10,7 @@ run or another machine needs, and the work itself still reads local files at dis
 Files are immutable once published (every name holds a fingerprint, a stamp or a run id), so
 a fetched copy is never stale; checkpoints, which are rewritten, are uploaded whole each time.
 
-**The accessor.** Stages reach the data store's files through five verbs only, each taking
+**The accessor.** Stages reach the data store's files through six verbs only, each taking
 paths or stage results (anything with a ``files()`` method naming its files: an ingest, a
 normalized data set, a model version's folder), so a result cached by another home is as
 usable as one made here: :func:`need` (present here, fetched when only the object store has

@@ -168,34 +168,45 @@ def _maintain(
     now: datetime,
     done: Pruned,
 ) -> None:
-    wanted = (lambda name: True) if datasets is None else set(datasets).__contains__
-    for data_set in _children(stores, stores.data_dir):
-        if not wanted(data_set.path.name):
-            continue
-        ingests = [e for e in _children(stores, data_set.path) if INGEST.fullmatch(e.path.name)]
-        ingests.sort(key=lambda e: e.newest)
-        for entry in ingests[:-1]:  # the newest is the next unchanged run's cache
-            if not any(now - taken < orphan_age for taken in entry.leases):
-                _remove(stores, entry, "superseded ingest(s)", done)
-        for entry in ingests[-1:]:
-            for staged in _children(stores, entry.path):
-                if staged.path.name.startswith("parts-") and now - staged.newest > orphan_age:
-                    _remove(stores, staged, "staged part folder(s)", done)
-        for entry in _children(stores, data_set.path / SCORING):
-            if now - entry.newest > orphan_age:
-                _remove(stores, entry, "row-position file(s)", done)
-    for model_set in _children(stores, stores.models_dir):
-        if not wanted(model_set.path.name):
-            continue
-        for entry in _children(stores, model_set.path / CHECKPOINTS):
-            if now - entry.newest > orphan_age:
-                _remove(stores, entry, "checkpoint(s)", done)
-        for entry in _children(stores, model_set.path):
-            if TRAINED_RUN.fullmatch(entry.path.name) and now - entry.newest > retain:
-                _remove(stores, entry, "trained-model folder(s)", done)
-    for entry in _children(stores, stores.data_root / data_store.RESULTS):
-        if datasets is None and now - entry.newest > retain:
-            _remove(stores, entry, "cached result(s)", done)
+    # the data sets' names only: each is listed in full below, once
+    names = _child_names(stores, stores.data_dir) | _child_names(stores, stores.models_dir)
+    for name in sorted(names if datasets is None else names & set(datasets)):
+        _maintain_data_set(stores, name, retain, orphan_age, now, done)
+    if datasets is None:  # shared by every data set: only a whole upkeep expires them
+        for entry in _children(stores, stores.data_root / data_store.RESULTS):
+            if now - entry.newest > retain:
+                _remove(stores, entry, "cached result(s)", done)
+
+
+def _maintain_data_set(
+    stores: Stores,
+    name: str,
+    retain: timedelta,
+    orphan_age: timedelta,
+    now: datetime,
+    done: Pruned,
+) -> None:
+    """Upkeep of one data set's ingests, row positions, checkpoints and trained models."""
+    data_set = stores.data_dir / name
+    ingests = [e for e in _children(stores, data_set) if INGEST.fullmatch(e.path.name)]
+    ingests.sort(key=lambda e: e.newest)
+    for entry in ingests[:-1]:  # the newest is the next unchanged run's cache
+        if not any(now - taken < orphan_age for taken in entry.leases):
+            _remove(stores, entry, "superseded ingest(s)", done)
+    for entry in ingests[-1:]:
+        for staged in _children(stores, entry.path):
+            if staged.path.name.startswith("parts-") and now - staged.newest > orphan_age:
+                _remove(stores, staged, "staged part folder(s)", done)
+    for entry in _children(stores, data_set / SCORING):
+        if now - entry.newest > orphan_age:
+            _remove(stores, entry, "row-position file(s)", done)
+    model_set = stores.models_dir / name
+    for entry in _children(stores, model_set / CHECKPOINTS):
+        if now - entry.newest > orphan_age:
+            _remove(stores, entry, "checkpoint(s)", done)
+    for entry in _children(stores, model_set):
+        if TRAINED_RUN.fullmatch(entry.path.name) and now - entry.newest > retain:
+            _remove(stores, entry, "trained-model folder(s)", done)
 
 
 def _remove(stores: Stores, entry: _Entry, kind: str, done: Pruned) -> None:

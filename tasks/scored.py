@@ -54,18 +54,19 @@ class Scored:
         """The lines the CLI prints at the end of a scoring run."""
         where = f"{self.table} (model {self.model_name} v{self.model_version})"
         if not self.rows_written:
-            return (
+            lines = [
                 f"no new rows in the source ({self.rows_seen} rows{self.quarantine_note}, all "
                 f"scored already: {self.selection}); nothing written to {where}"
-            ) + (f"\n{self.pruned}" if self.pruned else "")
-        text = (
-            f"scored {self.rows_written} new of {self.rows_seen} source rows"
-            f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
-            f"snapshot {self.snapshot_id}"
-        )
-        drift = f"\n{self.drift.to_text()}" if self.drift is not None else ""
-        retrain = f"\n{self.retrain}" if self.retrain else ""
-        return text + drift + retrain + (f"\n{self.pruned}" if self.pruned else "")
+            ]
+        else:
+            lines = [
+                f"scored {self.rows_written} new of {self.rows_seen} source rows"
+                f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
+                f"snapshot {self.snapshot_id}",
+                self.drift.to_text() if self.drift is not None else "",
+                self.retrain,
+            ]
+        return "\n".join(line for line in [*lines, self.pruned] if line)
 
 
 def note_path(cfg: PipelineConfig, stores: Stores) -> Path:
