@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,8 @@ from tasks.results import result_storage
 
 
 def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
-    """An upper bound of what ingesting ``plan`` writes to the data folder: the partitions'
-    files and the merged copy, each at most the source's size (images: their decoded
-    pixels, a byte each, twice: raw, and normalized, which keeps the bytes and their scale)."""
-    if plan.layout is not None:
-        images = sum(len(p.files) for p in plan.parts)
-        return 2 * images * math.prod(plan.layout.shape) * (1 + 1)
-    if plan.info.format == "builtin":  # scikit-learn's digits: 1797 rows of 64 pixels
-        return 2 * 1797 * len(plan.info.features) * 8
-    path = Path(cfg.source.path)
-    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
-    return 2 * sum(f.stat().st_size for f in files)
+    """An upper bound of what ingesting ``plan`` writes to the data folder (its reader's)."""
+    return plan.info.reader.write_bound(cfg.source, plan)
 
 
 def failed_part(parts: list[Any]) -> BaseException:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ from pydantic import (
 
 from ae_models.registry import list_models
 from ae_models.train_config import TrainConfig
+from tasks.io.readers import BUILTIN_SOURCES
 
-BUILTIN_SOURCES = ("digits",)
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a whole data set name (fullmatch)
 MAX_NAME = 64  # characters: a folder, a table and a model name are made of it
 # MLflow's registered model names, kept to what is safe as a folder name too (fullmatch)
@@ -75,12 +74,16 @@ class SourceConfig(_Frozen):
 
     path: str = Field(
         "digits",
-        description="'digits' (built in), a CSV / Parquet file, a Parquet or image folder, "
-        "an IDX file or an NPZ file",
+        description="'digits' (built in), a CSV / JSON-lines / Parquet file, a Parquet or "
+        "image folder, an IDX or NPZ file, or a database URI (postgresql://user@host/db; "
+        "the password in PGPASSWORD)",
     )
-    format: Literal["auto", "csv", "parquet", "images", "idx", "npz", "builtin"] = Field(
-        "auto", description="the reader; auto tells it from the path"
+    format: str = Field(
+        "auto",
+        description="the reader (tasks.io.readers); auto tells it from the path",
     )
+    table: str | None = Field(None, description="SQL sources: the table (schema.table) to read")
+    query: str | None = Field(None, description="SQL sources: a SELECT to read instead of a table")
     entity_id: str | None = Field(None, description="id column; default: source row number")
     timestamp: str | None = Field(
         None,
@@ -141,42 +144,25 @@ class SourceConfig(_Frozen):
         except LookupError:
             raise ValueError(f"unknown text encoding {value!r}") from None
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from tasks.io.readers import reader_names
+
+        if value != "auto" and value not in reader_names():
+            raise ValueError(
+                f"unknown source format {value!r}; one of auto, {', '.join(reader_names())}"
+            )
+        return value
+
     @property
-    def resolved_format(self) -> Literal["csv", "parquet", "images", "idx", "npz", "builtin"]:
-        """The concrete reader for this source."""
+    def resolved_format(self) -> str:
+        """The name of this source's reader (:mod:`tasks.io.readers`); ``auto`` asks each."""
         if self.format != "auto":
             return self.format
-        if self.path in BUILTIN_SOURCES:
-            return "builtin"
-        path = Path(self.path)
-        name, suffix = path.name.lower(), path.suffix.lower()
-        if suffix in (".csv", ".tsv", ".txt", ".data") or name.endswith(".csv.gz"):
-            return "csv"
-        if suffix in (".parquet", ".pq"):
-            return "parquet"
-        if suffix == ".npz":
-            return "npz"
-        if ".idx" in name or "-ubyte" in name:
-            return "idx"
-        if not path.exists():
-            raise ConfigError(f"source {self.path!r} does not exist")
-        if path.is_dir():
-            from tasks.io.arrays import IMAGE_SUFFIXES
+        from tasks.io.readers import detect_format
 
-            for _, _, names in os.walk(path):  # the first data file found decides
-                suffixes = {os.path.splitext(n)[1].lower() for n in names}  # no Path: 70k files
-                if suffixes & {".parquet", ".pq"}:
-                    return "parquet"
-                if suffixes & IMAGE_SUFFIXES:
-                    return "images"
-            raise ConfigError(
-                f"source folder {self.path!r} holds no Parquet files (.parquet, .pq) and no "
-                f"images ({', '.join(sorted(IMAGE_SUFFIXES))}), in it or its subfolders"
-            )
-        raise ConfigError(
-            f"cannot tell the format of source {self.path!r} from its name; set source.format "
-            "to 'csv', 'parquet', 'images', 'idx' or 'npz'"
-        )
+        return detect_format(self.path)
 
 
 class NormalizeConfig(_Frozen):
@@ -353,6 +339,8 @@ class PipelineConfig(_Frozen):
         if isinstance(data, dict) and "dataset" not in data:
             source = data.get("source") or {}
             path = source.get("path") if isinstance(source, dict) else None
+            if isinstance(source, dict) and source.get("table"):
+                path = source["table"]  # a database table: named after the table
             if path and path not in BUILTIN_SOURCES:
                 data = {**data, "dataset": dataset_name_for(path)}
         return data
@@ -545,7 +533,11 @@ def config_keys(model: type = PipelineConfig, prefix: str = "") -> list[KeyDoc]:
             continue
         typ, choices = _type_text(annotation)
         if prefix + name == "model.name":  # the registered variants, whatever is registered
-            choices = tuple(list_models())
+            typ, choices = "", tuple(list_models())
+        if prefix + name == "source.format":  # the registered readers
+            from tasks.io.readers import reader_names
+
+            typ, choices = "", ("auto", *reader_names())
         default = info.get_default(call_default_factory=True)
         out.append(KeyDoc(prefix + name, typ, default, info.description or "", choices))
     return out

@@ -29,15 +29,15 @@ from stores import Stores
 from stores import data as data_store
 from stores.data import rehome
 from tasks import normalize
-from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
+from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
 from tasks.io import arrays
 from tasks.io.parquet import ParquetSink, with_features, with_tensor, write_table
 from tasks.io.parts import concat_parts, cross_part_duplicates, reason_kinds
+from tasks.io.readers import reader_of
+from tasks.io.readers.base import IngestPart
 from tasks.io.sources import (
-    ARRAY_FORMATS,
     ArrayDigest,
     SourceInfo,
-    content_digest,
     inspect_source,
     json_digest,
     source_fingerprint,
@@ -46,7 +46,6 @@ from tasks.io.sources import (
 log = logging.getLogger(__name__)
 
 RAW_FILE, QUARANTINE_FILE = "raw.parquet", "quarantine.parquet"
-DIGITS_SCALE = 16.0  # scikit-learn's digits are 8x8 images with pixel values 0..16
 
 
 @dataclass(frozen=True)
@@ -86,39 +85,11 @@ class IngestResult:
         return (self.path, self.quarantine_path)
 
 
-def _read_array(src: SourceConfig, info: SourceInfo) -> arrays.ArrayData:
-    if info.format == "builtin":  # scikit-learn's digits: 8x8 images, pixel values 0..16
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        ids = [str(i) for i in range(len(digits.target))]
-        return arrays.ArrayData(
-            digits.data, ids, digits.target, [], (8, 8, 1), DIGITS_SCALE, info.features
-        )
-    try:
-        if info.format == "idx":
-            return arrays.read_idx_source(src.path, src.labels_path)
-        return arrays.read_npz(src.path)
-    except arrays.SourceReadError as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
-
-
 def _quarantine_table(rows: list[tuple[str, str]]) -> pa.Table:
     return pa.table(
         {"location": [r[0] for r in rows], "reason": [r[1] for r in rows]},
         schema=pa.schema([("location", pa.string()), ("reason", pa.string())]),
     )
-
-
-@dataclass(frozen=True)
-class IngestPart:
-    """The slice of a source one ingest task reads: image paths (relative to the folder), or
-    Parquet files with their row groups (None: all), starting at source row ``first_row``."""
-
-    index: int
-    files: list[str]
-    row_groups: list[list[int] | None] | None = None
-    first_row: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,79 +143,30 @@ class _PartRead:
     split_rows: dict[str, int] | None = None
 
 
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
-
-
-def _parquet_parts(files: list[str], partition_rows: int) -> list[IngestPart]:
-    """Row-group ranges of about ``partition_rows`` rows, small files grouped together, with
-    each part's first source row (so default ids stay source row numbers)."""
-    parts: list[IngestPart] = []
-    files_of: list[str] = []
-    groups_of: list[list[int] | None] = []
-    rows = first = start = 0
-
-    def close() -> None:
-        nonlocal files_of, groups_of, rows, first
-        if files_of:
-            parts.append(IngestPart(len(parts), files_of, groups_of, first))
-        files_of, groups_of, rows, first = [], [], 0, start
-
-    for path in files:
-        meta = pq.ParquetFile(path).metadata
-        groups: list[int] = []
-        for g in range(meta.num_row_groups):
-            if rows >= partition_rows:
-                if groups:
-                    files_of.append(path)
-                    groups_of.append(groups)
-                    groups = []
-                close()
-            n = meta.row_group(g).num_rows
-            groups.append(g)
-            rows += n
-            start += n
-        if groups or meta.num_row_groups == 0:
-            files_of.append(path)
-            whole = len(groups) == meta.num_row_groups
-            groups_of.append(None if whole else groups)
-    close()
-    return parts or [IngestPart(0, [], [], 0)]
-
-
 def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
-    """Split the source into partitions: Parquet row-group ranges (about ``partition_rows``
-    rows each), chunks of an image folder's files; a CSV, IDX or NPZ file is one partition.
-    Column kinds (tables) and the image layout are fixed here, so every partition agrees."""
+    """Split the source into the partitions its reader plans (Parquet row-group ranges of
+    about ``partition_rows`` rows, chunks of an image folder's files; a CSV, IDX or NPZ file
+    is one). Column kinds (tables) and the image layout are fixed here, so every partition
+    agrees."""
     import uuid
 
     src = cfg.source
-    rel = arrays.list_images(src.path) if src.resolved_format == "images" else None
-    info = inspect_source(src, rel)
-    fp = source_fingerprint(cfg, rel)
+    reader = reader_of(src)
+    listing = reader.listing(src)
+    info = inspect_source(src, listing)
+    fp = source_fingerprint(cfg, listing)
     folder = stores.data_dir / cfg.dataset / fp
     work = folder / f"parts-{uuid.uuid4().hex[:12]}"
     plan = dict(fingerprint=fp, folder=str(folder), work=str(work), info=info, stores=stores)
     try:
-        if rel is not None:
-            base = os.fspath(src.path)
-            layout = arrays.probe_images(base, rel, src.image_size, src.image_mode)
-            parts = [
-                IngestPart(i, chunk) for i, chunk in enumerate(_chunks(rel, cfg.partition_rows))
-            ]
-            labelled = bool(rel) and all("/" in r for r in rel)
-            return IngestPlan(**plan, parts=parts, layout=layout, labelled=labelled)
-        if info.format in (*ARRAY_FORMATS, "builtin"):
-            return IngestPlan(**plan, parts=[IngestPart(0, [src.path])])
-        from tasks.io.tables import TableReader, check_parquet_files, parquet_files
+        read = reader.plan(src, cfg.partition_rows, listing)
+        if reader.kind == "array":
+            return IngestPlan(**plan, parts=read.parts, layout=read.layout, labelled=read.labelled)
+        from tasks.io.tables import TableReader
 
-        reader = TableReader(src, info.columns, info.features, src.label)
-        kinds = reader.decide_kinds()
-        if info.format == "csv":
-            return IngestPlan(**plan, parts=[IngestPart(0, [src.path])], kinds=kinds)
-        files = parquet_files(src.path)
+        kinds = TableReader(src, info.columns, info.features, src.label).decide_kinds()
         needed = [c for c in (src.entity_id, src.timestamp, src.label) if c] + info.features
-        extra = check_parquet_files(files, needed, kinds)
+        extra = reader.check_parts(src, read.parts, needed, kinds)
         if extra:
             run_logger(log).warning(
                 "ignoring column(s) %s of %r that its first file lacks (the features are "
@@ -252,8 +174,7 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
                 extra,
                 src.path,
             )
-        parts = _parquet_parts(files, cfg.partition_rows)
-        return IngestPlan(**plan, parts=parts, kinds=kinds)
+        return IngestPlan(**plan, parts=read.parts, kinds=kinds)
     except arrays.SourceReadError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
@@ -268,7 +189,7 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
     work = rehome(plan.work, plan.stores) if plan.stores else Path(plan.work)
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"part-{part.index:05d}.parquet"
-    if plan.info.format in (*ARRAY_FORMATS, "builtin"):
+    if plan.info.reader.kind == "array":
         read = _ingest_array_part(plan, part, cfg, path)
     else:
         read = _ingest_table_part(plan, part, cfg, path)
@@ -298,17 +219,13 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
 def _ingest_table_part(
     plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
 ) -> _PartRead:
-    """Stream a CSV file or Parquet row groups into raw Parquet, batch by batch."""
+    """Stream a table partition (a CSV file, Parquet row groups, ...) into raw Parquet,
+    batch by batch."""
     from tasks.io.tables import TableReader
 
     src, info = cfg.source, plan.info
     label = src.label
-    slices = None
-    if info.format == "parquet":
-        slices = list(zip(part.files, part.row_groups or [None] * len(part.files), strict=True))
-    reader = TableReader(
-        src, info.columns, info.features, label, slices, part.first_row, plan.kinds
-    )
+    reader = TableReader(src, info.columns, info.features, label, part, part.first_row, plan.kinds)
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     quarantine: list[tuple[str, str]] = []
     # one partition (a CSV file, a small Parquet source) with rows to type: the normalizer's
@@ -345,16 +262,6 @@ def _ingest_table_part(
     return _PartRead(rows_out, rows_in, reader.ragged + quarantine, digest)
 
 
-def _array_blocks(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig):
-    """An array partition's rows, in blocks: images as they decode, an IDX / NPZ array whole."""
-    if plan.info.format == "images":
-        yield from arrays.decode_image_blocks(
-            cfg.source.path, part.files, plan.layout, plan.labelled
-        )
-    else:
-        yield _read_array(cfg.source, plan.info)
-
-
 def _ingest_array_part(
     plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
 ) -> _PartRead:
@@ -368,7 +275,8 @@ def _ingest_array_part(
     rows_in, scale, split_rows = 0, None, None
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     with contextlib.ExitStack() as stack:
-        blocks = stack.enter_context(contextlib.closing(_array_blocks(plan, part, cfg)))
+        blocks = plan.info.reader.blocks(cfg.source, part, plan)
+        blocks = stack.enter_context(contextlib.closing(blocks))
         raw = stack.enter_context(ParquetSink(path))
         normalized: ParquetSink | None = None
         for data in blocks:
@@ -463,17 +371,9 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
             where if quarantine else None,
             *(normalized if split_rows else []),
         )
-    if plan.info.format in (*ARRAY_FORMATS, "builtin"):  # digests of the decoded arrays
-        digest = parts[0].digest if len(parts) == 1 else json_digest([p.digest for p in parts])
-    else:
-        digest = content_digest(cfg.source)
-    fmt = plan.info.format
-    if fmt == "images":
-        has_label = plan.labelled
-    elif fmt in ARRAY_FORMATS:
-        has_label = LABEL in plan.info.columns
-    else:
-        has_label = fmt == "builtin" or bool(cfg.source.label)
+    reader = plan.info.reader
+    digest = reader.merged_digest(cfg.source, [p.digest for p in parts])
+    has_label = reader.has_label(cfg.source, plan.info.columns, plan.labelled)
     return IngestResult(
         str(plan.raw_path),
         rows_in - n_quarantined,

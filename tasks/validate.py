@@ -10,7 +10,7 @@ import ae_models
 from ae_models.train_config import auto_code_size
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.io.sources import ARRAY_FORMATS, inspect_source
+from tasks.io.sources import inspect_source
 from tasks.tracking import check_tracking
 
 
@@ -26,7 +26,7 @@ def validate_config(cfg: PipelineConfig, training: bool = True) -> None:
     width = len(info.features)
     # arrays (images, IDX, NPZ, the built-in digits) give the model one input per column;
     # a table's one-hot levels widen it, so its code size is checked once it is normalized
-    exact = info.format in (*ARRAY_FORMATS, "builtin")
+    exact = info.reader.kind == "array"
     if exact and cfg.model.code_size != "auto" and cfg.model.code_size >= width:
         raise ConfigError(
             f"model.code_size {cfg.model.code_size} must be smaller than the input width "

@@ -76,6 +76,55 @@ def test_stages_reach_the_data_store_through_its_accessor() -> None:
     assert hand == {}
 
 
+def _compared_strings(node: ast.Compare) -> set[str]:
+    """String constants a comparison holds, in tuples, lists and sets too."""
+    found = set()
+    for side in (node.left, *node.comparators):
+        for leaf in ast.walk(side):
+            if isinstance(leaf, ast.Constant) and isinstance(leaf.value, str):
+                found.add(leaf.value)
+    return found
+
+
+def test_source_formats_are_told_apart_only_by_their_readers() -> None:
+    """Issue 42: a source kind lives in its reader (tasks/io/readers/<name>.py); no code
+    elsewhere compares a value with a reader's name (``fmt == "csv"``, ``in ("idx", ...)``),
+    so a new reader needs no edit outside its module and the registry's line."""
+    from tasks.io.readers import reader_names
+
+    names = set(reader_names())
+    readers = ROOT / "tasks" / "io" / "readers"
+    branches = {}
+    # the catalog's own kinds ("sql": a SQLAlchemy catalog) are not source formats
+    for path in (p for p in modules() if p.parts[len(ROOT.parts)] in ("aepipe", "flows", "tasks")):
+        if path.is_relative_to(readers):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and (hit := _compared_strings(node) & names):
+                branches[f"{path.relative_to(ROOT)}:{node.lineno}"] = sorted(hit)
+    assert branches == {}
+
+
+def test_every_reader_is_registered_and_provides_the_protocol() -> None:
+    from tasks.io.readers import READERS, get_reader
+    from tasks.io.readers.base import SourceReader
+
+    modules_there = {
+        p.stem
+        for p in (ROOT / "tasks" / "io" / "readers").glob("*.py")
+        if p.stem not in ("__init__", "base", "arrays_base")
+    }
+    assert modules_there == set(READERS)
+    for name in READERS:
+        reader = get_reader(name)
+        assert isinstance(reader, SourceReader) and reader.name == name
+        assert type(reader).columns is not SourceReader.columns  # every reader describes
+        if reader.kind == "table":
+            assert type(reader).items is not SourceReader.items
+        else:
+            assert type(reader).blocks is not SourceReader.blocks
+
+
 def test_no_module_is_over_600_lines() -> None:
     long = {
         str(p.relative_to(ROOT)): n

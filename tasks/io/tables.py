@@ -1,4 +1,5 @@
-"""Streaming reads of tables (CSV, Parquet file / folder / glob) with per-row checks.
+"""Streaming reads of table sources with per-row checks, the same for every table reader
+(:mod:`tasks.io.readers`): the reader hands over batches, this module types them.
 
 Rows arrive in batches of typed Arrow columns; rows that cannot be used (ragged CSV lines,
 text in a numeric column, infinite values, unparseable timestamps, duplicate entity ids) are
@@ -10,24 +11,19 @@ then quarantined, not the column lost. A CSV is parsed in blocks on every core a
 
 from __future__ import annotations
 
-import codecs
-import glob
-import gzip
-import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ae_models.cpus import usable_cpus
+from tasks.io.readers.base import IngestPart, Parsed, Skipped
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,16 +44,6 @@ class Chunk:
     quarantine: list[tuple[str, str]] = field(default_factory=list)
 
 
-def parquet_files(path: str) -> list[str]:
-    """Files behind a Parquet source: one file, every ``*.parquet`` under a folder, or a glob."""
-    p = Path(path)
-    if p.is_dir():
-        return sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in (".parquet", ".pq"))
-    if any(ch in path for ch in "*?["):
-        return sorted(glob.glob(path, recursive=True))
-    return [path]
-
-
 def type_class(t: pa.DataType) -> str:
     """What a Parquet column holds, as far as aepipe's column kinds care: ``number``,
     ``boolean``, ``text``, ``time``, ``null`` (all missing), or the type itself."""
@@ -74,174 +60,6 @@ def type_class(t: pa.DataType) -> str:
     if pa.types.is_temporal(t):
         return "time"
     return str(t)
-
-
-# the kinds of value a file may hold for a column of each kind: numbers and booleans may
-# also come as text, which is then checked value by value (rows that do not parse are
-# quarantined); text columns take only text (a number there cannot be checked against the
-# levels, and would be scored as an unseen one)
-KIND_ACCEPTS = {"num": {"number", "text"}, "bool": {"boolean", "text"}, "cat": {"text"}}
-
-
-def check_parquet_files(files: list[str], needed: list[str], kinds: dict[str, str]) -> list[str]:
-    """Check every file of a Parquet source before any row is read: each has the ``needed``
-    columns, and each feature column (``kinds``: its decided kind) holds a kind of value
-    that kind accepts (:data:`KIND_ACCEPTS`; int64 and float64 are both numbers). Raises
-    ValueError naming the file, the column and both types; returns the columns some file
-    has beyond the first file's (read by nobody: the features are the first file's)."""
-    first: dict[str, tuple[pa.DataType, str]] = {}
-    base: set[str] | None = None
-    extra: list[str] = []
-    for path in files:
-        schema = pq.read_schema(path)
-        names = set(schema.names)
-        missing = [c for c in needed if c not in names]
-        if missing:
-            raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
-        if base is None:
-            base = names
-        extra += [c for c in schema.names if c not in base and c not in extra]
-        for name, kind in kinds.items():
-            t = schema.field(name).type
-            held = type_class(t)
-            if held == "null":
-                continue
-            first.setdefault(name, (t, path))
-            if held not in KIND_ACCEPTS[kind]:
-                was, where = first[name]
-                raise ValueError(
-                    f"column {name!r} is {was} in {where!r} but {t} in {path!r}: a column "
-                    "must hold one kind of value in every file (cast the file back, or "
-                    "ingest the new shape as another data set)"
-                )
-    return extra
-
-
-BLOCK_BYTES = 4 << 20  # CSV bytes one worker parses at a time
-KIND_SAMPLE_BYTES = 1 << 20  # CSV bytes whose values decide the column kinds
-MAX_LINE_BYTES = 16 << 20  # a longer CSV line is set aside unread, not held in memory
-
-
-@dataclass(frozen=True)
-class _LongLine:
-    """A CSV line over :data:`MAX_LINE_BYTES`, skipped unparsed: its 1-based number, its
-    length in bytes and its first bytes (for the quarantine's reason)."""
-
-    number: int
-    length: int
-    head: bytes
-
-    def reason(self) -> str:
-        return (
-            f"line of {self.length:,} bytes, longer than the {MAX_LINE_BYTES:,}-byte limit: "
-            f"{self.head[:80].decode('utf-8', 'replace')!r}"
-        )
-
-
-def _csv_blocks(
-    path: str, header: bool, encoding: str, block_bytes: int | None = None
-) -> Iterator[bytes | _LongLine]:
-    """The file's data lines (the header line dropped) as UTF-8 blocks of about
-    :data:`BLOCK_BYTES`, each ending at a line end, streamed (gzip too). Text in another
-    encoding is transcoded here. A block parses on its own because a line end always ends a
-    row in aepipe's CSV options (pyarrow's ``newlines_in_values`` is off), so blocks parse
-    in parallel and give the rows the whole file gives, in the same order. A line longer
-    than :data:`MAX_LINE_BYTES` is read past in blocks and yielded as a :class:`_LongLine`,
-    so memory stays bounded whatever one line holds."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    size = block_bytes or BLOCK_BYTES
-    with opener(path, "rb") as f:
-        read = f.read
-        if codecs.lookup(encoding).name != "utf-8":
-            text = io.TextIOWrapper(f, encoding=encoding, newline="")
-
-            def read(n: int) -> bytes:
-                return text.read(n).encode("utf-8")
-
-        rest, skip, line = b"", header, 1  # line: the number of the first line in rest
-        while True:  # (a byte order mark starts the first block: pyarrow skips it)
-            data = read(size)
-            end = not data
-            data = rest + data
-            if skip:
-                nl = data.find(b"\n")
-                if nl < 0 and not end:
-                    rest = data
-                    continue
-                data = b"" if nl < 0 else data[nl + 1 :]
-                skip, line = False, 2
-            cut = len(data) if end else data.rfind(b"\n") + 1
-            if cut == 0 and len(data) > MAX_LINE_BYTES:
-                long, rest, end = _skip_line(data, read, size, line)
-                yield long
-                line += 1
-                if end:
-                    return
-                continue
-            block, rest = data[:cut], data[cut:]
-            if block and not block.isspace():
-                yield block
-            line += block.count(b"\n")
-            if end:
-                return
-
-
-def _skip_line(
-    start: bytes, read: Callable[[int], bytes], size: int, number: int
-) -> tuple[_LongLine, bytes, bool]:
-    """Read past the rest of a line that began with ``start`` (no line end in it): the line
-    as a :class:`_LongLine`, the bytes after its end, and whether the file ended first."""
-    length = len(start)
-    while data := read(size):
-        nl = data.find(b"\n")
-        if nl >= 0:
-            return _LongLine(number, length + nl + 1, start[:200]), data[nl + 1 :], False
-        length += len(data)
-    return _LongLine(number, length, start[:200]), b"", True
-
-
-@dataclass
-class _Parsed:
-    """One CSV block parsed into string columns: its ragged rows (expected and actual field
-    counts, text) skipped, and whether bytes that are not UTF-8 were replaced by U+FFFD."""
-
-    table: pa.Table
-    ragged: list[tuple[int, int, str]]
-    repaired: bool
-
-
-def _parse_block(block: bytes, names: list[str], delimiter: str, quote_char: str | None) -> _Parsed:
-    """Parse one block of :func:`_csv_blocks` on this thread. Bytes that are not UTF-8 are
-    replaced first (pyarrow decodes a ragged row's text before its handler sees it, and
-    would fail the whole file), so such rows can be set aside one by one."""
-    import pyarrow.csv as pacsv
-
-    repaired = False
-    try:
-        block.decode("utf-8")
-    except UnicodeDecodeError:
-        block, repaired = block.decode("utf-8", "replace").encode("utf-8"), True
-    ragged: list[tuple[int, int, str]] = []
-
-    def on_invalid(row) -> str:
-        ragged.append((row.expected_columns, row.actual_columns, row.text))
-        return "skip"
-
-    table = pacsv.read_csv(
-        pa.py_buffer(block),
-        read_options=pacsv.ReadOptions(  # one parser block: a line of any length parses
-            use_threads=False, column_names=names, block_size=max(len(block), 1 << 20) + 1
-        ),
-        parse_options=pacsv.ParseOptions(
-            delimiter=delimiter, quote_char=quote_char or False, invalid_row_handler=on_invalid
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    return _Parsed(table, ragged, repaired)
 
 
 def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -262,26 +80,6 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
         finally:  # a caller that stops early, or a failure: queued blocks are not parsed
             for future in pending:
                 future.cancel()
-
-
-def _line_numbers(path: str, texts: list[str], encoding: str) -> list[int | None]:
-    """The 1-based line numbers of ``texts`` (whole lines, in file order) in the file: one
-    extra pass, made only when some rows were ragged. A text not found gives None."""
-    import gzip
-
-    found: list[int | None] = [None] * len(texts)
-    wanted = 0
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding=encoding, errors="replace", newline="") as f:
-        number, starts = 0, True  # starts: the next piece starts a line
-        while wanted < len(texts) and (piece := f.readline(MAX_LINE_BYTES)):
-            if starts:  # (a line too long to be ragged is read in pieces, never whole)
-                number += 1
-                if piece.rstrip("\r\n") == texts[wanted]:
-                    found[wanted] = number
-                    wanted += 1
-            starts = piece.endswith(("\n", "\r"))
-    return found
 
 
 class _Rejects:
@@ -308,8 +106,8 @@ class _Block:
     ids: pd.Series | None
     ts: pd.Series | None
     rejects: _Rejects
-    ragged: list[tuple[int, int, str]]
-    long: _LongLine | None = None  # a line too long to read, set aside
+    ragged: list[tuple[str, str]]
+    skipped: Skipped | None = None  # a row the reader set aside unread
 
 
 class TableReader:
@@ -325,52 +123,38 @@ class TableReader:
         columns: list[str],
         features: list[str],
         label: str | None,
-        slices: list[tuple[str, list[int] | None]] | None = None,
+        part: IngestPart | None = None,
         first_row: int = 0,
         kinds: dict[str, str] | None = None,
         workers: int | None = None,
     ) -> None:
-        """Read ``slices`` of a Parquet source ((file, row groups or None for all) pairs; the
-        whole source when None) whose first row is source row ``first_row``, with the column
-        ``kinds`` already decided (else from the first batch), on ``workers`` threads (the
-        cores this process may use when None)."""
+        """Read ``part`` of the source (the whole source when None) whose first row is
+        source row ``first_row``, with the column ``kinds`` already decided (else from the
+        first batch), on ``workers`` threads (the cores this process may use when None)."""
+        from tasks.io.readers import reader_of
+
         self.src, self.columns, self.features, self.label = src, columns, features, label
-        self.slices, self.first_row = slices, first_row
+        self.reader = reader_of(src)
+        self.part, self.first_row = part, first_row
         self.kinds: dict[str, str] = dict(kinds or {})
         self.workers = workers or usable_cpus()
         self.seen_ids: set[str] = set()  # keys of rows kept so far
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
 
-    def _parquet_batches(self) -> Iterator[pa.RecordBatch]:
+    def _items(self, sample: bool = False) -> Iterator[Any]:
+        """What the workers take: the reader's record batches, raw pieces and skipped rows."""
         src = self.src
         wanted = [src.entity_id, src.timestamp, self.label, *self.features]
         needed = list(dict.fromkeys(c for c in wanted if c))
-        slices = self.slices or [(f, None) for f in parquet_files(src.path)]
-        for path, groups in slices:
-            pf = pq.ParquetFile(path, pre_buffer=False)
-            missing = [c for c in needed if c not in pf.schema_arrow.names]
-            if missing:
-                raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
-            yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=needed)
+        return self.reader.items(src, self.part, needed, sample)
 
-    def _items(
-        self, block_bytes: int | None = None
-    ) -> Iterator[bytes | _LongLine | pa.RecordBatch]:
-        """What the workers take: blocks of CSV bytes, or Parquet record batches."""
+    def _cleaned(self, item: Any) -> tuple[dict[str, pa.Array], Parsed]:
+        """A batch's columns (text trimmed, ``na_values`` as nulls; raw pieces parsed by the
+        reader first; values that were not UTF-8 as nulls, their rows set aside by
+        :meth:`_typed`)."""
         src = self.src
-        if src.resolved_format == "csv":
-            return _csv_blocks(src.path, src.header, src.encoding, block_bytes)
-        return self._parquet_batches()
-
-    def _cleaned(self, item: bytes | pa.RecordBatch) -> tuple[dict[str, pa.Array], _Parsed]:
-        """A batch's columns (text trimmed, ``na_values`` as nulls; CSV blocks parsed first;
-        values that were not UTF-8 as nulls, their rows set aside by :meth:`_typed`)."""
-        src = self.src
-        if isinstance(item, bytes):
-            parsed = _parse_block(item, self.columns, src.delimiter, src.quote_char)
-        else:
-            parsed = _Parsed(pa.Table.from_batches([item]), [], False)
+        parsed = self.reader.parse(item, self.columns, src)
         na = pa.array(list(src.na_values), pa.string())
         cols = {}
         for name, arr in zip(parsed.table.column_names, parsed.table.columns, strict=True):
@@ -386,9 +170,9 @@ class TableReader:
 
     def decide_kinds(self) -> dict[str, str]:
         """Numeric, boolean or categorical per feature column, from the first batch (of a
-        CSV: its first :data:`KIND_SAMPLE_BYTES`)."""
-        for item in self._items(KIND_SAMPLE_BYTES):
-            if not isinstance(item, _LongLine):
+        CSV: its first megabyte)."""
+        for item in self._items(sample=True):
+            if not isinstance(item, Skipped):
                 self._decide_kinds(self._cleaned(item)[0])
                 break
         return self.kinds
@@ -412,9 +196,9 @@ class TableReader:
             else:
                 self.kinds[col] = "cat"
 
-    def _typed(self, item: bytes | _LongLine | pa.RecordBatch) -> _Block:
+    def _typed(self, item: Any) -> _Block:
         """Parse (CSV), clean, check and type one batch: runs on a worker thread."""
-        if isinstance(item, _LongLine):
+        if isinstance(item, Skipped):
             return _Block(0, {}, None, None, _Rejects(0), [], item)
         src = self.src
         cols, parsed = self._cleaned(item)
@@ -440,7 +224,7 @@ class TableReader:
             label = cols[self.label]
             if pa.types.is_dictionary(label.type):
                 label = label.dictionary_decode()
-            out["__label"] = label.cast(pa.string()) if isinstance(item, bytes) else label
+            out["__label"] = label.cast(pa.string()) if self.reader.text_values else label
         for col in self.features:
             out[col] = self._typed_column(col, cols[col], flag)
         ids = ts = None
@@ -502,12 +286,12 @@ class TableReader:
         ragged_texts: list[str] = []
         ragged_at: list[int] = []  # where each of ragged_texts is in self.ragged
         for block in _in_order(self._typed, self._items(), self.workers):
-            if block.long is not None:
-                self.ragged.append((f"line {block.long.number}", block.long.reason()))
+            if block.skipped is not None:
+                self.ragged.append((block.skipped.location, block.skipped.reason))
                 continue
-            for expected, actual, text in block.ragged:
+            for why, text in block.ragged:
                 # the parser knows no line numbers in a block: found after the read
-                reason = f"expected {expected} fields, got {actual}: {text[:80]!r}"
+                reason = f"{why}: {text[:80]!r}"
                 ragged_at.append(len(self.ragged))
                 self.ragged.append(("ragged line", reason))
                 ragged_texts.append(text)
@@ -534,8 +318,8 @@ class TableReader:
                 table = table.filter(pa.array(~rejects.bad))
             quarantine = [(f"row {positions[i]}", r) for i, r in sorted(rejects.reasons.items())]
             yield Chunk(table, positions[~rejects.bad], quarantine)
-        if ragged_texts and self.src.resolved_format == "csv":
-            numbers = _line_numbers(self.src.path, ragged_texts, self.src.encoding)
+        if ragged_texts:
+            numbers = self.reader.locate(self.src, ragged_texts)
             for at, number in zip(ragged_at, numbers, strict=True):
                 if number is not None:
                     self.ragged[at] = (f"line {number}", self.ragged[at][1])

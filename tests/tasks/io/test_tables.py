@@ -15,6 +15,7 @@ from ae_models.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io import tables as tabular
+from tasks.io.readers import csv as csv_reader
 from tasks.normalize import normalize_dataset
 from tasks.validate import validate_config
 
@@ -197,7 +198,7 @@ def test_blocks_parsed_in_parallel_give_what_one_block_gives(tmp_path, monkeypat
     csv = tmp_path / "t.csv"
     csv.write_bytes(data)
     one = _read_all(csv, workers=1)
-    monkeypatch.setattr(tabular, "BLOCK_BYTES", 64)  # dozens of blocks
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 64)  # dozens of blocks
     many = _read_all(csv, workers=2)
     assert one[0].equals(many[0]) and one[1] == many[1] and one[2] == many[2]
     table, quarantine, _ = many
@@ -221,14 +222,14 @@ def test_a_line_too_long_is_quarantined_and_memory_stays_bounded(
     """One line longer than MAX_LINE_BYTES (16 MiB; 4 KiB here) among good ones is set aside
     as ``line N`` unread, in blocks, and the rest of the file ingests; gzip the same. (Before:
     pyarrow's "straddling object" refused the whole source, and a 2 GiB line was held whole.)"""
-    monkeypatch.setattr(tabular, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(csv_reader, "MAX_LINE_BYTES", 4096)
     lines = ["a,b"] + [f"{i},{i * 2}" for i in range(50)]
     lines.insert(20, "7," + "9" * 20_000)  # line 21: 20 KB of digits, no line end for a while
     for name, opener in (("long.csv", open), ("long.csv.gz", gzip.open)):
         path = tmp_path / name
         with opener(path, "wt") as fh:
             fh.write("\n".join(lines) + "\n")
-        monkeypatch.setattr(tabular, "BLOCK_BYTES", 1000)  # the line spans many reads
+        monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 1000)  # the line spans many reads
         ingested = ingest_source(config(path), tmp_stores)
         assert ingested.rows == 50 and ingested.quarantined == 1
         (bad,) = pq.read_table(ingested.quarantine_path).to_pylist()

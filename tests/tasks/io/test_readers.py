@@ -1,0 +1,184 @@
+"""Source readers beyond local CSV and Parquet: JSON lines, and a real PostgreSQL table or
+query read through ADBC; each ingested as a table with its roles, its bad rows set aside,
+its bad settings refused in one line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import ConfigError, build_config
+from tasks.ingest import ingest_source
+from tasks.io.readers import get_reader
+from tasks.io.sources import inspect_source
+from tasks.normalize import normalize_dataset
+from tests.services import free_port, postgres
+
+
+def _rows(n: int) -> list[dict]:
+    return [
+        {
+            "id": f"u{i}",
+            "when": f"2024-01-{1 + i % 28:02d}T00:00:00Z",
+            "amount": i * 1.5,
+            "geo": {"city": ["x", "y", "z"][i % 3], "zip": 1000 + i % 5},
+            "active": i % 2 == 0,
+        }
+        for i in range(n)
+    ]
+
+
+def test_json_lines_are_flattened_typed_and_bad_lines_set_aside(tmp_path, tmp_stores) -> None:
+    rows = _rows(200)
+    lines = [json.dumps(r) for r in rows]
+    lines[50] = '{"id": "u50", "amount": "lots"'  # cut short: not JSON
+    lines[60] = "[1, 2]"  # JSON, not an object
+    rows[70]["amount"] = "n/a"  # a number column with text: the row is set aside
+    lines[70] = json.dumps(rows[70])
+    path = tmp_path / "events.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    cfg = build_config(
+        {
+            "source": {
+                "path": str(path),
+                "entity_id": "id",
+                "timestamp": "when",
+                "max_quarantine_fraction": 0.05,
+            },
+            "dataset": "events",
+        }
+    )
+    info = inspect_source(cfg.source)
+    assert info.format == "jsonl"
+    assert info.features == ["amount", "geo.city", "geo.zip", "active"]
+    ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.rows == 197 and ingested.quarantined == 3
+    reasons = pq.read_table(ingested.quarantine_path).to_pylist()
+    by_where = {r["location"]: r["reason"] for r in reasons}
+    assert by_where["line 51"].startswith("not JSON")
+    assert by_where["line 61"].startswith("a JSON list, not an object")
+    assert "non-numeric value 'n/a'" in next(r for w, r in by_where.items() if w.startswith("row"))
+    raw = pq.read_table(ingested.path)
+    assert raw.schema.field("amount").type == "double"
+    assert raw.schema.field("active").type == "bool"
+    assert raw.column("geo.city").to_pylist()[:3] == ["x", "y", "z"]
+    assert normalize_dataset(ingested, cfg).split_rows["train"] > 100
+
+
+def test_json_lines_with_lists_are_refused_unless_excluded(tmp_path, tmp_stores) -> None:
+    path = tmp_path / "t.ndjson"
+    path.write_text("\n".join(json.dumps({"a": i, "tags": ["p", "q"]}) for i in range(20)))
+    with pytest.raises(ConfigError, match=r"field\(s\) \['tags'\] of .* hold lists"):
+        inspect_source(build_config({"source": {"path": str(path)}}).source)
+    cfg = build_config({"source": {"path": str(path), "exclude": ["tags"]}, "dataset": "t"})
+    assert inspect_source(cfg.source).features == ["a"]
+    assert ingest_source(cfg, tmp_stores).rows == 20
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory) -> str:
+    """A real PostgreSQL server holding ``people`` (1,000 rows: an id, a time, numbers,
+    a numeric, text, a boolean) and ``blobs`` (a bytea column); its URI, no password."""
+    import sqlalchemy as sa
+
+    with postgres(tmp_path_factory.mktemp("pg")) as uri:
+        engine = sa.create_engine(uri)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE people (id text, seen timestamptz, age int, "
+                    "income numeric(10, 2), city text, member boolean)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO people SELECT 'p' || i, timestamptz '2024-01-01' + i * "
+                    "interval '1 hour', 20 + i % 50, i * 10.25, (ARRAY['a','b','c'])[1 + i % 3], "
+                    "i % 4 = 0 FROM generate_series(1, 1000) AS i"
+                )
+            )
+            conn.execute(sa.text("CREATE TABLE blobs (id int, data bytea, x float8)"))
+            conn.execute(sa.text("INSERT INTO blobs VALUES (1, 'ab', 1.0), (2, 'cd', 2.0)"))
+        engine.dispose()
+        yield uri
+
+
+def test_a_postgres_table_and_query_are_ingested_through_arrow(database, tmp_stores) -> None:
+    source = {"path": database, "table": "people", "entity_id": "id", "timestamp": "seen"}
+    cfg = build_config({"source": source})
+    assert cfg.dataset == "people"  # named after the table
+    assert inspect_source(cfg.source).features == ["age", "income", "city", "member"]
+    ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.rows == 1000 and ingested.quarantined == 0
+    raw = pq.read_table(ingested.path)
+    assert raw.schema.field("income").type == "double"  # numeric arrives as a number
+    assert sorted(raw.column("entity_id").to_pylist())[:2] == ["p1", "p10"]
+    assert raw.column("income").to_pylist()[0] == 10.25
+    query = {"path": database, "query": "SELECT id, age, city FROM people WHERE age < 30"}
+    small = build_config({"source": {**query, "entity_id": "id"}, "dataset": "young"})
+    assert ingest_source(small, tmp_stores).rows == 200
+    # unchanged table: the same folder (cached); a new row: another
+    again = ingest_source(cfg, tmp_stores)
+    assert again.path == ingested.path
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO people VALUES ('new', now(), 1, 1, 'a', true)"))
+    engine.dispose()
+    grown = ingest_source(cfg, tmp_stores)
+    assert grown.rows == 1001 and grown.path != ingested.path
+
+
+def test_bad_database_sources_fail_in_one_line(database, monkeypatch) -> None:
+    def refused(source: dict) -> str:
+        with pytest.raises(ConfigError) as err:
+            inspect_source(build_config({"source": source, "dataset": "d"}).source)
+        message = str(err.value)
+        assert "\n" not in message
+        return message
+
+    closed = f"postgresql://aepipe@127.0.0.1:{free_port()}/postgres"
+    assert "cannot connect to the source database" in refused({"path": closed, "table": "t"})
+    assert "does not exist" in refused({"path": database, "table": "nope"})
+    empty = refused({"path": database, "query": "SELECT * FROM people WHERE false"})
+    assert "source.query of the source database has no rows" in empty
+    blob = refused({"path": database, "table": "blobs"})
+    assert "data (binary)" in blob and "source.exclude" in blob
+    assert refused({"path": database}).startswith("a SQL source needs source.table")
+    with_password = database.replace("aepipe@", "aepipe:s3cret@")
+    message = refused({"path": with_password, "table": "people"})
+    assert "PGPASSWORD" in message and "s3cret" not in message
+    ok = {"path": database, "table": "blobs", "exclude": ["data"]}
+    assert inspect_source(build_config({"source": ok, "dataset": "b"}).source).features == [
+        "id",
+        "x",
+    ]
+
+
+def test_a_wrong_password_is_never_echoed(database, monkeypatch) -> None:
+    """A server that asks for a password (the reader's connect refused) names the database
+    with its user blanked, and says nothing of the password PGPASSWORD held."""
+    monkeypatch.setenv("PGPASSWORD", "hunter2-wrong")
+    closed = f"postgresql://someone@127.0.0.1:{free_port()}/postgres"
+    src = build_config({"source": {"path": closed, "table": "t"}, "dataset": "d"}).source
+    with pytest.raises(ConfigError) as err:
+        get_reader("sql").check_exists(src)
+    assert "hunter2" not in str(err.value) and "someone" not in str(err.value)
+
+
+def test_reader_registry_names_every_kind_and_auto_finds_them(tmp_path) -> None:
+    from tasks.io.readers import detect_format, reader_names
+
+    assert set(reader_names()) >= {"csv", "parquet", "jsonl", "sql", "images", "idx", "npz"}
+    assert detect_format("postgresql://me@db/warehouse") == "sql"
+    assert detect_format(str(tmp_path / "x.ndjson")) == "jsonl"
+    with pytest.raises(ConfigError, match="unknown source format 'xls'"):
+        build_config({"source": {"path": "a.xls", "format": "xls"}})
+    assert os.fspath(Path("digits")) and detect_format("digits") == "builtin"
