@@ -105,7 +105,11 @@ class SourceConfig(_Frozen):
     )
     include: list[str] | None = Field(None, description="feature columns; default: all others")
     exclude: list[str] = Field(default_factory=list, description="columns to leave out")
-    delimiter: str = Field(",", description="CSV delimiter; spaces after it are skipped")
+    delimiter: str = Field(
+        "auto",
+        description="CSV delimiter; auto: sniffed from the first lines among , ; tab | (the "
+        "choice is logged). Spaces after it are skipped",
+    )
     quote_char: str | None = Field('"', description="CSV quote character; null for none")
     header: bool = Field(True, description="CSV first line holds the column names")
     skip_initial_space: bool = Field(True, description="strip spaces around CSV values")

@@ -64,6 +64,8 @@ class IngestResult:
     # fixed-scale sources (images, IDX, digits) are normalized as they are read: rows per
     # split of the normalized.parquet the ingest wrote beside raw.parquet; None otherwise
     split_rows: dict[str, int] | None = None
+    roles: dict[str, str] = field(default_factory=dict)  # role column -> its role
+    left_out: dict[str, str] = field(default_factory=dict)  # source column -> why
 
     def quarantine_note(self) -> str:
         """`` (+N quarantined: 2 x duplicate entity id …; <path>)`` for a run's summary, the
@@ -103,6 +105,7 @@ class IngestPlan:
     info: SourceInfo
     parts: list[IngestPart]
     kinds: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # source column -> why
     layout: arrays.ImageLayout | None = None
     labelled: bool = False
     stores: Stores | None = None  # where the partitions publish their files (AEPIPE_DATA)
@@ -164,7 +167,19 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
             return IngestPlan(**plan, parts=read.parts, layout=read.layout, labelled=read.labelled)
         from tasks.io.tables import TableReader
 
-        kinds = TableReader(src, info.columns, info.features, src.label).decide_kinds()
+        table = TableReader(src, info.columns, info.features, src.label)
+        kinds = table.decide_kinds()
+        ids = {c: why for c, why in table.identifiers.items() if c not in (src.include or [])}
+        if ids:
+            run_logger(log).warning(
+                "leaving out %s: they look like identifiers, not features (%s); name one in "
+                "source.include to keep it, or in source.entity_id if it is the row's id",
+                ", ".join(ids),
+                "; ".join(f"{c}: {why}" for c, why in ids.items()),
+            )
+            info = dataclasses.replace(info, features=[c for c in info.features if c not in ids])
+            kinds = {c: k for c, k in kinds.items() if c not in ids}
+            plan["info"] = info
         needed = [c for c in (src.entity_id, src.timestamp, src.label) if c] + info.features
         extra = reader.check_parts(src, read.parts, needed, kinds)
         if extra:
@@ -174,7 +189,8 @@ def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
                 extra,
                 src.path,
             )
-        return IngestPlan(**plan, parts=read.parts, kinds=kinds)
+        left_out = {c: f"identifier-like ({why})" for c, why in ids.items()}
+        return IngestPlan(**plan, parts=read.parts, kinds=kinds, left_out=left_out)
     except arrays.SourceReadError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
@@ -385,7 +401,23 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
         n_quarantined,
         str(where) if quarantine else None,
         split_rows,
+        *_roles_and_left_out(plan, cfg),
     )
+
+
+def _roles_and_left_out(plan: IngestPlan, cfg: PipelineConfig) -> tuple[dict, dict]:
+    """Which source columns play a role, and which were left out of the features and why:
+    for the run's summary, which lists every column."""
+    src, info = cfg.source, plan.info
+    label = info.reader.label(src, info.columns)
+    named = {src.entity_id: "entity id", src.timestamp: "event time", label: "label"}
+    roles = {c: role for c, role in named.items() if c}
+    left_out = dict(plan.left_out)
+    for c in info.columns:
+        if c in roles or c in info.features or c in left_out:
+            continue
+        left_out[c] = "source.exclude" if c in src.exclude else "not in source.include"
+    return roles, left_out
 
 
 def _fetched(part: IngestedPart, origin: Stores | None) -> IngestedPart:

@@ -62,6 +62,7 @@ class RunSummary:
     home_flag: str = ""  # " --home X" when the run's home is not the default one
     quality: dict[str, float] = field(default_factory=dict)  # figures and their baselines
     quarantine_note: str = ""  # " (+N quarantined: reasons; path)", or ''
+    columns: list[str] = field(default_factory=list)  # each source column: role or encoding
     label_note: str = ""  # what the label was taken as, and why
 
     def warnings(self) -> list[str]:
@@ -159,6 +160,7 @@ class RunSummary:
                 f"aepipe: reduced {self.dataset!r} from {self.features_in} to {self.code_size} "
                 "features",
                 f"  rows ingested      {self.rows_ingested}{self.quarantine_note}",
+                *_wrapped("  columns            ", self.columns),
                 f"  model              {self.model_name} version {self.model_version} "
                 f"(alias: {alias}; {self.promotion})",
                 f"  test recon error   MSE {self.test_mse:.5f}   BCE {self.test_bce:.5f}"
@@ -200,6 +202,50 @@ class RunSummary:
         )
 
 
+def _wrapped(first: str, items: list[str], width: int = 100) -> list[str]:
+    """``items`` joined by "; " into lines of at most ``width``, the first after ``first``,
+    the rest indented as far."""
+    import textwrap
+
+    if not items:
+        return []
+    return textwrap.wrap(
+        "; ".join(items),
+        width,
+        initial_indent=first,
+        subsequent_indent=" " * len(first),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def describe_columns(ingested: IngestResult, data: NormalizedData) -> list[str]:
+    """Every source column in words: its role, how it was encoded, or why it was left out."""
+    import json
+
+    from ae_models.preprocessing import Normalizer
+
+    out = [f"{c}: {role}" for c, role in ingested.roles.items()]
+    try:
+        specs = Normalizer.from_dict(json.loads(Path(data.spec_path).read_text())).columns
+    except (OSError, ValueError, KeyError):
+        specs = []  # (the data store is remote and the spec is not here: roles only)
+    scaled = [c for c in specs if c.kind == "scaled"]
+    if scaled:
+        out.append(f"{len(scaled)} values (pixels) scaled to [0, 1]")
+    for c in specs:
+        if c.kind == "numeric":
+            how = c.scaler + (", log1p" if c.log1p else "")
+            how += ", +missing flag" if c.missing_indicator else ""
+            out.append(f"{c.source}: number ({how})")
+        elif c.kind == "categorical":
+            out.append(f"{c.source}: one-hot ({len(c.levels)} levels + other, missing)")
+        elif c.kind == "boolean":
+            out.append(f"{c.source}: boolean ({len(c.outputs)} column(s))")
+    out += [f"{c}: left out, {why}" for c, why in ingested.left_out.items()]
+    return out
+
+
 def summarize(
     ingested: IngestResult,
     data: NormalizedData,
@@ -217,6 +263,7 @@ def summarize(
         rows_quarantined=ingested.quarantined,
         quarantine_path=ingested.quarantine_path,
         quarantine_note=ingested.quarantine_note(),
+        columns=describe_columns(ingested, data),
         label_note=trained.label_note,
         features_in=len(data.features),
         code_size=trained.code_size,

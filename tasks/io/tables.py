@@ -11,6 +11,7 @@ then quarantined, not the column lost. A CSV is parsed in blocks on every core a
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,14 @@ R = TypeVar("R")
 BATCH_ROWS = 65_536
 TYPE_SHARE = 0.8  # share of a column's first-batch values that decides its type
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes"}, {"false", "f", "no"}
+# a column looks like an identifier, not a feature, when its first batch has at least
+# ID_MIN_ROWS values and ID_SHARE of them are distinct: text, or whole numbers that count
+# along (their span at most twice their number) under a name that says id (ID_NAME): a row
+# number, an auto-increment key; a count that happens to be unique stays a feature
+ID_MIN_ROWS, ID_SHARE = 100, 0.95
+ID_NAME = re.compile(
+    r"(^|[^a-z])(id|key|index|no|num|number)$|^unnamed: ?0$|(?-i:[a-z]I[dD])$", re.I
+)
 
 
 @dataclass
@@ -137,6 +146,7 @@ class TableReader:
         self.reader = reader_of(src)
         self.part, self.first_row = part, first_row
         self.kinds: dict[str, str] = dict(kinds or {})
+        self.identifiers: dict[str, str] = {}  # feature columns that look like ids: why
         self.workers = workers or usable_cpus()
         self.seen_ids: set[str] = set()  # keys of rows kept so far
         self.rows_in = 0
@@ -195,6 +205,9 @@ class TableReader:
                 self.kinds[col] = "num"
             else:
                 self.kinds[col] = "cat"
+            why = _identifier_like(arr, self.kinds[col], col)
+            if why:
+                self.identifiers[col] = why
 
     def _typed(self, item: Any) -> _Block:
         """Parse (CSV), clean, check and type one batch: runs on a worker thread."""
@@ -360,6 +373,30 @@ def _is_number(arr: pa.Array) -> pa.Array:
     if pc.all(digits).as_py() is not False:
         return digits
     return pc.match_substring_regex(arr, NUMBER, ignore_case=True)
+
+
+def _identifier_like(arr: pa.Array, kind: str, name: str) -> str | None:
+    """Why a column's first-batch values look like an identifier (see :data:`ID_SHARE`),
+    or None."""
+    valid = arr.drop_null()
+    n = len(valid)
+    if n < ID_MIN_ROWS or kind == "bool":
+        return None
+    distinct = pc.count_distinct(valid).as_py()
+    if distinct < ID_SHARE * n:
+        return None
+    if kind == "num":
+        if not ID_NAME.search(name):
+            return None
+        text = pa.types.is_string(valid.type) or pa.types.is_large_string(valid.type)
+        if text and not pc.all(pc.ascii_is_decimal(valid)).as_py():
+            return None
+        if not text and not pa.types.is_integer(valid.type):
+            return None  # measurements, not keys
+        low, high = (int(v) for v in pc.min_max(valid.cast(pa.int64())).values())
+        if high - low + 1 > 2 * n:
+            return None
+    return f"{distinct:,} of {n:,} sampled values distinct"
 
 
 def _is_bool_word(arr: pa.Array) -> pa.Array:

@@ -321,3 +321,52 @@ def test_a_table_is_fitted_in_the_ingest_pass_as_normalize_would_fit_it(
     data = normalize_dataset(ingested, standard)
     scalers = {c.source: c.scaler for c in Normalizer.load(data.spec_path).columns}
     assert scalers["x"] == "standard"
+
+
+def test_identifier_columns_are_left_out_named_and_can_be_brought_back(
+    tmp_path, tmp_stores, caplog
+) -> None:
+    """Issue 42: without --entity-id, a unique customer id became a one-hot feature of 20
+    arbitrary ids. Text unique in nearly every row, and whole numbers counting along under
+    an id's name, are left out with a warning; a unique count under another name, and a
+    column of repeated values, stay; source.include brings one back."""
+    path = tmp_path / "c.csv"
+    rows = [f"C-{i:05d},{1000 + i},{i * 3},{i % 9},{'xy'[i % 2]}" for i in range(400)]
+    path.write_text("customer_id,row_no,visits,age,kind\n" + "\n".join(rows) + "\n")
+    cfg = build_config({"source": {"path": str(path)}, "dataset": "c"})
+    with caplog.at_level("WARNING"):
+        ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.features == ["visits", "age", "kind"]
+    assert set(ingested.left_out) == {"customer_id", "row_no"}
+    assert ingested.left_out["customer_id"].startswith("identifier-like (400 of 400")
+    assert "leaving out customer_id, row_no" in caplog.text and "source.include" in caplog.text
+    kept = build_config(
+        {"source": {"path": str(path), "include": ["row_no", "age"]}, "dataset": "c2"}
+    )
+    again = ingest_source(kept, tmp_stores)
+    assert again.features == ["row_no", "age"] and again.left_out == {
+        "customer_id": "not in source.include",
+        "visits": "not in source.include",
+        "kind": "not in source.include",
+    }
+
+
+def test_the_run_summary_lists_every_source_column(tmp_path, tmp_stores) -> None:
+    from tasks.report import describe_columns
+
+    path = tmp_path / "p.csv"
+    rows = [f"p{i},2024-01-01,{i % 40},{'abc'[i % 3]},{'tf'[i % 2]},{i},n{i}" for i in range(300)]
+    path.write_text("pid,seen,age,city,member,y,note\n" + "\n".join(rows) + "\n")
+    src = {"path": str(path), "entity_id": "pid", "timestamp": "seen", "label": "y"}
+    cfg = build_config({"source": {**src, "exclude": ["note"]}, "dataset": "p"})
+    ingested = ingest_source(cfg, tmp_stores)
+    lines = describe_columns(ingested, normalize_dataset(ingested, cfg))
+    assert lines == [
+        "pid: entity id",
+        "seen: event time",
+        "y: label",
+        "age: number (minmax)",
+        "city: one-hot (3 levels + other, missing)",
+        "member: boolean (1 column(s))",
+        "note: left out, source.exclude",
+    ]

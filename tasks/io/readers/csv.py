@@ -4,8 +4,11 @@ long to hold set aside unread, the header checked before any row is read."""
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import io
+import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +19,10 @@ from tasks.io.readers.base import IngestPart, Parsed, Skipped, SourceReader
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
+
+log = logging.getLogger(__name__)
+DELIMITERS = ",;\t|"  # what source.delimiter: auto chooses among
+SNIFF_BYTES = 64 << 10  # the first bytes the choice is made on
 
 BLOCK_BYTES = 4 << 20  # CSV bytes one worker parses at a time
 KIND_SAMPLE_BYTES = 1 << 20  # CSV bytes whose values decide the column kinds
@@ -185,6 +192,43 @@ def check_first_line(path: str, header: bool = True) -> None:
         raise ConfigError(f"source {path!r} has no rows (only its header line)")
 
 
+@functools.lru_cache(maxsize=64)
+def _sniffed(path: str, size: int, mtime_ns: int, encoding: str) -> str:
+    """The delimiter of the file's first lines (Python's ``csv.Sniffer`` among
+    :data:`DELIMITERS`; a comma when it cannot tell), said once in a log line. Keyed by the
+    file's size and modification time, so a changed file is sniffed again."""
+    import csv
+
+    from tasks.config import run_logger
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    text = head.decode(encoding, "replace")
+    if len(head) == SNIFF_BYTES and "\n" in text:
+        text = text[: text.rfind("\n")]  # whole lines only
+    try:
+        delimiter = csv.Sniffer().sniff(text, delimiters=DELIMITERS).delimiter
+        how = "sniffed"
+    except csv.Error:
+        delimiter, how = ",", "the default: no other was consistent"
+    run_logger(log).info(
+        "CSV delimiter of %r: %r (%s; set source.delimiter to choose another)",
+        path,
+        delimiter,
+        how,
+    )
+    return delimiter
+
+
+def delimiter_of(src: SourceConfig) -> str:
+    """The CSV delimiter: ``source.delimiter``, or the sniffed one when it is ``auto``."""
+    if src.delimiter != "auto":
+        return src.delimiter
+    st = os.stat(src.path)
+    return _sniffed(src.path, st.st_size, st.st_mtime_ns, src.encoding)
+
+
 class CsvReader(SourceReader):
     """A CSV file: one partition, its blocks parsed in parallel."""
 
@@ -200,9 +244,10 @@ class CsvReader(SourceReader):
 
         try:
             check_first_line(src.path, src.header)
+            delimiter = delimiter_of(src)
             head = pd.read_csv(
                 src.path,
-                sep=src.delimiter,
+                sep=delimiter,
                 nrows=0 if src.header else 1,
                 header=0 if src.header else None,
                 skipinitialspace=src.skip_initial_space,
@@ -221,6 +266,13 @@ class CsvReader(SourceReader):
         if not src.header:
             return [f"col_{i}" for i in range(len(head.columns))]
         names = [str(c).strip() for c in head.columns]
+        inside = [d for d in DELIMITERS if len(names) == 1 and d in names[0]]
+        if inside:  # a file of another dialect would train on one text column
+            raise ConfigError(
+                f"{src.path!r} parses to one column named {names[0][:60]!r} with delimiter "
+                f"{delimiter!r}, and that name holds {inside[0]!r}: set source.delimiter to "
+                f"{inside[0]!r} (--delimiter {inside[0]!r})"
+            )
         broken = [n for n in names if "\n" in n or "\r" in n]
         if broken:  # rows end at line ends: the header's second line would be read as a row
             raise ConfigError(
@@ -241,7 +293,7 @@ class CsvReader(SourceReader):
 
     def parse(self, item: Any, columns: list[str], src: SourceConfig) -> Parsed:
         """A block's lines as text columns (:func:`_parse_block`)."""
-        return _parse_block(item, columns, src.delimiter, src.quote_char)
+        return _parse_block(item, columns, delimiter_of(src), src.quote_char)
 
     def locate(self, src: SourceConfig, texts: list[str]) -> list[int | None]:
         """Ragged lines' numbers, found in one more pass over the file."""

@@ -182,3 +182,32 @@ def test_reader_registry_names_every_kind_and_auto_finds_them(tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown source format 'xls'"):
         build_config({"source": {"path": "a.xls", "format": "xls"}})
     assert os.fspath(Path("digits")) and detect_format("digits") == "builtin"
+
+
+def _people(rows: int, sep: str) -> str:
+    lines = [sep.join(["id", "a", "b", "c"])]
+    lines += [sep.join([f"r{i}", str(i % 7), f"{i * 0.5:.1f}", "xyz"[i % 3]]) for i in range(rows)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|", ","])
+def test_the_csv_delimiter_is_sniffed_and_said(tmp_path, tmp_stores, sep, caplog) -> None:
+    """Issue 42: a ';'-separated file trained on one text column named 'id;a;b;c'."""
+    path = tmp_path / "t.csv"
+    path.write_text(_people(300, sep))
+    cfg = build_config({"source": {"path": str(path), "entity_id": "id"}, "dataset": "t"})
+    with caplog.at_level("INFO"):
+        info = inspect_source(cfg.source)
+    assert info.columns == ["id", "a", "b", "c"] and info.features == ["a", "b", "c"]
+    assert f"CSV delimiter of {str(path)!r}: {sep!r} (sniffed" in caplog.text
+    ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.rows == 300 and ingested.quarantined == 0
+
+
+def test_a_file_read_with_the_wrong_delimiter_is_refused_with_the_fix(tmp_path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(_people(50, ";"))
+    cfg = build_config({"source": {"path": str(path), "delimiter": ","}, "dataset": "t"})
+    fix = r"one column named 'id;a;b;c' .* set source.delimiter to ';'"
+    with pytest.raises(ConfigError, match=fix):
+        inspect_source(cfg.source)
