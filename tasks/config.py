@@ -84,6 +84,11 @@ class SourceConfig(_Frozen):
     )
     table: str | None = Field(None, description="SQL sources: the table (schema.table) to read")
     query: str | None = Field(None, description="SQL sources: a SELECT to read instead of a table")
+    catalog: str | None = Field(
+        None,
+        description="Iceberg sources: the catalog (a SQL URI, a REST catalog's URL or a "
+        "catalog named for pyiceberg); default: aepipe's own",
+    )
     entity_id: str | None = Field(None, description="id column; default: source row number")
     timestamp: str | None = Field(
         None,

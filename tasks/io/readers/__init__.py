@@ -28,6 +28,7 @@ READERS: dict[str, str] = {
     "npz": "an NPZ file with an array 'X' (and 'y', the label)",
     "idx": "an IDX file (MNIST's format), labels from its sibling",
     "images": "a folder of images (subfolders name the labels)",
+    "iceberg": "an Iceberg table (source.path its namespace.table, source.catalog its catalog)",
 }
 
 

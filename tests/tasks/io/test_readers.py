@@ -211,3 +211,59 @@ def test_a_file_read_with_the_wrong_delimiter_is_refused_with_the_fix(tmp_path) 
     fix = r"one column named 'id;a;b;c' .* set source.delimiter to ';'"
     with pytest.raises(ConfigError, match=fix):
         inspect_source(cfg.source)
+
+
+@pytest.fixture
+def iceberg_source(tmp_path) -> tuple[str, object]:
+    """An Iceberg table ``src.people`` of 1,000 rows in a SQLite catalog of its own; the
+    catalog's URI and the table."""
+    import pyarrow as pa
+    from pyiceberg.catalog import load_catalog
+
+    uri = f"sqlite:///{tmp_path / 'source-catalog.db'}"
+    # (a SQL URI names a catalog called "aepipe"; others are configured for pyiceberg)
+    catalog = load_catalog("aepipe", type="sql", uri=uri, warehouse=(tmp_path / "wh").as_uri())
+    catalog.create_namespace("src")
+    rows = pa.table(
+        {
+            "id": [f"p{i}" for i in range(1000)],
+            "age": pa.array([20 + i % 50 for i in range(1000)], pa.int64()),
+            "city": ["abc"[i % 3] for i in range(1000)],
+        }
+    )
+    table = catalog.create_table("src.people", schema=rows.schema)
+    table.append(rows)
+    return uri, table
+
+
+def test_an_iceberg_table_is_ingested_and_a_commit_is_seen(iceberg_source, tmp_stores) -> None:
+    import pyarrow as pa
+
+    uri, table = iceberg_source
+    source = {"path": "src.people", "format": "iceberg", "catalog": uri, "entity_id": "id"}
+    cfg = build_config({"source": source, "dataset": "people"})
+    assert inspect_source(cfg.source).features == ["age", "city"]
+    first = ingest_source(cfg, tmp_stores)
+    assert first.rows == 1000 and first.quarantined == 0
+    assert ingest_source(cfg, tmp_stores).path == first.path  # same snapshot: same ingest
+    more = {"id": ["new1", "new2"], "age": pa.array([1, 2], pa.int64()), "city": ["a", "b"]}
+    table.append(pa.table(more, schema=table.schema().as_arrow()))
+    grown = ingest_source(cfg, tmp_stores)
+    assert grown.rows == 1002 and grown.path != first.path
+
+
+def test_bad_iceberg_sources_fail_in_one_line(iceberg_source, tmp_path) -> None:
+    uri, _ = iceberg_source
+
+    def refused(source: dict) -> str:
+        with pytest.raises(ConfigError) as err:
+            inspect_source(build_config({"source": source, "dataset": "d"}).source)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    base = {"format": "iceberg", "catalog": uri}
+    assert "does not exist" in refused({**base, "path": "src.nope"})
+    assert "namespace.table" in refused({**base, "path": "people"})
+    broken = f"postgresql+psycopg2://someone:pw@127.0.0.1:{free_port()}/nothing"
+    message = refused({"format": "iceberg", "catalog": broken, "path": "src.people"})
+    assert message.startswith("cannot open the Iceberg catalog") and "pw@" not in message
