@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 # flag -> dotted config key; each flag overrides the YAML file's value. Their help, type,
-# choices and defaults come from the config models (tasks.config.describe), so they cannot
+# choices and defaults come from the config models (tasks.config_reference.describe), so they cannot
 # drift from what a run does. `score` and `downstream` take only the flags that locate the
 # data: the model's settings come from the registered version they use.
 DATA_FLAGS: dict[str, str] = {
@@ -53,7 +53,7 @@ RUN_FLAGS: dict[str, str] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tasks.config import describe
+    from tasks.config_reference import describe
     from tasks.registry import CHAMPION
 
     parser = argparse.ArgumentParser(

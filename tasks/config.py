@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,7 +17,6 @@ from pydantic import (
     model_validator,
 )
 
-from ae_models.registry import list_models
 from ae_models.train_config import TrainConfig
 from tasks.io.readers import BUILTIN_SOURCES
 
@@ -398,6 +394,8 @@ def did_you_mean(key: str) -> str:
     """``" (did you mean 'train.epochs'?)"`` for a dotted key close to a real one, else ''."""
     import difflib
 
+    from tasks.config_reference import config_keys
+
     keys = [k.key for k in config_keys()]
     sections = sorted({k.split(".")[0] for k in keys if "." in k})
     leaf = key.rsplit(".", 1)[-1]  # a right key in the wrong section: model.code_size
@@ -469,133 +467,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
-# -- the reference of every key, generated from the models above -------------------------
+if __name__ == "__main__":  # the documented way to regenerate docs/configuration.md
+    from tasks.config_reference import reference_markdown
 
-
-@dataclass(frozen=True)
-class KeyDoc:
-    """One config key as the reference and the CLI's help show it."""
-
-    key: str  # dotted, e.g. train.epochs
-    type: str
-    default: Any
-    doc: str
-    choices: tuple[str, ...] = ()
-
-    @property
-    def python_type(self) -> type:
-        """What a command-line value of this key is parsed as."""
-        return {"int": int, "float": float}.get(self.type, str) if not self.choices else str
-
-    def help(self) -> str:
-        """The CLI's help text: what the key does, its choices and its default."""
-        choices = f"; one of {', '.join(self.choices)}" if self.choices else ""
-        default = f" (default {yaml_value(self.default)})" if self.default is not None else ""
-        return f"{self.doc}{choices}{default}".replace("%", "%%")
-
-
-def yaml_value(value: Any) -> str:
-    """``value`` as it is written in a YAML config (null, true, 'text', [a, b])."""
-    if isinstance(value, str):
-        return value
-    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
-    return text.removesuffix("...").strip()
-
-
-def _type_text(annotation: Any) -> tuple[str, tuple[str, ...]]:
-    """A key's type in words (without its literal choices) and its literal choices."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Literal:
-        return "", tuple(str(a) for a in args)
-    if origin in (UnionType, Union):
-        parts = [_type_text(a) for a in args if a is not type(None)]
-        text = " or ".join(t for t, _ in parts if t)
-        nullable = " or null" if type(None) in args else ""
-        return (text + nullable if text else nullable.removeprefix(" or ")), tuple(
-            c for _, cs in parts for c in cs
-        )
-    if origin in (list, tuple):
-        inner = ", ".join(_type_text(a)[0] for a in args if a is not Ellipsis)
-        return (f"list of {inner}" if origin is list else f"[{inner}]"), ()
-    if origin is dict:
-        return "mapping", ()
-    return getattr(annotation, "__name__", str(annotation)), ()
-
-
-def config_keys(model: type = PipelineConfig, prefix: str = "") -> list[KeyDoc]:
-    """Every key of the pipeline config, in declaration order, with its type, default and
-    description: what docs/configuration.md and the CLI's help are made from."""
-    out: list[KeyDoc] = []
-    if dataclasses.is_dataclass(model):
-        hints = get_type_hints(model)
-        for f in dataclasses.fields(model):
-            typ, choices = _type_text(hints[f.name])
-            doc = f.metadata.get("doc", "")
-            out.append(KeyDoc(prefix + f.name, typ, f.default, doc, choices))
-        return out
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and (
-            issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
-        ):
-            out += config_keys(annotation, f"{prefix}{name}.")
-            continue
-        typ, choices = _type_text(annotation)
-        if prefix + name == "model.name":  # the registered variants, whatever is registered
-            typ, choices = "", tuple(list_models())
-        if prefix + name == "source.format":  # the registered readers
-            from tasks.io.readers import reader_names
-
-            typ, choices = "", ("auto", *reader_names())
-        default = info.get_default(call_default_factory=True)
-        out.append(KeyDoc(prefix + name, typ, default, info.description or "", choices))
-    return out
-
-
-def describe(key: str) -> KeyDoc:
-    """The :class:`KeyDoc` of one dotted key; KeyError when there is none."""
-    for doc in config_keys():
-        if doc.key == key:
-            return doc
-    raise KeyError(key)
-
-
-def reference_markdown() -> str:
-    """docs/configuration.md: every key of a config file, generated from the config models
-    (``python -m tasks.config > docs/configuration.md``; a test checks the file is current)."""
-    lines = [
-        "# Configuration reference",
-        "",
-        "<!-- generated by `python -m tasks.config > docs/configuration.md` from the config",
-        "models in tasks/config.py and ae_models/train_config.py; do not edit by hand -->",
-        "",
-        "A run takes a YAML file with these keys (every one optional), flags "
-        "(`aepipe run --help`) and `--set key=value` for any key; flags and `--set` override "
-        "the file. Unknown keys are refused with the list of known ones.",
-        "",
-    ]
-    section = None
-    keys = config_keys()
-    top = [d for d in keys if "." not in d.key]  # the top-level keys first, then each section
-    for doc in top + [d for d in keys if "." in d.key]:
-        head = doc.key.split(".")[0] if "." in doc.key else ""
-        if head != section:
-            section = head
-            title = f"`{head}:`" if head else "Top level"
-            lines += [
-                "",
-                f"## {title}",
-                "",
-                "| key | type | default | meaning |",
-                "|---|---|---|---|",
-            ]
-        choices = " \\| ".join(f"`{c}`" for c in doc.choices)
-        typ = " or ".join(t for t in (doc.type, choices) if t)
-        default = yaml_value(doc.default).replace("|", "\\|")
-        meaning = doc.doc.replace("|", "\\|")
-        lines.append(f"| `{doc.key}` | {typ} | `{default}` | {meaning} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
     print(reference_markdown(), end="")

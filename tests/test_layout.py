@@ -173,7 +173,7 @@ def test_model_outputs_and_the_table_schema_name_the_same_columns() -> None:
 
 
 def test_configuration_reference_is_generated_from_the_config() -> None:
-    from tasks.config import reference_markdown
+    from tasks.config_reference import reference_markdown
 
     on_disk = (ROOT / "docs" / "configuration.md").read_text()
     assert on_disk == reference_markdown(), (
@@ -185,7 +185,8 @@ def test_configuration_reference_is_generated_from_the_config() -> None:
 def test_cli_flags_say_what_the_config_does() -> None:
     """Every run flag names a config key, and its type, help and default are the key's."""
     from aepipe.cli import RUN_FLAGS, _parser
-    from tasks.config import PipelineConfig, config_keys, describe
+    from tasks.config import PipelineConfig
+    from tasks.config_reference import config_keys, describe
 
     run = next(
         a
