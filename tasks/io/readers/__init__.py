@@ -53,10 +53,22 @@ def detect_format(path: str) -> str:
     for reader in readers:
         if reader.claims(path):
             return reader.name
+    from tasks.io.readers.base import exists, is_folder, is_remote, list_files
+
     if "://" not in path and not os.path.exists(path):
         raise ConfigError(f"source {path!r} does not exist")
-    if os.path.isdir(path):
-        for _, _, names in os.walk(path):
+    try:
+        if is_remote(path) and not exists(path):
+            raise ConfigError(f"source {path!r} does not exist (no object of that name or prefix)")
+        remote_folder = is_remote(path) and is_folder(path)
+    except OSError as err:
+        raise ConfigError(f"cannot reach source {path!r}: {str(err).splitlines()[0]}") from None
+    if remote_folder:  # an object-store prefix: its objects' names
+        walk = [("", [], [os.path.basename(f) for f in list_files(path)])]
+    else:
+        walk = os.walk(path) if os.path.isdir(path) else []
+    if remote_folder or os.path.isdir(path):
+        for _, _, names in walk:
             suffixes = {os.path.splitext(n)[1].lower() for n in names}  # no Path: 70k files
             for reader in readers:
                 if suffixes & reader.folder_suffixes:

@@ -21,7 +21,13 @@ class ArrayReader(SourceReader):
     def check_settings(self, src: SourceConfig) -> None:
         """Role and column settings are for tables."""
         from tasks.config import ConfigError
+        from tasks.io.readers.base import is_remote
 
+        if is_remote(src.path):
+            raise ConfigError(
+                f"{self.name} sources are read from this machine's files; in an object store "
+                "aepipe reads Parquet, CSV and JSON-lines files"
+            )
         if src.entity_id or src.timestamp or src.include is not None or src.exclude:
             raise ConfigError(
                 f"source.entity_id/timestamp/include/exclude apply to tables, not {self.name} "

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import codecs
 import functools
-import gzip
 import io
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tasks.io.readers.base import IngestPart, Parsed, Skipped, SourceReader
+from tasks.io.readers.base import (
+    IngestPart,
+    Parsed,
+    Skipped,
+    SourceReader,
+    file_stats,
+    open_bytes,
+)
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
@@ -55,9 +60,8 @@ def _csv_blocks(
     in parallel and give the rows the whole file gives, in the same order. A line longer
     than :data:`MAX_LINE_BYTES` is read past in blocks and yielded as a :class:`_LongLine`,
     so memory stays bounded whatever one line holds."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
     size = block_bytes or BLOCK_BYTES
-    with opener(path, "rb") as f:
+    with open_bytes(path) as f:
         read = f.read
         if codecs.lookup(encoding).name != "utf-8":
             text = io.TextIOWrapper(f, encoding=encoding, newline="")
@@ -148,8 +152,7 @@ def _line_numbers(path: str, texts: list[str], encoding: str) -> list[int | None
     extra pass, made only when some rows were ragged. A text not found gives None."""
     found: list[int | None] = [None] * len(texts)
     wanted = 0
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding=encoding, errors="replace", newline="") as f:
+    with io.TextIOWrapper(open_bytes(path), encoding, errors="replace", newline="") as f:
         number, starts = 0, True  # starts: the next piece starts a line
         while wanted < len(texts) and (piece := f.readline(MAX_LINE_BYTES)):
             if starts:  # (a line too long to be ragged is read in pieces, never whole)
@@ -179,8 +182,7 @@ def check_first_line(path: str, header: bool = True) -> None:
     run that has nothing to read)."""
     from tasks.config import ConfigError
 
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with open_bytes(path) as f:
         head = f.read(MAX_LINE_BYTES + 1)
     if len(head) > MAX_LINE_BYTES and b"\n" not in head:
         raise ConfigError(
@@ -201,8 +203,7 @@ def _sniffed(path: str, size: int, mtime_ns: int, encoding: str) -> str:
 
     from tasks.config import run_logger
 
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with open_bytes(path) as f:
         head = f.read(SNIFF_BYTES)
     text = head.decode(encoding, "replace")
     if len(head) == SNIFF_BYTES and "\n" in text:
@@ -225,8 +226,8 @@ def delimiter_of(src: SourceConfig) -> str:
     """The CSV delimiter: ``source.delimiter``, or the sniffed one when it is ``auto``."""
     if src.delimiter != "auto":
         return src.delimiter
-    st = os.stat(src.path)
-    return _sniffed(src.path, st.st_size, st.st_mtime_ns, src.encoding)
+    ((size, mtime_ns),) = file_stats([src.path])
+    return _sniffed(src.path, size, mtime_ns, src.encoding)
 
 
 class CsvReader(SourceReader):
@@ -245,16 +246,17 @@ class CsvReader(SourceReader):
         try:
             check_first_line(src.path, src.header)
             delimiter = delimiter_of(src)
-            head = pd.read_csv(
-                src.path,
-                sep=delimiter,
-                nrows=0 if src.header else 1,
-                header=0 if src.header else None,
-                skipinitialspace=src.skip_initial_space,
-                quotechar=src.quote_char or '"',
-                quoting=3 if src.quote_char is None else 0,
-                encoding=src.encoding,
-            )
+            with open_bytes(src.path) as fh:
+                head = pd.read_csv(
+                    fh,
+                    sep=delimiter,
+                    nrows=0 if src.header else 1,
+                    header=0 if src.header else None,
+                    skipinitialspace=src.skip_initial_space,
+                    quotechar=src.quote_char or '"',
+                    quoting=3 if src.quote_char is None else 0,
+                    encoding=src.encoding,
+                )
         except (
             pd.errors.EmptyDataError,
             UnicodeDecodeError,

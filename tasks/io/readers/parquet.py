@@ -11,18 +11,31 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.io.readers.base import IngestPart, ReadPlan, SourceReader
+from tasks.io.readers.base import (
+    IngestPart,
+    ReadPlan,
+    SourceReader,
+    is_folder,
+    is_remote,
+    list_files,
+    open_random,
+)
 from tasks.io.tables import BATCH_ROWS, type_class
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
 
 def parquet_files(path: str) -> list[str]:
-    """Files behind a Parquet source: one file, every ``*.parquet`` under a folder, or a glob."""
+    """Files behind a Parquet source: one file, every ``*.parquet`` under a folder or an
+    object-store prefix, or a glob."""
+    if is_remote(path):
+        return [f for f in list_files(path) if f.lower().endswith(PARQUET_SUFFIXES)]
     p = Path(path)
     if p.is_dir():
-        return sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in (".parquet", ".pq"))
+        return sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in PARQUET_SUFFIXES)
     if any(ch in path for ch in "*?["):
         return sorted(glob.glob(path, recursive=True))
     return [path]
@@ -45,7 +58,7 @@ def check_parquet_files(files: list[str], needed: list[str], kinds: dict[str, st
     base: set[str] | None = None
     extra: list[str] = []
     for path in files:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(open_random(path))
         names = set(schema.names)
         missing = [c for c in needed if c not in names]
         if missing:
@@ -84,7 +97,7 @@ def _parquet_parts(files: list[str], partition_rows: int) -> list[IngestPart]:
         files_of, groups_of, rows, first = [], [], 0, start
 
     for path in files:
-        meta = pq.ParquetFile(path).metadata
+        meta = pq.ParquetFile(open_random(path)).metadata
         groups: list[int] = []
         for g in range(meta.num_row_groups):
             if rows >= partition_rows:
@@ -109,7 +122,7 @@ class ParquetReader(SourceReader):
     """Parquet files, in row-group ranges of about ``partition_rows`` rows."""
 
     name = "parquet"
-    suffixes = (".parquet", ".pq")
+    suffixes = PARQUET_SUFFIXES
     folder_suffixes = frozenset(suffixes)
     folder_noun = "Parquet files"
 
@@ -120,7 +133,6 @@ class ParquetReader(SourceReader):
 
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """The first file's column names."""
-        import pyarrow.dataset as ds
 
         from tasks.config import ConfigError
 
@@ -128,7 +140,7 @@ class ParquetReader(SourceReader):
             files = parquet_files(src.path)
             if not files:
                 raise ConfigError(f"no Parquet files match {src.path!r}")
-            return list(ds.dataset(files, format="parquet").schema.names)
+            return list(pq.read_schema(open_random(files[0])).names)
         except (pa.ArrowInvalid, OSError) as err:
             raise ConfigError(f"cannot read Parquet schema of {src.path!r}: {err}") from None
 
@@ -157,7 +169,7 @@ class ParquetReader(SourceReader):
         else:
             slices = list(zip(part.files, part.row_groups or [None] * len(part.files), strict=True))
         for path, groups in slices:
-            pf = pq.ParquetFile(path, pre_buffer=False)
+            pf = pq.ParquetFile(open_random(path), pre_buffer=False)
             missing = [c for c in needed if c not in pf.schema_arrow.names]
             if missing:
                 raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
@@ -165,7 +177,7 @@ class ParquetReader(SourceReader):
 
     def files(self, src: SourceConfig) -> list[str]:
         """The matched files (a folder's every file, for its fingerprint)."""
-        if Path(src.path).is_dir():
+        if is_folder(src.path):
             return super().files(src)
         return parquet_files(src.path)
 

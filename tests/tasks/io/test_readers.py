@@ -267,3 +267,101 @@ def test_bad_iceberg_sources_fail_in_one_line(iceberg_source, tmp_path) -> None:
     broken = f"postgresql+psycopg2://someone:pw@127.0.0.1:{free_port()}/nothing"
     message = refused({"format": "iceberg", "catalog": broken, "path": "src.people"})
     assert message.startswith("cannot open the Iceberg catalog") and "pw@" not in message
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    """A real S3-compatible server (moto) with an empty bucket ``landing``; the environment
+    that points pyarrow's S3 file system at it, as aepipe's own stores take it."""
+    from stores.remote import s3_filesystem
+    from tests.services import start_moto, stop
+
+    port = free_port()
+    server = start_moto(tmp_path_factory.mktemp("s3"), port)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(
+            endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True
+        ).create_dir("landing")
+        yield s3_filesystem()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        stop(server)
+
+
+def _hour(start: int, n: int):
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "id": [f"e{i}" for i in range(start, start + n)],
+            "v": [float(i % 17) for i in range(start, start + n)],
+            "kind": ["abc"[i % 3] for i in range(start, start + n)],
+        }
+    )
+
+
+def test_an_object_store_prefix_of_parquet_files_is_read_and_grows(bucket, tmp_stores) -> None:
+    """Issue 42: a prefix that gains a file an hour; each file seen, a new one changes the
+    fingerprint, the same listing reuses the ingest."""
+    import pyarrow.parquet as pq_
+
+    for hour in range(2):
+        with bucket.open_output_stream(f"landing/events/h{hour}.parquet") as out:
+            pq_.write_table(_hour(hour * 100, 100), out)
+    cfg = build_config(
+        {"source": {"path": "s3://landing/events/", "entity_id": "id"}, "dataset": "events"}
+    )
+    assert cfg.source.resolved_format == "parquet"
+    first = ingest_source(cfg, tmp_stores)
+    assert first.rows == 200 and first.features == ["v", "kind"]
+    assert ingest_source(cfg, tmp_stores).path == first.path
+    with bucket.open_output_stream("landing/events/h2.parquet") as out:
+        pq_.write_table(_hour(200, 100), out)
+    grown = ingest_source(cfg, tmp_stores)
+    assert grown.rows == 300 and grown.path != first.path
+
+
+def test_csv_and_json_lines_objects_are_read_from_the_store(bucket, tmp_stores) -> None:
+    text = _people(300, ";").encode()
+    with bucket.open_output_stream("landing/people.csv.gz", compression="gzip") as out:
+        out.write(text)
+    with bucket.open_output_stream("landing/rows.jsonl") as out:
+        out.write("\n".join(json.dumps(r) for r in _rows(150)).encode())
+    csv_cfg = build_config(
+        {"source": {"path": "s3://landing/people.csv.gz", "entity_id": "id"}, "dataset": "p"}
+    )
+    assert ingest_source(csv_cfg, tmp_stores).rows == 300  # ';' sniffed there too
+    json_cfg = build_config({"source": {"path": "s3://landing/rows.jsonl"}, "dataset": "r"})
+    assert ingest_source(json_cfg, tmp_stores).rows == 150
+
+
+def test_missing_objects_fail_in_one_line(bucket, monkeypatch) -> None:
+    with bucket.open_output_stream("landing/docs/notes.md") as out:
+        out.write(b"# not data")
+    for path, said in [
+        ("s3://landing/nothing.csv", "source file 's3://landing/nothing.csv' does not exist"),
+        ("s3://landing/none/", "source 's3://landing/none/' does not exist"),
+        ("s3://landing/docs/", "holds no Parquet files"),
+        ("s3://elsewhere/x.parquet", "source file 's3://elsewhere/x.parquet' does not exist"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            inspect_source(build_config({"source": {"path": path}, "dataset": "d"}).source)
+        assert said in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    src = build_config({"source": {"path": "s3://landing/p.csv"}, "dataset": "d"}).source
+    with pytest.raises(ConfigError, match=r"^cannot reach source 's3://landing/p.csv': "):
+        inspect_source(src)
