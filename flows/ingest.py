@@ -45,10 +45,13 @@ def failed_part(parts: list[Any]) -> BaseException:
 
 
 @flow(name="ingest-partitions")
-def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
+def ingest_partitions(
+    cfg: PipelineConfig, stores: Stores, since: str | None = None
+) -> IngestResult:
     """Plan the source's partitions, read them in parallel tasks, merge them into one raw
-    Parquet file; on an unchanged source every task is a cache hit and nothing is read."""
-    plan = plan_ingest_task(cfg, stores)
+    Parquet file; on an unchanged source every task is a cache hit and nothing is read.
+    With ``since``, only what the source gained after that marker (its reader's)."""
+    plan = plan_ingest_task(cfg, stores, since)
     # until the run ends: no other run prunes it meanwhile
     take_lease(stores, plan.folder, flow_run.root_flow_run_id)
     # cached results must point at files that exist (here, or in an object-store AEPIPE_DATA)
@@ -81,6 +84,6 @@ def ingest_partitions(cfg: PipelineConfig, stores: Stores) -> IngestResult:
         raise
 
 
-def ingest(cfg: PipelineConfig, stores: Stores) -> IngestResult:
+def ingest(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestResult:
     """Run :func:`ingest_partitions` as a subflow on the task runner ``cfg`` asks for."""
-    return run_subflow(ingest_partitions, cfg, cfg, stores)
+    return run_subflow(ingest_partitions, cfg, cfg, stores, since)

@@ -10,6 +10,7 @@ from flows.partitions import run_partitioned
 from stores.upkeep import leased, prune_ingests
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
+from tasks.incremental import marker_properties
 from tasks.materialize import materialize_job
 from tasks.monitor import drift_artifacts
 from tasks.normalize import normalize
@@ -41,7 +42,8 @@ def reduce_features(
         else:
             trained = train(data, cfg, stores)
         registered = register(trained, ingested, data, cfg, stores)
-        job = materialize_job(data, trained, registered, cfg, stores)
+        where = marker_properties(ingested, cfg)  # for scoring runs to read past
+        job = materialize_job(data, trained, registered, cfg, stores, where)
         written = run_partitioned(job, cfg)  # partitions on the configured task runner
         drift_artifacts(job, written)  # on this run, where its user looks
         # the commit landed: earlier ingests of the source are no longer anyone's

@@ -12,6 +12,7 @@ from flows.partitions import run_partitioned
 from stores.upkeep import leased, prune_ingests
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
+from tasks.incremental import incremental_since, whole_fingerprint
 from tasks.monitor import drift_artifacts
 from tasks.registry import scoring_lock
 from tasks.score import (
@@ -41,7 +42,9 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
         return quiet
     # the ingest this run reads is not pruned meanwhile (its lease goes with the run)
     with leased(stores, cfg.dataset, flow_run.root_flow_run_id):
-        ingested = ingest(cfg, stores)  # partitioned; cached while the source is unchanged
+        # what the source gained since the version's last commit, where its reader can say
+        since = incremental_since(cfg, stores, current.version)
+        ingested = ingest(cfg, stores, since)  # partitioned; cached while it is unchanged
         # runs scoring this data set at once take turns from finding the new rows to
         # appending them (else each would append the same rows); the later one finds only
         # what is left
@@ -49,7 +52,7 @@ def score_features(config: PipelineConfig | None = None) -> Scored:
             job = prepare_scoring(ingested, current, cfg, stores)
             committed = run_partitioned(job, cfg)  # partitions on the configured task runner
             scored = scored_summary(job, ingested, committed)
-            remember_scoring(scored, ingested.fingerprint, cfg, stores)  # for the next run
+            remember_scoring(scored, whole_fingerprint(ingested, cfg), cfg, stores)  # next run
         drift_artifacts(job, committed)  # on this run, where its user looks
         # the commit landed: earlier ingests of the source are no longer anyone's
         pruned = prune_ingests(stores, cfg.dataset, ingested.path, cfg.maintain.orphan_age_hours)

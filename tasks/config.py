@@ -91,6 +91,11 @@ class SourceConfig(_Frozen):
         description="event time column; default: ingest time. With it, each (entity id, "
         "event time) pair is a version of the entity: all are kept and scored",
     )
+    watermark: str | None = Field(
+        None,
+        description="SQL sources: a column that only grows (an insert time, a serial id): a "
+        "scoring run reads only the rows past the highest value the last one read",
+    )
     append_only: bool = Field(
         False,
         description="the source only ever gains rows (an event log): scoring then looks only "

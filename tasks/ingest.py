@@ -29,12 +29,12 @@ from stores import Stores
 from stores import data as data_store
 from stores.data import rehome
 from tasks import normalize
-from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
+from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
 from tasks.io import arrays
 from tasks.io.parquet import ParquetSink, with_features, with_tensor, write_table
 from tasks.io.parts import concat_parts, cross_part_duplicates, reason_kinds
 from tasks.io.readers import reader_of
-from tasks.io.readers.base import IngestPart
+from tasks.io.readers.base import IncrementalUnavailable, IngestPart
 from tasks.io.sources import (
     ArrayDigest,
     SourceInfo,
@@ -66,6 +66,10 @@ class IngestResult:
     split_rows: dict[str, int] | None = None
     roles: dict[str, str] = field(default_factory=dict)  # role column -> its role
     left_out: dict[str, str] = field(default_factory=dict)  # source column -> why
+    # where the source stood when read (a snapshot, a watermark, a file time; None: its
+    # reader cannot say), and the marker this ingest read past (None: the whole source)
+    marker: str | None = None
+    since: str | None = None
 
     def quarantine_note(self) -> str:
         """`` (+N quarantined: 2 x duplicate entity id …; <path>)`` for a run's summary, the
@@ -109,6 +113,8 @@ class IngestPlan:
     layout: arrays.ImageLayout | None = None
     labelled: bool = False
     stores: Stores | None = None  # where the partitions publish their files (AEPIPE_DATA)
+    since: str | None = None  # an incremental read: the marker it reads past
+    marker: str | None = None  # where the source stood when planned (None: cannot say)
 
     @property
     def raw_path(self) -> Path:
@@ -146,55 +152,67 @@ class _PartRead:
     split_rows: dict[str, int] | None = None
 
 
-def plan_ingest(cfg: PipelineConfig, stores: Stores) -> IngestPlan:
+def plan_ingest(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestPlan:
     """Split the source into the partitions its reader plans (Parquet row-group ranges of
     about ``partition_rows`` rows, chunks of an image folder's files; a CSV, IDX or NPZ file
     is one). Column kinds (tables) and the image layout are fixed here, so every partition
-    agrees."""
+    agrees. With ``since`` (a marker an earlier ingest recorded), only what the source
+    gained after it: :class:`IncrementalUnavailable` when its reader cannot say."""
     import uuid
 
     src = cfg.source
     reader = reader_of(src)
     listing = reader.listing(src)
     info = inspect_source(src, listing)
-    fp = source_fingerprint(cfg, listing)
-    folder = stores.data_dir / cfg.dataset / fp
-    work = folder / f"parts-{uuid.uuid4().hex[:12]}"
-    plan = dict(fingerprint=fp, folder=str(folder), work=str(work), info=info, stores=stores)
     try:
-        read = reader.plan(src, cfg.partition_rows, listing)
+        read = reader.plan(src, cfg.partition_rows, listing, since)
+        fp = source_fingerprint(cfg, listing)
+        if since is not None:  # the rows past the marker: a data set folder of their own
+            fp = json_digest(fp, since, read.marker)[:16]
+        folder = stores.data_dir / cfg.dataset / fp
+        work = folder / f"parts-{uuid.uuid4().hex[:12]}"
+        plan = IngestPlan(fp, str(folder), str(work), info, read.parts, stores=stores)
+        plan = dataclasses.replace(plan, since=since, marker=read.marker)
         if reader.kind == "array":
-            return IngestPlan(**plan, parts=read.parts, layout=read.layout, labelled=read.labelled)
-        from tasks.io.tables import TableReader
-
-        table = TableReader(src, info.columns, info.features, src.label)
-        kinds = table.decide_kinds()
-        ids = {c: why for c, why in table.identifiers.items() if c not in (src.include or [])}
-        if ids:
-            run_logger(log).warning(
-                "leaving out %s: they look like identifiers, not features (%s); name one in "
-                "source.include to keep it, or in source.entity_id if it is the row's id",
-                ", ".join(ids),
-                "; ".join(f"{c}: {why}" for c, why in ids.items()),
-            )
-            info = dataclasses.replace(info, features=[c for c in info.features if c not in ids])
-            kinds = {c: k for c, k in kinds.items() if c not in ids}
-            plan["info"] = info
-        needed = [c for c in (src.entity_id, src.timestamp, src.label) if c] + info.features
-        extra = reader.check_parts(src, read.parts, needed, kinds)
-        if extra:
-            run_logger(log).warning(
-                "ignoring column(s) %s of %r that its first file lacks (the features are "
-                "the first file's columns)",
-                extra,
-                src.path,
-            )
-        left_out = {c: f"identifier-like ({why})" for c, why in ids.items()}
-        return IngestPlan(**plan, parts=read.parts, kinds=kinds, left_out=left_out)
+            return dataclasses.replace(plan, layout=read.layout, labelled=read.labelled)
+        return _table_plan(plan, src)
+    except IncrementalUnavailable:
+        raise
     except arrays.SourceReadError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
         raise ConfigError(f"cannot read {src.path!r}: {str(err).splitlines()[0]}") from None
+
+
+def _table_plan(plan: IngestPlan, src: SourceConfig) -> IngestPlan:
+    """``plan`` with a table's column kinds decided from its first batch, identifier-like
+    columns left out of the features (and said), and every partition checked."""
+    from tasks.io.tables import TableReader
+
+    info = plan.info
+    table = TableReader(src, info.columns, info.features, src.label)
+    kinds = table.decide_kinds()
+    ids = {c: why for c, why in table.identifiers.items() if c not in (src.include or [])}
+    if ids:
+        run_logger(log).warning(
+            "leaving out %s: they look like identifiers, not features (%s); name one in "
+            "source.include to keep it, or in source.entity_id if it is the row's id",
+            ", ".join(ids),
+            "; ".join(f"{c}: {why}" for c, why in ids.items()),
+        )
+        info = dataclasses.replace(info, features=[c for c in info.features if c not in ids])
+        kinds = {c: k for c, k in kinds.items() if c not in ids}
+    needed = [c for c in (src.entity_id, src.timestamp, src.label) if c] + info.features
+    extra = info.reader.check_parts(src, plan.parts, needed, kinds)
+    if extra:
+        run_logger(log).warning(
+            "ignoring column(s) %s of %r that its first file lacks (the features are "
+            "the first file's columns)",
+            extra,
+            src.path,
+        )
+    left_out = {c: f"identifier-like ({why})" for c, why in ids.items()}
+    return dataclasses.replace(plan, info=info, kinds=kinds, left_out=left_out)
 
 
 def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> IngestedPart:
@@ -402,6 +420,8 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
         str(where) if quarantine else None,
         split_rows,
         *_roles_and_left_out(plan, cfg),
+        plan.marker,
+        plan.since,
     )
 
 
@@ -459,14 +479,15 @@ def _feature_columns(plan: IngestPlan) -> list[str]:
     return plan.info.features
 
 
-def ingest_source(cfg: PipelineConfig, stores: Stores) -> IngestResult:
+def ingest_source(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestResult:
     """Read the source into raw Parquet with entity id, event time and label, in this process,
-    partition after partition (the flows run the partitions as tasks instead).
+    partition after partition (the flows run the partitions as tasks instead); with
+    ``since``, only what it gained after that marker.
 
     Rows that cannot be read (an undecodable image, say) go to ``quarantine.parquet`` beside
     it with their location and reason; rows in = rows written + rows quarantined.
     """
-    plan = plan_ingest(cfg, stores)
+    plan = plan_ingest(cfg, stores, since)
     try:
         parts = [ingest_part(plan, part, cfg) for part in plan.parts]
     except BaseException:

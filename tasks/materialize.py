@@ -23,8 +23,10 @@ def materialize_job(
     registered: RegisteredModel,
     cfg: PipelineConfig,
     stores: Stores,
+    properties: dict[str, str] | None = None,
 ) -> ScoringJob:
-    """The job that replaces this model version's rows with features of every normalized row."""
+    """The job that replaces this model version's rows with features of every normalized row;
+    ``properties`` go to its commit (where the source stood: :mod:`tasks.incremental`)."""
     model = ModelRef(
         registered.model_name, registered.version, registered.run_id, trained.model_dir
     )
@@ -37,6 +39,7 @@ def materialize_job(
         device=trained.device,
         features=list(data.features),
         explain_spec=data.spec_path,
+        properties=dict(properties or {}),
     )
 
 

@@ -12,6 +12,7 @@ applies exactly the transform the model was trained with.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from stores import Stores
 from stores import data as data_store
 from tasks import registry
 from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
+from tasks.incremental import marker_properties
 from tasks.ingest import IngestResult
 from tasks.scored import Scored
 from tasks.write_features import (
@@ -209,6 +211,10 @@ def scoring_job(
     (:func:`find_new_rows`), once the source's shape is checked against the champion's."""
     check_source_shape(ingested, champion)
     new = find_new_rows(ingested.path, cfg.dataset, champion.version, cfg, stores)
+    if ingested.since is not None:  # said first: what was read, then what was new in it
+        new = dataclasses.replace(
+            new, how=f"{ingested.rows} rows read past {ingested.since}, of which {new.how}"
+        )
     run_logger(log).info(
         "scoring %s with %s v%d: %s", cfg.dataset, champion.model_name, champion.version, new.how
     )
@@ -223,7 +229,7 @@ def scoring_job(
         rows=new.rows,
         after=new.after,
         selection=new.how,
-        properties={"source_fingerprint": ingested.fingerprint},
+        properties={"source_fingerprint": ingested.fingerprint, **marker_properties(ingested, cfg)},
     )
 
 

@@ -138,7 +138,9 @@ def test_new_parquet_files_are_scored_by_event_time_once(prefect_server, home, t
 
     sales(40, 300, 2).to_parquet(folder / "2026-03-14.parquet")
     scored = score_features(cfg)
-    assert (scored.rows_seen, scored.rows_written) == (340, 40)
+    # issue 42: only the file newer than the last commit's marker is read, then compared
+    assert (scored.rows_seen, scored.rows_written) == (40, 40)
+    assert scored.selection.startswith("40 rows read past ")
     assert scored.model_version == trained.model_version
     table = read_features("sales", home=home)
     assert len(table) == 340 and table["entity_id"].is_unique
@@ -252,3 +254,40 @@ def test_scoring_needs_a_champion_and_fails_without_retrying(
     mlflow.MlflowClient(st.tracking_uri, st.tracking_uri).create_registered_model("aepipe-sales")
     with pytest.raises(ConfigError, match="'aepipe-sales' has no champion to score with"):
         score_features(config(home, path))
+
+
+def test_an_iceberg_source_is_scored_by_its_appended_snapshots(
+    prefect_server, home, tmp_path
+) -> None:
+    """Issue 42: scoring reads the rows appended since the snapshot the version's last commit
+    recorded; a commit that was not an append (rows deleted) falls back to reading the whole
+    table and comparing, and says so."""
+    import pyarrow as pa
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.expressions import EqualTo
+
+    uri = f"sqlite:///{tmp_path / 'lake.db'}"
+    lake = load_catalog("aepipe", type="sql", uri=uri, warehouse=(tmp_path / "lake").as_uri())
+    lake.create_namespace("shop")
+    first = pa.Table.from_pandas(sales(300, 0, 1), preserve_index=False)
+    orders = lake.create_table("shop.orders", schema=first.schema)
+    orders.append(first)
+    cfg = config(home, "shop.orders", entity_id="order_id", timestamp="ts")
+    cfg = build_config(
+        {
+            **cfg.model_dump(),
+            "source": {**cfg.source.model_dump(), "format": "iceberg", "catalog": uri},
+        }
+    )
+    reduce_features(cfg)
+    orders.append(pa.Table.from_pandas(sales(3, 300, 2), preserve_index=False))
+    scored = score_features(cfg)
+    assert (scored.rows_seen, scored.rows_written) == (3, 3)
+    assert scored.selection.startswith("3 rows read past ")
+    assert len(read_features("sales", home=home)) == 303
+
+    orders.delete(EqualTo("order_id", "o5"))  # not an append: every row is compared again
+    orders.append(pa.Table.from_pandas(sales(2, 303, 3), preserve_index=False))
+    again = score_features(cfg)
+    assert (again.rows_seen, again.rows_written) == (304, 2)
+    assert "rows whose (entity id, event time) pairs the table lacks" in again.selection

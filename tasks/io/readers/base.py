@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 
+from tasks.config import ConfigError
+
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
     from tasks.io.arrays import ArrayData, ImageLayout
@@ -59,11 +61,19 @@ class Parsed:
 @dataclass(frozen=True)
 class ReadPlan:
     """How a reader splits its source: the partitions, and for images the layout every image
-    decodes to and whether the folder's subfolders name the labels."""
+    decodes to and whether the folder's subfolders name the labels; ``marker``: where the
+    source stood when planned (:meth:`SourceReader.marker`), for a later incremental read."""
 
     parts: list[IngestPart]
     layout: ImageLayout | None = None
     labelled: bool = False
+    marker: str | None = None
+
+
+class IncrementalUnavailable(ConfigError):
+    """An incremental read cannot be made (the marker's snapshot expired, nothing came
+    after it, ...): the caller reads the whole source and compares instead; the message
+    says why."""
 
 
 class SourceReader:
@@ -112,10 +122,23 @@ class SourceReader:
 
     # --- reading -----------------------------------------------------------------------
     def plan(
-        self, src: SourceConfig, partition_rows: int, listing: list[str] | None = None
+        self,
+        src: SourceConfig,
+        partition_rows: int,
+        listing: list[str] | None = None,
+        since: str | None = None,
     ) -> ReadPlan:
-        """The partitions ingest tasks read; one by default."""
+        """The partitions ingest tasks read (one by default); with ``since`` (an earlier
+        :meth:`marker`), only what the source gained after it."""
+        if since is not None:
+            raise IncrementalUnavailable(f"{self.name} sources are read whole")
         return ReadPlan([IngestPart(0, [src.path])])
+
+    def marker(self, src: SourceConfig) -> str | None:
+        """Where the source stands now, for a later run to read only what came after (an
+        Iceberg snapshot, a watermark's highest value, the newest file's time); None when
+        this kind cannot say."""
+        return None
 
     def check_parts(
         self, src: SourceConfig, parts: list[IngestPart], needed: list[str], kinds: dict

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tasks.io.readers.base import IngestPart, SourceReader
+from tasks.io.readers.base import IngestPart, ReadPlan, SourceReader
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -37,6 +37,39 @@ def catalog_of(src: SourceConfig) -> Any:
     # a SQL catalog keys its tables by the catalog's name: aepipe's catalogs are "aepipe";
     # another name is configured for pyiceberg and named in source.catalog instead
     return load_catalog("aepipe", **props)
+
+
+SNAPSHOT_PART, APPENDED_PART = "snapshot:", "appended:"  # what a partition's files[0] reads
+
+
+def _check_appended(tbl: Table, since: int, now: int, name: str) -> None:
+    """An IncrementalUnavailable unless ``since`` is an ancestor of ``now`` (not expired,
+    not on another branch) and every snapshot after it only appended rows."""
+    from pyiceberg.table.snapshots import ancestors_between
+
+    from tasks.io.readers.base import IncrementalUnavailable
+
+    if since == now:
+        raise IncrementalUnavailable(f"Iceberg table {name!r} has no commit since snapshot {since}")
+    if tbl.snapshot_by_id(since) is None:
+        raise IncrementalUnavailable(
+            f"snapshot {since} of Iceberg table {name!r}, the last one read, has expired"
+        )
+    between = list(
+        ancestors_between(tbl.snapshot_by_id(since), tbl.snapshot_by_id(now), tbl.metadata)
+    )
+    if not between or between[-1].snapshot_id != since:
+        raise IncrementalUnavailable(
+            f"snapshot {since} of Iceberg table {name!r} is not an ancestor of the current one"
+        )
+    changed = [
+        s for s in between[:-1] if s.summary is None or s.summary.operation.value != "append"
+    ]
+    if changed:
+        raise IncrementalUnavailable(
+            f"Iceberg table {name!r} had a {changed[0].summary.operation.value} commit since "
+            f"snapshot {since}, not only appends"
+        )
 
 
 class IcebergReader(SourceReader):
@@ -91,6 +124,33 @@ class IcebergReader(SourceReader):
             )
         return list(schema.names)
 
+    def marker(self, src: SourceConfig) -> str | None:
+        """The current snapshot's id: later runs read the rows appended after it."""
+        snapshot = self.table(src).current_snapshot()
+        return None if snapshot is None else str(snapshot.snapshot_id)
+
+    def plan(
+        self,
+        src: SourceConfig,
+        partition_rows: int,
+        listing: list[str] | None = None,
+        since: str | None = None,
+    ) -> ReadPlan:
+        """The current snapshot, pinned (a commit meanwhile is the next run's); with
+        ``since``, the rows appended after that snapshot, when it is still an ancestor of
+        the current one and only appends came after it."""
+        tbl = self.table(src)
+        now = tbl.current_snapshot()
+        if now is None:
+            return ReadPlan([IngestPart(0, [SNAPSHOT_PART])])
+        if since is None:
+            return ReadPlan(
+                [IngestPart(0, [f"{SNAPSHOT_PART}{now.snapshot_id}"])], marker=str(now.snapshot_id)
+            )
+        _check_appended(tbl, int(since), now.snapshot_id, src.path)
+        part = IngestPart(0, [f"{APPENDED_PART}{since}:{now.snapshot_id}"])
+        return ReadPlan([part], marker=str(now.snapshot_id))
+
     def items(
         self,
         src: SourceConfig,
@@ -98,9 +158,25 @@ class IcebergReader(SourceReader):
         needed: list[str],
         sample: bool = False,
     ) -> Iterator[pa.RecordBatch]:
-        """The ``needed`` columns of the current snapshot, batch by batch (the first 65,536
-        rows when ``sample``)."""
-        scan = self.table(src).scan(selected_fields=tuple(needed), limit=65536 if sample else None)
+        """The ``needed`` columns of the partition's snapshot, or of the rows appended
+        between its two snapshots, batch by batch (the current snapshot's first 65,536 rows
+        when ``sample``)."""
+        tbl = self.table(src)
+        fields = tuple(needed)
+        what = part.files[0] if part is not None and part.files else SNAPSHOT_PART
+        if sample or what == SNAPSHOT_PART:
+            scan = tbl.scan(selected_fields=fields, limit=65536 if sample else None)
+        elif what.startswith(APPENDED_PART):
+            since, upto = (int(v) for v in what.removeprefix(APPENDED_PART).split(":"))
+            scan = tbl.incremental_append_scan(
+                from_snapshot_id_exclusive=since,
+                to_snapshot_id_inclusive=upto,
+                selected_fields=fields,
+            )
+        else:
+            scan = tbl.scan(
+                selected_fields=fields, snapshot_id=int(what.removeprefix(SNAPSHOT_PART))
+            )
         yield from scan.to_arrow_batch_reader()
 
     def files(self, src: SourceConfig) -> list[str]:

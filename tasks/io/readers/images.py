@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.io.arrays import IMAGE_SUFFIXES
 from tasks.io.readers.arrays_base import ArrayReader
-from tasks.io.readers.base import IngestPart, ReadPlan, stat_lines
+from tasks.io.readers.base import IncrementalUnavailable, IngestPart, ReadPlan, stat_lines
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
@@ -61,9 +61,15 @@ class ImagesReader(ArrayReader):
         return arrays.pixel_columns((h, w, channels)) + ([LABEL] if nested else [])
 
     def plan(
-        self, src: SourceConfig, partition_rows: int, listing: list[str] | None = None
+        self,
+        src: SourceConfig,
+        partition_rows: int,
+        listing: list[str] | None = None,
+        since: str | None = None,
     ) -> ReadPlan:
         """Chunks of ``partition_rows`` files, and the layout every image decodes to."""
+        if since is not None:
+            raise IncrementalUnavailable("image folders are read whole")
         from tasks.io import arrays
 
         rel = self.listing(src) if listing is None else listing

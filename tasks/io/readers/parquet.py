@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.io.readers.base import (
+    IncrementalUnavailable,
     IngestPart,
     ReadPlan,
     SourceReader,
+    file_stats,
     is_folder,
     is_remote,
     list_files,
@@ -145,10 +147,32 @@ class ParquetReader(SourceReader):
             raise ConfigError(f"cannot read Parquet schema of {src.path!r}: {err}") from None
 
     def plan(
-        self, src: SourceConfig, partition_rows: int, listing: list[str] | None = None
+        self,
+        src: SourceConfig,
+        partition_rows: int,
+        listing: list[str] | None = None,
+        since: str | None = None,
     ) -> ReadPlan:
-        """Row-group ranges of the files."""
-        return ReadPlan(_parquet_parts(parquet_files(src.path), partition_rows))
+        """Row-group ranges of the files; with ``since`` (a folder's newest file time, from
+        :meth:`marker`), of the files written after it only."""
+        files = parquet_files(src.path)
+        if not is_folder(src.path):
+            if since is not None:
+                raise IncrementalUnavailable("a single Parquet file or a glob is read whole")
+            return ReadPlan(_parquet_parts(files, partition_rows))
+        times = [mtime for _, mtime in file_stats(files)]
+        marker = str(max(times, default=0))
+        if since is not None:
+            files = [f for f, t in zip(files, times, strict=True) if t > int(since)]
+            if not files:
+                raise IncrementalUnavailable(f"no file of {src.path!r} is newer than the last read")
+        return ReadPlan(_parquet_parts(files, partition_rows), marker=marker)
+
+    def marker(self, src: SourceConfig) -> str | None:
+        """A folder's (or prefix's) newest file time: later runs read newer files only."""
+        if not is_folder(src.path):
+            return None
+        return str(max((t for _, t in file_stats(parquet_files(src.path))), default=0))
 
     def check_parts(
         self, src: SourceConfig, parts: list[IngestPart], needed: list[str], kinds: dict

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from tasks.io.readers.base import IngestPart, SourceReader
+from tasks.io.readers.base import IngestPart, ReadPlan, SourceReader
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
@@ -29,12 +29,31 @@ def _quoted(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
-def source_query(src: SourceConfig, columns: list[str] | None = None) -> str:
+def source_query(
+    src: SourceConfig, columns: list[str] | None = None, part: IngestPart | None = None
+) -> str:
     """The SELECT that reads the source: its table, or its query, wrapped; ``columns``
-    only, when given."""
+    only, when given; a partition's watermark range (:meth:`SqlReader.plan`), when it has
+    one."""
     inner = f"SELECT * FROM {_quoted(src.table)}" if src.table else src.query
     what = ", ".join(_quoted(c) for c in columns) if columns else "*"
-    return f"SELECT {what} FROM ({inner}) AS aepipe_source"
+    sql = f"SELECT {what} FROM ({inner}) AS aepipe_source"
+    if part is not None and part.files and part.files[0].startswith(WATERMARK_PART):
+        since, upto = part.files[0].removeprefix(WATERMARK_PART).split("\n")
+        w = _quoted(src.watermark)
+        if since:
+            sql += f" WHERE {w} > {_literal(since)} AND {w} <= {_literal(upto)}"
+        else:  # the whole source up to the marker (rows without a watermark too)
+            sql += f" WHERE {w} IS NULL OR {w} <= {_literal(upto)}"
+    return sql
+
+
+WATERMARK_PART = "watermark-range\n"  # a partition's files[0]: the range it reads
+
+
+def _literal(value: str) -> str:
+    """A SQL text literal (PostgreSQL casts it to the compared column's type)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def driver_uri(path: str) -> str:
@@ -98,6 +117,40 @@ class SqlReader(SourceReader):
                 what = f"table {src.table!r}" if src.table else "source.query"
                 raise ConfigError(f"cannot read {what} of the source database: {first}") from None
 
+    def marker(self, src: SourceConfig) -> str | None:
+        """The watermark column's highest value (as text), when ``source.watermark`` names
+        one: later runs read the rows past it."""
+        if not src.watermark:
+            return None
+        w = _quoted(src.watermark)
+        top = self._run(src, f"SELECT max({w})::text AS m FROM ({source_query(src)}) AS s")
+        return top["m"][0].as_py()
+
+    def plan(
+        self,
+        src: SourceConfig,
+        partition_rows: int,
+        listing: list[str] | None = None,
+        since: str | None = None,
+    ) -> ReadPlan:
+        """One streamed query; with a watermark, bounded by its highest value now (rows
+        written meanwhile are the next run's), and with ``since`` the rows past it only."""
+        from tasks.io.readers.base import IncrementalUnavailable
+
+        if not src.watermark:
+            if since is not None:
+                raise IncrementalUnavailable("set source.watermark to read only new rows")
+            return ReadPlan([IngestPart(0, [src.path])])
+        upto = self.marker(src)
+        if upto is None:
+            return ReadPlan([IngestPart(0, [src.path])])  # (an empty table: said by the check)
+        part = IngestPart(0, [f"{WATERMARK_PART}{since or ''}\n{upto}"])
+        if since is not None:
+            count = self._run(src, f"SELECT count(*) AS n FROM ({source_query(src, None, part)}) c")
+            if count["n"][0].as_py() == 0:
+                raise IncrementalUnavailable(f"no row has {src.watermark} past {since}")
+        return ReadPlan([part], marker=upto)
+
     def check_exists(self, src: SourceConfig) -> None:
         """The database answers and the table or query gives at least one row."""
         from tasks.config import ConfigError
@@ -136,7 +189,7 @@ class SqlReader(SourceReader):
     ) -> Iterator[pa.RecordBatch]:
         """The ``needed`` columns' rows in record batches as the server sends them
         (decimals as float64); ``sample``: the first batch of at most 65,536 rows."""
-        sql = source_query(src, needed) + (" LIMIT 65536" if sample else "")
+        sql = source_query(src, needed, part) + (" LIMIT 65536" if sample else "")
         with self.connect(src) as conn, conn.cursor() as cur:
             cur.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)}
@@ -150,10 +203,11 @@ class SqlReader(SourceReader):
         return []
 
     def stat_digest(self, src: SourceConfig, listing: list[str] | None = None) -> str:
-        """The row count: a run on a table that gained or lost rows ingests it again (rows
-        changed in place need ``source.fingerprint: content``)."""
+        """The row count (and the watermark's highest value): a run on a table that gained
+        or lost rows ingests it again (rows changed in place without moving the watermark
+        need ``source.fingerprint: content``)."""
         count = self._run(src, f"SELECT count(*) AS n FROM ({source_query(src)}) AS counted")
-        return f"{redact_rows(src)} rows {count['n'][0].as_py()}"
+        return f"{redact_rows(src)} rows {count['n'][0].as_py()} upto {self.marker(src)}"
 
     def content_digest(self, src: SourceConfig) -> str:
         """SHA-256 of every row, as Arrow sends them (one full read)."""

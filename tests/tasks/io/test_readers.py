@@ -365,3 +365,30 @@ def test_missing_objects_fail_in_one_line(bucket, monkeypatch) -> None:
     src = build_config({"source": {"path": "s3://landing/p.csv"}, "dataset": "d"}).source
     with pytest.raises(ConfigError, match=r"^cannot reach source 's3://landing/p.csv': "):
         inspect_source(src)
+
+
+def test_a_sql_watermark_reads_only_the_rows_past_it(database, tmp_stores) -> None:
+    """Issue 42: with source.watermark, a later read takes the rows past the highest value
+    the last one read (bounded by the highest now); without new rows it cannot be made."""
+    import sqlalchemy as sa
+
+    from tasks.io.readers.base import IncrementalUnavailable
+
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE events (id text, added bigint, v float8)"))
+        conn.execute(
+            sa.text("INSERT INTO events SELECT 'e' || i, i, i % 7 FROM generate_series(1, 500) i")
+        )
+    source = {"path": database, "table": "events", "entity_id": "id", "watermark": "added"}
+    cfg = build_config({"source": source})
+    whole = ingest_source(cfg, tmp_stores)
+    assert whole.rows == 500 and whole.marker == "500" and whole.since is None
+    with pytest.raises(IncrementalUnavailable, match="no row has added past 500"):
+        ingest_source(cfg, tmp_stores, since=whole.marker)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO events VALUES ('late', 501, 1.0), ('later', 502, 2.0)"))
+    engine.dispose()
+    new = ingest_source(cfg, tmp_stores, since=whole.marker)
+    assert (new.rows, new.marker, new.since) == (2, "502", "500")
+    assert sorted(pq.read_table(new.path).column("entity_id").to_pylist()) == ["late", "later"]
