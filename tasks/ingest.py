@@ -200,8 +200,18 @@ def _table_plan(plan: IngestPlan, src: SourceConfig) -> IngestPlan:
             ", ".join(ids),
             "; ".join(f"{c}: {why}" for c, why in ids.items()),
         )
-        info = dataclasses.replace(info, features=[c for c in info.features if c not in ids])
-        kinds = {c: k for c, k in kinds.items() if c not in ids}
+    if table.times:
+        run_logger(log).warning(
+            "leaving out %s: times are not features aepipe encodes (%s); name the event "
+            "time in source.timestamp, or derive numbers from it in the source",
+            ", ".join(table.times),
+            "; ".join(f"{c}: {t}" for c, t in table.times.items()),
+        )
+    left_out = {c: f"identifier-like ({why})" for c, why in ids.items()}
+    left_out |= {c: f"a time ({t})" for c, t in table.times.items()}
+    if left_out:
+        info = dataclasses.replace(info, features=[c for c in info.features if c not in left_out])
+        kinds = {c: k for c, k in kinds.items() if c not in left_out}
     needed = [c for c in (src.entity_id, src.timestamp, src.label) if c] + info.features
     extra = info.reader.check_parts(src, plan.parts, needed, kinds)
     if extra:
@@ -211,7 +221,6 @@ def _table_plan(plan: IngestPlan, src: SourceConfig) -> IngestPlan:
             extra,
             src.path,
         )
-    left_out = {c: f"identifier-like ({why})" for c, why in ids.items()}
     return dataclasses.replace(plan, info=info, kinds=kinds, left_out=left_out)
 
 

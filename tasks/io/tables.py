@@ -91,6 +91,99 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
                 future.cancel()
 
 
+def _prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items`` read ahead on a thread of their own, at most ``depth`` waiting: a source's
+    reads (a database's batches, a file's blocks) overlap the work on the rows before them.
+    An error in the reads is raised here, in order; a caller that stops early stops them."""
+    import queue
+    import threading
+
+    done = object()
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(("end", done))
+        except BaseException as err:  # handed to the consumer, raised there
+            box.put(("error", err))
+
+    reader = threading.Thread(target=read, name="aepipe-source-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting to put
+            try:
+                box.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
+
+
+class SeenKeys:
+    """The keys of the rows kept so far, for the duplicate check: each as two 64-bit SipHash
+    values under different keys (16 bytes a key, where a Python set of the texts took about
+    100; two distinct keys agree in both with a chance of about 1e-25 at 10M rows), held in
+    sorted runs merged like a binary counter, so a batch's lookup costs a binary search per
+    run (at most log2 of the batches) and no run is rebuilt per batch. (pandas' ``isin`` on
+    a set rebuilt it each batch: quadratic, 24 s of a 28 s ingest of 1M rows.)"""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []  # each (n, 2) uint64, sorted by its first column
+
+    @staticmethod
+    def hash(keys: pd.Series) -> np.ndarray:
+        """The (n, 2) hashes of ``keys``."""
+        values = keys.to_numpy(dtype=object, na_value="")
+        first = pd.util.hash_array(values, categorize=False)
+        second = pd.util.hash_array(values, hash_key="aepipe-seen-key2", categorize=False)
+        return np.column_stack([first, second])
+
+    def holds(self, hashes: np.ndarray) -> np.ndarray:
+        """Which of ``hashes`` (rows of :meth:`hash`) were added before."""
+        found = np.zeros(len(hashes), dtype=bool)
+        for run in self.runs:
+            at = np.searchsorted(run[:, 0], hashes[:, 0])
+            inside = at < len(run)
+            hit = np.zeros(len(hashes), dtype=bool)
+            hit[inside] = run[at[inside], 0] == hashes[inside, 0]
+            for i in np.flatnonzero(hit):  # equal first halves (rare): the second decides
+                j = at[i]
+                while j < len(run) and run[j, 0] == hashes[i, 0]:
+                    if run[j, 1] == hashes[i, 1]:
+                        found[i] = True
+                        break
+                    j += 1
+        return found
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Remember ``hashes``; runs of similar size merge."""
+        run = hashes[np.argsort(hashes[:, 0], kind="stable")]
+        while self.runs and len(self.runs[-1]) <= len(run):
+            merged = np.concatenate([self.runs.pop(), run])
+            run = merged[np.argsort(merged[:, 0], kind="stable")]
+        self.runs.append(run)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.runs)
+
+
 class _Rejects:
     """Rows of one batch set aside so far, each with the first reason found."""
 
@@ -147,8 +240,9 @@ class TableReader:
         self.part, self.first_row = part, first_row
         self.kinds: dict[str, str] = dict(kinds or {})
         self.identifiers: dict[str, str] = {}  # feature columns that look like ids: why
+        self.times: dict[str, str] = {}  # feature columns of times or dates: their type
         self.workers = workers or usable_cpus()
-        self.seen_ids: set[str] = set()  # keys of rows kept so far
+        self.seen_ids = SeenKeys()  # keys of rows kept so far
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
 
@@ -190,6 +284,9 @@ class TableReader:
     def _decide_kinds(self, cols: dict[str, pa.Array]) -> None:
         for col in self.features:
             arr = cols[col]
+            if pa.types.is_temporal(arr.type):  # no kind encodes a time: said, left out
+                self.times[col] = str(arr.type)
+                continue
             if pa.types.is_boolean(arr.type):
                 self.kinds[col] = "bool"
             elif (
@@ -298,7 +395,8 @@ class TableReader:
         start = self.first_row
         ragged_texts: list[str] = []
         ragged_at: list[int] = []  # where each of ragged_texts is in self.ragged
-        for block in _in_order(self._typed, self._items(), self.workers):
+        items = _prefetched(self._items(), 2 * self.workers)
+        for block in _in_order(self._typed, items, self.workers):
             if block.skipped is not None:
                 self.ragged.append((block.skipped.location, block.skipped.reason))
                 continue
@@ -320,9 +418,10 @@ class TableReader:
                 live = ~id_missing & ~rejects.bad
                 # the key: the id, or (id, event time) when the source has versions over time
                 keys = ids if ts is None else version_keys(ids, ts)
-                dup = live & (keys.duplicated().to_numpy() | keys.isin(self.seen_ids).to_numpy())
+                hashes = SeenKeys.hash(keys)
+                dup = live & (keys.duplicated().to_numpy() | self.seen_ids.holds(hashes))
                 rejects.add(dup, lambda i, ids=ids, ts=ts: duplicate_reason(ids.iloc[i], ts, i))
-                self.seen_ids.update(keys[live & ~dup].tolist())
+                self.seen_ids.add(hashes[live & ~dup])
                 id_array = pa.array(ids, pa.string(), from_pandas=True)
             else:
                 id_array = pc.cast(pa.array(positions), pa.string())

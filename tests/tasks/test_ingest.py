@@ -370,3 +370,24 @@ def test_the_run_summary_lists_every_source_column(tmp_path, tmp_stores) -> None
         "member: boolean (1 column(s))",
         "note: left out, source.exclude",
     ]
+
+
+def test_time_columns_that_are_not_the_event_time_are_left_out_and_said(
+    tmp_path, tmp_stores, caplog
+) -> None:
+    """A Parquet column of times that is not source.timestamp crashed the kind decision
+    (no text kernel for times); it is now left out with a warning naming it."""
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(50)],
+            "signed_up": pd.date_range("2024-01-01", periods=50, freq="D", tz="UTC"),
+            "spend": np.arange(50) * 1.5,
+        }
+    )
+    frame.to_parquet(tmp_path / "t.parquet")
+    cfg = build_config({"source": {"path": str(tmp_path / "t.parquet"), "entity_id": "id"}})
+    with caplog.at_level("WARNING"):
+        ingested = ingest_source(cfg, tmp_stores)
+    assert ingested.features == ["spend"] and ingested.rows == 50
+    assert ingested.left_out == {"signed_up": "a time (timestamp[us, tz=UTC])"}
+    assert "leaving out signed_up: times are not features" in caplog.text

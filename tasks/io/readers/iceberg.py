@@ -8,6 +8,7 @@ its content digest: a run on an unchanged table reads nothing, and any commit is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,12 +25,27 @@ if TYPE_CHECKING:
 
 def catalog_of(src: SourceConfig) -> Any:
     """The catalog ``source.catalog`` names (aepipe's own when unset), loaded by pyiceberg."""
-    from pyiceberg.catalog import load_catalog
-
-    from stores import catalog_kind, resolve_stores
-    from stores.remote import fileio_properties
+    from stores import resolve_stores
 
     uri = src.catalog or resolve_stores().catalog_uri
+    # a local SQLite catalog is kept for the process (a run asks for it a few times: its
+    # columns, fingerprint, plan, batches); a server's is opened each time, so no idle
+    # connection to it outlives the call
+    return _kept_catalog(uri) if uri.startswith("sqlite:") else _catalog(uri)
+
+
+@functools.lru_cache(maxsize=8)
+def _kept_catalog(uri: str) -> Any:
+    return _catalog(uri)
+
+
+def _catalog(uri: str) -> Any:
+    """The catalog at ``uri``, loaded by pyiceberg."""
+    from pyiceberg.catalog import load_catalog
+
+    from stores import catalog_kind
+    from stores.remote import fileio_properties
+
     kind = catalog_kind(uri)
     if kind == "named":
         return load_catalog(uri)

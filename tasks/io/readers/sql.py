@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tasks.config import SourceConfig
 
 SCHEMES = ("postgresql", "postgres")
-BATCH_BYTES = 16 << 20  # what the driver gathers into one record batch
+BATCH_BYTES = 8 << 20  # what the driver gathers into one record batch
 
 
 def _quoted(name: str) -> str:

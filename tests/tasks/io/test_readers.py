@@ -392,3 +392,24 @@ def test_a_sql_watermark_reads_only_the_rows_past_it(database, tmp_stores) -> No
     new = ingest_source(cfg, tmp_stores, since=whole.marker)
     assert (new.rows, new.marker, new.since) == (2, "502", "500")
     assert sorted(pq.read_table(new.path).column("entity_id").to_pylist()) == ["late", "later"]
+
+
+def test_an_iceberg_marker_that_cannot_be_read_past_says_why(iceberg_source) -> None:
+    """Issue 42: an expired (or unknown) snapshot, or nothing committed since, cannot be
+    read past: the caller reads the whole table and compares, and says why."""
+    import pyarrow as pa
+
+    from tasks.io.readers.base import IncrementalUnavailable
+
+    uri, table = iceberg_source
+    source = {"path": "src.people", "format": "iceberg", "catalog": uri, "entity_id": "id"}
+    src = build_config({"source": source, "dataset": "people"}).source
+    reader = get_reader("iceberg")
+    now = reader.marker(src)
+    with pytest.raises(IncrementalUnavailable, match="has no commit since snapshot"):
+        reader.plan(src, 1000, None, now)
+    with pytest.raises(IncrementalUnavailable, match="the last one read, has expired"):
+        reader.plan(src, 1000, None, "12345")
+    more = {"id": ["n1"], "age": pa.array([3], pa.int64()), "city": ["c"]}
+    table.append(pa.table(more, schema=table.schema().as_arrow()))
+    assert reader.plan(src, 1000, None, now).marker == reader.marker(src) != now

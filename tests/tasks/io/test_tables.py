@@ -247,3 +247,22 @@ def test_a_quoted_line_break_in_the_header_is_refused_not_a_phantom_row(tmp_path
     path.write_text('"first\nname",b\n1,2\n3,4\n')
     with pytest.raises(ConfigError, match="line break inside the quoted column name"):
         validate_config(config(path))
+
+
+def test_seen_keys_answer_as_a_set_of_the_keys_would() -> None:
+    """The duplicate check's key store (two hashes a key, sorted runs merged as they grow)
+    answers membership exactly as a set of the texts, across many batches; two keys whose
+    first hashes agree are told apart by the second."""
+    rng = np.random.default_rng(0)
+    seen, truth = tabular.SeenKeys(), set()
+    for _ in range(40):
+        keys = pd.Series([f"k{v}" for v in rng.integers(0, 5000, 300)], dtype="string")
+        hashes = tabular.SeenKeys.hash(keys)
+        assert seen.holds(hashes).tolist() == [k in truth for k in keys]
+        fresh = ~keys.duplicated().to_numpy() & ~seen.holds(hashes)
+        seen.add(hashes[fresh])
+        truth |= set(keys[fresh])
+    assert len(seen) == len(truth) and len(seen.runs) <= 12
+    twin = np.array([[7, 1]], dtype=np.uint64)
+    seen.add(twin)
+    assert seen.holds(np.array([[7, 1], [7, 2]], dtype=np.uint64)).tolist() == [True, False]
