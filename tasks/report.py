@@ -241,7 +241,7 @@ def describe_columns(ingested: IngestResult, data: NormalizedData) -> list[str]:
         elif c.kind == "categorical":
             out.append(f"{c.source}: one-hot ({len(c.levels)} levels + other, missing)")
         elif c.kind == "boolean":
-            out.append(f"{c.source}: boolean ({len(c.outputs)} column(s))")
+            out.append(f"{c.source}: boolean")
     out += [f"{c}: left out, {why}" for c, why in ingested.left_out.items()]
     return out
 

@@ -367,7 +367,7 @@ def test_the_run_summary_lists_every_source_column(tmp_path, tmp_stores) -> None
         "y: label",
         "age: number (minmax)",
         "city: one-hot (3 levels + other, missing)",
-        "member: boolean (1 column(s))",
+        "member: boolean",
         "note: left out, source.exclude",
     ]
 

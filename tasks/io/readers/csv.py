@@ -195,13 +195,11 @@ def check_first_line(path: str, header: bool = True) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _sniffed(path: str, size: int, mtime_ns: int, encoding: str) -> str:
+def _sniffed(path: str, size: int, mtime_ns: int, encoding: str) -> tuple[str, str]:
     """The delimiter of the file's first lines (Python's ``csv.Sniffer`` among
-    :data:`DELIMITERS`; a comma when it cannot tell), said once in a log line. Keyed by the
+    :data:`DELIMITERS`; a comma when it cannot tell) and how it was chosen. Keyed by the
     file's size and modification time, so a changed file is sniffed again."""
     import csv
-
-    from tasks.config import run_logger
 
     with open_bytes(path) as f:
         head = f.read(SNIFF_BYTES)
@@ -213,13 +211,34 @@ def _sniffed(path: str, size: int, mtime_ns: int, encoding: str) -> str:
         how = "sniffed"
     except csv.Error:
         delimiter, how = ",", "the default: no other was consistent"
+    return delimiter, how
+
+
+_SAID: set[tuple] = set()  # (file, its stats, the flow run) whose sniffed delimiter was said
+
+
+def _say_delimiter(src: SourceConfig, delimiter: str) -> None:
+    """Say the sniffed delimiter in the run's log, once a flow run (the checks before it
+    and its plan both read the header)."""
+    from prefect.context import FlowRunContext
+    from prefect.runtime import flow_run
+
+    from tasks.config import run_logger
+
+    if FlowRunContext.get() is None:
+        return  # no run's log to say it in (a check before the flow starts)
+    ((size, mtime_ns),) = file_stats([src.path])
+    key = (src.path, size, mtime_ns, flow_run.root_flow_run_id)
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    how = _sniffed(src.path, size, mtime_ns, src.encoding)[1]
     run_logger(log).info(
         "CSV delimiter of %r: %r (%s; set source.delimiter to choose another)",
-        path,
+        src.path,
         delimiter,
         how,
     )
-    return delimiter
 
 
 def delimiter_of(src: SourceConfig) -> str:
@@ -227,7 +246,7 @@ def delimiter_of(src: SourceConfig) -> str:
     if src.delimiter != "auto":
         return src.delimiter
     ((size, mtime_ns),) = file_stats([src.path])
-    return _sniffed(src.path, size, mtime_ns, src.encoding)
+    return _sniffed(src.path, size, mtime_ns, src.encoding)[0]
 
 
 class CsvReader(SourceReader):
@@ -246,6 +265,8 @@ class CsvReader(SourceReader):
         try:
             check_first_line(src.path, src.header)
             delimiter = delimiter_of(src)
+            if src.delimiter == "auto":
+                _say_delimiter(src, delimiter)
             with open_bytes(src.path) as fh:
                 head = pd.read_csv(
                     fh,

@@ -191,17 +191,33 @@ def _people(rows: int, sep: str) -> str:
 
 
 @pytest.mark.parametrize("sep", [";", "\t", "|", ","])
-def test_the_csv_delimiter_is_sniffed_and_said(tmp_path, tmp_stores, sep, caplog) -> None:
+def test_the_csv_delimiter_is_sniffed(tmp_path, tmp_stores, sep) -> None:
     """Issue 42: a ';'-separated file trained on one text column named 'id;a;b;c'."""
     path = tmp_path / "t.csv"
     path.write_text(_people(300, sep))
     cfg = build_config({"source": {"path": str(path), "entity_id": "id"}, "dataset": "t"})
-    with caplog.at_level("INFO"):
-        info = inspect_source(cfg.source)
+    info = inspect_source(cfg.source)
     assert info.columns == ["id", "a", "b", "c"] and info.features == ["a", "b", "c"]
-    assert f"CSV delimiter of {str(path)!r}: {sep!r} (sniffed" in caplog.text
     ingested = ingest_source(cfg, tmp_stores)
     assert ingested.rows == 300 and ingested.quarantined == 0
+
+
+def test_the_sniffed_delimiter_is_said_once_a_flow_run(prefect_server, tmp_path, caplog) -> None:
+    """The choice is one line of the run's log, however often the header is read."""
+    from prefect import flow
+
+    path = tmp_path / "t.csv"
+    path.write_text(_people(50, "|"))
+    src = build_config({"source": {"path": str(path)}, "dataset": "t"}).source
+
+    @flow
+    def reads_the_header_twice() -> None:
+        inspect_source(src)
+        inspect_source(src)
+
+    with caplog.at_level("INFO", logger="prefect.flow_runs"):  # the run's log
+        reads_the_header_twice()
+    assert caplog.text.count(f"CSV delimiter of {str(path)!r}: '|' (sniffed") == 1
 
 
 def test_a_file_read_with_the_wrong_delimiter_is_refused_with_the_fix(tmp_path) -> None:
