@@ -91,6 +91,11 @@ class SourceConfig(_Frozen):
         description="event time column; default: ingest time. With it, each (entity id, "
         "event time) pair is a version of the entity: all are kept and scored",
     )
+    partition_by: str | None = Field(
+        None,
+        description="SQL sources: a numeric column whose ranges split the read into "
+        "partitions of about partition_rows rows (for the Dask runner; needs entity_id)",
+    )
     watermark: str | None = Field(
         None,
         description="SQL sources: a column that only grows (an insert time, a serial id): a "

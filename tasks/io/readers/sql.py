@@ -9,6 +9,7 @@ in a run's settings, its MLflow parameters or its Prefect flow-run parameters.""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -33,22 +34,44 @@ def source_query(
     src: SourceConfig, columns: list[str] | None = None, part: IngestPart | None = None
 ) -> str:
     """The SELECT that reads the source: its table, or its query, wrapped; ``columns``
-    only, when given; a partition's watermark range (:meth:`SqlReader.plan`), when it has
-    one."""
+    only, when given; a partition's watermark and ``source.partition_by`` ranges
+    (:meth:`SqlReader.plan`), when it has them."""
     inner = f"SELECT * FROM {_quoted(src.table)}" if src.table else src.query
     what = ", ".join(_quoted(c) for c in columns) if columns else "*"
     sql = f"SELECT {what} FROM ({inner}) AS aepipe_source"
-    if part is not None and part.files and part.files[0].startswith(WATERMARK_PART):
-        since, upto = part.files[0].removeprefix(WATERMARK_PART).split("\n")
+    spec = part_spec(part)
+    where = []
+    if spec.get("watermark"):
+        since, upto = spec["watermark"]
         w = _quoted(src.watermark)
-        if since:
-            sql += f" WHERE {w} > {_literal(since)} AND {w} <= {_literal(upto)}"
+        if since is not None:
+            where.append(f"{w} > {_literal(since)} AND {w} <= {_literal(upto)}")
         else:  # the whole source up to the marker (rows without a watermark too)
-            sql += f" WHERE {w} IS NULL OR {w} <= {_literal(upto)}"
+            where.append(f"{w} IS NULL OR {w} <= {_literal(upto)}")
+    if spec.get("range"):
+        low, high, last = spec["range"]
+        c = f"{_quoted(src.partition_by)}::float8"
+        bounds = [f"{c} >= {low!r}"] if low is not None else []
+        bounds += [f"{c} < {high!r}"] if high is not None else []
+        cond = " AND ".join(bounds) or "TRUE"
+        where.append(f"({cond}) OR {c} IS NULL" if last else cond)
+    if where:
+        sql += " WHERE " + " AND ".join(f"({w})" for w in where)
     return sql
 
 
-WATERMARK_PART = "watermark-range\n"  # a partition's files[0]: the range it reads
+PART_PREFIX = "sql-part\n"  # a partition's files[0]: the ranges it reads, as JSON
+
+
+def part_spec(part: IngestPart | None) -> dict:
+    """The ranges a partition reads (empty: the whole source)."""
+    if part is None or not part.files or not part.files[0].startswith(PART_PREFIX):
+        return {}
+    return json.loads(part.files[0].removeprefix(PART_PREFIX))
+
+
+def _part(index: int, spec: dict) -> IngestPart:
+    return IngestPart(index, [PART_PREFIX + json.dumps(spec, sort_keys=True)])
 
 
 def _literal(value: str) -> str:
@@ -72,9 +95,14 @@ class SqlReader(SourceReader):
         return path.split("://", 1)[0].split("+", 1)[0].lower() in SCHEMES and "://" in path
 
     def check_settings(self, src: SourceConfig) -> None:
-        """One of table and query; no password in the URI."""
+        """One of table and query; no password in the URI; partitions need ids."""
         from tasks.config import ConfigError
 
+        if src.partition_by and not src.entity_id:
+            raise ConfigError(
+                "source.partition_by needs source.entity_id: a database's rows have no "
+                "stable numbers to name them by when they are read in parts"
+            )
         if bool(src.table) == bool(src.query):
             raise ConfigError(
                 "a SQL source needs source.table or source.query (one of them), beside "
@@ -133,23 +161,48 @@ class SqlReader(SourceReader):
         listing: list[str] | None = None,
         since: str | None = None,
     ) -> ReadPlan:
-        """One streamed query; with a watermark, bounded by its highest value now (rows
-        written meanwhile are the next run's), and with ``since`` the rows past it only."""
+        """One streamed query, or with ``source.partition_by`` one a range of that column
+        (about ``partition_rows`` rows each, for the Dask runner); with a watermark, bounded
+        by its highest value now (rows written meanwhile are the next run's), and with
+        ``since`` the rows past it only."""
         from tasks.io.readers.base import IncrementalUnavailable
 
-        if not src.watermark:
-            if since is not None:
-                raise IncrementalUnavailable("set source.watermark to read only new rows")
-            return ReadPlan([IngestPart(0, [src.path])])
-        upto = self.marker(src)
-        if upto is None:
-            return ReadPlan([IngestPart(0, [src.path])])  # (an empty table: said by the check)
-        part = IngestPart(0, [f"{WATERMARK_PART}{since or ''}\n{upto}"])
-        if since is not None:
-            count = self._run(src, f"SELECT count(*) AS n FROM ({source_query(src, None, part)}) c")
+        spec: dict = {}
+        upto = None
+        if src.watermark:
+            upto = self.marker(src)
+            if upto is not None:  # (None: an empty table, said by the check)
+                spec["watermark"] = [since, upto]
+        elif since is not None:
+            raise IncrementalUnavailable("set source.watermark to read only new rows")
+        whole = _part(0, spec) if spec else IngestPart(0, [src.path])
+        if since is not None and upto is not None:
+            count = self._run(
+                src, f"SELECT count(*) AS n FROM ({source_query(src, None, whole)}) c"
+            )
             if count["n"][0].as_py() == 0:
                 raise IncrementalUnavailable(f"no row has {src.watermark} past {since}")
-        return ReadPlan([part], marker=upto)
+        parts = self._ranges(src, spec, whole, partition_rows) if src.partition_by else [whole]
+        return ReadPlan(parts, marker=upto)
+
+    def _ranges(
+        self, src: SourceConfig, spec: dict, whole: IngestPart, partition_rows: int
+    ) -> list[IngestPart]:
+        """Equal-width ranges of ``source.partition_by`` holding about ``partition_rows``
+        rows each (rows where it is null go with the last)."""
+        c = f"{_quoted(src.partition_by)}::float8"
+        found = self._run(
+            src,
+            f"SELECT min({c}) AS lo, max({c}) AS hi, count(*) AS n "
+            f"FROM ({source_query(src, None, whole)}) AS s",
+        ).to_pylist()[0]
+        n, low, high = found["n"], found["lo"], found["hi"]
+        k = max(1, -(-n // partition_rows))
+        if k == 1 or low is None or high <= low:
+            return [whole]
+        step = (high - low) / k
+        cuts = [None] + [low + i * step for i in range(1, k)] + [None]
+        return [_part(i, {**spec, "range": [cuts[i], cuts[i + 1], i == k - 1]}) for i in range(k)]
 
     def check_exists(self, src: SourceConfig) -> None:
         """The database answers and the table or query gives at least one row."""
