@@ -59,8 +59,11 @@ class Scored:
                 f"scored already: {self.selection}); nothing written to {where}"
             ]
         else:
+            # an incremental run read only the rows past the last run's marker: says so
+            past = self.selection.startswith(f"{self.rows_seen} rows read past ")
+            seen = "rows read since the last run" if past else "source rows"
             lines = [
-                f"scored {self.rows_written} new of {self.rows_seen} source rows"
+                f"scored {self.rows_written} new of {self.rows_seen} {seen}"
                 f"{self.quarantine_note} into {where}: {self.anomalies} flagged as anomalies; "
                 f"snapshot {self.snapshot_id}",
                 self.drift.to_text() if self.drift is not None else "",

@@ -284,6 +284,7 @@ def test_an_iceberg_source_is_scored_by_its_appended_snapshots(
     scored = score_features(cfg)
     assert (scored.rows_seen, scored.rows_written) == (3, 3)
     assert scored.selection.startswith("3 rows read past ")
+    assert "scored 3 new of 3 rows read since the last run into" in scored.to_text()
     assert len(read_features("sales", home=home)) == 303
 
     orders.delete(EqualTo("order_id", "o5"))  # not an append: every row is compared again
