@@ -4,6 +4,7 @@ groups, each file's schema checked against the first's before any row is read.""
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
     from tasks.config import SourceConfig
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _marker(times: list[int]) -> str:
+    """``<newest time>/<number of files>``: what an incremental read of a folder reads past."""
+    return f"{max(times, default=0)}/{len(times)}"
 
 
 def parquet_files(path: str) -> list[str]:
@@ -153,26 +159,36 @@ class ParquetReader(SourceReader):
         listing: list[str] | None = None,
         since: str | None = None,
     ) -> ReadPlan:
-        """Row-group ranges of the files; with ``since`` (a folder's newest file time, from
-        :meth:`marker`), of the files written after it only."""
+        """Row-group ranges of the files; with ``since`` (from :meth:`marker`), of the files
+        written after the newest one read then only, unless files appeared with older times
+        (copied keeping theirs: ``cp -p``, ``rsync -t``) or went: then every file is read."""
         files = parquet_files(src.path)
         if not is_folder(src.path):
             if since is not None:
                 raise IncrementalUnavailable("a single Parquet file or a glob is read whole")
             return ReadPlan(_parquet_parts(files, partition_rows))
         times = [mtime for _, mtime in file_stats(files)]
-        marker = str(max(times, default=0))
+        marker = _marker(times)
         if since is not None:
-            files = [f for f, t in zip(files, times, strict=True) if t > int(since)]
+            if not re.fullmatch(r"\d+/\d+", since):
+                raise IncrementalUnavailable(f"the last read's marker {since!r} is not a folder's")
+            newest, count = (int(v) for v in since.split("/"))
+            if sum(t <= newest for t in times) != count:
+                raise IncrementalUnavailable(
+                    f"{src.path!r} holds another number of files up to the last read's newest "
+                    f"time than it did then ({count}): files came with older times, or went"
+                )
+            files = [f for f, t in zip(files, times, strict=True) if t > newest]
             if not files:
                 raise IncrementalUnavailable(f"no file of {src.path!r} is newer than the last read")
         return ReadPlan(_parquet_parts(files, partition_rows), marker=marker)
 
     def marker(self, src: SourceConfig) -> str | None:
-        """A folder's (or prefix's) newest file time: later runs read newer files only."""
+        """A folder's (or prefix's) newest file time and its number of files: later runs read
+        newer files only, while the files up to that time are still as many."""
         if not is_folder(src.path):
             return None
-        return str(max((t for _, t in file_stats(parquet_files(src.path))), default=0))
+        return _marker([t for _, t in file_stats(parquet_files(src.path))])
 
     def check_parts(
         self, src: SourceConfig, parts: list[IngestPart], needed: list[str], kinds: dict

@@ -466,3 +466,31 @@ def test_a_sql_source_splits_into_ranges_of_a_column(database, tmp_stores) -> No
                 {"source": {**source, "entity_id": None, "partition_by": "n"}, "dataset": "o3"}
             ).source
         )
+
+
+def test_a_parquet_folder_reads_newer_files_unless_older_ones_appeared(tmp_path) -> None:
+    """Issue 42: past a folder's marker only newer files are read; a file copied in with an
+    older time (cp -p, rsync -t) would never be newer, so the count of files up to the
+    marker's time must match, else every file is read (and compared)."""
+    import os
+
+    import pyarrow.parquet as pq_
+
+    from tasks.io.readers.base import IncrementalUnavailable
+
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    for hour in range(2):
+        pq_.write_table(_hour(hour * 10, 10), folder / f"h{hour}.parquet")
+        os.utime(folder / f"h{hour}.parquet", ns=(10**18 + hour, 10**18 + hour))
+    src = build_config({"source": {"path": str(folder), "entity_id": "id"}, "dataset": "l"}).source
+    reader = get_reader("parquet")
+    since = reader.marker(src)
+    assert since == f"{10**18 + 1}/2"
+    pq_.write_table(_hour(20, 10), folder / "h2.parquet")  # written now: newer
+    plan = reader.plan(src, 1000, None, since)
+    assert [os.path.basename(f) for p in plan.parts for f in p.files] == ["h2.parquet"]
+    pq_.write_table(_hour(30, 10), folder / "old.parquet")
+    os.utime(folder / "old.parquet", ns=(10**18, 10**18))  # copied keeping an older time
+    with pytest.raises(IncrementalUnavailable, match="files came with older times, or went"):
+        reader.plan(src, 1000, None, since)
