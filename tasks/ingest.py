@@ -268,7 +268,7 @@ def _ingest_table_part(
 
     src, info = cfg.source, plan.info
     label = src.label
-    reader = TableReader(src, info.columns, info.features, label, part, part.first_row, plan.kinds)
+    reader = TableReader(src, info.columns, info.features, label, part, plan.kinds)
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     quarantine: list[tuple[str, str]] = []
     # one partition (a CSV file, a small Parquet source) with rows to type: the normalizer's

@@ -226,18 +226,17 @@ class TableReader:
         features: list[str],
         label: str | None,
         part: IngestPart | None = None,
-        first_row: int = 0,
         kinds: dict[str, str] | None = None,
         workers: int | None = None,
     ) -> None:
-        """Read ``part`` of the source (the whole source when None) whose first row is
-        source row ``first_row``, with the column ``kinds`` already decided (else from the
+        """Read ``part`` of the source (the whole source when None; its first row is source
+        row ``part.first_row``), with the column ``kinds`` already decided (else from the
         first batch), on ``workers`` threads (the cores this process may use when None)."""
         from tasks.io.readers import reader_of
 
         self.src, self.columns, self.features, self.label = src, columns, features, label
         self.reader = reader_of(src)
-        self.part, self.first_row = part, first_row
+        self.part, self.first_row = part, part.first_row if part is not None else 0
         self.kinds: dict[str, str] = dict(kinds or {})
         self.identifiers: dict[str, str] = {}  # feature columns that look like ids: why
         self.times: dict[str, str] = {}  # feature columns of times or dates: their type

@@ -3,8 +3,6 @@ settings, read their label from the source itself, and their digest is of the de
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, ClassVar
 
 from tasks.io.readers.base import SourceReader
@@ -48,6 +46,6 @@ class ArrayReader(SourceReader):
 
     def merged_digest(self, src: SourceConfig, part_digests: list[str]) -> str:
         """The partitions' digests of their decoded rows, joined."""
-        if len(part_digests) == 1:
-            return part_digests[0]
-        return hashlib.sha256(json.dumps([part_digests]).encode()).hexdigest()
+        from tasks.io.sources import json_digest
+
+        return part_digests[0] if len(part_digests) == 1 else json_digest(part_digests)

@@ -310,13 +310,17 @@ class CsvReader(SourceReader):
         part: IngestPart | None,
         needed: list[str],
         sample: bool = False,
-    ) -> Iterator[bytes | Skipped]:
-        """Blocks of CSV lines (a megabyte when ``sample``), lines too long set aside."""
-        return line_blocks(src.path, src.header, src.encoding, sample)
+    ) -> Iterator[tuple[bytes, str] | Skipped]:
+        """Blocks of CSV lines (a megabyte when ``sample``), each with the delimiter (looked
+        up once for the file, not once a block), lines too long set aside."""
+        delimiter = delimiter_of(src)
+        for block in line_blocks(src.path, src.header, src.encoding, sample):
+            yield block if isinstance(block, Skipped) else (block, delimiter)
 
     def parse(self, item: Any, columns: list[str], src: SourceConfig) -> Parsed:
         """A block's lines as text columns (:func:`_parse_block`)."""
-        return _parse_block(item, columns, delimiter_of(src), src.quote_char)
+        block, delimiter = item
+        return _parse_block(block, columns, delimiter, src.quote_char)
 
     def locate(self, src: SourceConfig, texts: list[str]) -> list[int | None]:
         """Ragged lines' numbers, found in one more pass over the file."""
