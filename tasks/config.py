@@ -101,6 +101,13 @@ class SourceConfig(_Frozen):
         description="SQL sources: a column that only grows (an insert time, a serial id): a "
         "scoring run reads only the rows past the highest value the last one read",
     )
+    watermark_lookback: str | None = Field(
+        None,
+        description="SQL sources with a watermark: read again the rows this far below the "
+        "last read's highest value (a number, or a PostgreSQL interval such as '2 hours'), "
+        "so rows committed late are still found; those already scored are dropped by the "
+        "(id, time) comparison",
+    )
     append_only: bool = Field(
         False,
         description="the source only ever gains rows (an event log): scoring then looks only "

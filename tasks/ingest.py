@@ -31,7 +31,8 @@ from stores.data import rehome
 from tasks import normalize
 from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
 from tasks.io import arrays
-from tasks.io.parquet import ParquetSink, with_features, with_tensor, write_table
+from tasks.io.keys import KeyFile
+from tasks.io.parquet import Background, ParquetSink, with_features, with_tensor, write_table
 from tasks.io.parts import concat_parts, cross_part_duplicates, reason_kinds
 from tasks.io.readers import reader_of
 from tasks.io.readers.base import IncrementalUnavailable, IngestPart
@@ -137,6 +138,7 @@ class IngestedPart:
     pixel_scale: float | None = None
     normalized: str | None = None  # fixed-scale sources: the part's rows normalized
     split_rows: dict[str, int] | None = None
+    keys: str | None = None  # the written rows' key hashes, on this machine (for the merge)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class _PartRead:
     pixel_scale: float | None = None
     normalized: str | None = None
     split_rows: dict[str, int] | None = None
+    keys: str | None = None
 
 
 def plan_ingest(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestPlan:
@@ -256,6 +259,7 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
         read.pixel_scale,
         refs[2],
         read.split_rows,
+        read.keys,  # (not shared: a merge on a machine without it hashes the ids again)
     )
 
 
@@ -280,8 +284,9 @@ def _ingest_table_part(
         summary = normalize.TrainingSummary(
             {col: kinds[plan.kinds[col]] for col in info.features}, cfg
         )
-    try:
-        with ParquetSink(path) as sink:  # encodes a chunk while the next is parsed
+    keys = path.with_suffix(".keys") if src.entity_id else None
+    try:  # the file encodes a chunk, and the statistics and keys take it in, while the next parses
+        with ParquetSink(path) as sink, Background() as stats, KeyFile(keys) as key_file:
             for chunk in reader.chunks():
                 quarantine.extend(chunk.quarantine)
                 t = chunk.table
@@ -293,7 +298,10 @@ def _ingest_table_part(
                 table = pa.table(columns)
                 sink.write(table)
                 if summary is not None:
-                    summary.add(t["__id"], table)
+                    stats.run(summary.add, t["__id"], table)
+                if key_file is not None:
+                    stats.run(key_file.add, t["__id"], t["__ts"] if src.timestamp else None)
+            stats.wait()
             if summary is not None:
                 sink.metadata.update(summary.metadata())
     except (ValueError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
@@ -302,7 +310,8 @@ def _ingest_table_part(
     rows_out = sink.rows
     digest = json_digest(part.files, part.row_groups, rows_out)  # tables: content_digest at merge
     rows_in = reader.rows_in + len(reader.ragged)
-    return _PartRead(rows_out, rows_in, reader.ragged + quarantine, digest)
+    keys_path = str(keys) if keys is not None and rows_out else None
+    return _PartRead(rows_out, rows_in, reader.ragged + quarantine, digest, keys=keys_path)
 
 
 def _ingest_array_part(
@@ -373,9 +382,10 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
         )
     written = [p for p in parts if p.path]
     dups, repeated = {}, []
-    if cfg.source.entity_id and len(written) > 1:
+    if cfg.source.entity_id and written:
+        work.mkdir(parents=True, exist_ok=True)  # (the ledger's files; parts may be fetched)
         dups, repeated = cross_part_duplicates(
-            [(p.index, p.path) for p in written], bool(cfg.source.timestamp)
+            [(p.index, p.path, p.keys) for p in written], bool(cfg.source.timestamp), work
         )
     quarantine = [pq.read_table(p.quarantine) for p in parts if p.quarantine]
     if repeated:
@@ -402,7 +412,10 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     if len(written) == 1 and not dups:
         os.replace(written[0].path, plan.raw_path)
     else:
-        concat_parts([(p.index, p.path) for p in written], dups, plan.raw_path)
+        # (a normalizer fitted in the ingest's pass counted the rows now dropped)
+        concat_parts(
+            [(p.index, p.path) for p in written], dups, plan.raw_path, (normalize.FIT_KEY,)
+        )
     split_rows = _merge_normalized(plan, written) if not dups else None
     shutil.rmtree(work, ignore_errors=True)
     if plan.stores is not None:  # for every machine, before the result is cached

@@ -213,3 +213,31 @@ def with_features(roles: dict[str, pa.Array], names: list[str], columns: np.ndar
     fields = [pa.field(n, a.type) for n, a in roles.items()]
     fields += [pa.field(n, a.type, nullable=False) for n, a in zip(names, features, strict=True)]
     return pa.Table.from_arrays([*roles.values(), *features], schema=pa.schema(fields))
+
+
+class Background:
+    """Calls run one after another on a thread of their own, at most two waiting: work on a
+    chunk (the normalizer's statistics) overlaps the reading of the next."""
+
+    def __enter__(self) -> Background:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aepipe-stats")
+        self._pending: list = []
+        return self
+
+    def run(self, fn, *args) -> None:
+        """Queue ``fn(*args)``; raises the error an earlier call met."""
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > 2:
+            self._pending.pop(0).result()
+
+    def wait(self) -> None:
+        """Wait for every queued call; raises the first error met."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)

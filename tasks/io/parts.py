@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -17,33 +16,66 @@ from tasks.io.parquet import write_options
 
 
 def cross_part_duplicates(
-    parts: list[tuple[int, str]], versioned: bool
+    parts: list[tuple[int, str, str | None]], versioned: bool, work: Path
 ) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Per part, a mask of rows whose key an earlier part already has (kept there), and the
+    """Per part, a mask of rows whose key an earlier row already has (in an earlier part,
+    or earlier in the same one: the readers leave repeats to this check), and the
     quarantine reasons of those rows in order. The key is the entity id, or the (entity id,
-    event time) pair when the source has a timestamp column (``versioned``)."""
-    from tasks.io.tables import duplicate_reason, version_keys
+    event time) pair when the source has a timestamp column (``versioned``). Each part is
+    (index, Parquet file, the file of its rows' key hashes when its ingest left one here);
+    the keys go in batches into a :class:`~tasks.io.keys.KeyLedger` under ``work``, so
+    memory stays bounded whatever the number of rows."""
+    from tasks.io.keys import KeyLedger, key_hashes
 
-    seen = pd.Index([], dtype=object)
-    masks: dict[int, np.ndarray] = {}
-    repeated: list[str] = []
     columns = [ENTITY_KEY, EVENT_TIMESTAMP] if versioned else [ENTITY_KEY]
-    for index, path in parts:
-        frame = pq.read_table(path, columns=columns).to_pandas()
-        ids = frame[ENTITY_KEY].astype("string")
-        ts = frame[EVENT_TIMESTAMP] if versioned else None
-        keys = version_keys(ids, ts) if ts is not None else ids
-        dup = seen.get_indexer(keys) >= 0 if len(seen) else np.zeros(len(keys), bool)
-        if dup.any():
-            masks[index] = dup
-            repeated += [duplicate_reason(ids.iloc[i], ts, i) for i in np.flatnonzero(dup)]
-        seen = seen.append(pd.Index(keys[~dup].to_numpy(dtype=object)))
-    return masks, repeated
+    sizes: list[int] = []
+    with KeyLedger(work) as ledger:
+        for _, path, keys in parts:
+            pf = pq.ParquetFile(path)
+            sizes.append(pf.metadata.num_rows)
+            if keys and os.path.exists(keys) and os.path.getsize(keys) == 16 * sizes[-1]:
+                held = np.memmap(keys, np.uint64, "r").reshape(-1, 2)
+                for start in range(0, len(held), 1 << 18):
+                    ledger.add(np.asarray(held[start : start + (1 << 18)]))
+                continue
+            for batch in pf.iter_batches(batch_size=1 << 18, columns=columns):
+                ts = batch.column(EVENT_TIMESTAMP) if versioned else None
+                ledger.add(key_hashes(batch.column(ENTITY_KEY), ts))
+        rows = ledger.repeats()
+    masks: dict[int, np.ndarray] = {}
+    reasons: list[str] = []
+    start = 0
+    for (index, path, _), n in zip(parts, sizes, strict=True):
+        here = rows[(rows >= start) & (rows < start + n)] - start
+        start += n
+        if not len(here):
+            continue
+        masks[index] = np.zeros(n, dtype=bool)
+        masks[index][here] = True
+        reasons += _duplicate_reasons(path, here, versioned)
+    return masks, reasons
 
 
-def concat_parts(parts: list[tuple[int, str]], dups: dict[int, np.ndarray], out: Path) -> None:
+def _duplicate_reasons(path: str, rows: np.ndarray, versioned: bool) -> list[str]:
+    """The quarantine reasons of a part file's ``rows`` (repeated keys)."""
+    from tasks.io.tables import duplicate_reason
+
+    columns = [ENTITY_KEY, EVENT_TIMESTAMP] if versioned else [ENTITY_KEY]
+    picked = pq.read_table(path, columns=columns).take(pa.array(rows)).to_pandas()
+    ids = picked[ENTITY_KEY].astype("string")
+    ts = picked[EVENT_TIMESTAMP] if versioned else None
+    return [duplicate_reason(ids.iloc[i], ts, i) for i in range(len(picked))]
+
+
+def concat_parts(
+    parts: list[tuple[int, str]],
+    dups: dict[int, np.ndarray],
+    out: Path,
+    drop_keys: tuple[str, ...] = (),
+) -> None:
     """Copy the partitions' row groups (files by partition index) into one Parquet file,
-    dropping duplicate rows."""
+    dropping duplicate rows, and the files' metadata entries ``drop_keys`` (what no longer
+    holds of the rows kept)."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer: pq.ParquetWriter | None = None
     try:
@@ -52,6 +84,13 @@ def concat_parts(parts: list[tuple[int, str]], dups: dict[int, np.ndarray], out:
             offset = 0
             for g in range(pf.metadata.num_row_groups):
                 table = pf.read_row_group(g)
+                if drop_keys and table.schema.metadata:
+                    kept = {
+                        k: v
+                        for k, v in table.schema.metadata.items()
+                        if k.decode() not in drop_keys
+                    }
+                    table = table.replace_schema_metadata(kept)
                 if index in dups:
                     keep = ~dups[index][offset : offset + table.num_rows]
                     table = table.filter(pa.array(keep))

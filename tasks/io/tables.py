@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ae_models.cpus import usable_cpus
-from tasks.io.readers.base import IngestPart, Parsed, Skipped
+from tasks.io.readers.base import FileStart, IngestPart, Parsed, Skipped
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -136,54 +136,6 @@ def _prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
                 reader.join(0.05)
 
 
-class SeenKeys:
-    """The keys of the rows kept so far, for the duplicate check: each as two 64-bit SipHash
-    values under different keys (16 bytes a key, where a Python set of the texts took about
-    100; two distinct keys agree in both with a chance of about 1e-25 at 10M rows), held in
-    sorted runs merged like a binary counter, so a batch's lookup costs a binary search per
-    run (at most log2 of the batches) and no run is rebuilt per batch. (pandas' ``isin`` on
-    a set rebuilt it each batch: quadratic, 24 s of a 28 s ingest of 1M rows.)"""
-
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []  # each (n, 2) uint64, sorted by its first column
-
-    @staticmethod
-    def hash(keys: pd.Series) -> np.ndarray:
-        """The (n, 2) hashes of ``keys``."""
-        values = keys.to_numpy(dtype=object, na_value="")
-        first = pd.util.hash_array(values, categorize=False)
-        second = pd.util.hash_array(values, hash_key="aepipe-seen-key2", categorize=False)
-        return np.column_stack([first, second])
-
-    def holds(self, hashes: np.ndarray) -> np.ndarray:
-        """Which of ``hashes`` (rows of :meth:`hash`) were added before."""
-        found = np.zeros(len(hashes), dtype=bool)
-        for run in self.runs:
-            at = np.searchsorted(run[:, 0], hashes[:, 0])
-            inside = at < len(run)
-            hit = np.zeros(len(hashes), dtype=bool)
-            hit[inside] = run[at[inside], 0] == hashes[inside, 0]
-            for i in np.flatnonzero(hit):  # equal first halves (rare): the second decides
-                j = at[i]
-                while j < len(run) and run[j, 0] == hashes[i, 0]:
-                    if run[j, 1] == hashes[i, 1]:
-                        found[i] = True
-                        break
-                    j += 1
-        return found
-
-    def add(self, hashes: np.ndarray) -> None:
-        """Remember ``hashes``; runs of similar size merge."""
-        run = hashes[np.argsort(hashes[:, 0], kind="stable")]
-        while self.runs and len(self.runs[-1]) <= len(run):
-            merged = np.concatenate([self.runs.pop(), run])
-            run = merged[np.argsort(merged[:, 0], kind="stable")]
-        self.runs.append(run)
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self.runs)
-
-
 class _Rejects:
     """Rows of one batch set aside so far, each with the first reason found."""
 
@@ -209,7 +161,7 @@ class _Block:
     ts: pd.Series | None
     rejects: _Rejects
     ragged: list[tuple[str, str]]
-    skipped: Skipped | None = None  # a row the reader set aside unread
+    skipped: Skipped | FileStart | None = None  # a row set aside unread, or a file's start
 
 
 class TableReader:
@@ -241,7 +193,6 @@ class TableReader:
         self.identifiers: dict[str, str] = {}  # feature columns that look like ids: why
         self.times: dict[str, str] = {}  # feature columns of times or dates: their type
         self.workers = workers or usable_cpus()
-        self.seen_ids = SeenKeys()  # keys of rows kept so far
         self.rows_in = 0
         self.ragged: list[tuple[str, str]] = []
 
@@ -275,7 +226,7 @@ class TableReader:
         """Numeric, boolean or categorical per feature column, from the first batch (of a
         CSV: its first megabyte)."""
         for item in self._items(sample=True):
-            if not isinstance(item, Skipped):
+            if not isinstance(item, (Skipped, FileStart)):
                 self._decide_kinds(self._cleaned(item)[0])
                 break
         return self.kinds
@@ -307,7 +258,7 @@ class TableReader:
 
     def _typed(self, item: Any) -> _Block:
         """Parse (CSV), clean, check and type one batch: runs on a worker thread."""
-        if isinstance(item, Skipped):
+        if isinstance(item, (Skipped, FileStart)):
             return _Block(0, {}, None, None, _Rejects(0), [], item)
         src = self.src
         cols, parsed = self._cleaned(item)
@@ -392,61 +343,60 @@ class TableReader:
         if not self.kinds:
             self.decide_kinds()
         start = self.first_row
-        ragged_texts: list[str] = []
-        ragged_at: list[int] = []  # where each of ragged_texts is in self.ragged
+        file = FileStart(self.src.path, 0, "")  # where rows are now, for the quarantine
+        in_file = 0  # rows so far in that file (several files: rows are named by it)
+        ragged: dict[FileStart, list[tuple[int, str]]] = {}  # place in self.ragged, text
         items = _prefetched(self._items(), 2 * self.workers)
         for block in _in_order(self._typed, items, self.workers):
+            if isinstance(block.skipped, FileStart):
+                file, in_file = block.skipped, 0
+                continue
             if block.skipped is not None:
                 self.ragged.append((block.skipped.location, block.skipped.reason))
                 continue
             for why, text in block.ragged:
                 # the parser knows no line numbers in a block: found after the read
-                reason = f"{why}: {text[:80]!r}"
-                ragged_at.append(len(self.ragged))
-                self.ragged.append(("ragged line", reason))
-                ragged_texts.append(text)
+                ragged.setdefault(file, []).append((len(self.ragged), text))
+                self.ragged.append(("ragged line", f"{why}: {text[:80]!r}"))
             n = block.n
             positions = np.arange(start, start + n)
+            named = positions if not file.where else np.arange(in_file, in_file + n)
             start += n
+            in_file += n
             self.rows_in += n
             rejects = block.rejects
             if block.ids is not None:  # row numbers are unique by construction; ids may not be
-                ids, ts = block.ids, block.ts
+                ids = block.ids
                 id_missing = ids.isna().to_numpy()
                 rejects.add(id_missing, lambda i: "missing entity id")
-                live = ~id_missing & ~rejects.bad
-                # the key: the id, or (id, event time) when the source has versions over time
-                keys = ids if ts is None else version_keys(ids, ts)
-                hashes = SeenKeys.hash(keys)
-                dup = live & (keys.duplicated().to_numpy() | self.seen_ids.holds(hashes))
-                rejects.add(dup, lambda i, ids=ids, ts=ts: duplicate_reason(ids.iloc[i], ts, i))
-                self.seen_ids.add(hashes[live & ~dup])
+                # (a key repeated anywhere in the ingest is found when the parts are merged)
                 id_array = pa.array(ids, pa.string(), from_pandas=True)
             else:
                 id_array = pc.cast(pa.array(positions), pa.string())
             table = pa.table({"__id": id_array, **block.columns})
             if rejects.bad.any():
                 table = table.filter(pa.array(~rejects.bad))
-            quarantine = [(f"row {positions[i]}", r) for i, r in sorted(rejects.reasons.items())]
+            place = f"{file.where} row" if file.where else "row"
+            quarantine = [(f"{place} {named[i]}", r) for i, r in sorted(rejects.reasons.items())]
             yield Chunk(table, positions[~rejects.bad], quarantine)
-        if ragged_texts:
-            numbers = self.reader.locate(self.src, ragged_texts)
-            for at, number in zip(ragged_at, numbers, strict=True):
+        self._locate(ragged)
+
+    def _locate(self, ragged: dict[FileStart, list[tuple[int, str]]]) -> None:
+        """Name the ragged rows by their line numbers, found in one more pass over each
+        file that had some."""
+        for file, found in ragged.items():
+            numbers = self.reader.locate(self.src, file.path, file.start, [t for _, t in found])
+            for (at, _), number in zip(found, numbers, strict=True):
                 if number is not None:
-                    self.ragged[at] = (f"line {number}", self.ragged[at][1])
+                    line = f"line {number}"
+                    where = file.path.rsplit("/", 1)[-1] if file.where else ""
+                    self.ragged[at] = (f"{where} {line}" if where else line, self.ragged[at][1])
 
 
 def utc_timestamps(values: pd.Series) -> pa.Array:
     """Arrow ``timestamp[us, UTC]`` array of a tz-aware pandas Series."""
     naive = values.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us").to_numpy()
     return pa.array(naive, pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
-
-
-def version_keys(ids: pd.Series, ts: pd.Series) -> pd.Series:
-    """One text key per (entity id, event time) pair: what makes a row a distinct version of
-    its entity when the source names a timestamp column."""
-    micros = ts.fillna(pd.Timestamp(0, tz="UTC")).dt.as_unit("us").astype("int64")
-    return ids.astype("string") + "\x1f" + micros.astype("string")
 
 
 def duplicate_reason(entity: str, ts: pd.Series | None, i: int) -> str:

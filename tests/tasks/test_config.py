@@ -73,7 +73,7 @@ def test_source_formats_from_names(tmp_path) -> None:
         fmt(tmp_path / "missing")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("x")
-    with pytest.raises(ConfigError, match=r"folder .*notes' holds no Parquet files .* no images"):
+    with pytest.raises(ConfigError, match=r"folder .*notes' holds no CSV files .* no images"):
         fmt(tmp_path / "notes")  # said "cannot tell the format" before
 
 

@@ -150,8 +150,36 @@ def test_duplicate_entity_ids_are_quarantined(tmp_path, tmp_stores) -> None:
     ingested = ingest_source(lenient, tmp_stores)
     assert ingested.rows == 2 and ingested.quarantined == 1
     assert pq.read_table(ingested.quarantine_path).to_pylist() == [
-        {"location": "row 1", "reason": "duplicate entity id '1'"}
+        {"location": "entity id '1'", "reason": "duplicate entity id '1'"}
     ]
+
+
+def test_a_duplicate_far_apart_in_one_file_is_found_and_the_fit_redone(
+    tmp_path, tmp_stores, monkeypatch
+) -> None:
+    """A repeated id in another batch of the same file is found at the merge (its key
+    ledger holds every key on disk, a slice of the hash space at a time); the normalizer
+    the ingest's pass fitted counted it, so it is dropped and normalize fits afresh."""
+    from tasks.io.readers import lines_base
+    from tasks.normalize import FIT_KEY
+
+    monkeypatch.setattr(lines_base, "BLOCK_BYTES", 256)  # dozens of batches
+    csv = tmp_path / "t.csv"
+    rows = [f"u{i},{i % 10},{'ab'[i % 2]}" for i in range(400)]
+    rows.append("u3,1000000,a")  # u3 again, 397 rows later, with an outlying value
+    csv.write_text("id,x,k\n" + "\n".join(rows) + "\n")
+    src = {"path": str(csv), "entity_id": "id", "max_quarantine_fraction": 0.01}
+    cfg = build_config({"source": src, "model": {"code_size": 1}})
+    ingested = ingest_source(cfg, tmp_stores)
+    assert (ingested.rows, ingested.quarantined) == (400, 1)
+    assert pq.read_table(ingested.quarantine_path).column("reason").to_pylist() == [
+        "duplicate entity id 'u3'"
+    ]
+    raw = pq.ParquetFile(ingested.path)
+    assert FIT_KEY.encode() not in (raw.metadata.metadata or {})
+    assert raw.read(columns=["x"])["x"].to_numpy().max() == 9.0
+    spec = json.loads(Path(normalize_dataset(ingested, cfg).spec_path).read_text())
+    assert "1000000" not in json.dumps(spec)  # fitted on the rows kept
 
 
 def test_with_a_timestamp_each_id_and_time_pair_is_a_version(tmp_path, tmp_stores) -> None:
@@ -171,7 +199,10 @@ def test_with_a_timestamp_each_id_and_time_pair_is_a_version(tmp_path, tmp_store
     c1 = raw[raw["entity_id"] == "c1"].sort_values("event_timestamp")
     assert c1["a"].tolist() == [1.0, 2.0]
     assert pq.read_table(ingested.quarantine_path).to_pylist() == [
-        {"location": "row 3", "reason": "duplicate entity id 'c1' at 2026-03-02T08:00:00+00:00"}
+        {
+            "location": "entity id 'c1' at 2026-03-02T08:00:00+00:00",
+            "reason": "duplicate entity id 'c1' at 2026-03-02T08:00:00+00:00",
+        }
     ]
 
 

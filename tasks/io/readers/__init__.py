@@ -45,8 +45,8 @@ def get_reader(name: str) -> SourceReader:
 
 
 def detect_format(path: str) -> str:
-    """The reader of ``path``: the first that claims its name, else, for a folder, the
-    first data file found in it (or its subfolders) decides."""
+    """The reader of ``path``: the first that claims its name, else, for a folder, the kind
+    most of the data files in it (or its subfolders) are (the first listed, on a tie)."""
     from tasks.config import ConfigError
 
     readers = [get_reader(name) for name in READERS]
@@ -68,11 +68,15 @@ def detect_format(path: str) -> str:
     else:
         walk = os.walk(path) if os.path.isdir(path) else []
     if remote_folder or os.path.isdir(path):
+        held = dict.fromkeys((r for r in readers if r.folder_suffixes), 0)
         for _, _, names in walk:
-            suffixes = {os.path.splitext(n)[1].lower() for n in names}  # no Path: 70k files
-            for reader in readers:
-                if suffixes & reader.folder_suffixes:
-                    return reader.name
+            for n in names:  # (no Path: 70,000 files)
+                suffix = os.path.splitext(n)[1].lower()
+                for reader in held:
+                    held[reader] += suffix in reader.folder_suffixes
+        most = max(held.items(), key=lambda kv: kv[1], default=(None, 0))
+        if most[1]:  # the kind most of its files are: a manifest.csv beside images is not it
+            return most[0].name
         kinds = " and no ".join(
             f"{r.folder_noun} ({', '.join(sorted(r.folder_suffixes))})"
             for r in readers

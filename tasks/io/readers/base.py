@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,26 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class IngestPart:
     """The slice of a source one ingest task reads: files (image paths relative to the
-    folder, Parquet files, or the one file of a CSV) with their row groups (None: all), or
-    what a reader of another kind names its slices by, starting at source row ``first_row``."""
+    folder, Parquet files, files of lines) with their row groups or byte ranges (None: all),
+    or what a reader of another kind names its slices by, starting at source row
+    ``first_row``."""
 
     index: int
     files: list[str]
     row_groups: list[list[int] | None] | None = None
     first_row: int = 0
+    ranges: list[tuple[int, int] | None] | None = None
+
+
+@dataclass(frozen=True)
+class FileStart:
+    """Told by a reader of several files before each file's rows: the file, the byte its
+    read starts at, and how the quarantine names the place (rows are then counted from 0
+    within it)."""
+
+    path: str
+    start: int
+    where: str
 
 
 @dataclass(frozen=True)
@@ -163,8 +177,9 @@ class SourceReader:
         """One item of :meth:`items` as a table (run on the ingest's worker threads)."""
         return Parsed(pa.Table.from_batches([item]), [], False)
 
-    def locate(self, src: SourceConfig, texts: list[str]) -> list[int | None]:
-        """The line numbers of ragged rows' ``texts``, where the source has lines."""
+    def locate(self, src: SourceConfig, path: str, start: int, texts: list[str]) -> list:
+        """The line numbers of ragged rows' ``texts`` in the file ``path`` (read from byte
+        ``start``), where the source has lines (None: not known)."""
         return [None] * len(texts)
 
     def blocks(self, src: SourceConfig, part: IngestPart, plan: Any) -> Iterator[ArrayData]:
@@ -210,6 +225,61 @@ class SourceReader:
         """An upper bound of the bytes ingesting writes: the partitions' files and the
         merged copy, each at most the source's size."""
         return 2 * sum(size for size, _ in file_stats(self.files(src)))
+
+
+class FileSetReader(SourceReader):
+    """A source of one file, every file of its kind under a folder or an object-store
+    prefix, or a glob: the files are :meth:`source_files`; a folder has a marker (its newest
+    file's time and its number of files) for reading only newer files later."""
+
+    def source_files(self, src: SourceConfig) -> list[str]:
+        """The files the source reads, in order."""
+        raise NotImplementedError
+
+    def check_exists(self, src: SourceConfig) -> None:
+        """A glob needs no file of its name; what it matches is checked by ``columns``."""
+        if is_remote(src.path) or not any(c in src.path for c in "*?["):
+            super().check_exists(src)
+
+    def files(self, src: SourceConfig) -> list[str]:
+        """The matched files (a folder's every file, for its fingerprint)."""
+        if is_folder(src.path):
+            return super().files(src)
+        return self.source_files(src)
+
+    def marker(self, src: SourceConfig) -> str | None:
+        """A folder's (or prefix's) newest file time and its number of files: later runs
+        read newer files only, while the files up to that time are still as many."""
+        if not is_folder(src.path):
+            return None
+        return folder_marker([t for _, t in file_stats(self.source_files(src))])
+
+
+def folder_marker(times: list[int]) -> str:
+    """``<newest time>/<number of files>``: what an incremental read of a folder reads past."""
+    return f"{max(times, default=0)}/{len(times)}"
+
+
+def files_since(path: str, files: list[str], since: str | None) -> tuple[list[str], str]:
+    """A folder's ``files`` written after the newest one an earlier read saw (all when
+    ``since`` is None), and the folder's marker now. IncrementalUnavailable when files
+    appeared with older times than that (copied keeping theirs: ``cp -p``, ``rsync -t``)
+    or went, or when no file is newer."""
+    times = [mtime for _, mtime in file_stats(files)]
+    if since is None:
+        return files, folder_marker(times)
+    if not re.fullmatch(r"\d+/\d+", since):
+        raise IncrementalUnavailable(f"the last read's marker {since!r} is not a folder's")
+    newest, count = (int(v) for v in since.split("/"))
+    if sum(t <= newest for t in times) != count:
+        raise IncrementalUnavailable(
+            f"{path!r} holds another number of files up to the last read's newest "
+            f"time than it did then ({count}): files came with older times, or went"
+        )
+    files = [f for f, t in zip(files, times, strict=True) if t > newest]
+    if not files:
+        raise IncrementalUnavailable(f"no file of {path!r} is newer than the last read")
+    return files, folder_marker(times)
 
 
 def stat_lines(root: str, files: list[str]) -> str:
@@ -268,6 +338,14 @@ def open_random(path: str) -> Any:
     """The file for random access (a Parquet file's footer, then its row groups)."""
     if not is_remote(path):
         return path
+    fs, key = _fs(path)
+    return fs.open_input_file(key)
+
+
+def open_seekable(path: str) -> Any:
+    """The file's stored bytes as a file object that seeks (a byte range of a large file)."""
+    if not is_remote(path):
+        return open(path, "rb")
     fs, key = _fs(path)
     return fs.open_input_file(key)
 

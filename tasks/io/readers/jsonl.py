@@ -1,4 +1,5 @@
-"""JSON-lines files (``.jsonl``, ``.ndjson``, gzip too): one object a line, nested objects
+"""JSON-lines files (``.jsonl``, ``.ndjson``, gzip too; one, a folder or prefix of them, or a
+glob): one object a line, nested objects
 flattened to dotted names (``{"a": {"b": 1}}`` is column ``a.b``), read in blocks of lines
 that parse on every core at once, values handed on as text for the table reader to type, as
 a CSV's are. A field holding lists is refused unless excluded; a line that is not a JSON
@@ -7,13 +8,12 @@ object is set aside with its line number."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tasks.io.readers.base import IngestPart, Parsed, Skipped, SourceReader
-from tasks.io.readers.csv import _line_numbers, line_blocks
+from tasks.io.readers.base import Parsed, Skipped
+from tasks.io.readers.lines_base import LineFilesReader, line_blocks
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
@@ -88,22 +88,26 @@ def _fast_table(block: bytes, columns: list[str]) -> pa.Table:
     return pa.table(out)
 
 
-class JsonLinesReader(SourceReader):
-    """A JSON-lines file: one partition, its blocks parsed in parallel."""
+class JsonLinesReader(LineFilesReader):
+    """JSON-lines files: one partition, or with an entity id files and byte ranges of about
+    ``partition_rows`` rows; blocks parsed in parallel."""
 
     name = "jsonl"
     suffixes = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+    folder_suffixes = frozenset({".jsonl", ".ndjson"})
+    folder_noun = "JSON-lines files"
     text_values = True
 
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
-        """The fields of the first megabyte's objects, flattened, in the order first seen;
-        fields holding lists refused unless excluded."""
+        """The fields of the first file's first megabyte's objects, flattened, in the order
+        first seen; fields holding lists refused unless excluded."""
         from tasks.config import ConfigError
 
+        path = self.first_file(src)
         names: dict[str, None] = {}
         lists: dict[str, None] = {}
         try:
-            for block in line_blocks(src.path, False, src.encoding, sample=True):
+            for block in line_blocks(path, False, src.encoding, sample=True):
                 if isinstance(block, Skipped):
                     continue
                 for line in block.decode("utf-8", "replace").splitlines():
@@ -118,26 +122,16 @@ class JsonLinesReader(SourceReader):
                                 lists.setdefault(key)
                 break
         except OSError as err:
-            raise ConfigError(f"cannot read {src.path!r}: {err}") from None
+            raise ConfigError(f"cannot read {path!r}: {err}") from None
         if not names:
-            raise ConfigError(f"source {src.path!r} holds no JSON objects in its first lines")
+            raise ConfigError(f"source {path!r} holds no JSON objects in its first lines")
         refused = [c for c in lists if c not in src.exclude]
         if refused:
             raise ConfigError(
-                f"field(s) {refused} of {src.path!r} hold lists; aepipe reads one value a "
+                f"field(s) {refused} of {path!r} hold lists; aepipe reads one value a "
                 "column: add them to source.exclude, or flatten them into fields"
             )
         return list(names)
-
-    def items(
-        self,
-        src: SourceConfig,
-        part: IngestPart | None,
-        needed: list[str],
-        sample: bool = False,
-    ) -> Iterator[bytes | Skipped]:
-        """Blocks of lines (a megabyte when ``sample``), lines too long set aside."""
-        return line_blocks(src.path, False, src.encoding, sample)
 
     def parse(self, item: Any, columns: list[str], src: SourceConfig) -> Parsed:
         """A block's objects as text columns: Arrow's parser, or line by line when a field
@@ -147,10 +141,6 @@ class JsonLinesReader(SourceReader):
             return Parsed(_fast_table(item, columns), [], False)
         except (pa.ArrowInvalid, UnicodeDecodeError, pa.ArrowNotImplementedError):
             return _lines_table(item, columns)
-
-    def locate(self, src: SourceConfig, texts: list[str]) -> list[int | None]:
-        """Bad lines' numbers, found in one more pass over the file."""
-        return _line_numbers(src.path, texts, src.encoding)
 
 
 READER = JsonLinesReader()

@@ -4,7 +4,6 @@ groups, each file's schema checked against the first's before any row is read.""
 from __future__ import annotations
 
 import glob
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.io.readers.base import (
+    FileSetReader,
     IncrementalUnavailable,
     IngestPart,
     ReadPlan,
-    SourceReader,
-    file_stats,
+    files_since,
     is_folder,
     is_remote,
     list_files,
@@ -29,11 +28,6 @@ if TYPE_CHECKING:
     from tasks.config import SourceConfig
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-def _marker(times: list[int]) -> str:
-    """``<newest time>/<number of files>``: what an incremental read of a folder reads past."""
-    return f"{max(times, default=0)}/{len(times)}"
 
 
 def parquet_files(path: str) -> list[str]:
@@ -126,7 +120,7 @@ def _parquet_parts(files: list[str], partition_rows: int) -> list[IngestPart]:
     return parts or [IngestPart(0, [], [], 0)]
 
 
-class ParquetReader(SourceReader):
+class ParquetReader(FileSetReader):
     """Parquet files, in row-group ranges of about ``partition_rows`` rows."""
 
     name = "parquet"
@@ -134,10 +128,9 @@ class ParquetReader(SourceReader):
     folder_suffixes = frozenset(suffixes)
     folder_noun = "Parquet files"
 
-    def check_exists(self, src: SourceConfig) -> None:
-        """A glob needs no file of its name; what it matches is checked by :meth:`columns`."""
-        if not any(c in src.path for c in "*?["):
-            super().check_exists(src)
+    def source_files(self, src: SourceConfig) -> list[str]:
+        """:func:`parquet_files`."""
+        return parquet_files(src.path)
 
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """The first file's column names."""
@@ -167,28 +160,8 @@ class ParquetReader(SourceReader):
             if since is not None:
                 raise IncrementalUnavailable("a single Parquet file or a glob is read whole")
             return ReadPlan(_parquet_parts(files, partition_rows))
-        times = [mtime for _, mtime in file_stats(files)]
-        marker = _marker(times)
-        if since is not None:
-            if not re.fullmatch(r"\d+/\d+", since):
-                raise IncrementalUnavailable(f"the last read's marker {since!r} is not a folder's")
-            newest, count = (int(v) for v in since.split("/"))
-            if sum(t <= newest for t in times) != count:
-                raise IncrementalUnavailable(
-                    f"{src.path!r} holds another number of files up to the last read's newest "
-                    f"time than it did then ({count}): files came with older times, or went"
-                )
-            files = [f for f, t in zip(files, times, strict=True) if t > newest]
-            if not files:
-                raise IncrementalUnavailable(f"no file of {src.path!r} is newer than the last read")
+        files, marker = files_since(src.path, files, since)
         return ReadPlan(_parquet_parts(files, partition_rows), marker=marker)
-
-    def marker(self, src: SourceConfig) -> str | None:
-        """A folder's (or prefix's) newest file time and its number of files: later runs read
-        newer files only, while the files up to that time are still as many."""
-        if not is_folder(src.path):
-            return None
-        return _marker([t for _, t in file_stats(parquet_files(src.path))])
 
     def check_parts(
         self, src: SourceConfig, parts: list[IngestPart], needed: list[str], kinds: dict
@@ -214,12 +187,6 @@ class ParquetReader(SourceReader):
             if missing:
                 raise ValueError(f"Parquet file {path!r} lacks column(s) {missing}")
             yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=needed)
-
-    def files(self, src: SourceConfig) -> list[str]:
-        """The matched files (a folder's every file, for its fingerprint)."""
-        if is_folder(src.path):
-            return super().files(src)
-        return parquet_files(src.path)
 
 
 READER = ParquetReader()

@@ -98,6 +98,8 @@ class SqlReader(SourceReader):
         """One of table and query; no password in the URI; partitions need ids."""
         from tasks.config import ConfigError
 
+        if src.watermark_lookback and not src.watermark:
+            raise ConfigError("source.watermark_lookback needs source.watermark")
         if src.partition_by and not src.entity_id:
             raise ConfigError(
                 "source.partition_by needs source.entity_id: a database's rows have no "
@@ -175,6 +177,8 @@ class SqlReader(SourceReader):
                 spec["watermark"] = [since, upto]
         elif since is not None:
             raise IncrementalUnavailable("set source.watermark to read only new rows")
+        if since is not None and upto is not None and src.watermark_lookback:
+            spec["watermark"] = [self._looked_back(src, since), upto]
         whole = _part(0, spec) if spec else IngestPart(0, [src.path])
         if since is not None and upto is not None:
             count = self._run(
@@ -184,6 +188,23 @@ class SqlReader(SourceReader):
                 raise IncrementalUnavailable(f"no row has {src.watermark} past {since}")
         parts = self._ranges(src, spec, whole, partition_rows) if src.partition_by else [whole]
         return ReadPlan(parts, marker=upto)
+
+    def _looked_back(self, src: SourceConfig, since: str) -> str | None:
+        """``since`` less ``source.watermark_lookback``, computed by the database in the
+        watermark column's type (None: no row is at or below ``since`` any more)."""
+        lookback = src.watermark_lookback or ""
+        try:
+            float(lookback)
+            delta = lookback
+        except ValueError:
+            delta = f"interval {_literal(lookback)}"
+        w = _quoted(src.watermark)
+        low = self._run(
+            src,
+            f"SELECT (max({w}) - {delta})::text AS m FROM ({source_query(src)}) AS s "
+            f"WHERE {w} <= {_literal(since)}",
+        )
+        return low["m"][0].as_py()
 
     def _ranges(
         self, src: SourceConfig, spec: dict, whole: IngestPart, partition_rows: int
@@ -273,8 +294,9 @@ class SqlReader(SourceReader):
         return h.hexdigest()
 
     def merged_digest(self, src: SourceConfig, part_digests: list[str]) -> str:
-        """The partitions' digests (their rows' counts) and the source's change digest."""
-        joined = "\n".join([self.change_digest(src), *part_digests])
+        """The partitions' digests (what each read: its ranges and rows' count) and what the
+        source is (the database, the table or query), without asking the database again."""
+        joined = "\n".join([redact_rows(src), *part_digests])
         return hashlib.sha256(joined.encode()).hexdigest()
 
     def write_bound(self, src: SourceConfig, plan: Any) -> int:

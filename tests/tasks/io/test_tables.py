@@ -15,7 +15,7 @@ from ae_models.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io import tables as tabular
-from tasks.io.readers import csv as csv_reader
+from tasks.io.readers import lines_base as csv_reader
 from tasks.normalize import normalize_dataset
 from tasks.validate import validate_config
 
@@ -59,7 +59,9 @@ def test_bad_csv_rows_go_to_quarantine(tmp_path, tmp_stores) -> None:
     assert reasons["row 1"] == "column 'x' has non-numeric value 'abc'"
     assert reasons["row 2"] == "column 'x' has a non-finite value 'inf'"
     assert reasons["row 3"] == "timestamp 'yesterday-ish' cannot be parsed"
-    assert reasons["row 4"] == "duplicate entity id 'a' at 2024-01-01T00:00:00+00:00"
+    assert reasons["entity id 'a' at 2024-01-01T00:00:00+00:00"] == (
+        "duplicate entity id 'a' at 2024-01-01T00:00:00+00:00"
+    )
     assert reasons["row 6"] == "column 'flag' has non-boolean value 'maybe'"
     # what `aepipe run` and `aepipe score` print of them: the commonest kinds, the file
     note = ingested.quarantine_note()
@@ -249,20 +251,56 @@ def test_a_quoted_line_break_in_the_header_is_refused_not_a_phantom_row(tmp_path
         validate_config(config(path))
 
 
-def test_seen_keys_answer_as_a_set_of_the_keys_would() -> None:
-    """The duplicate check's key store (two hashes a key, sorted runs merged as they grow)
-    answers membership exactly as a set of the texts, across many batches; two keys whose
-    first hashes agree are told apart by the second."""
+def test_the_key_ledger_finds_repeats_as_a_set_of_the_keys_would(tmp_path) -> None:
+    """The duplicate check's ledger (two hashes a key, spilled to files by hash) names the
+    rows whose key an earlier row has, exactly as a set of the texts does, across many
+    batches and spills; (id, time) pairs are keys of their own."""
+    from tasks.io.keys import KeyLedger, key_hashes, repeated
+
     rng = np.random.default_rng(0)
-    seen, truth = tabular.SeenKeys(), set()
-    for _ in range(40):
-        keys = pd.Series([f"k{v}" for v in rng.integers(0, 5000, 300)], dtype="string")
-        hashes = tabular.SeenKeys.hash(keys)
-        assert seen.holds(hashes).tolist() == [k in truth for k in keys]
-        fresh = ~keys.duplicated().to_numpy() & ~seen.holds(hashes)
-        seen.add(hashes[fresh])
-        truth |= set(keys[fresh])
-    assert len(seen) == len(truth) and len(seen.runs) <= 12
-    twin = np.array([[7, 1]], dtype=np.uint64)
-    seen.add(twin)
-    assert seen.holds(np.array([[7, 1], [7, 2]], dtype=np.uint64)).tolist() == [True, False]
+    seen: set[str] = set()
+    expected = []
+    with KeyLedger(tmp_path, buckets=8, buffer_rows=500) as ledger:
+        for batch in range(40):
+            keys = pd.Series([f"k{v}" for v in rng.integers(0, 5000, 300)], dtype="string")
+            hashes = key_hashes(pa.array(keys))
+            assert (repeated(hashes) == keys.duplicated().to_numpy()).all()
+            for i, k in enumerate(keys):
+                if k in seen:
+                    expected.append(batch * 300 + i)
+                seen.add(k)
+            ledger.add(hashes)
+        assert len(list(ledger.folder.iterdir())) == 8  # spilled, one file a bucket
+        assert ledger.repeats().tolist() == expected
+    assert not ledger.folder.exists()
+    ids = pa.array(["a", "a", "b", "a"])  # versions: (id, time) pairs
+    ts = pa.array([0, 86_400_000_000, 0, 0], pa.timestamp("us", tz="UTC"))
+    paired = key_hashes(ids, ts)
+    assert repeated(paired).tolist() == [False, False, False, True]
+
+
+def test_duplicates_found_from_key_files_or_from_the_parts_agree(tmp_path) -> None:
+    """The merge reads the key hashes a partition's ingest wrote beside it, or, where that
+    file is not on this machine (a Dask worker elsewhere wrote the part), hashes the part's
+    ids again: the same rows are found either way."""
+    from tasks.io.keys import KeyFile
+    from tasks.io.parts import cross_part_duplicates
+
+    parts = []
+    for index, ids in enumerate([["a", "b", "c", "a"], ["d", "b", "e"]]):
+        path = tmp_path / f"part-{index}.parquet"
+        ts = pa.array([0] * len(ids), pa.timestamp("us", tz="UTC"))
+        pq.write_table(pa.table({"entity_id": ids, "event_timestamp": ts}), path)
+        with KeyFile(tmp_path / f"part-{index}.keys") as keys:
+            keys.add(pa.chunked_array([ids]), None)
+        parts.append((index, str(path), str(tmp_path / f"part-{index}.keys")))
+    from_files = cross_part_duplicates(parts, False, tmp_path)
+    rehashed = cross_part_duplicates([(i, p, None) for i, p, _ in parts], False, tmp_path)
+    assert {k: v.tolist() for k, v in from_files[0].items()} == {
+        0: [False, False, False, True],
+        1: [False, True, False],
+    }
+    assert {k: v.tolist() for k, v in rehashed[0].items()} == {
+        k: v.tolist() for k, v in from_files[0].items()
+    }
+    assert from_files[1] == rehashed[1] == ["duplicate entity id 'a'", "duplicate entity id 'b'"]
