@@ -92,6 +92,9 @@ class KeyLedger:
 
     def repeats(self) -> np.ndarray:
         """The rows (sorted) whose key an earlier row has."""
+        if self._held == self.rows:  # never spilled: all of it is here, and little
+            held = np.concatenate(self._waiting) if self._waiting else np.zeros((0, 3), np.uint64)
+            return np.sort(_repeats(held)).astype(np.int64)
         self._spill()
         found = []
         for k in range(self.buckets):

@@ -34,9 +34,9 @@ def cross_part_duplicates(
             pf = pq.ParquetFile(path)
             sizes.append(pf.metadata.num_rows)
             if keys and os.path.exists(keys) and os.path.getsize(keys) == 16 * sizes[-1]:
-                held = np.memmap(keys, np.uint64, "r").reshape(-1, 2)
-                for start in range(0, len(held), 1 << 18):
-                    ledger.add(np.asarray(held[start : start + (1 << 18)]))
+                with open(keys, "rb") as fh:  # read, not mapped: mapped pages count as RSS
+                    while block := fh.read(16 << 18):
+                        ledger.add(np.frombuffer(block, np.uint64).reshape(-1, 2))
                 continue
             for batch in pf.iter_batches(batch_size=1 << 18, columns=columns):
                 ts = batch.column(EVENT_TIMESTAMP) if versioned else None
