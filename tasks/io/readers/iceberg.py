@@ -154,18 +154,22 @@ class IcebergReader(SourceReader):
     ) -> ReadPlan:
         """The current snapshot, pinned (a commit meanwhile is the next run's); with
         ``since``, the rows appended after that snapshot, when it is still an ancestor of
-        the current one and only appends came after it."""
+        the current one and only appends came after it. With an entity id, the data files
+        are grouped into partitions of about ``partition_rows`` rows (their record counts)
+        for the task runner."""
         tbl = self.table(src)
         now = tbl.current_snapshot()
         if now is None:
             return ReadPlan([IngestPart(0, [SNAPSHOT_PART])])
         if since is None:
-            return ReadPlan(
-                [IngestPart(0, [f"{SNAPSHOT_PART}{now.snapshot_id}"])], marker=str(now.snapshot_id)
-            )
-        _check_appended(tbl, int(since), now.snapshot_id, src.path)
-        part = IngestPart(0, [f"{APPENDED_PART}{since}:{now.snapshot_id}"])
-        return ReadPlan([part], marker=str(now.snapshot_id))
+            what = f"{SNAPSHOT_PART}{now.snapshot_id}"
+        else:
+            _check_appended(tbl, int(since), now.snapshot_id, src.path)
+            what = f"{APPENDED_PART}{since}:{now.snapshot_id}"
+        parts = [IngestPart(0, [what])]
+        if src.entity_id:  # (default ids are row numbers: one partition keeps them)
+            parts = _file_groups(what, _scan(tbl, what, ()).plan_files(), partition_rows)
+        return ReadPlan(parts, marker=str(now.snapshot_id))
 
     def items(
         self,
@@ -177,23 +181,22 @@ class IcebergReader(SourceReader):
         """The ``needed`` columns of the partition's snapshot, or of the rows appended
         between its two snapshots, batch by batch (the current snapshot's first 65,536 rows
         when ``sample``)."""
+        from pyiceberg.io.pyarrow import ArrowScan
+
         tbl = self.table(src)
-        fields = tuple(needed)
         what = part.files[0] if part is not None and part.files else SNAPSHOT_PART
-        if sample or what == SNAPSHOT_PART:
-            scan = tbl.scan(selected_fields=fields, limit=65536 if sample else None)
-        elif what.startswith(APPENDED_PART):
-            since, upto = (int(v) for v in what.removeprefix(APPENDED_PART).split(":"))
-            scan = tbl.incremental_append_scan(
-                from_snapshot_id_exclusive=since,
-                to_snapshot_id_inclusive=upto,
-                selected_fields=fields,
-            )
-        else:
-            scan = tbl.scan(
-                selected_fields=fields, snapshot_id=int(what.removeprefix(SNAPSHOT_PART))
-            )
-        yield from scan.to_arrow_batch_reader()
+        if sample:
+            what = SNAPSHOT_PART
+        scan = _scan(tbl, what, tuple(needed), 65536 if sample else None)
+        if part is None or len(part.files) < 2 or sample:
+            yield from scan.to_arrow_batch_reader()
+            return
+        wanted = set(part.files[1:])  # this partition's data files
+        tasks = [t for t in scan.plan_files() if t.file.file_path in wanted]
+        arrow = ArrowScan(
+            scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive
+        )
+        yield from arrow.to_record_batches(tasks)
 
     def files(self, src: SourceConfig) -> list[str]:
         """None of its own: the catalog names them."""
@@ -219,6 +222,36 @@ class IcebergReader(SourceReader):
         snapshot = self.table(src).current_snapshot()
         summary = snapshot.summary if snapshot is not None else None
         return 2 * int((summary.get("total-files-size") if summary else None) or 0)
+
+
+def _scan(tbl: Any, what: str, fields: tuple[str, ...], limit: int | None = None) -> Any:
+    """The scan a partition names: the current snapshot (``SNAPSHOT_PART`` alone), a pinned
+    one, or the rows appended between two snapshots."""
+    if what.startswith(APPENDED_PART):
+        since, upto = (int(v) for v in what.removeprefix(APPENDED_PART).split(":"))
+        return tbl.incremental_append_scan(
+            from_snapshot_id_exclusive=since, to_snapshot_id_inclusive=upto, selected_fields=fields
+        )
+    snapshot = what.removeprefix(SNAPSHOT_PART)
+    if not snapshot:
+        return tbl.scan(selected_fields=fields, limit=limit)
+    return tbl.scan(selected_fields=fields, snapshot_id=int(snapshot), limit=limit)
+
+
+def _file_groups(what: str, tasks: Any, partition_rows: int) -> list[IngestPart]:
+    """The scan's data files in groups of about ``partition_rows`` rows, a partition each
+    (each named by the scan and its files)."""
+    parts: list[IngestPart] = []
+    group: list[str] = []
+    rows = 0
+    for task in tasks:
+        if group and rows + task.file.record_count > partition_rows:
+            parts.append(IngestPart(len(parts), [what, *group]))
+            group, rows = [], 0
+        group.append(task.file.file_path)
+        rows += task.file.record_count
+    parts.append(IngestPart(len(parts), [what, *group]))
+    return parts
 
 
 READER = IcebergReader()

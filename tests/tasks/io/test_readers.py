@@ -269,6 +269,33 @@ def test_an_iceberg_table_is_ingested_and_a_commit_is_seen(iceberg_source, tmp_s
     assert grown.rows == 1002 and grown.path != first.path
 
 
+def test_an_iceberg_table_splits_into_groups_of_its_data_files(iceberg_source, tmp_stores) -> None:
+    """Issue 42: with ids, an Iceberg snapshot (or its appended rows) is read in partitions
+    of whole data files, about partition_rows rows each, for the task runner; together
+    they give the rows one read gives."""
+    import pyarrow as pa
+
+    uri, table = iceberg_source
+    for k in range(3):  # 3 more commits of 400 rows: 4 data files in all
+        more = {
+            "id": [f"q{k}-{i}" for i in range(400)],
+            "age": pa.array([30 + i % 9 for i in range(400)], pa.int64()),
+            "city": ["abc"[i % 3] for i in range(400)],
+        }
+        table.append(pa.table(more, schema=table.schema().as_arrow()))
+    source = {"path": "src.people", "format": "iceberg", "catalog": uri, "entity_id": "id"}
+    cfg = build_config({"source": source, "dataset": "people", "partition_rows": 1000})
+    reader = get_reader("iceberg")
+    plan = reader.plan(cfg.source, cfg.partition_rows)
+    assert sorted(len(p.files) - 1 for p in plan.parts) == [1, 1, 2]  # data files a part
+    split = ingest_source(cfg, tmp_stores)
+    ids = pq.read_table(split.path).column("entity_id").to_pylist()
+    assert split.rows == 2200 and len(set(ids)) == 2200
+    one = build_config({"source": source, "dataset": "people", "partition_rows": 10**6})
+    assert len(reader.plan(one.source, one.partition_rows).parts) == 1
+    assert ingest_source(one, tmp_stores).rows == 2200
+
+
 def test_bad_iceberg_sources_fail_in_one_line(iceberg_source, tmp_path) -> None:
     uri, _ = iceberg_source
 
