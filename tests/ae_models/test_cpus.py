@@ -43,32 +43,40 @@ def test_cgroup_quotas_v2_and_v1(tmp_path) -> None:
     assert _cgroup_quota(tmp_path) is None
 
 
-def test_loops_at_once_split_the_cpus_and_take_them_back(tmp_path) -> None:
-    usable = usable_cpus()
+def test_loops_at_once_split_the_cpus_and_take_them_back(tmp_path, monkeypatch) -> None:
+    """On a machine of 8 usable CPUs with torch at 8 threads, whatever this one has (under
+    xdist torch starts with one thread, and 1 // 2 would be 1 either way): one loop takes
+    8, two take 4 each, and the survivor gets 8 back."""
+    import ae_models.cpus as cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 8)
     before = torch.get_num_threads()
-    with CpuShare(tmp_path) as first:
-        alone = first.threads
-        assert alone == max(1, min(before, usable))
-        entered, leave = threading.Event(), threading.Event()
+    torch.set_num_threads(8)
+    try:
+        with CpuShare(tmp_path) as first:
+            assert first.threads == 8 and torch.get_num_threads() == 8
+            entered, leave = threading.Event(), threading.Event()
 
-        def other() -> None:
-            with CpuShare(tmp_path) as second:
-                assert second.live() == 2
-                entered.set()
-                leave.wait(30)
+            def other() -> None:
+                with CpuShare(tmp_path) as second:
+                    assert second.live() == 2
+                    entered.set()
+                    leave.wait(30)
 
-        thread = threading.Thread(target=other)
-        thread.start()
-        assert entered.wait(30)
-        assert first.live() == 2
-        assert first.rebalance() == max(1, min(before, usable // 2))
-        with CpuShare(tmp_path) as nested:  # inside this loop (validation): no new share
-            assert nested.slot is None and first.live() == 2
-        leave.set()
-        thread.join(30)
-        assert first.live() == 1 and first.rebalance() == alone
-    assert torch.get_num_threads() == before
-    assert list(tmp_path.glob("*.slot")) == []
+            thread = threading.Thread(target=other)
+            thread.start()
+            assert entered.wait(30)
+            assert first.live() == 2
+            assert first.rebalance() == 4 and torch.get_num_threads() == 4
+            with CpuShare(tmp_path) as nested:  # inside this loop (validation): no new share
+                assert nested.slot is None and first.live() == 2
+            leave.set()
+            thread.join(30)
+            assert first.live() == 1 and first.rebalance() == 8
+        assert torch.get_num_threads() == 8  # the threads torch had before the loops
+        assert list(tmp_path.glob("*.slot")) == []
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_killed_holders_share_stops_counting(tmp_path) -> None:

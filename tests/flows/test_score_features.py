@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -238,18 +237,31 @@ def test_without_timestamps_new_rows_are_new_entity_ids(
 
 
 def test_scoring_needs_a_champion_and_fails_without_retrying(
-    prefect_server, home, tmp_path
+    prefect_server, home, tmp_path, monkeypatch
 ) -> None:
+    """A ConfigError is not retried: the store is asked once, not three times (counted, not
+    timed: the 1 s and 5 s retry delays made a wall-clock bound flake-prone)."""
     import mlflow
+    from prefect.context import TaskRunContext
 
+    import tasks.registry
     from stores import resolve_stores
 
+    asked = []  # the attempts of the task that loads the champion
+    real = tasks.registry.registry_client
+
+    def counted(st):
+        if TaskRunContext.get() is not None:
+            asked.append(TaskRunContext.get().task_run.run_count)
+        return real(st)
+
+    monkeypatch.setattr(tasks.registry, "registry_client", counted)
     path = tmp_path / "orders.csv"
     sales(20, 0, 5).to_csv(path, index=False)
-    started = time.monotonic()
     with pytest.raises(ConfigError, match="no MLflow store at"):
         score_features(config(home, path))
-    assert time.monotonic() - started < 5  # a ConfigError is not retried (1 s + 5 s delays)
+    assert asked == [1]
+    monkeypatch.undo()
     st = resolve_stores(home)
     mlflow.MlflowClient(st.tracking_uri, st.tracking_uri).create_registered_model("aepipe-sales")
     with pytest.raises(ConfigError, match="'aepipe-sales' has no champion to score with"):
