@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,60 @@ LONGEST_FIRST = [
     "tests/flows/test_scale_out.py",
     "tests/reliability/test_faults.py",
 ]
+
+
+STRICT_SKIPS = os.environ.get("CI", "").lower() in ("1", "true", "yes") or (
+    os.environ.get("AEPIPE_STRICT_SKIPS") == "1"
+)
+_SKIPPED: list[tuple[str, str]] = []  # (test id, reason) of every skip this session
+
+
+def allowed_skips(text: str | None = None) -> list[tuple[re.Pattern[str], str]]:
+    """The skips ``docs/development.md`` lists ("Tests that may skip"): a test-id pattern
+    (``*`` any text) and the start of the reason, per listed pattern."""
+    text = text if text is not None else (ROOT / "docs" / "development.md").read_text()
+    heading = "## Tests that may skip"
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0] if heading in text else ""
+    allowed = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[1].startswith("`"):
+            continue
+        reason = cells[1].strip("`")
+        for pattern in re.findall(r"`([^`]+)`", cells[0]):
+            regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+            allowed.append((re.compile(regex + r"\Z"), reason))
+    return allowed
+
+
+def unlisted_skips(
+    skipped: list[tuple[str, str]], allowed: list[tuple[re.Pattern[str], str]]
+) -> list[tuple[str, str]]:
+    """The ``skipped`` (test id, reason) pairs no listed pattern and reason allows."""
+    return [
+        (test, reason)
+        for test, reason in skipped
+        if not any(p.match(test) and reason.startswith(r) for p, r in allowed)
+    ]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember each skip (on the xdist controller, every worker's)."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _SKIPPED.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """On CI, fail a session that skipped a test docs/development.md does not list."""
+    if not STRICT_SKIPS or hasattr(session.config, "workerinput"):
+        return
+    unlisted = unlisted_skips(_SKIPPED, allowed_skips())
+    if unlisted:
+        lines = "\n".join(f"  {test}: {reason}" for test, reason in unlisted)
+        print(f"\nskipped on CI without a line in docs/development.md:\n{lines}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,6 +4,9 @@ size, generated reference docs."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,3 +242,38 @@ def test_the_reliability_summary_counts_the_tables_rows() -> None:
     faults = int(re.search(r"\| Faults survived \| (\d+)", text).group(1))
     bad = int(re.search(r"\| Bad inputs tried \| (\d+)", text).group(1))
     assert (faults, bad) == (rows("Crashes and faults"), rows("Bad inputs"))
+
+
+def _pytest(folder: Path, ci: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": ci, "AEPIPE_STRICT_SKIPS": "", "PYTEST_ADDOPTS": ""}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", str(folder)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_skip_not_listed_in_the_development_notes_fails_ci(tmp_path) -> None:
+    """Issue 45: a test that skips on CI (a tmpfs refused, no pg_trgm) must be loud: with
+    CI=true the session fails unless docs/development.md lists the skip and its reason."""
+    from tests.conftest import allowed_skips, unlisted_skips
+
+    allowed = allowed_skips()
+    assert len(allowed) >= 5
+    listed = ("tests/test_real_data.py::test_mnist", "shared data sets not found at /x")
+    tmpfs = ("tests/reliability/test_disk_full.py::test_x", "cannot mount a 4m tmpfs here: x")
+    assert unlisted_skips([listed, tmpfs], allowed) == [tmpfs]
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n"
+        "def test_listed():\n    pytest.skip('shared data sets not found at /nowhere')\n"
+        "def test_unlisted():\n    pytest.skip('cannot mount a 4m tmpfs here: refused')\n"
+    )
+    strict = _pytest(tmp_path, "true")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "test_skips.py::test_unlisted: cannot mount a 4m tmpfs" in strict.stderr
+    assert "test_listed" not in strict.stderr
+    assert _pytest(tmp_path, "").returncode == 0

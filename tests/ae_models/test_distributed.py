@@ -196,9 +196,7 @@ def test_a_failing_callback_stops_the_ranks(digits_file, tmp_path) -> None:
         rank_pid(0)  # no training process is left
 
 
-def test_cuda_where_there_is_none_fails_before_any_process_starts(
-    digits_file, monkeypatch
-) -> None:
+def test_cuda_where_there_is_none_fails_before_any_process_starts(digits_file, monkeypatch) -> None:
     """Counted, not timed: no rank is launched (a wall-clock bound flakes on a busy machine)."""
     import ae_models.distributed as distributed
 

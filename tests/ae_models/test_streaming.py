@@ -258,8 +258,27 @@ def test_blocks_are_decoded_once_then_read_from_an_unseen_spill_file(table, monk
 
 
 def test_without_room_on_disk_every_epoch_decodes(table, monkeypatch) -> None:
+    """No spill where the disk has no room: each epoch decodes every block again (counted,
+    the same rows each time), and no spill file is made."""
     path, _, _ = table
     full = SimpleNamespace(free=1 << 20)  # 1 MB free beside the source
     monkeypatch.setattr(streaming.shutil, "disk_usage", lambda folder: full)
-    rows = _source(path).open(streaming=True, seed=0)
-    assert isinstance(rows.reader, streaming.ParquetReader)
+    made: list = []
+    real_file = streaming.tempfile.TemporaryFile
+    monkeypatch.setattr(
+        streaming.tempfile, "TemporaryFile", lambda *a, **k: made.append(1) or real_file(*a, **k)
+    )
+    rows = _source(path).open(streaming=True, seed=0, shuffle_rows=1)
+    decoded: list = []
+    read = streaming.ParquetReader.read
+    monkeypatch.setattr(
+        streaming.ParquetReader,
+        "read",
+        lambda self, b, pf=None: decoded.append(b) or read(self, b, pf),
+    )
+    first = np.concatenate(list(rows.epoch_batches(1, 100, None)))
+    assert len(decoded) == len(rows.blocks)
+    second = np.concatenate(list(rows.epoch_batches(2, 100, None)))
+    assert len(decoded) == 2 * len(rows.blocks)  # the second epoch decoded every block again
+    np.testing.assert_array_equal(first[np.argsort(first[:, 0])], second[np.argsort(second[:, 0])])
+    assert made == []

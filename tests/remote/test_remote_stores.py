@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import pytest
 from stores import resolve_stores
 from tests.feature_store.test_store import make_batch
 from tests.services import create_database, free_port, postgres, start_moto, stop
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 BUCKET = "aepipe-features"
@@ -402,6 +406,34 @@ def test_runs_on_two_machines_take_turns_in_the_catalog_database(
     with store_lock(two, "scoring-m"), store_lock(one, "registry-m"):
         pass  # other names do not wait for each other
     assert not (tmp_path / "one").exists() and not (tmp_path / "two").exists()
+
+    # a run killed while it holds the lock (kill -9: no finally runs) lets go with its
+    # connection, and the other machine's run goes on
+    code = (
+        "import sys, time; from stores import resolve_stores; from stores.locks import store_lock\n"
+        f"with store_lock(resolve_stores({str(tmp_path / 'three')!r}), 'registry-m'):\n"
+        "    print('held', flush=True); time.sleep(300)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        got = threading.Event()
+
+        def waiter() -> None:
+            with store_lock(two, "registry-m"):
+                got.set()
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        assert not got.wait(2.0)  # its holder lives: the lock is held
+        os.kill(holder.pid, signal.SIGKILL)
+        assert got.wait(60)  # its holder died: the lock went with its connection
+        thread.join(60)
+    finally:
+        holder.kill()
+        holder.wait()
 
     monkeypatch.delenv("AEPIPE_CATALOG")  # local catalogs: a lock file per home
     local_one, local_two = resolve_stores(tmp_path / "one"), resolve_stores(tmp_path / "two")
