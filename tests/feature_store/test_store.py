@@ -461,6 +461,55 @@ def test_a_commit_waits_for_a_locked_catalog_and_lands_once(tmp_stores) -> None:
     assert len(load_table("t", tmp_stores).snapshots()) == 1
 
 
+def _broken_connection() -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+
+def test_a_commit_that_landed_before_its_connection_broke_is_not_made_twice(
+    tmp_stores, monkeypatch
+) -> None:
+    """The catalog takes the commit, then the connection breaks before the answer comes
+    back: the retry finds the snapshot by its commit id and stops (a second commit would
+    make a second snapshot)."""
+    staged = _staged(tmp_stores)
+    real, calls = store._commit_once, []
+
+    def lands_then_breaks(*args) -> None:
+        calls.append(1)
+        real(*args)
+        if len(calls) == 1:
+            raise _broken_connection()
+
+    monkeypatch.setattr(store, "_commit_once", lands_then_breaks)
+    rows = commit_features([staged], model_name="m", model_version=1, stores=tmp_stores)
+    assert rows == 100 and calls == [1]
+    assert len(load_table("t", tmp_stores).snapshots()) == 1
+    assert len(read_features("t", 1, home=tmp_stores)) == 100
+
+
+def test_a_catalog_that_never_answers_again_keeps_the_files(tmp_stores, monkeypatch) -> None:
+    """The connection breaks and the catalog stays gone past the wait: the commit may have
+    landed, so it says so in one line (CommitStateUnknown) and keeps the staged data files
+    (deleting them could break a landed snapshot)."""
+    monkeypatch.setattr(store, "CATALOG_WAIT_S", 0.5)
+    staged = _staged(tmp_stores)
+    files = data_files(tmp_stores)
+    assert files
+
+    def gone(*args) -> None:
+        raise _broken_connection()
+
+    monkeypatch.setattr(store, "_commit_once", gone)
+    with pytest.raises(store.CommitStateUnknown) as err:
+        commit_features([staged], model_name="m", model_version=1, stores=tmp_stores)
+    message = str(err.value)
+    assert "did not answer for 0 s" in message and "may have landed" in message
+    assert "server closed the connection" in message and "\n" not in message
+    assert data_files(tmp_stores) == files  # kept
+
+
 def test_a_catalog_locked_past_the_wait_is_one_line_and_keeps_nothing(
     tmp_stores, monkeypatch
 ) -> None:
