@@ -37,12 +37,19 @@ def run_worker(script: Path, *args: str, env: dict[str, str] | None = None) -> d
 
 
 def target(
-    name: str, measured: float, goal: float, higher_is_better: bool = True, fmt: str = "{:.3g}"
+    name: str,
+    measured: float,
+    goal: float,
+    higher_is_better: bool = True,
+    fmt: str = "{:.3g}",
+    bound: str = "",
 ) -> str:
-    """One ``TARGET <name> measured=<x> goal=<y> met|not met`` line."""
+    """One ``TARGET <name> measured=<x> goal=<y> met|not met`` line; ``bound`` (``<=`` or
+    ``>=``) when the figure is only a bound (a peer stopped at its time cap), printed as
+    ``measured<=<x>``."""
     ok = measured >= goal if higher_is_better else measured <= goal
     return (
-        f"TARGET {name} measured={fmt.format(measured)} goal={fmt.format(goal)} "
+        f"TARGET {name} measured{bound or '='}{fmt.format(measured)} goal={fmt.format(goal)} "
         f"{'met' if ok else 'not met'}"
     )
 

@@ -286,7 +286,9 @@ def _ingest_table_part(
         )
     keys = path.with_suffix(".keys") if src.entity_id else None
     try:  # the file encodes a chunk, and the statistics and keys take it in, while the next parses
-        with ParquetSink(path) as sink, Background() as stats, KeyFile(keys) as key_file:
+        # (a source whose text the workers parse keeps every core busy: no thread more)
+        overlap = not info.reader.text_values
+        with ParquetSink(path) as sink, Background(overlap) as stats, KeyFile(keys) as key_file:
             for chunk in reader.chunks():
                 quarantine.extend(chunk.quarantine)
                 t = chunk.table

@@ -217,7 +217,11 @@ def with_features(roles: dict[str, pa.Array], names: list[str], columns: np.ndar
 
 class Background:
     """Calls run one after another on a thread of their own, at most two waiting: work on a
-    chunk (the normalizer's statistics) overlaps the reading of the next."""
+    chunk (the normalizer's statistics) overlaps the reading of the next. Not ``enabled``:
+    each call runs at once on the caller's thread (where every core already parses)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
 
     def __enter__(self) -> Background:
         from concurrent.futures import ThreadPoolExecutor
@@ -228,6 +232,9 @@ class Background:
 
     def run(self, fn, *args) -> None:
         """Queue ``fn(*args)``; raises the error an earlier call met."""
+        if not self.enabled:
+            fn(*args)
+            return
         self._pending.append(self._pool.submit(fn, *args))
         while len(self._pending) > 2:
             self._pending.pop(0).result()
