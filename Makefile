@@ -17,7 +17,7 @@ VENV313 ?= .venv-py313
 SMOKE := tests/ae_models/test_estimator.py \
 	tests/flows/test_score_features.py::test_without_timestamps_new_rows_are_new_entity_ids
 
-.PHONY: setup demo test test-py313 lint format lock clean
+.PHONY: setup demo test test-fast test-py313 lint format lock clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test: setup
 
 # The pinned set on Python 3.13 in a second venv, and the smoke subset (CI runs it after
 # `make test`; aepipe supports 3.11 to 3.13).
+# The edit-run loop: the suite without its slow end-to-end and fault tests (`-m "not slow"`);
+# `make test` (what CI runs) runs them all.
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+
 test-py313:
 	@test -n "$(PYTHON313)" || { echo "python3.13 not found: set PYTHON313=/path/to/python3.13"; exit 2; }
 	@test -x $(VENV313)/bin/python || $(PYTHON313) -m venv $(VENV313)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # trains on Adult: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def adult_run(request, tmp_path_factory, aepipe_cli) -> dict:

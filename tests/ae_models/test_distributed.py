@@ -109,6 +109,7 @@ class _KillRank:
             os.kill(rank_pid(self.rank), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_two_processes_train_survive_a_killed_rank_and_match_one_process(
     digits_file, tmp_path
 ) -> None:
@@ -159,6 +160,7 @@ def test_a_rank_that_fails_is_named_with_its_error(digits_file, tmp_path) -> Non
         train_ddp(model, train, val, _config(epochs=30), [_Rewrite()], streaming=True)
 
 
+@pytest.mark.slow
 def test_a_rank_that_stops_answering_times_out_instead_of_hanging(digits_file, tmp_path) -> None:
     """SIGSTOP one process (a machine that froze): the other gives up on its all-reduce after
     ``collective_timeout`` seconds and the run ends, naming a process, instead of waiting

@@ -69,6 +69,7 @@ def _checkpoint_epoch(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_resumes_to_the_same_result(tmp_path) -> None:
     """SIGKILL after a few epochs; the next run resumes from the last checkpoint and ends
     with the metrics of a run never interrupted (tolerance 1e-6; on the CPU they are equal)."""
@@ -243,6 +244,7 @@ def test_a_memory_error_is_never_retried(prefect_server) -> None:
     assert calls == {"MemoryError": 1, "OSError": 3}
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_within_the_grace(tmp_path) -> None:
     """Issue 47.4: a run sent SIGTERM in training marked its task crashed and went on
     training in its worker thread: the process outlived the signal by minutes. Now the
