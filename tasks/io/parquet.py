@@ -226,7 +226,9 @@ class Background:
     def __enter__(self) -> Background:
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aepipe-stats")
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="aepipe-stats") if self.enabled else None
+        )
         self._pending: list = []
         return self
 
@@ -247,4 +249,5 @@ class Background:
     def __exit__(self, *exc: object) -> None:
         for future in self._pending:
             future.cancel()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

@@ -61,7 +61,15 @@ def _duplicate_reasons(path: str, rows: np.ndarray, versioned: bool) -> list[str
     from tasks.io.tables import duplicate_reason
 
     columns = [ENTITY_KEY, EVENT_TIMESTAMP] if versioned else [ENTITY_KEY]
-    picked = pq.read_table(path, columns=columns).take(pa.array(rows)).to_pandas()
+    pf = pq.ParquetFile(path)
+    taken, start = [], 0  # (only the row groups that hold some: the file may be large)
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        here = rows[(rows >= start) & (rows < start + n)] - start
+        if len(here):
+            taken.append(pf.read_row_group(g, columns=columns).take(pa.array(here)))
+        start += n
+    picked = pa.concat_tables(taken).to_pandas()
     ids = picked[ENTITY_KEY].astype("string")
     ts = picked[EVENT_TIMESTAMP] if versioned else None
     return [duplicate_reason(ids.iloc[i], ts, i) for i in range(len(picked))]

@@ -152,13 +152,12 @@ class _Rejects:
 @dataclass
 class _Block:
     """One batch checked and typed on a worker thread, before its rows are numbered: the
-    typed columns (see :class:`Chunk`, ids aside), the given entity ids and event times (for
-    the duplicate check, which needs the rows before it), rows rejected so far, ragged rows."""
+    typed columns (see :class:`Chunk`, ids aside), the given entity ids as text, rows
+    rejected so far, ragged rows."""
 
     n: int
     columns: dict[str, pa.Array]
-    ids: pd.Series | None
-    ts: pd.Series | None
+    ids: pa.Array | None
     rejects: _Rejects
     ragged: list[tuple[str, str]]
     skipped: Skipped | FileStart | None = None  # a row set aside unread, or a file's start
@@ -259,7 +258,7 @@ class TableReader:
     def _typed(self, item: Any) -> _Block:
         """Parse (CSV), clean, check and type one batch: runs on a worker thread."""
         if isinstance(item, (Skipped, FileStart)):
-            return _Block(0, {}, None, None, _Rejects(0), [], item)
+            return _Block(0, {}, None, _Rejects(0), [], item)
         src = self.src
         cols, parsed = self._cleaned(item)
         n = parsed.table.num_rows
@@ -287,9 +286,7 @@ class TableReader:
             out["__label"] = label.cast(pa.string()) if self.reader.text_values else label
         for col in self.features:
             out[col] = self._typed_column(col, cols[col], flag)
-        ids = ts = None
-        if src.entity_id:
-            ids = cols[src.entity_id].cast(pa.string()).to_pandas().astype("string")
+        ids = cols[src.entity_id].cast(pa.string()) if src.entity_id else None
         if src.timestamp:
             raw_ts = cols[src.timestamp].to_pandas()
             ts = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
@@ -298,7 +295,7 @@ class TableReader:
                 lambda i, t=raw_ts: f"timestamp {t.iloc[i]!r} cannot be parsed",
             )
             out["__ts"] = utc_timestamps(ts)
-        return _Block(n, out, ids, ts, rejects, parsed.ragged)
+        return _Block(n, out, ids, rejects, parsed.ragged)
 
     def _typed_column(self, col: str, arr: pa.Array, flag: Callable) -> pa.Array:
         """One feature column as its kind's type (float64, boolean or text); values that do
@@ -366,11 +363,10 @@ class TableReader:
             self.rows_in += n
             rejects = block.rejects
             if block.ids is not None:  # row numbers are unique by construction; ids may not be
-                ids = block.ids
-                id_missing = ids.isna().to_numpy()
+                id_array = block.ids
+                id_missing = id_array.is_null().to_numpy(zero_copy_only=False)
                 rejects.add(id_missing, lambda i: "missing entity id")
                 # (a key repeated anywhere in the ingest is found when the parts are merged)
-                id_array = pa.array(ids, pa.string(), from_pandas=True)
             else:
                 id_array = pc.cast(pa.array(positions), pa.string())
             table = pa.table({"__id": id_array, **block.columns})

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from tasks.config import ConfigError
-from tasks.io.readers.base import IngestPart, Parsed, Skipped, file_stats, open_bytes
+from tasks.io.readers.base import IngestPart, Parsed, file_stats, open_bytes
 from tasks.io.readers.lines_base import LineFilesReader, check_first_line
 
 if TYPE_CHECKING:
@@ -157,11 +157,12 @@ class CsvReader(LineFilesReader):
         if len(files) < 2 or not src.header:
             return []
         first = self.first_file(src)
-        expected = _header(src, first, False)
+        delimiter = delimiter_of(src, first)  # the first file's: the one its blocks parse with
+        expected = _header(src, first, False, delimiter)
         for path in files:
             if path == first:
                 continue
-            got = _header(src, path, False)
+            got = _header(src, path, False, delimiter)
             if got != expected:
                 missing = [c for c in expected if c not in got]
                 extra = [c for c in got if c not in expected]
@@ -176,9 +177,13 @@ class CsvReader(LineFilesReader):
                 )
         return []
 
-    def piece(self, src: SourceConfig, path: str, block: bytes | Skipped) -> Any:
-        """A block with the delimiter (looked up once a file, not once a block)."""
-        return block if isinstance(block, Skipped) else (block, delimiter_of(src, path))
+    def context(self, src: SourceConfig) -> str:
+        """The delimiter, the first file's for every file (looked up once a read)."""
+        return delimiter_of(src, self.first_file(src))
+
+    def piece(self, block: bytes, context: Any) -> tuple[bytes, str]:
+        """A block with the delimiter."""
+        return block, context
 
     def parse(self, item: Any, columns: list[str], src: SourceConfig) -> Parsed:
         """A block's lines as text columns (:func:`_parse_block`)."""
@@ -186,14 +191,14 @@ class CsvReader(LineFilesReader):
         return _parse_block(block, columns, delimiter, src.quote_char)
 
 
-def _header(src: SourceConfig, path: str, say: bool) -> list[str]:
-    """The header names of the CSV file ``path`` (``col_0``, ... without a header), with
-    the delimiter sniffed in it said in the run's log when ``say``."""
+def _header(src: SourceConfig, path: str, say: bool, delimiter: str | None = None) -> list[str]:
+    """The header names of the CSV file ``path`` (``col_0``, ... without a header), split
+    at ``delimiter`` (else the one of ``path``: said in the run's log when ``say``)."""
     import pandas as pd
 
     try:
         check_first_line(path, src.header)
-        delimiter = delimiter_of(src, path)
+        delimiter = delimiter or delimiter_of(src, path)
         if say and src.delimiter == "auto":
             _say_delimiter(src, path, delimiter)
         with open_bytes(path) as fh:

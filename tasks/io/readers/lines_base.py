@@ -158,7 +158,9 @@ def line_numbers(path: str, texts: list[str], encoding: str, start: int = 0) -> 
                 number += data.count(b"\n")
                 left -= len(data)
     wanted = 0
-    raw = open_bytes(path) if not start else _open_range(path, (start, start))[0]
+    raw = open_bytes(path) if not start else open_seekable(path)
+    if start:
+        raw.seek(start)  # (a range of an uncompressed file: gzip files are read whole)
     with raw, io.TextIOWrapper(raw, encoding, errors="replace", newline="") as f:
         starts = True  # the next piece starts a line
         while wanted < len(texts) and (piece := f.readline(MAX_LINE_BYTES)):
@@ -315,18 +317,23 @@ class LineFilesReader(FileSetReader):
             len(files) > 1
             or (part is not None and (part.ranges is not None or files != [src.path]))
         )
+        context = None if not files else self.context(src)
         for path, span in zip(files, spans, strict=True):
             where = ""
             if several:
                 where = Path(path).name + (f" bytes {span[0]}-{span[1]}" if span else "")
                 yield FileStart(path, span[0] if span else 0, where)
             for block in line_blocks(path, self.header(src), src.encoding, sample, span, where):
-                yield self.piece(src, path, block)
+                yield block if isinstance(block, Skipped) else self.piece(block, context)
             if sample:
                 return
 
-    def piece(self, src: SourceConfig, path: str, block: bytes | Skipped) -> Any:
-        """What :meth:`parse` takes of a block of ``path`` (the block, by default)."""
+    def context(self, src: SourceConfig) -> Any:
+        """What every block's parse needs of the source, looked up once a read (None)."""
+        return None
+
+    def piece(self, block: bytes, context: Any) -> Any:
+        """What :meth:`parse` takes of a block (the block, by default)."""
         return block
 
     def locate(self, src: SourceConfig, path: str, start: int, texts: list[str]) -> list:
