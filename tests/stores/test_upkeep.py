@@ -104,6 +104,10 @@ def check_remote_upkeep(writer: Stores, empty: Stores) -> None:
     that holds nothing (``empty``) expires what only the object store holds. The store's
     own times are its upload times (now), so only what is older than 0 s is old here."""
     paths = plant(writer)
+    # the newest ingest uploaded last, as the run that wrote it would: uploads in one go can
+    # straddle a second, and the store's whole-second times then made the leased ingest the
+    # newest by upload (under load, the test failed once that way)
+    data_store.publish(writer, paths["newest ingest"] / "raw.parquet")
     pruned = prune_ingests(
         empty, "sales", empty.data_dir / "sales" / NEW_INGEST / "raw.parquet", orphan_age_hours=24
     )
