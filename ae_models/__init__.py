@@ -19,7 +19,6 @@ _EXPORTS = {
     "DeepAutoencoder": "ae_models.deep",
     "DeepConfig": "ae_models.deep",
     "AutoencoderReducer": "ae_models.estimator",
-    "check_array": "ae_models.estimator",
     "create_model": "ae_models.registry",
     "get_model_class": "ae_models.registry",
     "list_models": "ae_models.registry",

@@ -9,7 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ae_models.base import Autoencoder
 from ae_models.callbacks import ProgressBar
@@ -50,111 +51,40 @@ _PARAMS = (
 )
 
 
-def check_array(x: Any, what: str = "X", n_features: int | None = None) -> np.ndarray:
-    """``x`` as a 2-D float32 array; a ValueError names the problem (shape, width, NaN/inf),
-    in scikit-learn's words where its checks expect them."""
-    from scipy.sparse import issparse
-
-    if issparse(x):
-        raise TypeError(
-            f"{what} is a sparse matrix; sparse input is not supported (an autoencoder's "
-            f"layers are dense): pass {what}.toarray()"
-        )
+def _located(err: ValueError, x: Any, what: str) -> ValueError:
+    """scikit-learn's NaN/infinity error for ``x`` with where the first such value is."""
     try:
-        raw = np.asarray(x)
-        if np.iscomplexobj(raw):
-            raise ValueError(f"Complex data not supported: {what} holds complex numbers")
-        arr = raw.astype(np.float32, copy=False)
-    except TypeError as err:
-        raise TypeError(f"{what} must be numeric: {err}") from None
-    except ValueError as err:
-        if str(err).startswith("Complex"):
-            raise
-        raise ValueError(f"{what} must be numeric: {err}") from None
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{what} must be 2-D (rows x features), got an array of shape {arr.shape}. "
-            "Reshape your data: x.reshape(1, -1) for a single row"
-        )
-    if arr.shape[0] == 0:
-        raise ValueError(f"{what} has no rows")
-    if arr.shape[1] == 0:
-        raise ValueError(
-            f"{what} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required."
-        )
-    if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(
-            f"{what} has {arr.shape[1]} features, but AutoencoderReducer is expecting "
-            f"{n_features} features as input."
-        )
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        return err
     bad = ~np.isfinite(arr)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{what} holds {int(bad.sum())} NaN or infinite values (first at row {row}, "
-            f"column {col})"
-        )
-    return arr
-
-
-def feature_names(x: Any) -> np.ndarray | None:
-    """The column names of a DataFrame (pandas, polars, anything with string ``columns``), as
-    an object array; None for arrays and for frames with non-string column names."""
-    columns = getattr(x, "columns", None)
-    if columns is None or isinstance(x, np.ndarray):
-        return None
-    names = list(columns)
-    if not names or not all(isinstance(n, str) for n in names):
-        return None
-    return np.asarray(names, dtype=object)
-
-
-def check_feature_names(fitted: np.ndarray | None, x: Any) -> None:
-    """Refuse a frame whose columns differ from (or are in another order than) those seen in
-    ``fit``; warn when only one side has names, as scikit-learn does. Codes of columns in
-    another order would be garbage, silently."""
-    import warnings
-
-    names = feature_names(x)
-    if fitted is None and names is None:
-        return
-    if fitted is None:
-        warnings.warn(
-            "X has feature names, but AutoencoderReducer was fitted without feature names",
-            UserWarning,
-            stacklevel=4,
-        )
-        return
-    if names is None:
-        warnings.warn(
-            "X has no feature names, but AutoencoderReducer was fitted with feature names; "
-            "its columns are taken to be in the fitted order",
-            UserWarning,
-            stacklevel=4,
-        )
-        return
-    if list(names) == list(fitted):
-        return
-    missing = [n for n in fitted if n not in set(names)]
-    extra = [n for n in names if n not in set(fitted)]
-    if not missing and not extra:
-        moved = next(i for i, (a, b) in enumerate(zip(names, fitted, strict=True)) if a != b)
-        raise ValueError(
-            f"X's columns are in another order than in fit (position {moved}: "
-            f"{names[moved]!r}, fitted {fitted[moved]!r}); select them in the fitted order: "
-            "X[est.feature_names_in_]"
-        )
-    raise ValueError(
-        "X's columns differ from those seen in fit: "
-        + "; ".join(
-            part
-            for part in (
-                f"missing {missing[:5]}" if missing else "",
-                f"not seen in fit {extra[:5]}" if extra else "",
-            )
-            if part
-        )
+    if arr.ndim != 2 or not bad.any():
+        return err
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    first = str(err).split("\n", 1)[0]
+    return ValueError(
+        f"{first} {what} holds {int(bad.sum())} NaN or infinite values (first at row {row}, "
+        f"column {col})"
     )
+
+
+def validate_input(est: Any, x: Any, *, reset: bool, min_rows: int = 1) -> np.ndarray:
+    """``x`` as a 2-D float32 array through scikit-learn's own checks (``validate_data``:
+    shape, width and feature names against ``fit``, sparse, complex and non-finite values);
+    a non-finite value's error also says where the first one is."""
+    try:
+        return validate_data(
+            est,
+            x,
+            reset=reset,
+            dtype=np.float32,
+            ensure_min_samples=min_rows,
+            ensure_min_features=2 if reset else 1,
+        )
+    except ValueError as err:
+        if "NaN" in str(err) or "infinity" in str(err):
+            raise _located(err, x, "X") from None
+        raise
 
 
 class AutoencoderReducer(TransformerMixin, BaseEstimator):
@@ -275,10 +205,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         )
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                "This AutoencoderReducer instance is not fitted yet; call fit(X) first."
-            )
+        check_is_fitted(self, "model_")
 
     def _check_params(self) -> None:
         get_model_class(self.model)  # names the available models when unknown
@@ -308,14 +235,8 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         large = large_source(X, self._train_config(1), holdout)
         if large is not None:
             return self._fit_large(large)
-        x = check_array(X)
-        if len(x) < 2:
-            raise ValueError(f"X needs at least 2 rows to fit, got {len(x)} sample")
-        if x.shape[1] < 2:
-            raise ValueError(
-                "X has 1 feature(s): an autoencoder's code must be narrower than its input, "
-                "so it needs at least 2"
-            )
+        # at least 2 rows and 2 features: an autoencoder's code is narrower than its input
+        x = validate_input(self, X, reset=True, min_rows=2)
         in_unit = bool(x.min() >= 0.0 and x.max() <= 1.0)
         if self.loss == "bce" and not in_unit:
             raise ValueError(
@@ -340,7 +261,8 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
             callbacks=[ProgressBar()] if self.verbose else [],
             score_on=x,  # every row, in X's order: decision_scores_ line up with X
         )
-        return self._fitted(net, loss, x.shape[1], feature_names(X), fit, fit.fitted.scores)
+        names = getattr(self, "feature_names_in_", None)  # validate_data kept a frame's names
+        return self._fitted(net, loss, x.shape[1], names, fit, fit.fitted.scores)
 
     def _train_config(self, n_val: int) -> TrainConfig:
         """The training settings of these parameters (no early stopping without
@@ -450,8 +372,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         """``X`` checked against what ``fit`` saw: fitted, the same width, the same column
         names in the same order (for frames)."""
         self._check_fitted()
-        check_feature_names(getattr(self, "feature_names_in_", None), X)
-        return check_array(X, n_features=self.n_features_in_)
+        return validate_input(self, X, reset=False)
 
     def transform(self, X: Any) -> np.ndarray:
         """Latent codes of ``X`` (rows x code_size, float32)."""
@@ -463,7 +384,12 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     def inverse_transform(self, Z: Any) -> np.ndarray:
         """Reconstructions decoded from latent codes ``Z``."""
         self._check_fitted()
-        z = check_array(Z, "Z", n_features=self.model_.config.code_size)
+        z = check_array(Z, dtype=np.float32, input_name="Z")
+        if z.shape[1] != self.model_.config.code_size:
+            raise ValueError(
+                f"Z has {z.shape[1]} features, but AutoencoderReducer's codes have "
+                f"{self.model_.config.code_size}"
+            )
         dev = select_device(self.device)
         self.model_.to(dev).eval()
         return self.model_.decode(torch.from_numpy(z).to(dev)).float().cpu().numpy()
