@@ -89,6 +89,11 @@ class QuantileSketch:
             return
         self._push(values)
 
+    @property
+    def held(self) -> int:
+        """How many values the sketch holds now (its memory, in float64 values)."""
+        return int(self._weighted()[0].size)
+
     def _push(self, values: np.ndarray) -> None:
         pending = np.concatenate([self._pending, values])
         full = pending.size // self.k * self.k

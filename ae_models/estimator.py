@@ -24,10 +24,10 @@ from ae_models.serialization import load_model, save_model
 from ae_models.streaming import available_memory, rows_of, source_bytes
 from ae_models.train_config import auto_code_size
 from ae_models.training import TrainConfig, TrainResult, encode_and_score
+from ae_models.vocabulary import latent_columns
 
 ESTIMATOR_FILE = "estimator.json"
 SCORES_FILE = "decision_scores.npy"  # the training scores (predict_proba, predict_confidence)
-CODE_PREFIX = "z_"  # the codes' column names, as in the feature tables (z_0, z_1, ...)
 _PARAMS = (
     "model",
     "code_size",
@@ -200,9 +200,7 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
         """The codes' column names: ``z_0`` ... ``z_<code_size - 1>``, as in the feature
         tables (``set_output(transform="pandas")`` names the columns with them)."""
         self._check_fitted()
-        return np.asarray(
-            [f"{CODE_PREFIX}{i}" for i in range(self.model_.config.code_size)], dtype=object
-        )
+        return np.asarray(latent_columns(self.model_.config.code_size), dtype=object)
 
     def _check_fitted(self) -> None:
         check_is_fitted(self, "model_")

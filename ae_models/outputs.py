@@ -3,9 +3,8 @@
 The feature-table writer (``tasks/write_features.py``) and the served MLflow model
 (``tasks/pyfunc_model.py``) both turn a batch of normalized rows into these columns through
 :func:`score_outputs`, so a row scores, is calibrated and is flagged the same way wherever it
-is written or served. The names are the model's side of the feature table's schema
-(``feature_store/schema.py``, which must not import this package; a test checks that the two
-agree).
+is written or served. The names are aepipe's vocabulary (:mod:`ae_models.vocabulary`), which
+the feature table's schema (``feature_store/schema.py``) declares its columns with.
 """
 
 from __future__ import annotations
@@ -18,20 +17,19 @@ from torch import Tensor
 
 from ae_models.runtime import SCORING_PRECISION
 from ae_models.scoring import Scorer, score_rows
+from ae_models.vocabulary import (
+    ANOMALY_SCORE,
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    IS_ANOMALY,
+    LABEL,
+    RECON_ERROR,
+    RECON_MSE,
+    latent_columns,
+)
 
-ENTITY_ID = "entity_id"  # the id column a served model passes through when it is given one
 # columns a served model accepts beside the features without a warning (ids, times, labels)
-KNOWN_INPUTS = (ENTITY_ID, "event_timestamp", "label")
-LATENT_PREFIX = "z_"
-RECON_ERROR = "recon_error"  # the anomaly score of the model's kind: higher is more unusual
-ANOMALY_SCORE = "anomaly_score"  # recon_error calibrated to [0, 1] by the training scores
-IS_ANOMALY = "is_anomaly"  # recon_error above the model's threshold
-RECON_MSE = "recon_mse"  # the plain reconstruction MSE: comparable across models (serving)
-
-
-def latent_columns(code_size: int) -> list[str]:
-    """Names of the latent code columns: ``z_0`` … ``z_{code_size-1}``."""
-    return [f"{LATENT_PREFIX}{i}" for i in range(code_size)]
+KNOWN_INPUTS = (ENTITY_KEY, EVENT_TIMESTAMP, LABEL)
 
 
 @dataclass(frozen=True)

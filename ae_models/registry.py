@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ae_models.vocabulary import VARIANTS
+
 if TYPE_CHECKING:
     from ae_models.base import Autoencoder
 
@@ -25,21 +27,18 @@ def register_model(name: str) -> Callable[[T], T]:
     return wrap
 
 
-BUILTIN_VARIANTS = ("contractive", "conv", "deep", "denoising", "sparse", "vae")
-
-
 def _load_builtins() -> None:
     """Import the built-in variants (each registers itself); once, on first need."""
     import importlib
 
-    for name in BUILTIN_VARIANTS:
+    for name in VARIANTS:
         importlib.import_module(f"ae_models.{name}")
 
 
 def list_models() -> list[str]:
     """Names of all autoencoder variants, sorted: the built-in ones (known without importing
     PyTorch) and any registered since."""
-    return sorted(set(BUILTIN_VARIANTS) | set(_MODELS))
+    return sorted(set(VARIANTS) | set(_MODELS))
 
 
 def get_model_class(name: str) -> type[Autoencoder]:

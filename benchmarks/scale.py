@@ -85,10 +85,11 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from feature_store import load_table
-    from flows.partitions import _worker_env, run_partitioned
+    from flows.partitions import run_partitioned
     from flows.reduce_features import reduce_features
     from stores import resolve_stores
     from tasks.ingest import ingest_source
+    from tasks.runners import worker_env
     from tasks.score import load_champion, scoring_job
 
     print(machine())
@@ -130,7 +131,7 @@ def main() -> None:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                env=_worker_env(),
+                env=worker_env(),
             ) as cluster:
                 run_cfg = config(
                     home, source, task_runner="dask", dask_address=cluster.scheduler_address

@@ -7,12 +7,13 @@ nothing needs. No MLflow here: aliases come from the table's own
 record or from a ``resolve`` callable the caller hands in.
 """
 
+from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, latent_columns
 from feature_store.catalog import FeatureStoreError, list_tables, load_table, table_identifier
 from feature_store.drift_table import drift_table, read_drift, record_drift
 from feature_store.historical import get_historical_features
 from feature_store.maintain import Maintained, maintain_table
 from feature_store.read import data_files, read_features, read_features_arrow, table_history
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, feature_schema, latent_columns
+from feature_store.schema import feature_schema
 from feature_store.write import (
     StagedFeatures,
     commit_features,

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from feature_store.schema import LATENT_PREFIX, PARTITION_COLUMNS, code_size_of, feature_schema
+from ae_models.vocabulary import LATENT_PREFIX
+from feature_store.schema import PARTITION_COLUMNS, code_size_of, feature_schema
 from stores import ENV_WAREHOUSE, NAMESPACE, Stores, resolve_stores
 
 if TYPE_CHECKING:
@@ -88,16 +89,16 @@ def get_catalog(stores: Stores, create: bool = False) -> Catalog:
         Path(stores.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     kind = catalog_kind(uri)
     if kind == "named":  # configured in .pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__*
-        return _racing(lambda: load_catalog(uri))
+        return racing(lambda: load_catalog(uri))
     props = {"type": kind, "uri": uri, "warehouse": stores.warehouse}
     if kind == "rest" and not os.environ.get(ENV_WAREHOUSE):
         del props["warehouse"]  # a REST catalog places tables itself unless told
     if stores.warehouse.startswith(("s3://", "s3a://", "s3n://")):
         props.update(fileio_properties())
-    return _racing(lambda: load_catalog("aepipe", **props))
+    return racing(lambda: load_catalog("aepipe", **props))
 
 
-def _racing(step: Any, attempts: int = 6) -> Any:
+def racing(step: Any, attempts: int = 6) -> Any:
     """Run an idempotent set-up step (create the catalog's tables, a namespace, a table and
     its partitioning), again when another process or run doing the same lost or won a race
     with this one (a table that "already exists", a unique key taken, a commit that lost):

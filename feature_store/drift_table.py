@@ -13,9 +13,9 @@ import pyarrow as pa
 from feature_store.catalog import (
     TABLE_PROPERTIES,
     FeatureStoreError,
-    _racing,
     as_stores,
     get_catalog,
+    racing,
     table_identifier,
     with_table_properties,
 )
@@ -65,7 +65,7 @@ def record_drift(dataset: str, row: Mapping[str, Any], stores: Stores | None = N
             ident, schema=DRIFT_SCHEMA, properties=TABLE_PROPERTIES
         )
 
-    tbl = _racing(lambda: with_table_properties(ensure()))
+    tbl = racing(lambda: with_table_properties(ensure()))
     tbl.append(pa.Table.from_pylist([dict(row)], schema=DRIFT_SCHEMA))
 
 

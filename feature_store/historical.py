@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from feature_store.catalog import FeatureStoreError
-from feature_store.read import AsOf, Resolver, read_features_arrow
-from feature_store.schema import (
+from ae_models.vocabulary import (
     ENTITY_KEY,
     EVENT_TIMESTAMP,
     IS_ANOMALY,
@@ -24,6 +22,8 @@ from feature_store.schema import (
     RECON_ERROR,
     SCORED_AT,
 )
+from feature_store.catalog import FeatureStoreError
+from feature_store.read import AsOf, Resolver, read_features_arrow
 
 if TYPE_CHECKING:
     from stores import Stores

@@ -175,7 +175,7 @@ def compact_table(tbl: Table, compact_at: int = COMPACT_AT) -> int:
     from pyiceberg.exceptions import CommitFailedException, ValidationException
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
-    from feature_store.write import _conform, _DataFiles
+    from feature_store.write import DataFiles, conform
 
     if tbl.current_snapshot() is None:
         return 0
@@ -191,8 +191,8 @@ def compact_table(tbl: Table, compact_at: int = COMPACT_AT) -> int:
         parts = []
         for f in files:
             with tbl.io.new_input(f.file_path).open() as stream:
-                parts.append(_conform(pq.read_table(stream), target))
-        writer = _DataFiles(tbl)
+                parts.append(conform(pq.read_table(stream), target))
+        writer = DataFiles(tbl)
         try:
             writer.write(pa.concat_tables(parts))
             new = [parquet_file_to_data_file(tbl.io, tbl.metadata, p) for p in writer.close()]

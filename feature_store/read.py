@@ -17,6 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ae_models.vocabulary import (
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    LATENT_PREFIX,
+    MODEL_VERSION,
+    SCORED_AT,
+)
 from feature_store.catalog import (
     MODEL_NAME_PROPERTY,
     FeatureStoreError,
@@ -27,13 +34,6 @@ from feature_store.catalog import (
     commits,
     load_table,
     recorded_aliases,
-)
-from feature_store.schema import (
-    ENTITY_KEY,
-    EVENT_TIMESTAMP,
-    LATENT_PREFIX,
-    MODEL_VERSION,
-    SCORED_AT,
 )
 from stores import Stores
 

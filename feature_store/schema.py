@@ -1,8 +1,7 @@
-"""Column names and the feature table schema, declared once: writers validate against it.
+"""The feature table's schema, declared once: writers validate against it.
 
-The role columns (:data:`ROLE_COLUMNS`) are what every ingested and normalized file carries
-beside the features: the entity key, the event time, the label (kept aside, never a model
-input) and the split. The feature table holds the key, the event time, the model's outputs
+The column names are aepipe's vocabulary (:mod:`ae_models.vocabulary`). The feature table
+holds the key, the event time, the model's outputs
 (latent code ``z_*``, ``recon_error``, ``anomaly_score``, ``is_anomaly``, ``top_columns``) and
 the model version that wrote each row.
 """
@@ -17,24 +16,28 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-ENTITY_KEY = "entity_id"
-EVENT_TIMESTAMP = "event_timestamp"
-LABEL = "label"  # ingested and normalized files: the label, never a model input
-SPLIT = "split"  # normalized files: train / val / test
-ROLE_COLUMNS = (ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT)
-LATENT_PREFIX = "z_"
+from ae_models.vocabulary import (
+    ANOMALY_SCORE,
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    IS_ANOMALY,
+    LATENT_PREFIX,
+    MODEL_NAME,
+    MODEL_VERSION,
+    RECON_ERROR,
+    RUN_ID,
+    SCORED_AT,
+    TOP_COLUMNS,
+    latent_columns,
+)
+
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-_LATENT = re.compile(r"^z_(\d+)$")
+_LATENT = re.compile(rf"^{re.escape(LATENT_PREFIX)}(\d+)$")
 
 BASE_FIELDS: tuple[pa.Field, ...] = (
     pa.field(ENTITY_KEY, pa.string(), nullable=False),
     pa.field(EVENT_TIMESTAMP, TIMESTAMP, nullable=False),
 )
-RECON_ERROR, ANOMALY_SCORE, IS_ANOMALY = "recon_error", "anomaly_score", "is_anomaly"
-TOP_COLUMNS = "top_columns"
-MODEL_NAME, MODEL_VERSION, RUN_ID, SCORED_AT = "model_name", "model_version", "run_id", "scored_at"
-# the model's outputs (besides z_*): ae_models.outputs builds them under the same names
-MODEL_OUTPUT_COLUMNS = (RECON_ERROR, ANOMALY_SCORE, IS_ANOMALY)
 TAIL_FIELDS: tuple[pa.Field, ...] = (
     pa.field(RECON_ERROR, pa.float32(), nullable=False),
     # the score mapped to [0, 1] by the training scores (null for models saved before it)
@@ -48,11 +51,6 @@ TAIL_FIELDS: tuple[pa.Field, ...] = (
     pa.field(SCORED_AT, TIMESTAMP, nullable=False),
 )
 PARTITION_COLUMNS = (MODEL_NAME, MODEL_VERSION)
-
-
-def latent_columns(code_size: int) -> list[str]:
-    """Names of the latent code columns: ``z_0`` … ``z_{code_size-1}``."""
-    return [f"{LATENT_PREFIX}{i}" for i in range(code_size)]
 
 
 def feature_schema(code_size: int) -> pa.Schema:

@@ -14,21 +14,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
+from ae_models.vocabulary import MODEL_NAME, RUN_ID, TOP_COLUMNS
 from feature_store.catalog import (
     ALIAS_LOG_PROPERTY,
     ALIAS_PROPERTY,
     COMMIT_ID,
     MODEL_NAME_PROPERTY,
     FeatureStoreError,
-    _racing,
     alias_log,
     ensure_table,
     get_catalog,
     list_tables,
     load_table,
+    racing,
     recorded_aliases,
 )
-from feature_store.schema import MODEL_NAME, RUN_ID, TOP_COLUMNS, row_bytes, validate_batch
+from feature_store.schema import row_bytes, validate_batch
 from stores import Stores, resolve_stores
 from stores.space import StoreFull, is_disk_full, local_folder, room_for
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
 
 
-def _conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
+def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
     """Reorder ``batch`` to the table's schema, filling latent columns it lacks with nulls."""
     cols = []
     for f in target:
@@ -75,7 +76,7 @@ def _validated(
         _check_slice(chunk, code_size, model_name, model_version)
         table = pa.Table.from_batches([chunk]) if isinstance(chunk, pa.RecordBatch) else chunk
         if table.num_rows:
-            yield _conform(table, target)
+            yield conform(table, target)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -91,7 +92,7 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return paths
 
 
-class _DataFiles:
+class DataFiles:
     """Rolling Parquet data files for one partition (one model version) of an Iceberg table.
 
     Rows are buffered up to a row group (``ROW_GROUP_BYTES``) and appended to the open file,
@@ -209,7 +210,7 @@ def prepare_table(
     """Create the feature table (or widen it for a longer code) before parallel writers stage
     files into it, so they do not race to create it."""
     catalog = get_catalog(stores or resolve_stores(), create=True)
-    _racing(lambda: ensure_table(catalog, table, code_size, model_name))
+    racing(lambda: ensure_table(catalog, table, code_size, model_name))
 
 
 def stage_features(
@@ -260,9 +261,9 @@ def _stage(
         _check_slice(first, code_size, model_name, model_version)
         stream = itertools.chain([first], stream)
     catalog = get_catalog(st, create=True)
-    tbl = _racing(lambda: ensure_table(catalog, table, code_size, model_name))
+    tbl = racing(lambda: ensure_table(catalog, table, code_size, model_name))
     target = tbl.schema().as_arrow()
-    files = _DataFiles(tbl)
+    files = DataFiles(tbl)
     rows = 0
     try:
         for chunk in _validated(stream, code_size, model_name, model_version, target):

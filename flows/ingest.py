@@ -9,7 +9,6 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
-from flows.partitions import map_with_progress, run_subflow
 from stores import Stores
 from stores import data as data_store
 from stores.space import room_for
@@ -24,6 +23,7 @@ from tasks.ingest import (
     plan_ingest_task,
 )
 from tasks.results import result_storage
+from tasks.runners import map_with_progress, run_subflow
 
 
 def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:

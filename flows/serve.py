@@ -45,12 +45,24 @@ def _schedules(specs: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
+def _triggers(deployment: str, specs: list[dict[str, Any]]) -> list[Any]:
+    """prefect.yaml's ``triggers`` as Prefect's deployment triggers, named as ``prefect
+    deploy`` names them (``<deployment>__automation_<i>``) unless they are named."""
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    return [
+        adapter.validate_python({"name": f"{deployment}__automation_{i}", **spec})
+        for i, spec in enumerate(specs, start=1)
+    ]
+
+
 def served_deployments(
     project: Path = PREFECT_YAML, config: dict[str, Any] | None = None
 ) -> list[Any]:
     """Runner deployments for every deployment in ``project`` (a prefect.yaml), with
     ``config`` as the ``config`` parameter of those that take one, when given."""
-    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments.runner import EntrypointType
 
@@ -72,9 +84,7 @@ def served_deployments(
                 tags=deployment.get("tags"),
                 parameters=parameters,
                 schedules=_schedules(deployment.get("schedules") or []),
-                triggers=_initialize_deployment_triggers(
-                    name, [dict(t) for t in deployment.get("triggers") or []]
-                ),
+                triggers=_triggers(name, deployment.get("triggers") or []),
                 concurrency_limit=(
                     ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit
                 ),

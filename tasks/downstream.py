@@ -16,8 +16,16 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from ae_models.tensor_column import FEATURES, batch_matrix
+from ae_models.vocabulary import (
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    LABEL,
+    LATENT_PREFIX,
+    SPLIT,
+    TEST,
+    TRAIN,
+)
 from feature_store import read_features
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, LATENT_PREFIX, SPLIT
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.normalize import NormalizedData
@@ -93,7 +101,7 @@ def train_downstream_model(
         )
     x_raw = batch_matrix(table)
     split = joined[SPLIT].to_numpy()
-    train, test = have & (split == "train"), have & (split == "test")
+    train, test = have & (split == TRAIN), have & (split == TEST)
     if not train.any() or not test.any():
         raise ConfigError(f"data set {cfg.dataset!r} needs labelled rows in train and test splits")
     y = joined[LABEL].astype(str).to_numpy()

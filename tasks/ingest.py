@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ae_models.tensor_column import TensorSpec
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL
+from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLITS
 from stores import Stores
 from stores import data as data_store
 from stores.data import rehome
@@ -355,7 +355,7 @@ def _ingest_array_part(
             if data.scale is not None:
                 if normalized is None:
                     normalized = stack.enter_context(ParquetSink(norm_path))
-                    split_rows = {"train": 0, "val": 0, "test": 0}
+                    split_rows = dict.fromkeys(SPLITS, 0)
                 counts = normalize.write_scaled(data, pixels, roles, cfg, normalized)
                 split_rows = {k: split_rows[k] + counts[k] for k in split_rows}
     return _PartRead(
@@ -494,7 +494,7 @@ def _merge_normalized(plan: IngestPlan, written: list[IngestedPart]) -> dict[str
         concat_parts(
             [(p.index, p.normalized) for p in written], {}, folder / normalize.NORMALIZED_FILE
         )
-    return {k: sum(p.split_rows[k] for p in written) for k in ("train", "val", "test")}
+    return {k: sum(p.split_rows[k] for p in written) for k in SPLITS}
 
 
 def _feature_columns(plan: IngestPlan) -> list[str]:

@@ -26,7 +26,7 @@ from prefect import task
 from ae_models.column_stats import FitStats
 from ae_models.preprocessing import NORMALIZER_FILE, TRANSFORM_REVISION, Normalizer, SchemaError
 from ae_models.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT
+from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT, SPLITS, TRAIN
 from stores import Stores
 from stores.space import room_for
 from tasks.config import ConfigError, PipelineConfig
@@ -73,7 +73,7 @@ def assign_splits(
     key), taken on the values directly: ids are unique, so pandas' factorizing first
     (twice the time) buys nothing, and the values are the same."""
     codes = _split_codes(ids, test_fraction, val_fraction, seed)
-    return np.array(["train", "val", "test"])[codes]
+    return np.array(SPLITS)[codes]
 
 
 def _split_codes(
@@ -104,7 +104,7 @@ def _normalize_batch_rows(n_features: int) -> int:
 def _check_train_rows(counts: dict[str, int]) -> int:
     """All rows, after checking enough fell in the training split to fit a model."""
     rows = sum(counts.values())
-    if counts["train"] < MIN_TRAIN_ROWS:
+    if counts[TRAIN] < MIN_TRAIN_ROWS:
         raise ConfigError(
             f"{counts['train'] or 'no'} row(s) fell in the training split ({rows} rows in "
             f"all); training needs at least {MIN_TRAIN_ROWS}"
@@ -146,7 +146,7 @@ def write_scaled(
     return split_counts(codes)
 
 
-SPLIT_NAMES = pa.array(["train", "val", "test"], pa.string())  # split codes 0, 1, 2
+SPLIT_NAMES = pa.array(SPLITS, pa.string())  # split codes 0, 1, 2
 FIT_KEY = "aepipe.fit"  # raw.parquet metadata: the normalizer fitted in the ingest's pass
 
 
@@ -177,7 +177,7 @@ class TrainingSummary:
         (none: nothing to summarize, splits only)."""
         self.cfg = cfg
         self.stats = FitStats(kinds, tuple(cfg.normalize.log1p)) if kinds else None
-        self.counts = {"train": 0, "val": 0, "test": 0}
+        self.counts = dict.fromkeys(SPLITS, 0)
 
     def add(
         self, ids: pa.Array | pa.ChunkedArray, features: pa.Table | pa.RecordBatch

@@ -39,18 +39,19 @@ class AutoencoderPyfunc(PythonModel):
         return self
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        from ae_models.outputs import ENTITY_ID, KNOWN_INPUTS, score_outputs
+        from ae_models.outputs import KNOWN_INPUTS, score_outputs
+        from ae_models.vocabulary import ENTITY_KEY
 
         frame = pd.DataFrame(model_input)
         check_request(frame)
         x = self.normalizer.transform(frame, KNOWN_INPUTS)
         scored = score_outputs(self.model, x, self.scorer, mse=True)
         ids = (
-            frame[ENTITY_ID].astype(str).to_numpy()
-            if ENTITY_ID in frame.columns
+            frame[ENTITY_KEY].astype(str).to_numpy()
+            if ENTITY_KEY in frame.columns
             else frame.index.astype(str).to_numpy()
         )
-        return pd.DataFrame({ENTITY_ID: ids, **scored.columns()})
+        return pd.DataFrame({ENTITY_KEY: ids, **scored.columns()})
 
 
 ENV_MAX_ROWS = "AEPIPE_SERVE_MAX_ROWS"

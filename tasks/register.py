@@ -25,9 +25,17 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
-from ae_models.outputs import ENTITY_ID, RECON_ERROR, RECON_MSE
 from ae_models.tensor_column import to_wide
-from feature_store.schema import EVENT_TIMESTAMP, LABEL, SPLIT
+from ae_models.vocabulary import (
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    LABEL,
+    RECON_ERROR,
+    RECON_MSE,
+    SPLIT,
+    TEST,
+    VAL,
+)
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.ingest import IngestResult
@@ -115,7 +123,7 @@ def evaluation_rows(ingested: IngestResult, data: NormalizedData) -> pd.DataFram
     """Raw rows of the fixed evaluation split (the test split, its first ``EVAL_MAX_ROWS``
     rows at most), as users would send them."""
     splits = pq.read_table(data.path, columns=[SPLIT]).column(SPLIT).to_numpy(zero_copy_only=False)
-    which = "test" if (splits == "test").any() else "val"
+    which = TEST if (splits == TEST).any() else VAL
     picked = np.flatnonzero(splits == which)[:EVAL_MAX_ROWS]
     raw = pq.read_table(ingested.path).drop_columns([EVENT_TIMESTAMP]).take(picked)
     rows = to_wide(raw, ingested.features).to_pandas()  # pixels a column each, as users send
@@ -224,7 +232,7 @@ def register_model(
             if Path(trained.plots_dir).is_dir():
                 mlflow.log_artifacts(trained.plots_dir, artifact_path="plots")
             signature = infer_signature(example, predictor.predict(None, example))
-            signature.inputs = optional_columns(signature.inputs, (ENTITY_ID,))
+            signature.inputs = optional_columns(signature.inputs, (ENTITY_KEY,))
             mlflow.log_input(training_dataset(cfg, ingested, signature.inputs), context="training")
             info = mlflow.pyfunc.log_model(
                 name="model",

@@ -27,8 +27,9 @@ from prefect import task
 
 from ae_models.preprocessing import NORMALIZER_FILE
 from ae_models.tensor_column import find_tensor
+from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION
 from feature_store import FeatureStoreError, load_table
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION, TIMESTAMP
+from feature_store.schema import TIMESTAMP
 from stores import Stores
 from stores import data as data_store
 from tasks import registry

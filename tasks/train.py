@@ -25,6 +25,7 @@ from ae_models.scoring import resolve_score, score_rows
 from ae_models.streaming import available_memory, source_bytes
 from ae_models.train_config import auto_code_size
 from ae_models.training import CHECKPOINT
+from ae_models.vocabulary import TEST, TRAIN, VAL
 from feature_store.schema import row_bytes
 from stores import Stores
 from stores import data as data_store
@@ -89,7 +90,7 @@ def streams(data: NormalizedData, cfg: PipelineConfig) -> bool:
     """Whether training streams its rows from the normalized Parquet (they exceed the
     memory budget, or ``train.streaming`` says so), logged with the reason."""
     matrix = source_bytes(
-        data.split_rows.get("train", 0) + data.split_rows.get("val", 0), len(data.features)
+        data.split_rows.get(TRAIN, 0) + data.split_rows.get(VAL, 0), len(data.features)
     )
     available = available_memory()
     streaming = cfg.train.streams(matrix, available)
@@ -345,18 +346,18 @@ def train_autoencoder(
     flow that asked can pick them up from MLflow wherever the training ran.
     """
     data_store.need(stores, data)  # on an object-store AEPIPE_DATA: from there
-    if data.split_rows.get("train", 0) == 0:
+    if data.split_rows.get(TRAIN, 0) == 0:
         raise ConfigError("the training split is empty")
     streaming = streams(data, cfg)
     labels: dict[str, np.ndarray] | None = None
     if streaming or cfg.train.strategy == "ddp":  # the rows stay in the file: samples here
         parts, labels = sample_splits(data, SAMPLE_ROWS, cfg.train.seed)
-        x_train: Any = split_source(data, "train")
-        x_val: Any = split_source(data, "val") if data.split_rows.get("val") else None
-        score_on: np.ndarray | None = np.vstack([parts["train"], parts["val"]])
+        x_train: Any = split_source(data, TRAIN)
+        x_val: Any = split_source(data, VAL) if data.split_rows.get(VAL) else None
+        score_on: np.ndarray | None = np.vstack([parts[TRAIN], parts[VAL]])
     else:
         parts = load_split_matrices(data)
-        x_train, x_val, score_on = parts["train"], parts["val"], None
+        x_train, x_val, score_on = parts[TRAIN], parts[VAL], None
         labels = load_split_labels(data) if data.has_label else None
     normalizer = Normalizer.load(data.spec_path)
     data_kind = "pixels" if normalizer.fixed_scale else "table"  # for score: auto
@@ -387,7 +388,7 @@ def train_autoencoder(
     check_room(model, data, stores)  # before the MLflow run: a full disk leaves no trace
     client, run_id = start_run(cfg, stores, request_id)
     # tiny data sets may have no test (or even validation) rows: measure on what there is
-    eval_split = next(s for s in ("test", "val", "train") if len(parts[s]))
+    eval_split = next(s for s in (TEST, VAL, TRAIN) if len(parts[s]))
     try:
         fit = fit_autoencoder(
             model,
@@ -446,13 +447,13 @@ def train_autoencoder(
         "train_seconds": float(result.seconds),
         "threshold": threshold,
     }
-    metrics.update(baseline_reconstruction(parts["train"], parts[eval_split]))
+    metrics.update(baseline_reconstruction(parts[TRAIN], parts[eval_split]))
     loss = model.config.loss_name  # what the model was trained to lower: bce or mse
     # below 1: reconstructs better than each column's training mean; 1 or more: learned nothing
     metrics["recon_vs_baseline"] = metrics[f"test_{loss}"] / max(metrics[f"baseline_{loss}"], 1e-12)
     label_note = ""
     if labels is not None:
-        y_fit = np.concatenate([labels["train"], labels["val"]])
+        y_fit = np.concatenate([labels[TRAIN], labels[VAL]])
         y_all = np.concatenate([y_fit, labels[eval_split]])
         name = repr(cfg.source.label) if cfg.source.label else "the source's own"
         kind, label_note = read_label(y_all, cfg.source.label_kind, name)
@@ -474,7 +475,7 @@ def train_autoencoder(
             "train": cfg.train.to_dict(),
             "drift": drift_reference(
                 Normalizer.load(data.spec_path),
-                parts["train"],
+                parts[TRAIN],
                 z_fit,
                 scorer.calibration.calibrate(test_scores),
                 test_scores > threshold,
@@ -494,7 +495,7 @@ def train_autoencoder(
         labels[eval_split] if labels is not None else None,
         threshold,
         Normalizer.load(data.spec_path),
-        parts["train"].mean(axis=0),
+        parts[TRAIN].mean(axis=0),
     )
     trained = TrainedModel(
         str(folder),

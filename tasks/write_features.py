@@ -29,6 +29,7 @@ from ae_models.outputs import score_outputs
 from ae_models.preprocessing import Normalizer, ScaledBytes, model_input
 from ae_models.scoring import Scorer
 from ae_models.tensor_column import FEATURES, batch_matrix, find_tensor
+from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, IS_ANOMALY, SPLIT, TRAIN
 from feature_store import (
     StagedFeatures,
     commit_features,
@@ -37,15 +38,7 @@ from feature_store import (
     prepare_table,
     stage_features,
 )
-from feature_store.schema import (
-    ENTITY_KEY,
-    EVENT_TIMESTAMP,
-    IS_ANOMALY,
-    SPLIT,
-    TIMESTAMP,
-    feature_batch,
-    feature_schema,
-)
+from feature_store.schema import TIMESTAMP, feature_batch, feature_schema
 from stores import Stores
 from tasks import registry
 from tasks.config import PipelineConfig, io_task
@@ -317,7 +310,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
             x = x.matrix() if reference["columns"] else np.empty((x.rows, 0), np.float32)
         keep = slice(None)
         if held_out_only:
-            keep = pc.not_equal(batch.column(SPLIT), "train").to_numpy(zero_copy_only=False)
+            keep = pc.not_equal(batch.column(SPLIT), TRAIN).to_numpy(zero_copy_only=False)
         found = count_batch(
             reference, scored.calibrated[keep], scored.flagged[keep], x[keep], scored.codes[keep]
         )

@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("aepipe", "stores", "flows", "tasks", "ae_models", "feature_store")
 # what each package must never import: the CLI -> flows -> tasks -> (ae_models, feature_store);
-# the store settings are the ground floor; ae_models is pure tensors (a served model carries it)
+# the store settings are the ground floor; ae_models is pure tensors (a served model carries it);
+# ae_models.vocabulary, the names every package shares, imports nothing and is allowed to all
 FORBIDDEN = {
     "stores": {"aepipe", "flows", "tasks", "ae_models", "feature_store", "prefect", "mlflow"},
     "ae_models": {"aepipe", "stores", "flows", "tasks", "feature_store", "prefect", "mlflow"},
@@ -27,14 +28,20 @@ SERVED = {"tasks/pyfunc_model.py": {"aepipe", "stores", "flows", "tasks", "featu
 MAX_LINES = 600
 
 
+def _root(module: str) -> str:
+    """A module's package, as the layering rules name it: the vocabulary is its own floor."""
+    return module if module == "ae_models.vocabulary" else module.split(".")[0]
+
+
 def imported_roots(path: Path) -> set[str]:
-    """Top-level names of every module ``path`` imports, at any depth of the file."""
+    """Top-level names of every module ``path`` imports, at any depth of the file
+    (``ae_models.vocabulary``, the ground floor every package may import, by its own name)."""
     roots = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
+            roots |= {_root(a.name) for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
+            roots.add(_root(node.module))
     return roots
 
 
@@ -137,22 +144,51 @@ def test_no_module_is_over_600_lines() -> None:
     assert long == {}
 
 
-def test_model_outputs_and_the_table_schema_name_the_same_columns() -> None:
-    """ae_models names what a model emits; feature_store declares the table. Neither may
-    import the other, so this test is what keeps the two declarations one."""
+VOCABULARY = ROOT / "ae_models" / "vocabulary.py"
+
+
+def test_the_vocabulary_imports_nothing() -> None:
+    """Issue 43.1: the ground floor every package imports, the served model included."""
+    assert imported_roots(VOCABULARY) <= {"__future__"}
+
+
+def _vocabulary_values() -> set[str]:
+    import ae_models.vocabulary as vocabulary
+
+    values = set()
+    for name, value in vars(vocabulary).items():
+        if name.isupper():
+            values |= {value} if isinstance(value, str) else set(value)
+    return values
+
+
+def test_no_module_declares_a_word_of_the_vocabulary_again() -> None:
+    """A module-level constant holding a vocabulary name (``ENTITY_ID = "entity_id"``,
+    ``SPLITS = ("train", "val", "test")``) is a second declaration: import it instead."""
+    words = _vocabulary_values()
+    again = {}
+    for path in modules():
+        if path == VOCABULARY:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
+                continue
+            value = node.value
+            leaves = value.elts if isinstance(value, ast.Tuple | ast.List | ast.Set) else [value]
+            if all(isinstance(n, ast.Constant) and n.value in words for n in leaves):
+                again[f"{path.relative_to(ROOT)}:{node.lineno}"] = [n.value for n in leaves]
+    assert again == {}
+
+
+def test_the_model_outputs_fill_the_feature_table() -> None:
+    """The one builder of a row's outputs (ae_models) fills every model column of the table
+    (feature_store), through the names both take from the vocabulary."""
     import numpy as np
     import pyarrow as pa
 
     from ae_models import outputs
     from feature_store import schema
 
-    assert outputs.LATENT_PREFIX == schema.LATENT_PREFIX
-    assert outputs.latent_columns(3) == schema.latent_columns(3)
-    assert (outputs.RECON_ERROR, outputs.ANOMALY_SCORE, outputs.IS_ANOMALY) == (
-        schema.MODEL_OUTPUT_COLUMNS
-    )
-    assert outputs.ENTITY_ID == schema.ENTITY_KEY
-    assert set(outputs.KNOWN_INPUTS) == {schema.ENTITY_KEY, schema.EVENT_TIMESTAMP, schema.LABEL}
     # the one builder of a row's outputs fills every model column of the table
     rows = outputs.RowOutputs(
         np.zeros((2, 3), np.float32),
@@ -277,3 +313,23 @@ def test_a_skip_not_listed_in_the_development_notes_fails_ci(tmp_path) -> None:
     assert "test_skips.py::test_unlisted: cannot mount a 4m tmpfs" in strict.stderr
     assert "test_listed" not in strict.stderr
     assert _pytest(tmp_path, "").returncode == 0
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """Issue 43.5: a module uses another's public names only (``from m import _x`` or a
+    private module such as ``prefect.cli.deploy._triggers`` are reach-ins that break
+    silently when the owner changes them)."""
+    reach = {}
+    for path in modules() + sorted((ROOT / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            private = [
+                a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"
+            ]
+            hidden = [
+                p for p in node.module.split(".") if p.startswith("_") and not p.startswith("__")
+            ]
+            if private or hidden:
+                reach[f"{path.relative_to(ROOT)}:{node.lineno}"] = private + hidden
+    assert reach == {}

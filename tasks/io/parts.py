@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store.schema import ENTITY_KEY, EVENT_TIMESTAMP
+from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP
 from tasks.config import ConfigError
 from tasks.io.parquet import write_options
 

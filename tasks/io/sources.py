@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ae_models.tensor_column import LAYOUT
-from feature_store.schema import ROLE_COLUMNS
+from ae_models.vocabulary import ROLE_COLUMNS
 from tasks.config import ConfigError, PipelineConfig, SourceConfig
 from tasks.io import arrays
 from tasks.io.readers import get_reader, reader_of

@@ -10,12 +10,10 @@ import pyarrow.parquet as pq
 
 from ae_models.streaming import ParquetSource, rows_of, sample_mask, sample_rows
 from ae_models.tensor_column import FEATURES, batch_matrix
-from feature_store.schema import LABEL, SPLIT
+from ae_models.vocabulary import LABEL, SPLIT, SPLITS
 
 if TYPE_CHECKING:
     from tasks.normalize import NormalizedData
-
-SPLITS = ("train", "val", "test")
 
 
 def load_split_matrices(data: NormalizedData) -> dict[str, np.ndarray]:

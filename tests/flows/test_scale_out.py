@@ -154,7 +154,7 @@ def test_a_subflow_runs_without_a_heartbeat_of_its_own(prefect_server) -> None:
     from prefect import flow, task
     from prefect.settings import get_current_settings
 
-    from flows.partitions import run_subflow
+    from tasks.runners import run_subflow
 
     @task
     def setting(_: int) -> int | None:

@@ -34,13 +34,13 @@ class ArrayReader(SourceReader):
 
     def label(self, src: SourceConfig, columns: list[str]) -> str | None:
         """``label`` when the source holds labels."""
-        from feature_store.schema import LABEL
+        from ae_models.vocabulary import LABEL
 
         return LABEL if LABEL in columns else None
 
     def has_label(self, src: SourceConfig, columns: list[str], labelled: bool) -> bool:
         """Whether the source holds labels."""
-        from feature_store.schema import LABEL
+        from ae_models.vocabulary import LABEL
 
         return LABEL in columns
 

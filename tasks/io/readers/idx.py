@@ -26,7 +26,7 @@ class IdxReader(ArrayReader):
 
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """Pixel (or ``x_i``) columns from the header, ``label`` when a labels file is there."""
-        from feature_store.schema import LABEL
+        from ae_models.vocabulary import LABEL
         from tasks.config import ConfigError
         from tasks.io import arrays
 

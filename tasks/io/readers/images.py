@@ -36,7 +36,7 @@ class ImagesReader(ArrayReader):
         ``label`` when every image sits in a subfolder."""
         from PIL import Image
 
-        from feature_store.schema import LABEL
+        from ae_models.vocabulary import LABEL
         from tasks.config import ConfigError
         from tasks.io import arrays
 

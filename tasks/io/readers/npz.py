@@ -24,7 +24,7 @@ class NpzReader(ArrayReader):
 
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """``x_0`` ... a column per value of a row of ``X``, ``label`` when ``y`` is there."""
-        from feature_store.schema import LABEL
+        from ae_models.vocabulary import LABEL
         from tasks.config import ConfigError
         from tasks.io import arrays
 
