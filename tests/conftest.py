@@ -107,10 +107,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One real temporary Prefect server (SQLite) for every flow test in the session."""
+    """One real temporary Prefect server (SQLite) for every flow test in the session.
+
+    Flow runs here send no heartbeats: a flow run's end waits up to a second for its
+    heartbeat thread (Prefect joins it), about a minute of the suite, and nothing watches
+    a test server for crashed runs."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 

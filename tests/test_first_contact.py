@@ -139,6 +139,13 @@ def test_small_data_gets_small_batches_and_a_model_that_learned(png_run) -> None
     assert metrics["metrics.recon_vs_baseline"] < 0.8, metrics.filter(like="metrics.")
     assert metrics["metrics.batch_size"] == 16  # 350 rows // 50 -> the 16-row floor
     assert "alias: champion" in run.stdout
+    # an image folder end to end with the conv model: every image ingested and scored
+    from feature_store import read_features
+
+    assert metrics["params.model.name"] == "conv"  # its code size "auto": 16 for 784 inputs
+    table = read_features("mnist_png_sample", home=png_run["home"])
+    assert len(table) == 500 and table["entity_id"].str.endswith(".png").all()
+    assert len([c for c in table.columns if c.startswith("z_")]) == 16
 
 
 def test_a_model_that_learned_nothing_is_never_champion() -> None:

@@ -429,24 +429,6 @@ def test_first_version_that_learned_nothing_is_not_crowned(prefect_server, home)
     assert nothing.quality["recon_vs_baseline"] >= 1.0
 
 
-def test_image_folder_with_the_conv_model(prefect_server, shared_datasets, home) -> None:
-    cfg = build_config(
-        {
-            "home": str(home),
-            "dataset": "mnist_sample",
-            "source": {"path": str(shared_datasets / "mnist-png-sample")},
-            "model": {"name": "conv", "code_size": 16},
-            "train": {"epochs": 20, "patience": 0},  # 3 at 32 a batch learned nothing
-        }
-    )
-    summary = reduce_features(cfg)
-    assert summary.rows_ingested == 500 and summary.rows_quarantined == 0
-    assert summary.features_in == 784 and summary.code_size == 16
-    assert summary.aliases == ["champion"] and summary.quality["recon_vs_baseline"] < 1
-    table = read_features("mnist_sample", home=home)
-    assert len(table) == 500 and table["entity_id"].str.endswith(".png").all()
-
-
 def test_image_partitions_decode_in_forked_processes_under_prefect(
     prefect_server, home, tmp_path, monkeypatch
 ) -> None:
