@@ -30,6 +30,9 @@ from ae_models.vocabulary import (
 
 # columns a served model accepts beside the features without a warning (ids, times, labels)
 KNOWN_INPUTS = (ENTITY_KEY, EVENT_TIMESTAMP, LABEL)
+# the id column's name as served models logged before the vocabulary import it (their code
+# runs against this package when a process that has it loads them: keep it)
+ENTITY_ID = ENTITY_KEY
 
 
 @dataclass(frozen=True)

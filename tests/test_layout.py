@@ -68,6 +68,48 @@ def test_the_served_model_file_imports_nothing_of_the_pipeline() -> None:
 DATA_STORE_INTERNALS = {"fetch", "publish", "localize", "local_copy", "ensure_here", "discard"}
 
 
+# every import a released tasks/pyfunc_model.py made (git log -p tasks/pyfunc_model.py): a
+# champion logged by it is loaded in-process by the next run's promotion check, and its code
+# then imports from this ae_models (the one already imported), not from its own copy
+LOGGED_MODEL_IMPORTS = (
+    "from ae_models import encode_and_score",
+    "from ae_models import load_model",
+    "from ae_models.outputs import ENTITY_ID, KNOWN_INPUTS, score_outputs",
+    "from ae_models.outputs import KNOWN_INPUTS, score_outputs",
+    "from ae_models.preprocessing import NORMALIZER_FILE, Normalizer",
+    "from ae_models.runtime import SCORING_PRECISION",
+    "from ae_models.scoring import Scorer, score_rows",
+    "from ae_models.vocabulary import ENTITY_KEY",
+)
+
+
+@pytest.mark.parametrize("line", LOGGED_MODEL_IMPORTS)
+def test_models_logged_by_earlier_releases_still_import(line: str) -> None:
+    """Moving or renaming what a logged model imports would make every run after an upgrade
+    fail its champion comparison: these names stay where released models look for them."""
+    exec(line, {})
+
+
+def test_the_served_model_file_imports_only_what_is_kept_for_logged_models() -> None:
+    """The served model's imports are the kept ones, so a new import is a decision."""
+    tree = ast.parse((ROOT / "tasks" / "pyfunc_model.py").read_text())
+    kept = {ast.unparse(ast.parse(line).body[0]) for line in LOGGED_MODEL_IMPORTS}
+    kept_names = {
+        (n.module, a.name)
+        for line in kept
+        for n in ast.parse(line).body
+        if isinstance(n, ast.ImportFrom)
+        for a in n.names
+    }
+    used = {
+        (n.module, a.name)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("ae_models")
+        for a in n.names
+    }
+    assert used <= kept_names
+
+
 def test_stages_reach_the_data_store_through_its_accessor() -> None:
     hand = {}
     for path in modules():
