@@ -12,18 +12,18 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ae_models.base import Autoencoder
-from ae_models.callbacks import ProgressBar
-from ae_models.deep import TABLE_HIDDEN, DeepConfig
-from ae_models.fitting import ESTIMATOR_LR, ESTIMATOR_TABLE_HIDDEN, fit_autoencoder
-from ae_models.large_input import LargeInput, large_source, scan_rows
-from ae_models.registry import create_model, get_model_class
 from ae_models.runtime import select_device
-from ae_models.scoring import SCORE_KINDS, Scorer, score_rows
-from ae_models.serialization import load_model, save_model
-from ae_models.streaming import available_memory, rows_of, source_bytes
-from ae_models.train_config import auto_code_size
-from ae_models.training import TrainConfig, TrainResult, encode_and_score
+from ae_models.scoring.scorer import SCORE_KINDS, Scorer, score_rows
+from ae_models.training.callbacks import ProgressBar
+from ae_models.training.config import auto_code_size
+from ae_models.training.fitting import ESTIMATOR_LR, ESTIMATOR_TABLE_HIDDEN, fit_autoencoder
+from ae_models.training.large_input import LargeInput, large_source, scan_rows
+from ae_models.training.loop import TrainConfig, TrainResult, encode_and_score
+from ae_models.training.streaming import available_memory, rows_of, source_bytes
+from ae_models.variants.base import Autoencoder
+from ae_models.variants.deep import TABLE_HIDDEN, DeepConfig
+from ae_models.variants.registry import create_model, get_model_class
+from ae_models.variants.serialization import load_model, save_model
 from ae_models.vocabulary import latent_columns
 
 ESTIMATOR_FILE = "estimator.json"
@@ -93,33 +93,34 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
     ``fit(X)`` trains the named variant; ``transform`` gives latent codes,
     ``inverse_transform`` decodes them, ``decision_function`` gives per-row anomaly
     scores of the ``anomaly_score`` kind (higher = more anomalous; ``auto``: ``kl`` for
-    [0, 1] data, else ``ensemble``, see :mod:`ae_models.scoring`), ``calibrated_score`` maps them to
+    [0, 1] data, else ``ensemble``, see :mod:`ae_models.scoring.scorer`), ``calibrated_score`` maps
+    them to
     [0, 1] by the training scores, ``predict`` flags rows above ``threshold_`` (the
     ``1 - contamination`` quantile of the training scores, or with ``contamination="auto"`` a
     robust rule on them).
     ``loss="auto"`` picks a sigmoid head with binary cross-entropy when X lies in [0, 1], a
     linear head with MSE otherwise.
     Defaults differ from the pipeline's in two places, each for a stated reason
-    (:mod:`ae_models.fitting`): the learning rate, and narrower hidden layers for tables.
+    (:mod:`ae_models.training.fitting`): the learning rate, and narrower hidden layers for tables.
     ``anomaly_score="auto"`` is ``ensemble`` for data outside [0, 1]: the scaled
     reconstruction error, the code's distance to its nearest training codes, an isolation
     forest's score and ECOD's tail score on the inputs, each as a robust z-score over the
     training rows, floored so that no part can veto the others, averaged
-    (:mod:`ae_models.scoring`); for [0, 1] data it is ``kl``, the cross-entropy less the
+    (:mod:`ae_models.scoring.scorer`); for [0, 1] data it is ``kl``, the cross-entropy less the
     targets' own entropy (standardize a table to get ``ensemble``); ``trim_fraction``
     (default 0) > 0 leaves each batch's worst-reconstructed share out of the loss after a
-    few warm-up epochs (see :class:`ae_models.training.TrainConfig`).
+    few warm-up epochs (see :class:`ae_models.training.loop.TrainConfig`).
     ``batch_size="auto"`` gives small data sets enough steps an epoch
-    (:func:`~ae_models.train_config.auto_batch_size`);
+    (:func:`~ae_models.training.config.auto_batch_size`);
     ``code_size="auto"`` is 16, or half the input width when that is narrower
-    (:func:`~ae_models.train_config.auto_code_size`).
+    (:func:`~ae_models.training.config.auto_code_size`).
     Fitted on a DataFrame, it keeps the column names in ``feature_names_in_`` and refuses a
     frame whose columns differ or come in another order (scikit-learn's convention).
     Extra keyword arguments go to the variant's config (e.g. ``noise_level`` for denoising).
 
     Data larger than memory: ``fit`` takes a memory-mapped array (``np.memmap``,
     ``np.load(path, mmap_mode="r")``) or the path of a Parquet file of numeric columns, and
-    streams it in blocks (:mod:`ae_models.streaming`) when its float32 rows exceed
+    streams it in blocks (:mod:`ae_models.training.streaming`) when its float32 rows exceed
     ``memory_budget_gb`` (default a quarter of the memory available) or ``streaming`` is
     ``"always"``; the validation rows are then a seeded random share, the scorer is fitted on
     a uniform sample of at most 100,000 training rows, and ``decision_scores_`` come from one
@@ -316,8 +317,8 @@ class AutoencoderReducer(TransformerMixin, BaseEstimator):
 
     def _network(self, width: int, loss: str) -> Autoencoder:
         """A new network of this estimator's variant for ``width`` inputs (a table under
-        :data:`~ae_models.deep.TABLE_HIDDEN`'s first width gets the estimator's narrower
-        hidden layers unless ``hidden`` is given; :mod:`ae_models.fitting` says why)."""
+        :data:`~ae_models.variants.deep.TABLE_HIDDEN`'s first width gets the estimator's narrower
+        hidden layers unless ``hidden`` is given; :mod:`ae_models.training.fitting` says why)."""
         kwargs = dict(self._model_kwargs)
         code_size = auto_code_size(width) if self.code_size == "auto" else self.code_size
         if (

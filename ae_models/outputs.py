@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from ae_models.runtime import SCORING_PRECISION
-from ae_models.scoring import Scorer, score_rows
+from ae_models.scoring.scorer import Scorer, score_rows
 from ae_models.vocabulary import (
     ANOMALY_SCORE,
     ENTITY_KEY,

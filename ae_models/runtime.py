@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ae_models.train_config import Precision
+from ae_models.training.config import Precision
 
 
 def select_device(preference: str = "auto") -> torch.device:

@@ -35,7 +35,7 @@ TOP_COLUMNS = "top_columns"  # the source columns contributing most to a row's s
 # the feature table's provenance columns: which model version wrote a row, and when
 MODEL_NAME, MODEL_VERSION, RUN_ID, SCORED_AT = "model_name", "model_version", "run_id", "scored_at"
 
-# the autoencoder variants aepipe ships (ae_models.registry registers each under its name)
+# the autoencoder variants aepipe ships (ae_models.variants.registry registers each under its name)
 VARIANTS = ("contractive", "conv", "deep", "denoising", "sparse", "vae")
 
 

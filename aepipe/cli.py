@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     """Run the parsed command; every failure becomes one line and an exit status."""
-    from ae_models.preprocessing import SchemaError
+    from ae_models.preprocessing.normalizer import SchemaError
     from feature_store import FeatureStoreError
     from stores.space import StoreFull
     from tasks.config import ConfigError

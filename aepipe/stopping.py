@@ -1,6 +1,6 @@
 """How an ``aepipe`` command stops on SIGTERM (a scheduler, ``kill``, a container stop).
 
-Training loops stop at their next batch (:data:`ae_models.training.STOP`), the command ends
+Training loops stop at their next batch (:data:`ae_models.training.loop.STOP`), the command ends
 with one line, and the process ends within :data:`SIGTERM_GRACE_S` whatever still runs.
 Checkpoints stay: the next run with the same settings resumes from them.
 """
@@ -33,7 +33,7 @@ def _stop_work(signum: int) -> None:
     """Set training loops to stop at their next batch and end the process after
     :data:`SIGTERM_GRACE_S` whatever still runs (a thread busy in native code, a crash
     report retrying a server that is gone). Once per process."""
-    from ae_models.training import STOP
+    from ae_models.training.loop import STOP
 
     if not _stopping.acquire(blocking=False):
         return

@@ -196,9 +196,9 @@ class PipelineDefault:
         import dataclasses
         import tempfile
 
-        from ae_models.fitting import fit_autoencoder
-        from ae_models.preprocessing import Normalizer
+        from ae_models.preprocessing.normalizer import Normalizer
         from ae_models.runtime import SCORING_PRECISION
+        from ae_models.training.fitting import fit_autoencoder
         from stores import resolve_stores
         from tasks.config import build_config
         from tasks.ingest import ingest_source
@@ -233,7 +233,7 @@ class PipelineDefault:
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         import pandas as pd
 
-        from ae_models.scoring import score_rows
+        from ae_models.scoring.scorer import score_rows
 
         frame = pd.DataFrame(x, columns=self.normalizer.source_columns)
         rows = self.normalizer.transform(frame)

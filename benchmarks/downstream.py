@@ -5,7 +5,7 @@ Protocol (issue 17): for each data set and seed, the pipeline's own ingest and n
 (``tasks.ingest``, ``tasks.normalize``: its train / val / test split, seeded), then
 
 - tables (Adult, each labelled ADBench set): the pipeline's train stage as it runs, with the
-  pipeline's defaults (``tasks.train.build_model`` + ``ae_models.fitting.fit_autoencoder``,
+  pipeline's defaults (``tasks.train.build_model`` + ``ae_models.training.fitting.fit_autoencoder``,
   no MLflow): codes of every row;
 - MNIST (the IDX files): the estimator ``AutoencoderReducer()`` with its defaults, fitted on
   the 60,000 training images, measured on the 10,000 test images, where published figures
@@ -88,8 +88,8 @@ def table_run(
 ) -> dict[str, float]:
     """One seed on a table (CSV or NPZ): the pipeline's normalization and train stage, with
     the pipeline's defaults unless ``overrides`` (dotted keys) says otherwise."""
-    from ae_models.fitting import fit_autoencoder
-    from ae_models.preprocessing import Normalizer
+    from ae_models.preprocessing.normalizer import Normalizer
+    from ae_models.training.fitting import fit_autoencoder
     from stores import resolve_stores
     from tasks.config import apply_overrides, build_config
     from tasks.ingest import ingest_source

@@ -20,7 +20,7 @@ Streams, batches of ``--rows`` (500) rows drawn from the pool:
 Contenders on every batch, both at family-wise level 0.01, and again at a matched
 false-alarm rate (each contender's threshold on its smallest p-value times its number of
 tests set so 1 % of its own clean batches alarm), so power is compared at equal cost:
-- aepipe: what a scoring run does (``ae_models.drift.check_drift`` on the batch's model
+- aepipe: what a scoring run does (``ae_models.scoring.drift.check_drift`` on the batch's model
   input, codes and calibrated scores against the model's reference; Holm's correction);
 - per-column tests, what Evidently's and alibi-detect's defaults do: a two-sample KS test
   per numeric column (each pixel of an image) and a chi-square test of the level counts per
@@ -117,8 +117,8 @@ def _stream(name: str, ingested, model_dir: str, pool, clean, shifted) -> Stream
     import pyarrow.parquet as pq
 
     import ae_models
-    from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
-    from ae_models.scoring import Scorer
+    from ae_models.preprocessing.normalizer import NORMALIZER_FILE, Normalizer
+    from ae_models.scoring.scorer import Scorer
 
     model, meta = ae_models.load_model(model_dir)
     model.eval()
@@ -197,9 +197,9 @@ def aepipe_drifted(stream: Stream, batch) -> tuple[bool, float]:
     against the model's drift reference), and the family's smallest p-value times its
     number of tests: Holm rejects something exactly when that is at most the level, so it
     is the statistic a matched false-alarm rate is calibrated on."""
-    from ae_models.drift import check_drift
     from ae_models.outputs import score_outputs
-    from ae_models.preprocessing import model_input
+    from ae_models.preprocessing.normalizer import model_input
+    from ae_models.scoring.drift import check_drift
 
     x = model_input(batch, stream.normalizer)
     scored = score_outputs(stream.model, x, stream.scorer, device="cpu")

@@ -1,7 +1,8 @@
 """The normalizer's quantile sketch against Apache DataSketches' KLL sketch (issue 43.6).
 
 Fitting a normalizer needs each numeric column's median (the fill) and quartiles (robust
-scaling) from a stream of batches. aepipe's :class:`ae_models.column_stats.QuantileSketch` is
+scaling) from a stream of batches. aepipe's
+:class:`ae_models.preprocessing.column_stats.QuantileSketch` is
 exact up to 32,768 distinct values and a Munro-Paterson sketch beyond; the well-kept
 alternative is DataSketches' KLL sketch (``datasketches.kll_doubles_sketch``), mergeable with
 published bounds. Both at k = 16,384 on a permutation of ``n`` distinct values, fed in
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ae_models.column_stats import QuantileSketch
+from ae_models.preprocessing.column_stats import QuantileSketch
 from benchmarks.common import machine, target
 
 QS = (0.25, 0.5, 0.75)

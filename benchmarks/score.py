@@ -3,7 +3,8 @@
 Set-up (not timed): a deep autoencoder (code 32) is trained for 2 epochs on MNIST's 60,000
 training images with aepipe's own stages and registered as champion in a temporary home;
 its raw rows as aepipe's ingest writes them (entity id, event time, the 784 uint8 pixels of a
-row in one tensor column: ``ae_models.tensor_column``) are repeated into Parquet inputs of
+row in one tensor column: ``ae_models.preprocessing.tensor_column``) are repeated into Parquet
+inputs of
 100,000 and 1,000,000 rows with unique entity ids.
 
 Timed, each in a fresh process, best of ``--runs`` (3) per contender:

@@ -60,7 +60,7 @@ def write_copies(folder: Path, copies: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ae_models.tensor_column import TensorSpec
+    from ae_models.preprocessing.tensor_column import TensorSpec
     from tasks.io.arrays import read_idx
     from tasks.io.parquet import with_tensor, write_options
 
@@ -92,11 +92,11 @@ def worker(mode: str, path: str, epochs: int, checkpoints: str) -> dict:
     import torch
 
     import ae_models
-    from ae_models.distributed import train_ddp
-    from ae_models.streaming import ParquetSource
-    from ae_models.tensor_column import FEATURES
-    from ae_models.train_config import TrainConfig
-    from ae_models.training import evaluate_loss
+    from ae_models.preprocessing.tensor_column import FEATURES
+    from ae_models.training.config import TrainConfig
+    from ae_models.training.distributed import train_ddp
+    from ae_models.training.loop import evaluate_loss
+    from ae_models.training.streaming import ParquetSource
     from tasks.io.arrays import load_mnist
 
     # load_mnist gives pixels in [0, 1] already (before 2026-12-02 they were divided by 255

@@ -3,7 +3,7 @@
 PyTorch gives every process as many intra-op threads as the machine has cores; two
 processes training at once then run twice as many busy threads as there are cores, and
 their OpenMP threads wait on each other (issue 22 measured 5x). aepipe's training loops
-share the usable CPUs through ``ae_models.cpus.CpuShare``. Contenders, each in fresh
+share the usable CPUs through ``ae_models.training.cpus.CpuShare``. Contenders, each in fresh
 processes, on the same MNIST rows (the first 20,000, pixels in [0, 1]):
 - aepipe: ``AutoencoderReducer(code_size=16, epochs=3).fit(x)``;
 - a plain PyTorch loop: the same sizes (784-128-64-16, mirrored, Adam, batch 256, 3

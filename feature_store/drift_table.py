@@ -1,6 +1,6 @@
 """The drift history of a data set: one row per scoring run's check, in the Iceberg table
 ``aepipe.<dataset>__drift`` beside its feature table. The rows are plain values; the check
-itself is ``ae_models.drift``'s."""
+itself is ``ae_models.scoring.drift``'s."""
 
 from __future__ import annotations
 

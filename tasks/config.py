@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from ae_models.train_config import TrainConfig
+from ae_models.training.config import TrainConfig
 from tasks.io.readers import BUILTIN_SOURCES
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a whole data set name (fullmatch)
@@ -284,7 +284,7 @@ class PipelineConfig(_Frozen):
     )
     score: Literal["auto", "mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble"] = Field(
         "auto",
-        description="anomaly score kind (ae_models.scoring); auto: ensemble for tables, "
+        description="anomaly score kind (ae_models.scoring.scorer); auto: ensemble for tables, "
         "bce for images; kl is bce less the target's own entropy",
     )
     explain_top_k: int | None = Field(

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
 
-from ae_models.tensor_column import FEATURES, batch_matrix
+from ae_models.preprocessing.tensor_column import FEATURES, batch_matrix
 from ae_models.vocabulary import (
     ENTITY_KEY,
     EVENT_TIMESTAMP,

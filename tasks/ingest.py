@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ae_models.tensor_column import TensorSpec
+from ae_models.preprocessing.tensor_column import TensorSpec
 from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLITS
 from stores import Stores
 from stores import data as data_store

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ae_models.drift import DriftCheck
+from ae_models.scoring.drift import DriftCheck
 from feature_store import record_drift
 from tasks.config import run_logger
 

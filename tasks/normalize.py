@@ -1,7 +1,7 @@
 """Normalize: fit the normalizer on the training split and write model-ready features.
 
 The stage reads the ingested raw Parquet, assigns each row its split from a seeded hash of
-its entity id, fits the :class:`~ae_models.preprocessing.Normalizer` on the training rows
+its entity id, fits the :class:`~ae_models.preprocessing.normalizer.Normalizer` on the training rows
 only and writes the normalized features with the normalizer's JSON spec beside them.
 Fixed-scale sources (image pixels, IDX, the built-in digits) need no fitting: the ingest
 partitions call :func:`write_scaled` on the rows they have just decoded, so the pixels are
@@ -23,9 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from ae_models.column_stats import FitStats
-from ae_models.preprocessing import NORMALIZER_FILE, TRANSFORM_REVISION, Normalizer, SchemaError
-from ae_models.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
+from ae_models.preprocessing.column_stats import FitStats
+from ae_models.preprocessing.normalizer import (
+    NORMALIZER_FILE,
+    TRANSFORM_REVISION,
+    Normalizer,
+    SchemaError,
+)
+from ae_models.preprocessing.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
 from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT, SPLITS, TRAIN
 from stores import Stores
 from stores.space import room_for
@@ -128,7 +133,8 @@ def write_scaled(
     """Queue a block of fixed-scale rows that an ingest partition has just decoded,
     normalized, with their splits; the rows per split. ``pixels``: the rows as bytes
     (:func:`tasks.io.arrays.as_pixels`), stored as they are with their scale (exact: what
-    the fixed scaling computes, see :func:`ae_models.tensor_column.tensor_floats`); None
+    the fixed scaling computes, see
+    :func:`ae_models.preprocessing.tensor_column.tensor_floats`); None
     when a byte cannot hold them, then float32 values are stored."""
     codes = split_codes_of(roles[ENTITY_KEY], cfg)
     if pixels is not None:
@@ -173,7 +179,8 @@ class TrainingSummary:
     ingests of several partitions, in a first pass over the raw file."""
 
     def __init__(self, kinds: dict[str, str], cfg: PipelineConfig) -> None:
-        """``kinds``: each feature column's :data:`~ae_models.column_stats.KINDS` entry
+        """``kinds``: each feature column's
+        :data:`~ae_models.preprocessing.column_stats.KINDS` entry
         (none: nothing to summarize, splits only)."""
         self.cfg = cfg
         self.stats = FitStats(kinds, tuple(cfg.normalize.log1p)) if kinds else None
@@ -236,7 +243,8 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
     A table ingested in one partition was summarized by the ingest's own pass
     (:class:`TrainingSummary`, kept in the raw file's metadata): one pass over the raw
     Parquet transforms and writes it batch by batch. Otherwise a first pass assigns splits
-    and summarizes the training rows (:class:`~ae_models.column_stats.FitStats`: bounded
+    and summarizes the training rows
+    (:class:`~ae_models.preprocessing.column_stats.FitStats`: bounded
     memory, whatever the rows).
     Fixed-scale sources (pixels) were normalized by the ingest itself; their file is reused.
     """

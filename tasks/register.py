@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
-from ae_models.tensor_column import to_wide
+from ae_models.preprocessing.tensor_column import to_wide
 from ae_models.vocabulary import (
     ENTITY_KEY,
     EVENT_TIMESTAMP,

@@ -223,7 +223,7 @@ def describe_columns(ingested: IngestResult, data: NormalizedData) -> list[str]:
     """Every source column in words: its role, how it was encoded, or why it was left out."""
     import json
 
-    from ae_models.preprocessing import Normalizer
+    from ae_models.preprocessing.normalizer import Normalizer
 
     out = [f"{c}: {role}" for c, role in ingested.roles.items()]
     try:

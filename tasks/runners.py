@@ -38,7 +38,7 @@ def task_runner_for(cfg: PipelineConfig) -> Any:
     from prefect.settings import get_current_settings
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from ae_models.cpus import cap_arrow_threads, usable_cpus
+    from ae_models.training.cpus import cap_arrow_threads, usable_cpus
 
     cap_arrow_threads()  # Arrow's pool too: the partitions read and write Parquet
     # Prefect's default is a thread per partition, all at once; as many as there are CPUs

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from ae_models.preprocessing import NORMALIZER_FILE
-from ae_models.tensor_column import find_tensor
+from ae_models.preprocessing.normalizer import NORMALIZER_FILE
+from ae_models.preprocessing.tensor_column import find_tensor
 from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, MODEL_VERSION
 from feature_store import FeatureStoreError, load_table
 from feature_store.schema import TIMESTAMP
@@ -163,7 +163,7 @@ def check_source_shape(ingested: IngestResult, champion: Champion) -> None:
     on, each holding the kind of value it held then (a ConfigError naming the columns and
     both kinds: a number column turned text is not scored as unseen categories); columns
     the champion does not know are logged and ignored."""
-    from ae_models.preprocessing import Normalizer
+    from ae_models.preprocessing.normalizer import Normalizer
     from tasks.io.tables import type_class
 
     spec = Normalizer.load(Path(champion.model_dir) / NORMALIZER_FILE)

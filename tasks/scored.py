@@ -26,7 +26,7 @@ from stores import data as data_store
 from tasks.config import PipelineConfig
 
 if TYPE_CHECKING:
-    from ae_models.drift import DriftCheck
+    from ae_models.scoring.drift import DriftCheck
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 import ae_models
-from ae_models.fitting import fit_autoencoder
-from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
+from ae_models.preprocessing.normalizer import NORMALIZER_FILE, Normalizer
 from ae_models.runtime import SCORING_PRECISION
-from ae_models.scoring import resolve_score, score_rows
-from ae_models.streaming import available_memory, source_bytes
-from ae_models.train_config import auto_code_size
-from ae_models.training import CHECKPOINT
+from ae_models.scoring.scorer import resolve_score, score_rows
+from ae_models.training.config import auto_code_size
+from ae_models.training.fitting import fit_autoencoder
+from ae_models.training.loop import CHECKPOINT
+from ae_models.training.streaming import available_memory, source_bytes
 from ae_models.vocabulary import TEST, TRAIN, VAL
 from feature_store.schema import row_bytes
 from stores import Stores
@@ -276,7 +276,7 @@ def drift_reference(
     ``"drift"``): the source columns' distributions and the codes from the training rows,
     the calibrated scores and flagged share from rows held out of training. Pixel columns
     of images get no per-column reference (the scores and codes cover them)."""
-    from ae_models.drift import build_reference
+    from ae_models.scoring.drift import build_reference
 
     columns, position = [], 0
     for spec in normalizer.columns:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import ae_models
-from ae_models.train_config import auto_code_size
+from ae_models.training.config import auto_code_size
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
 from tasks.io.sources import inspect_source

@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 from prefect import task
 
 import ae_models
-from ae_models.drift import DriftCheck, DriftCounts, count_batch, drift_decision
 from ae_models.outputs import score_outputs
-from ae_models.preprocessing import Normalizer, ScaledBytes, model_input
-from ae_models.scoring import Scorer
-from ae_models.tensor_column import FEATURES, batch_matrix, find_tensor
+from ae_models.preprocessing.normalizer import Normalizer, ScaledBytes, model_input
+from ae_models.preprocessing.tensor_column import FEATURES, batch_matrix, find_tensor
+from ae_models.scoring.drift import DriftCheck, DriftCounts, count_batch, drift_decision
+from ae_models.scoring.scorer import Scorer
 from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, IS_ANOMALY, SPLIT, TRAIN
 from feature_store import (
     StagedFeatures,

@@ -222,7 +222,7 @@ def test_codes_written_carry_float32_precision(shared_datasets, monkeypatch) -> 
     import ae_models
     import ae_models.runtime
     from ae_models.outputs import score_outputs
-    from ae_models.scoring import fit_scorer
+    from ae_models.scoring.scorer import fit_scorer
     from tasks.io.arrays import load_mnist
 
     x, _ = load_mnist(shared_datasets / "mnist", "test")  # 10,000 x 784 in [0, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -375,3 +376,17 @@ def test_no_private_name_is_imported_across_modules() -> None:
             if private or hidden:
                 reach[f"{path.relative_to(ROOT)}:{node.lineno}"] = private + hidden
     assert reach == {}
+
+
+def test_the_architecture_page_names_only_what_exists() -> None:
+    """Issue 43.9: every file or folder docs/architecture.md names (in backticks) exists, and
+    every package and every room of ae_models has its place on the page."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_.]+)*(?:/|\.py|\.md|\.yaml))`", text))
+    assert named, "no paths found on the page"
+    files = {p.name for p in modules()}  # a bare name (`loop.py`) is a module of its room
+    missing = sorted(p for p in named if not (ROOT / p).exists() and p not in files)
+    assert missing == []
+    rooms = [p.parent for p in (ROOT / "ae_models").glob("*/__init__.py")]
+    wanted = [f"{pkg}/" for pkg in PACKAGES] + [f"{r.relative_to(ROOT)}/" for r in rooms]
+    assert [w for w in wanted if f"`{w}`" not in text] == []

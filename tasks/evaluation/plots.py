@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ae_models.drift import DriftCheck
+    from ae_models.scoring.drift import DriftCheck
 
 
 def _plt():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ae_models.preprocessing import PIXEL_SCALE
+from ae_models.preprocessing.normalizer import PIXEL_SCALE
 
 # IDX type codes -> NumPy big-endian dtypes
 _IDX_TYPES = {
@@ -464,7 +464,7 @@ def check_fits_memory(nbytes: int, what: str) -> None:
     """Refuse an array source whose values would take more than half the memory available
     now: it is read whole, and a few declared bytes (a header, a zip entry) can claim any
     size."""
-    from ae_models.streaming import available_memory
+    from ae_models.training.streaming import available_memory
 
     room = available_memory()
     if nbytes > room // 2:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ae_models.tensor_column import TensorSpec, tensor_array
+from ae_models.preprocessing.tensor_column import TensorSpec, tensor_array
 
 T = TypeVar("T")
 _TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary)
@@ -28,7 +28,7 @@ def write_options(schema: pa.Schema) -> dict[str, Any]:
     - text (ids, labels, splits, categories): dictionary-encoded;
     - small integers (8- and 16-bit: raw pixels), which Parquet stores as 32-bit: byte
       stream split, whose zero high-byte streams LZ4 squeezes away;
-    - the tensor column (:mod:`ae_models.tensor_column`: every row's features as one
+    - the tensor column (:mod:`ae_models.preprocessing.tensor_column`: every row's features as one
       fixed-size binary value): plain, LZ4 (pixels' runs of zeros squeeze well, fast);
     - other numbers: plain, snappy-compressed.
 
@@ -197,7 +197,7 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
 def with_tensor(roles: dict[str, pa.Array], matrix: np.ndarray, spec: TensorSpec) -> pa.Table:
     """The role columns, then the feature matrix (rows x features) as the one tensor column
-    of ``spec`` (:mod:`ae_models.tensor_column`), over the matrix's bytes."""
+    of ``spec`` (:mod:`ae_models.preprocessing.tensor_column`), over the matrix's bytes."""
     if matrix.dtype != np.dtype(spec.dtype) or matrix.shape[1:] != (spec.width,):
         raise ValueError(f"a {matrix.dtype} {matrix.shape} matrix is not a {spec} column")
     fields = [pa.field(n, a.type) for n, a in roles.items()] + [spec.field()]

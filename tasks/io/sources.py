@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ae_models.tensor_column import LAYOUT
+from ae_models.preprocessing.tensor_column import LAYOUT
 from ae_models.vocabulary import ROLE_COLUMNS
 from tasks.config import ConfigError, PipelineConfig, SourceConfig
 from tasks.io import arrays
@@ -65,7 +65,8 @@ def inspect_source(src: SourceConfig, images: list[str] | None = None) -> Source
 
 def source_fingerprint(cfg: PipelineConfig, images: list[str] | None = None) -> str:
     """Stable id of the source and the ingest settings: same data and settings, same folder.
-    It names the Parquet layout too (:data:`~ae_models.tensor_column.LAYOUT`), so files an
+    It names the Parquet layout too (:data:`~ae_models.preprocessing.tensor_column.LAYOUT`), so
+    files an
     older aepipe wrote are never read as this one's: the source is ingested again.
     An image folder's is that of its image files (``images``: their listing, when known)."""
     src = cfg.source

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from ae_models.streaming import ParquetSource, rows_of, sample_mask, sample_rows
-from ae_models.tensor_column import FEATURES, batch_matrix
+from ae_models.preprocessing.tensor_column import FEATURES, batch_matrix
+from ae_models.training.streaming import ParquetSource, rows_of, sample_mask, sample_rows
 from ae_models.vocabulary import LABEL, SPLIT, SPLITS
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ae_models.cpus import usable_cpus
+from ae_models.training.cpus import usable_cpus
 from tasks.io.readers.base import FileStart, IngestPart, Parsed, Skipped
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ae_models.column_stats import FitStats, Moments, QuantileSketch, signed_log1p
-from ae_models.preprocessing import Normalizer
+from ae_models.preprocessing.column_stats import FitStats, Moments, QuantileSketch, signed_log1p
+from ae_models.preprocessing.normalizer import Normalizer
 
 
 @pytest.mark.parametrize("distinct", [1, 7, 1000, 30_000])

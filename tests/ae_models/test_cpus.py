@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from ae_models.cpus import CpuShare, _cgroup_quota, usable_cpus
+from ae_models.training.cpus import CpuShare, _cgroup_quota, usable_cpus
 
 
 def test_affinity_caps_the_usable_cpus() -> None:
@@ -22,7 +22,7 @@ def test_affinity_caps_the_usable_cpus() -> None:
         pytest.skip("needs 2 CPUs to pin a process to one")
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        "from ae_models.cpus import usable_cpus; print(usable_cpus())"
+        "from ae_models.training.cpus import usable_cpus; print(usable_cpus())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
@@ -47,7 +47,7 @@ def test_loops_at_once_split_the_cpus_and_take_them_back(tmp_path, monkeypatch) 
     """On a machine of 8 usable CPUs with torch at 8 threads, whatever this one has (under
     xdist torch starts with one thread, and 1 // 2 would be 1 either way): one loop takes
     8, two take 4 each, and the survivor gets 8 back."""
-    import ae_models.cpus as cpus
+    import ae_models.training.cpus as cpus
 
     monkeypatch.setattr(cpus, "usable_cpus", lambda: 8)
     before = torch.get_num_threads()
@@ -81,7 +81,7 @@ def test_loops_at_once_split_the_cpus_and_take_them_back(tmp_path, monkeypatch) 
 
 def test_a_killed_holders_share_stops_counting(tmp_path) -> None:
     code = (
-        "import sys, time; from pathlib import Path; from ae_models.cpus import CpuShare\n"
+        "import sys, time; from pathlib import Path; from ae_models.training.cpus import CpuShare\n"
         f"with CpuShare(Path({str(tmp_path)!r})):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )
@@ -106,7 +106,7 @@ def test_arrow_pool_is_capped_at_a_cpu_quota(monkeypatch, tmp_path) -> None:
     quota; the first compute loop caps it at the usable CPUs."""
     import pyarrow as pa
 
-    import ae_models.cpus as cpus
+    import ae_models.training.cpus as cpus
 
     before = pa.cpu_count()
     monkeypatch.setattr(cpus, "_cgroup_quota", lambda: 1.0)  # a `--cpus 1` container

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ae_models import AutoencoderReducer
-from ae_models.detectors import CODES_FILE, FOREST_FILE, TAILS_FILE, Detectors
-from ae_models.isolation import IsolationForest, average_path
+from ae_models.scoring.detectors import CODES_FILE, FOREST_FILE, TAILS_FILE, Detectors
+from ae_models.scoring.isolation import IsolationForest, average_path
 
 
 def blobs(n: int = 600, width: int = 8, seed: int = 0) -> np.ndarray:

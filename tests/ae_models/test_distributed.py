@@ -18,10 +18,10 @@ import torch
 from sklearn.datasets import load_digits
 
 import ae_models
-from ae_models.distributed import RankFailed, train_ddp
-from ae_models.streaming import ParquetSource
-from ae_models.train_config import TrainConfig
-from ae_models.training import evaluate_loss
+from ae_models.training.config import TrainConfig
+from ae_models.training.distributed import RankFailed, train_ddp
+from ae_models.training.loop import evaluate_loss
+from ae_models.training.streaming import ParquetSource
 
 COLUMNS = tuple(f"p{i}" for i in range(64))
 # two processes each take half of every global batch and see the rows in other orders than
@@ -87,7 +87,7 @@ def rank_pid(rank: int) -> int:
         if not proc.name.isdigit():
             continue
         try:
-            if b"ae_models.distributed" not in (proc / "cmdline").read_bytes():
+            if b"ae_models.training.distributed" not in (proc / "cmdline").read_bytes():
                 continue
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
@@ -200,7 +200,7 @@ def test_a_failing_callback_stops_the_ranks(digits_file, tmp_path) -> None:
 
 def test_cuda_where_there_is_none_fails_before_any_process_starts(digits_file, monkeypatch) -> None:
     """Counted, not timed: no rank is launched (a wall-clock bound flakes on a busy machine)."""
-    import ae_models.distributed as distributed
+    import ae_models.training.distributed as distributed
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ae_models.drift import MIN_ROWS, build_reference, check_drift
+from ae_models.scoring.drift import MIN_ROWS, build_reference, check_drift
 
 COLUMNS = [
     {"name": "amount", "kind": "numeric", "index": [0]},
@@ -78,7 +78,7 @@ def test_too_few_rows_or_no_reference_is_not_checked(reference) -> None:
 
 
 def test_partitions_count_apart_and_merge_to_the_whole(reference) -> None:
-    from ae_models.drift import count_batch, drift_decision
+    from ae_models.scoring.drift import count_batch, drift_decision
 
     inputs, codes, calibrated, flagged = rows(1000, np.random.default_rng(11), shift=0.03)
     halves = [

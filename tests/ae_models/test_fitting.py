@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ae_models
-from ae_models.fitting import fit_autoencoder
-from ae_models.scoring import fit_scorer, score_rows
+from ae_models.scoring.scorer import fit_scorer, score_rows
+from ae_models.training.fitting import fit_autoencoder
 
 
 def blobs(n: int = 400, width: int = 12, seed: int = 0) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_kl_score_is_cross_entropy_less_the_targets_entropy() -> None:
     give the same scores."""
     from types import SimpleNamespace
 
-    from ae_models.scoring import column_errors
+    from ae_models.scoring.scorer import column_errors
 
     target = torch.tensor([[0.5, 0.5, 0.5], [0.01, 0.99, 0.01], [0.0, 1.0, 0.0]])
     perfect = SimpleNamespace(logits=torch.logit(target.clamp(1e-6, 1 - 1e-6)), recon=target)
@@ -87,7 +87,7 @@ def test_bce_scores_skip_the_matrix_and_match_it(kind: str) -> None:
     matrix, equal to that matrix's row means within float32 rounding (targets outside
     [0, 1] are clamped as the matrix clamps them; KL adds the distance outside), and fitting
     and scoring give the same scores."""
-    from ae_models.scoring import bce_row_means, column_errors, kl_row_means
+    from ae_models.scoring.scorer import bce_row_means, column_errors, kl_row_means
 
     row_means = bce_row_means if kind == "bce" else kl_row_means
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ae_models.preprocessing import ExtraColumnsWarning, Normalizer, model_input
+from ae_models.preprocessing.normalizer import ExtraColumnsWarning, Normalizer, model_input
 
 KNOWN = ("entity_id",)
 
@@ -60,10 +60,10 @@ def test_bytes_converted_batch_by_batch_score_as_the_whole_matrix(scale) -> None
     import torch
 
     from ae_models.outputs import score_outputs
-    from ae_models.preprocessing import ScaledBytes
-    from ae_models.registry import create_model
-    from ae_models.scoring import fit_scorer
-    from ae_models.tensor_column import TensorSpec, tensor_array
+    from ae_models.preprocessing.normalizer import ScaledBytes
+    from ae_models.preprocessing.tensor_column import TensorSpec, tensor_array
+    from ae_models.scoring.scorer import fit_scorer
+    from ae_models.variants.registry import create_model
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256 if scale == 255.0 else 17, size=(3000, 64), dtype=np.uint8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ae_models
-from ae_models.deep import default_hidden
+from ae_models.variants.deep import default_hidden
 
 
 def test_registry_lists_and_creates_deep() -> None:

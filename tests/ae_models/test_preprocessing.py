@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ae_models.preprocessing import (
+from ae_models.preprocessing.normalizer import (
     OTHER,
     OUTPUT_LIMIT,
     ExtraColumnsWarning,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ae_models import AutoencoderReducer
-from ae_models.detectors import Detectors
-from ae_models.scoring import ENSEMBLE_FLOOR, Scorer
+from ae_models.scoring.detectors import Detectors
+from ae_models.scoring.scorer import ENSEMBLE_FLOOR, Scorer
 
 EPOCHS = 20  # what is tested is the score's combination, not how long the network trains
 
@@ -118,7 +118,7 @@ def test_the_neighbour_bank_holds_each_code_once() -> None:
 def test_the_floor_and_the_explanation_kind_are_stored_and_older_models_keep_their_rule() -> None:
     """``model.json`` keeps the floor (a model saved before it scores as it was fitted: no
     floor, so its stored threshold and quantiles still fit its scores)."""
-    from ae_models.scoring import ScoreCalibration
+    from ae_models.scoring.scorer import ScoreCalibration
 
     calibration = ScoreCalibration(1.0, "test", (0.0, 1.0))
     scorer = Scorer("ensemble", calibration, mix=(0.0, 1.0) * 4, floor=0.5, explain="kl")

@@ -15,16 +15,16 @@ import pytest
 import torch
 
 import ae_models
-from ae_models import streaming
+from ae_models.training import streaming
 from ae_models.estimator import AutoencoderReducer
-from ae_models.streaming import (
+from ae_models.training.config import TrainConfig
+from ae_models.training.streaming import (
     ParquetSource,
     SourceChanged,
     StreamingRows,
     sample_mask,
     sample_rows,
 )
-from ae_models.train_config import TrainConfig
 
 ROWS, WIDTH, GROUP = 5000, 6, 500
 
@@ -233,7 +233,7 @@ def test_a_read_only_memory_map_scores_without_copying_it_whole(tmp_path) -> Non
     expected, _, _ = ae_models.encode_and_score(model, x, batch_size=500, device="cpu")
     np.testing.assert_array_equal(codes, expected)
     assert os.path.getsize(tmp_path / "x.npy") > x.nbytes and torch.is_tensor(
-        ae_models.training.as_tensor(mapped[:2])
+        ae_models.training.loop.as_tensor(mapped[:2])
     )
 
 

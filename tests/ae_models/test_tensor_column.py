@@ -7,9 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ae_models.preprocessing import Normalizer, SchemaError, model_input
-from ae_models.streaming import ParquetSource
-from ae_models.tensor_column import (
+from ae_models.preprocessing.normalizer import Normalizer, SchemaError, model_input
+from ae_models.preprocessing.tensor_column import (
     FEATURES,
     TensorSpec,
     as_fixed_size_list,
@@ -21,6 +20,7 @@ from ae_models.tensor_column import (
     tensor_values,
     to_wide,
 )
+from ae_models.training.streaming import ParquetSource
 from tasks.io.parquet import ParquetSink, with_tensor
 
 

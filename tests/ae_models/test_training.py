@@ -10,8 +10,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import ae_models
-from ae_models.streaming import ArraySource
-from ae_models.training import ONECYCLE_MIN_STEPS, _make_scheduler
+from ae_models.training.loop import ONECYCLE_MIN_STEPS, _make_scheduler
+from ae_models.training.streaming import ArraySource
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_early_stopping_restores_best_epoch(digits) -> None:
     assert len(result.history) < 200
     best = min(h["val_loss"] for h in result.history)
     assert result.best_val_loss == pytest.approx(best)
-    restored = ae_models.training.evaluate_loss(
+    restored = ae_models.training.loop.evaluate_loss(
         model, torch.from_numpy(val), 512, torch.device("cpu"), "fp32"
     )
     assert restored == pytest.approx(best, rel=1e-5)
@@ -103,7 +103,7 @@ def test_fp16_scales_the_loss_and_clips_the_unscaled_gradients(
     gradient scaler, runs here with the refusal bypassed. The scaler multiplies the loss by
     about 2**16; clipping must see the unscaled gradients (norms like fp32's), or it would
     clip gradients 65,000 times too large."""
-    import ae_models.training as training
+    import ae_models.training.loop as training
 
     train, val = digits
     monkeypatch.setattr(training, "resolve_precision", lambda p, device, width=None: p)
@@ -332,11 +332,11 @@ def test_checkpoint_of_other_weight_shapes_is_not_resumed(digits, tmp_path, monk
     """A default that changes between aepipe versions (the hidden widths did) leaves the
     config the same but the weights another shape: that checkpoint starts afresh instead of
     failing to load."""
-    import ae_models.deep
+    import ae_models.variants.deep
 
     train, val = digits
     cfg = ae_models.TrainConfig(epochs=2, batch_size=64, checkpoint_dir=str(tmp_path))
-    monkeypatch.setattr(ae_models.deep, "TABLE_HIDDEN", (32, 16))  # an older default
+    monkeypatch.setattr(ae_models.variants.deep, "TABLE_HIDDEN", (32, 16))  # an older default
     ae_models.train(ae_models.create_model("deep", input_dim=64, code_size=8), train, val, cfg)
     monkeypatch.undo()
     result = ae_models.train(

@@ -8,8 +8,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import ae_models
-from ae_models.contractive import jacobian_frobenius_sq
-from ae_models.sparse import kl_sparsity
+from ae_models.variants.contractive import jacobian_frobenius_sq
+from ae_models.variants.sparse import kl_sparsity
 
 VARIANTS = ["deep", "denoising", "sparse", "contractive", "vae", "conv"]
 
@@ -52,7 +52,7 @@ def test_denoising_corrupts_only_while_training(digits) -> None:
         model.eval()
         clean = model(x).latent
     assert not torch.allclose(noisy, clean)
-    from ae_models.denoising import corrupt
+    from ae_models.variants.denoising import corrupt
 
     masked = corrupt(torch.ones(1000, 100), "masking", 0.3, clip=True)
     assert 0.25 < float((masked == 0).float().mean()) < 0.35

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ae_models.tensor_column import to_wide
+from ae_models.preprocessing.tensor_column import to_wide
 from feature_store import read_features
 from flows.reduce_features import reduce_features
 from stores import resolve_stores

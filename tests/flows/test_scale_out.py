@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ae_models.tensor_column import FEATURES, TensorSpec, batch_matrix, tensor_array
+from ae_models.preprocessing.tensor_column import FEATURES, TensorSpec, batch_matrix, tensor_array
 from feature_store import load_table, read_features
 from flows.partitions import write_partitions
 from flows.reduce_features import reduce_features

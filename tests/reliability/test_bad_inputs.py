@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ae_models.tensor_column import batch_matrix
+from ae_models.preprocessing.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.normalize import normalize_dataset

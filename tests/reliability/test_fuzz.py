@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ae_models.tensor_column import batch_matrix
+from ae_models.preprocessing.tensor_column import batch_matrix
 from stores import resolve_stores
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source

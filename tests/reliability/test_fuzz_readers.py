@@ -20,7 +20,7 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import ae_models.streaming  # noqa: F401  (the readers' memory check: imported before timing)
+import ae_models.training.streaming  # noqa: F401  (the readers' memory check: imported before timing)
 from tasks.config import ConfigError
 from tasks.io import arrays
 from tasks.io.arrays import SourceReadError

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ae_models.preprocessing import Normalizer
-from ae_models.tensor_column import (
+from ae_models.preprocessing.normalizer import Normalizer
+from ae_models.preprocessing.tensor_column import (
     FEATURES,
     TensorSpec,
     batch_matrix,
@@ -270,7 +270,7 @@ def test_normalize_settings_are_checked_and_applied(tmp_path, tmp_stores) -> Non
     data = normalize_dataset(ingest_source(cfg, tmp_stores), cfg)
     values = batch_matrix(pq.read_table(data.path))[:, data.features.index("a")]
     assert values.min() < 0 < values.max()  # standardized, not squeezed into [0, 1]
-    from ae_models.preprocessing import Normalizer
+    from ae_models.preprocessing.normalizer import Normalizer
     from tasks.train import build_model
 
     assert not Normalizer.load(data.spec_path).unit_range

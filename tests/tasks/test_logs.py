@@ -15,7 +15,7 @@ import flows  # noqa: F401  (importing the flows package sends aepipe's logs to 
 
 @flow(name="log-bridge-check")
 def train_with_early_stop() -> str:
-    """Train until early stopping: ae_models.training logs the stop at INFO."""
+    """Train until early stopping: ae_models.training.loop logs the stop at INFO."""
     rng = np.random.default_rng(0)
     x = rng.random((64, 6)).astype(np.float32)
     model = ae_models.create_model("deep", input_dim=6, code_size=2)
@@ -34,7 +34,7 @@ def test_a_library_log_line_is_in_the_flow_runs_logs(prefect_server) -> None:
     while True:  # logs reach the server in batches, a second or two after the run
         with get_client(sync_client=True) as client:
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        ours = [entry for entry in logs if entry.name == "ae_models.training"]
+        ours = [entry for entry in logs if entry.name == "ae_models.training.loop"]
         if ours or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -45,5 +45,5 @@ def test_a_library_log_line_is_in_the_flow_runs_logs(prefect_server) -> None:
 def test_outside_a_run_library_logs_raise_no_prefect_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Prefect's handler warns outside a run
-        logging.getLogger("ae_models.training").info("outside any run")
+        logging.getLogger("ae_models.training.loop").info("outside any run")
         logging.getLogger("feature_store").warning("outside any run")

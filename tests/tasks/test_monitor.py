@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ae_models.drift import DriftCheck
+from ae_models.scoring.drift import DriftCheck
 from feature_store import read_drift
 from tasks.monitor import drift_metrics, record_check
 from tasks.write_features import ScoringJob

@@ -99,8 +99,8 @@ def test_a_version_with_no_rows_scores_everything(tmp_path, tmp_stores) -> None:
 def test_pixels_of_another_shape_are_refused_before_scoring(tmp_path) -> None:
     """A source whose pixels come in one tensor column is checked by their count a row
     against the champion's normalizer, before anything is scored."""
-    from ae_models.preprocessing import NORMALIZER_FILE, Normalizer
-    from ae_models.tensor_column import TensorSpec
+    from ae_models.preprocessing.normalizer import NORMALIZER_FILE, Normalizer
+    from ae_models.preprocessing.tensor_column import TensorSpec
     from tasks.config import ConfigError
     from tasks.ingest import IngestResult
     from tasks.io.parquet import with_tensor

@@ -112,7 +112,7 @@ def test_a_linear_head_scores_with_the_ensemble_and_keeps_its_files(tmp_path, tm
     import pandas as pd
 
     import ae_models
-    from ae_models.detectors import CODES_FILE, FOREST_FILE, TAILS_FILE
+    from ae_models.scoring.detectors import CODES_FILE, FOREST_FILE, TAILS_FILE
     from tasks.pyfunc_model import AutoencoderPyfunc
 
     rng = np.random.default_rng(0)

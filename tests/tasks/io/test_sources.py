@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ae_models.tensor_column import batch_matrix
+from ae_models.preprocessing.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io.arrays import SourceReadError, npz_x_shape, read_idx, read_npz
@@ -309,7 +309,7 @@ def test_an_npz_is_checked_against_its_headers_and_memory_before_loading(
     them (a 2 MB zip of zeros can declare gigabytes); a row wider than MAX_ROW_VALUES too."""
     import zipfile
 
-    import ae_models.streaming
+    import ae_models.training.streaming
 
     path = tmp_path / "lies.npz"
     np.savez(path, X=np.zeros((4, 3)))
@@ -323,7 +323,7 @@ def test_an_npz_is_checked_against_its_headers_and_memory_before_loading(
             read(path)
     honest = tmp_path / "big.npz"
     np.savez_compressed(honest, X=np.zeros((1000, 1000)), y=np.zeros(1000))
-    monkeypatch.setattr(ae_models.streaming, "available_memory", lambda: 4 << 20)
+    monkeypatch.setattr(ae_models.training.streaming, "available_memory", lambda: 4 << 20)
     with pytest.raises(SourceReadError, match=r"declares 0\.0 GiB of values; this machine has"):
         read_npz(honest)
     monkeypatch.undo()

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ae_models.tensor_column import batch_matrix
+from ae_models.preprocessing.tensor_column import batch_matrix
 from tasks.config import ConfigError, build_config
 from tasks.ingest import ingest_source
 from tasks.io import tables as tabular

@@ -1,5 +1,5 @@
 """The estimator's inputs larger than memory: a Parquet path or a memory-mapped array, checked
-in one streaming pass and opened as streamable sources (:mod:`ae_models.streaming`)."""
+in one streaming pass and opened as streamable sources (:mod:`ae_models.training.streaming`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ae_models.streaming import (
+from ae_models.training.streaming import (
     ArraySource,
     BlockReader,
     ParquetSource,

@@ -1,12 +1,12 @@
 """Training rows that need not fit in memory: row blocks read from Parquet or a memory-mapped
 array in a shuffled order, shuffled again in a bounded buffer, read ahead on a thread.
 
-The training loop (:func:`~ae_models.training.train`) takes its rows as a :class:`Rows`: an
+The training loop (:func:`~ae_models.training.loop.train`) takes its rows as a :class:`Rows`: an
 in-memory tensor (:class:`InMemoryRows`, the fast path) or a :class:`StreamingRows` over the
 blocks of a source:
 
 - a :class:`ParquetSource` names feature columns of a Parquet file (or its one tensor
-  column, :mod:`ae_models.tensor_column`) and, optionally, the rows to keep
+  column, :mod:`ae_models.preprocessing.tensor_column`) and, optionally, the rows to keep
   (``where=("split", "train")``); its blocks are the file's row groups;
 - an :class:`ArraySource` wraps an array (``np.memmap``, ``np.load(mmap_mode="r")``) and a
   row mask; its blocks are runs of :data:`ARRAY_BLOCK_ROWS` rows.
@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from ae_models.tensor_column import find_tensor, tensor_floats
+from ae_models.preprocessing.tensor_column import find_tensor, tensor_floats
 
 SHUFFLE_ROWS = 65_536  # rows permuted together in the streaming buffer, by default
 READ_AHEAD = 2  # blocks read ahead of the one being trained on

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ae_models.base import AEOutput
-from ae_models.deep import DeepAutoencoder, DeepConfig
-from ae_models.registry import register_model
+from ae_models.variants.base import AEOutput
+from ae_models.variants.deep import DeepAutoencoder, DeepConfig
+from ae_models.variants.registry import register_model
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,14 @@ Adam (fused where the device supports it) with a one-cycle, plateau or cosine sc
 validation with early stopping that restores the best epoch, gradient clipping, mixed
 precision (bf16 autocast on CPUs with native bf16, bf16/fp16 on GPUs), a checkpoint after every
 epoch and exact resume, and callbacks for progress and tracking. The rows come as a
-:class:`~ae_models.streaming.Rows`: resident as one tensor (each epoch shuffled in contiguous
-chunks so batches are plain slices), or streamed from Parquet or a memory-mapped array.
+:class:`~ae_models.training.streaming.Rows`: resident as one tensor (each epoch shuffled in
+contiguous chunks so batches are plain slices), or streamed from Parquet or a memory-mapped array.
 
 Run in every process of a data-parallel group (``torch.distributed`` initialized, see
-:mod:`ae_models.distributed`), the same loop trains a DistributedDataParallel copy of the model
-on this rank's shard: every rank takes the same number of steps, losses are summed over the
-ranks, rank 0 alone writes checkpoints (with every rank's random state) and a resumed run
-hands rank 0's checkpoint to every rank.
+:mod:`ae_models.training.distributed`), the same loop trains a DistributedDataParallel copy of
+the model on this rank's shard: every rank takes the same number of steps, losses are summed
+over the ranks, rank 0 alone writes checkpoints (with every rank's random state) and a resumed
+run hands rank 0's checkpoint to every rank.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ae_models.base import Autoencoder, reconstruction_error
-from ae_models.cpus import CpuShare
 from ae_models.runtime import autocast, resolve_precision, seed_everything, select_device
-from ae_models.streaming import InMemoryRows, Rows, is_rows
-from ae_models.train_config import Precision, TrainConfig
+from ae_models.training.config import Precision, TrainConfig
+from ae_models.training.cpus import CpuShare
+from ae_models.training.streaming import InMemoryRows, Rows, is_rows
+from ae_models.variants.base import Autoencoder, reconstruction_error
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -94,7 +94,7 @@ def as_tensor(x: np.ndarray | Tensor) -> Tensor:
 
 
 def as_rows(x: np.ndarray | Tensor | Rows, seed: int = 0) -> Rows:
-    """``x`` as training rows: :class:`~ae_models.streaming.Rows` as they are, arrays and
+    """``x`` as training rows: :class:`~ae_models.training.streaming.Rows` as they are, arrays and
     tensors resident in memory."""
     if is_rows(x):
         return x  # type: ignore[return-value]
@@ -294,7 +294,7 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the weights of its best validation epoch.
 
-    ``x_train`` and ``x_val`` are arrays, tensors or :class:`~ae_models.streaming.Rows`
+    ``x_train`` and ``x_val`` are arrays, tensors or :class:`~ae_models.training.streaming.Rows`
     (streamed from Parquet or a memory-mapped array). Without ``x_val`` the training loss
     drives the schedule and early stopping. With ``config.checkpoint_dir`` every epoch ends
     with a checkpoint there, and a later call with the same model, config and data resumes
@@ -495,7 +495,7 @@ def train(
 
 
 def len_rows(x: np.ndarray | Tensor | Rows) -> int:
-    """Row count of an array, a tensor or :class:`~ae_models.streaming.Rows`."""
+    """Row count of an array, a tensor or :class:`~ae_models.training.streaming.Rows`."""
     return int(x.rows) if is_rows(x) else len(x)  # type: ignore[union-attr,arg-type]
 
 
@@ -516,7 +516,7 @@ def forward_batches(
     """Batches of (input on the device, model output) of ``x``, the model in eval mode and
     autocast as ``precision`` resolves for the device (call under inference mode). An array
     is converted a batch at a time (a memory-mapped one is never read whole); streamed
-    :class:`~ae_models.streaming.Rows` come in source order."""
+    :class:`~ae_models.training.streaming.Rows` come in source order."""
     dev = select_device(device)
     model.to(dev).eval()
     if is_rows(x):

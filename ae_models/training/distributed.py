@@ -4,7 +4,7 @@ gradients all-reduced after every step.
 
 :func:`train_ddp` launches the processes the way ``torchrun`` does (PyTorch's elastic agent
 with a c10d rendezvous; ``gloo`` on the CPU, ``nccl`` with one process per GPU), runs
-:func:`~ae_models.training.train` in each (:func:`run_rank`), replays rank 0's epochs to the
+:func:`~ae_models.training.loop.train` in each (:func:`run_rank`), replays rank 0's epochs to the
 caller's callbacks as they finish, and leaves the best weights in the caller's model: the
 same model, result and callbacks as single-process training.
 
@@ -14,7 +14,7 @@ whose agent hosts the rendezvous). The training run writes its job (``ddp-job.js
 and logs the command the other machines start::
 
     torchrun --nnodes N --nproc-per-node P --rdzv-backend c10d \\
-        --rdzv-endpoint HOST:PORT --rdzv-id RUN -m ae_models.distributed CHECKPOINT_DIR
+        --rdzv-endpoint HOST:PORT --rdzv-id RUN -m ae_models.training.distributed CHECKPOINT_DIR
 
 A rank that dies ends the run: the agent stops the others and :class:`RankFailed` names the
 rank in one line; a rank waiting on a collective operation gives up after
@@ -42,12 +42,12 @@ from typing import Any
 
 import torch
 
-from ae_models.base import Autoencoder
-from ae_models.registry import create_model
 from ae_models.runtime import select_device
-from ae_models.streaming import ParquetSource
-from ae_models.train_config import TrainConfig
-from ae_models.training import CHECKPOINT, TrainResult, train
+from ae_models.training.config import TrainConfig
+from ae_models.training.loop import CHECKPOINT, TrainResult, train
+from ae_models.training.streaming import ParquetSource
+from ae_models.variants.base import Autoencoder
+from ae_models.variants.registry import create_model
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def train_ddp(
     streaming: bool = False,
 ) -> TrainResult:
     """Train ``model`` data-parallel on ``source`` (early stopping on ``val``) and leave the
-    best weights in it, as :func:`~ae_models.training.train` does in one process.
+    best weights in it, as :func:`~ae_models.training.loop.train` does in one process.
     Raises :class:`RankFailed` naming the rank when a process fails."""
     if not isinstance(source, ParquetSource) or not (val is None or isinstance(val, ParquetSource)):
         raise TypeError(
@@ -214,7 +214,7 @@ def train_ddp(
         log.warning(
             "data-parallel training over %d machines: start it on each of the others with "
             "torchrun --nnodes %d --nproc-per-node %d --rdzv-backend c10d --rdzv-endpoint %s "
-            "--rdzv-id %s -m ae_models.distributed %s",
+            "--rdzv-id %s -m ae_models.training.distributed %s",
             cfg.nodes,
             cfg.nodes,
             n,
@@ -253,13 +253,16 @@ def train_ddp(
 
 def _stop_ranks() -> None:
     """SIGTERM this process's training ranks (Linux: its children running
-    ``ae_models.distributed``), so that the agent sees them end and returns."""
+    ``ae_models.training.distributed``), so that the agent sees them end and returns."""
     me = str(os.getpid())
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             stat = (proc / "stat").read_text()
             parent = stat.rsplit(")", 1)[1].split()[1]
-            if parent == me and b"ae_models.distributed" in (proc / "cmdline").read_bytes():
+            if (
+                parent == me
+                and b"ae_models.training.distributed" in (proc / "cmdline").read_bytes()
+            ):
                 os.kill(int(proc.name), signal.SIGTERM)
         except (OSError, IndexError, ValueError):
             continue
@@ -267,7 +270,7 @@ def _stop_ranks() -> None:
 
 def _launch(cfg: TrainConfig, n: int, run_id: str, folder: str, outcome: dict[str, Any]) -> None:
     """Start the ranks with PyTorch's elastic agent, each as ``python -m
-    ae_models.distributed`` (what torchrun starts on other machines; a new interpreter, so
+    ae_models.training.distributed`` (what torchrun starts on other machines; a new interpreter, so
     the caller's script is not run again in it), and wait for them (in a thread of the
     launching process); ``outcome`` gets the ``error`` if one failed."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -289,7 +292,7 @@ def _launch(cfg: TrainConfig, n: int, run_id: str, folder: str, outcome: dict[st
         local_addr="127.0.0.1" if alone else None,
     )
     try:
-        elastic_launch(config, sys.executable)("-m", "ae_models.distributed", folder)
+        elastic_launch(config, sys.executable)("-m", "ae_models.training.distributed", folder)
     except ChildFailedError as err:
         outcome["error"] = RankFailed(_failure_line(err, Path(folder)))
     except BaseException as err:
@@ -373,11 +376,11 @@ def _replay(path: Path, offset: int, callbacks: Sequence[Any]) -> int:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    """``python -m ae_models.distributed CHECKPOINT_DIR`` under ``torchrun``: this machine's
-    ranks of a data-parallel training another machine started."""
+    """``python -m ae_models.training.distributed CHECKPOINT_DIR`` under ``torchrun``: this
+    machine's ranks of a data-parallel training another machine started."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: torchrun ... -m ae_models.distributed CHECKPOINT_DIR")
+        raise SystemExit("usage: torchrun ... -m ae_models.training.distributed CHECKPOINT_DIR")
     run_rank(args[0])
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ae_models.base import Autoencoder
-from ae_models.registry import create_model
+from ae_models.variants.base import Autoencoder
+from ae_models.variants.registry import create_model
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
 

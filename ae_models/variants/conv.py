@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ae_models.base import AEConfig, Autoencoder, activation
-from ae_models.registry import register_model
+from ae_models.variants.base import AEConfig, Autoencoder, activation
+from ae_models.variants.registry import register_model
 
 
 @dataclass(frozen=True)

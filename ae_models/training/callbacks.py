@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from ae_models.training import TrainResult
+from ae_models.training.loop import TrainResult
 
 
 class ProgressBar:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ae_models.vocabulary import VARIANTS
 
 if TYPE_CHECKING:
-    from ae_models.base import Autoencoder
+    from ae_models.variants.base import Autoencoder
 
 _MODELS: dict[str, type[Autoencoder]] = {}
 T = TypeVar("T", bound="type[Autoencoder]")
@@ -32,7 +32,7 @@ def _load_builtins() -> None:
     import importlib
 
     for name in VARIANTS:
-        importlib.import_module(f"ae_models.{name}")
+        importlib.import_module(f"ae_models.variants.{name}")
 
 
 def list_models() -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ae_models.column_stats import FitStats, signed_log1p
+from ae_models.preprocessing.column_stats import FitStats, signed_log1p
 
 log = logging.getLogger(__name__)
 SPEC_VERSION = 1
@@ -210,7 +210,7 @@ class Normalizer:
         one-hot of the ``max_levels`` most frequent values plus ``__other__`` and
         ``__missing__``. Booleans: 0/1. Medians and quartiles are exact
         up to 32,768 distinct values a column, within a documented rank error beyond
-        (:class:`~ae_models.column_stats.QuantileSketch`); the rest is exact.
+        (:class:`~ae_models.preprocessing.column_stats.QuantileSketch`); the rest is exact.
         """
         per_column = per_column or {}
         for col, how in {"": scaling, **per_column}.items():
@@ -408,7 +408,7 @@ class Normalizer:
 
 class ScaledBytes:
     """Rows of bytes (aepipe's pixel tensor column) that become the model's float32 input a
-    batch at a time, as the model reads them (:class:`~ae_models.streaming.Rows`): a
+    batch at a time, as the model reads them (:class:`~ae_models.training.streaming.Rows`): a
     1,024-row batch is converted, scaled, run and scored while it is in cache, instead of
     the whole Parquet batch being written out as float32 first and read back (measured
     15-20 % less time for conversion, network and BCE on 65,536 MNIST rows)."""
@@ -453,13 +453,14 @@ def model_input(
     (every column a fixed scaling of integers without nulls) takes a fast path: the columns
     are stacked as they are and torch transposes and scales them in one pass, several times
     faster than going through pandas; aepipe's own files hold pixels in one tensor column
-    (:mod:`ae_models.tensor_column`), scaled the same way. ``known``: columns that are not
+    (:mod:`ae_models.preprocessing.tensor_column`), scaled the same way. ``known``: columns that
+    are not
     features (ids, times). ``lazy``: bytes come back as :class:`ScaledBytes`, converted a
     model batch at a time."""
     import pyarrow as pa
     import torch
 
-    from ae_models.tensor_column import FEATURES, find_tensor, tensor_values
+    from ae_models.preprocessing.tensor_column import FEATURES, find_tensor, tensor_values
 
     specs = normalizer.columns
     tensor = find_tensor(batch.schema)

@@ -245,7 +245,8 @@ KINDS = ("numeric", "boolean", "categorical")
 @dataclass
 class FitStats:
     """Per-column summaries of the training rows, taken batch by batch (:meth:`add_frame`,
-    :meth:`add_arrow`); :meth:`ae_models.preprocessing.Normalizer.from_stats` fits from them."""
+    :meth:`add_arrow`); :meth:`ae_models.preprocessing.normalizer.Normalizer.from_stats` fits from
+    them."""
 
     kinds: dict[str, str]  # column -> numeric / boolean / categorical, in column order
     log1p: tuple[str, ...] = ()

@@ -28,8 +28,8 @@ Score kinds (per row, higher = more unusual), chosen with ``score``:
   mean distance of the row's code to its 10 nearest training codes (rows in sparse regions
   of the code space; a sample of at most 4,096 training codes is kept), an isolation
   forest's score on the inputs (rows a few random axis-aligned cuts isolate;
-  :mod:`ae_models.isolation`) and ECOD's tail score (values in the far tails of their
-  training columns; :mod:`ae_models.detectors`). No one kind of detector wins on every data
+  :mod:`ae_models.scoring.isolation`) and ECOD's tail score (values in the far tails of their
+  training columns; :mod:`ae_models.scoring.detectors`). No one kind of detector wins on every data
   set (ADBench's finding; on its 27 sets each part is the worst of them somewhere), and
   averaging detectors whose errors differ keeps a set where one fails from failing the
   score. The floor is what keeps one part from vetoing the others: a part only sees its own
@@ -75,10 +75,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ae_models.base import reconstruction_error
-from ae_models.detectors import Detectors
-from ae_models.streaming import is_rows
-from ae_models.training import forward_batches
+from ae_models.scoring.detectors import Detectors
+from ae_models.training.loop import forward_batches
+from ae_models.training.streaming import is_rows
+from ae_models.variants.base import reconstruction_error
 
 ScoreKind = Literal["mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble"]
 SCORE_KINDS = ("auto", "mse", "scaled_mse", "bce", "kl", "elbo", "hybrid", "ensemble")

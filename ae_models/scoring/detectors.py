@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ae_models.isolation import IsolationForest
+from ae_models.scoring.isolation import IsolationForest
 
 NEIGHBORS = 10  # the score is the mean distance to this many nearest training codes
 BANK_ROWS = 4096  # training codes kept for the neighbours, at most (a uniform sample)

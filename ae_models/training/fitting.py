@@ -2,14 +2,14 @@
 
 Both front doors use it: :class:`~ae_models.estimator.AutoencoderReducer` (``fit(X)``) and the
 pipeline's train stage (``tasks/train.py``). Each creates its model with
-:func:`~ae_models.registry.create_model` first (a bad setting fails before any work), then
+:func:`~ae_models.variants.registry.create_model` first (a bad setting fails before any work), then
 calls :func:`fit_autoencoder`.
 
 Defaults: the two front doors share every default except the two below, kept apart on
 purpose and stated here once. Both pick the code size
-(:func:`~ae_models.train_config.auto_code_size`) and the batch size
-(:func:`~ae_models.train_config.auto_batch_size`) from the data unless told, train without
-trimming (``trim_fraction`` 0) and score anomalies with ``auto`` (:mod:`ae_models.scoring`).
+(:func:`~ae_models.training.config.auto_code_size`) and the batch size
+(:func:`~ae_models.training.config.auto_batch_size`) from the data unless told, train without
+trimming (``trim_fraction`` 0) and score anomalies with ``auto`` (:mod:`ae_models.scoring.scorer`).
 
 ============== =========== ============ ==================================================
 setting        estimator   pipeline     why
@@ -44,10 +44,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ae_models.base import Autoencoder
-from ae_models.scoring import DataKind, RowScores, Scorer, fit_scorer
-from ae_models.streaming import ArraySource, ParquetSource, rows_of, sample_mask, sample_rows
-from ae_models.training import TrainConfig, TrainResult, train
+from ae_models.scoring.scorer import DataKind, RowScores, Scorer, fit_scorer
+from ae_models.training.loop import TrainConfig, TrainResult, train
+from ae_models.training.streaming import (
+    ArraySource,
+    ParquetSource,
+    rows_of,
+    sample_mask,
+    sample_rows,
+)
+from ae_models.variants.base import Autoencoder
 
 ESTIMATOR_LR = 3e-3
 ESTIMATOR_TABLE_HIDDEN = (64, 32)  # the estimator's hidden widths for inputs under 256 wide
@@ -92,17 +98,17 @@ def fit_autoencoder(
 
     ``x_train`` and ``x_val`` are arrays, or sources (Parquet, memory-mapped arrays) that
     ``streaming`` streams rather than reads into memory; ``cfg.strategy == "ddp"`` trains
-    data-parallel on a :class:`~ae_models.streaming.ParquetSource`
-    (:mod:`ae_models.distributed`). ``score_precision`` is the precision the scores are
+    data-parallel on a :class:`~ae_models.training.streaming.ParquetSource`
+    (:mod:`ae_models.training.distributed`). ``score_precision`` is the precision the scores are
     computed at; the pipeline passes :data:`~ae_models.runtime.SCORING_PRECISION`, the rule
     its feature table is scored with, so the threshold fits the scores written. ``data``
     says what the rows are (``"table"``: ``score="auto"`` is ``ensemble`` whatever the
     output head; ``"pixels"``: ``bce`` for a sigmoid head; see
-    :func:`~ae_models.scoring.resolve_score`). A score kind the model cannot give raises
+    :func:`~ae_models.scoring.scorer.resolve_score`). A score kind the model cannot give raises
     ValueError.
     """
     if cfg.strategy == "ddp":
-        from ae_models.distributed import train_ddp
+        from ae_models.training.distributed import train_ddp
 
         result = train_ddp(model, x_train, x_val, cfg, callbacks, streaming=streaming)  # type: ignore[arg-type]
     else:

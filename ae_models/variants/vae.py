@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ae_models.base import AEOutput, Autoencoder
-from ae_models.deep import DeepConfig, mlp
-from ae_models.registry import register_model
+from ae_models.variants.base import AEOutput, Autoencoder
+from ae_models.variants.deep import DeepConfig, mlp
+from ae_models.variants.registry import register_model
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def tensor_values(column: pa.Array | pa.ChunkedArray, spec: TensorSpec) -> np.nd
 def tensor_floats(column: pa.Array | pa.ChunkedArray, spec: TensorSpec) -> np.ndarray:
     """The model-input float32 (rows, width) matrix of a tensor column: stored values divided
     by the column's scale, when it has one, and capped at 1 (a fixed scaling of bytes, bit
-    for bit what :meth:`~ae_models.preprocessing.Normalizer.scale_matrix` computes)."""
+    for bit what :meth:`~ae_models.preprocessing.normalizer.Normalizer.scale_matrix` computes)."""
     values = tensor_values(column, spec)
     if spec.scale is None:
         return values if values.dtype == np.float32 else values.astype(np.float32)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ae_models.base import AEConfig, Autoencoder, activation
-from ae_models.registry import register_model
+from ae_models.variants.base import AEConfig, Autoencoder, activation
+from ae_models.variants.registry import register_model
 
 TABLE_HIDDEN = (256, 128)  # hidden widths for inputs narrower than 256 (tables)
 
