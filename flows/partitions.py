@@ -5,22 +5,17 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.config import PipelineConfig
+from tasks.monitor import monitor
 from tasks.runners import map_with_progress, run_subflow
-from tasks.write_features import (
-    Committed,
-    ScoringJob,
-    StagedPart,
-    commit,
-    discard_parts,
-    plan_partitions,
-    score_partition,
-)
+from tasks.scoring_job import Committed, ScoringJob, StagedPart, plan_partitions
+from tasks.write_features import commit, discard_parts, score_partition
 
 
 @flow(name="write-partitions")
 def write_partitions(job: ScoringJob) -> Committed:
-    """Map the partition task over the source's row-group ranges, then commit them at once;
-    if a partition fails, the others' staged files are deleted and nothing is committed."""
+    """Map the partition task over the source's row-group ranges, commit them at once, then
+    monitor what was written; if a partition fails, the others' staged files are deleted
+    and nothing is committed."""
     results = map_with_progress(
         score_partition,
         (job, plan_partitions(job)),
@@ -31,7 +26,7 @@ def write_partitions(job: ScoringJob) -> Committed:
     if len(done) < len(results):
         discard_parts(job, done)
         raise next(r for r in results if isinstance(r, BaseException))
-    return commit(job, done)
+    return monitor(job, done, commit(job, done))
 
 
 def run_partitioned(job: ScoringJob, cfg: PipelineConfig) -> Committed:

@@ -1,6 +1,6 @@
 """Materialize: every normalized row through the new model into its slice of the feature table.
 
-The stage builds a :class:`~tasks.write_features.ScoringJob` (references only); the partitioned
+The stage builds a :class:`~tasks.scoring_job.ScoringJob` (references only); the partitioned
 write (``flows/partitions.py``) encodes row-group ranges in parallel tasks and replaces the
 version's slice in one atomic commit.
 """
@@ -11,8 +11,9 @@ from stores import Stores
 from tasks.config import PipelineConfig
 from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
+from tasks.scoring_job import Committed, ModelRef, ScoringJob, new_job
 from tasks.train import TrainedModel
-from tasks.write_features import Committed, ModelRef, ScoringJob, new_job, write_in_process
+from tasks.write_features import write_in_process
 
 Materialized = Committed  # what the report reads: table, rows, anomalies, version, snapshot
 

@@ -11,6 +11,7 @@ data set's training experiment holds training runs only, for comparing them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -19,12 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ae_models.scoring.drift import DriftCheck
+from ae_models.scoring.drift import DriftCheck, drift_decision
 from feature_store import record_drift
-from tasks.config import run_logger
+from tasks.config import io_task, run_logger
 
 if TYPE_CHECKING:
-    from tasks.write_features import Committed, ScoringJob
+    from tasks.scoring_job import Committed, ScoringJob, StagedPart
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,24 @@ def record_check(check: DriftCheck, job: ScoringJob) -> str | None:
     return run_id
 
 
+def drift_of(job: ScoringJob, parts: list[StagedPart]) -> DriftCheck:
+    """The drift check of every partition's rows together, against the job's reference."""
+    merged = None
+    for found in (p.drift for p in parts if p.drift is not None):
+        merged = found if merged is None else merged.merge(found)
+    return drift_decision(job.drift_reference, merged)
+
+
+def monitor_write(job: ScoringJob, parts: list[StagedPart], committed: Committed) -> Committed:
+    """After a commit: the written rows' drift check, kept (:func:`record_check`); the
+    commit with its check. Nothing when the commit wrote no rows. Runs after the commit
+    has landed, so a failure here fails the run but never touches the feature table."""
+    if not committed.rows:
+        return committed
+    check = drift_of(job, parts)
+    return dataclasses.replace(committed, drift=check, monitor_run=record_check(check, job))
+
+
 def drift_artifacts(job: ScoringJob, committed: Committed) -> None:
     """The commit's drift check as artifacts of the run the user opens (the top-level flow
     calls this: not the partitioned write's commit task deep inside it); nothing when no
@@ -221,3 +240,6 @@ def drift_artifacts(job: ScoringJob, committed: Committed) -> None:
         return
     if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
         publish_to_prefect(committed.drift, job, committed.monitor_run)
+
+
+monitor = io_task("monitor")(monitor_write)

@@ -37,14 +37,8 @@ from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
 from tasks.incremental import marker_properties
 from tasks.ingest import IngestResult
 from tasks.scored import Scored
-from tasks.write_features import (
-    Committed,
-    ModelRef,
-    ScoringJob,
-    new_job,
-    save_row_positions,
-    write_in_process,
-)
+from tasks.scoring_job import Committed, ModelRef, ScoringJob, new_job, save_row_positions
+from tasks.write_features import write_in_process
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table

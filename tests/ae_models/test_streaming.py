@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import ae_models
-from ae_models.training import streaming
 from ae_models.estimator import AutoencoderReducer
+from ae_models.training import streaming
 from ae_models.training.config import TrainConfig
 from ae_models.training.streaming import (
     ParquetSource,

@@ -15,7 +15,7 @@ from flows.reduce_features import reduce_features
 from stores import resolve_stores
 from tasks.config import build_config
 from tasks.ingest import plan_ingest
-from tasks.write_features import ScoringJob
+from tasks.scoring_job import ModelRef, ScoringJob, new_job
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_dask_runner_writes_the_same_table_as_threads(
 
 
 def test_a_failed_partition_commits_nothing_and_leaves_no_files(
-    prefect_server, small_row_groups, tmp_path
+    prefect_server, small_row_groups, tmp_path, monkeypatch
 ) -> None:
     home = tmp_path / "home"
     reduce_features(config(home, "threads"))
@@ -119,6 +119,35 @@ def test_a_failed_partition_commits_nothing_and_leaves_no_files(
         write_partitions(job)
     assert load_table("digits", st).current_snapshot().snapshot_id == before
     assert set((home / "warehouse").rglob("*.parquet")) == files
+    assert len(read_features("digits", home=home)) == 1797
+
+    # issue 43.3: monitoring is its own task after the commit; when it fails (the drift
+    # table unreachable, say), the run fails but the commit stands, made once
+    import tasks.monitor
+    import tasks.write_features
+
+    commits = []
+
+    def counted(*args, **kwargs):
+        commits.append(1)
+        return commit_features(*args, **kwargs)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("the drift table's catalog went away")
+
+    commit_features = tasks.write_features.commit_features
+    monkeypatch.setattr(tasks.write_features, "commit_features", counted)
+    monkeypatch.setattr(tasks.monitor, "record_drift", unreachable)
+    ref = ModelRef("aepipe-digits", 1, "r", job.model_dir)
+    monitored = new_job(
+        ref, config(home, "threads"), st, source=str(source), mode="replace", device="cpu",
+        features=job.features,
+    )  # fmt: skip
+    assert monitored.drift_reference is not None  # read once, from the model's model.json
+    with pytest.raises(OSError, match="drift table's catalog went away"):
+        write_partitions(monitored)
+    assert commits == [1]
+    assert load_table("digits", st).current_snapshot().snapshot_id != before
     assert len(read_features("digits", home=home)) == 1797
 
 

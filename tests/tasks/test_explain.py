@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.write_features import top_columns
+from tasks.explain import top_columns
 
 
 def test_top_columns_sum_one_hot_groups_and_rank_largest_first() -> None:

@@ -7,7 +7,7 @@ import logging
 from ae_models.scoring.drift import DriftCheck
 from feature_store import read_drift
 from tasks.monitor import drift_metrics, record_check
-from tasks.write_features import ScoringJob
+from tasks.scoring_job import ScoringJob
 
 CHECK = DriftCheck(
     rows=500,
