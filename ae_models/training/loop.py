@@ -285,6 +285,223 @@ def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
             fn(*args)
 
 
+class _Run:
+    """One call of :func:`train`: the rows, the optimizer and its schedule, the best epoch
+    so far and the checkpoint, each step a method of its own."""
+
+    def __init__(
+        self,
+        model: Autoencoder,
+        x_train: np.ndarray | Tensor | Rows,
+        x_val: np.ndarray | Tensor | Rows | None,
+        cfg: TrainConfig,
+    ) -> None:
+        self.model, self.cfg = model, cfg
+        self.generator = seed_everything(cfg.seed)
+        self.device = device = select_device(cfg.device)
+        self.group = group = ProcessGroup(device)
+        rows = as_rows(x_train, cfg.seed)
+        val = as_rows(x_val, cfg.seed) if x_val is not None and len_rows(x_val) else None
+        total, val_total = group.sum(rows.rows, val.rows if val is not None else 0)
+        self.total_rows = int(total)
+        if self.total_rows == 0:
+            raise ValueError("cannot train on 0 rows")
+        if val_total and val is None:  # this rank's shard of the validation rows is empty
+            val = InMemoryRows(torch.zeros((0, rows.width)))
+        # the input width decides bf16 on the CPU; a resident tensor of images (not rows x
+        # features) counts as wide, as it always has
+        flat = not isinstance(rows, InMemoryRows) or rows.x.ndim == 2
+        self.precision = resolve_precision(
+            cfg.precision, device, width=rows.width if flat else None
+        )
+        if device.type != "cpu":  # resident rows move to the device once
+            rows, val = _to_device(rows, device), _to_device(val, device)
+        self.rows, self.val = rows, val
+        model.to(device)
+        global_batch = cfg.rows_per_batch(self.total_rows)
+        self.batch_size = max(1, global_batch // group.world)  # rows per rank: one global batch
+        self.steps = math.ceil(self.total_rows / global_batch)
+        self.streaming = not isinstance(rows, InMemoryRows)
+        # one process on resident rows: the shuffle's state is checkpointed (as it always
+        # was); streamed rows and ranks draw each epoch's order from (seed, epoch, rank) alone
+        self.shuffle = self.generator if group.world == 1 and not self.streaming else None
+        self.net = group.wrap(model, device)
+        self.opt = _make_optimizer(model, cfg, device)
+        self.scheduler = _make_scheduler(self.opt, cfg, self.steps)
+        self.per_step = self.scheduler is not None and cfg.lr_schedule == "onecycle"
+        # fp16's narrow exponent underflows small gradients: the loss is scaled up before
+        # backward and the gradients unscaled before clipping and the step (off for fp32, bf16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.result = TrainResult(
+            device=str(device), precision=self.precision, batch_size=global_batch
+        )
+        self.best_state: dict[str, Tensor] | None = None
+        self.since_best, self.first_epoch = 0, 1
+        self.ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
+        mode = ("stream" if self.streaming else "memory") + (
+            f"-ddp{group.world}" if group.on else ""
+        )
+        self.fingerprint = run_fingerprint(model, cfg, self.total_rows, mode)
+
+    def resume(self) -> None:
+        """Pick up after the last finished epoch of a checkpoint of this very run (rank 0
+        reads it, every rank resumes from it); nothing when there is none."""
+        if self.ckpt_path is None or not self.cfg.resume:
+            return
+        group = self.group
+        mine = _load_checkpoint(self.ckpt_path, self.fingerprint) if group.rank == 0 else None
+        state = group.broadcast(mine)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        result = self.result
+        self.best_state = state["best_state"]
+        result.history = list(state["history"])
+        result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
+        self.since_best, self.first_epoch = state["since_best"], state["epoch"] + 1
+        result.resumed_from = state["epoch"]
+        self.generator.set_state(state["rng_shuffle"])
+        ranks = state.get("rng_torch_ranks") or [state["rng_torch"]]
+        torch.set_rng_state(ranks[group.rank] if len(ranks) == group.world else ranks[0])
+        log.info("resuming from %s after epoch %d", self.ckpt_path, state["epoch"])
+        if state.get("finished"):
+            self.first_epoch = self.cfg.epochs + 1
+            result.stopped_early = state.get("stopped_early", False)
+
+    def begin_info(self) -> dict[str, Any]:
+        """What ``on_train_begin`` callbacks are told."""
+        return {
+            "epochs": self.cfg.epochs,
+            "start_epoch": self.first_epoch,
+            "rows": self.total_rows,
+            "device": str(self.device),
+            "precision": self.precision,
+            "streaming": self.streaming,
+            "processes": self.group.world,
+        }
+
+    def fit_epoch(self, epoch: int, share: Any) -> tuple[float, float]:
+        """One pass over this rank's training rows: the loss summed over the ranks' rows,
+        and those rows. ``share``: this loop's CPU share (ticked a batch), or a no-op."""
+        cfg, model, device, opt, scaler = self.cfg, self.model, self.device, self.opt, self.scaler
+        self.net.train()
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        batches = (
+            _rank_batches(self.rows, epoch, self.batch_size, self.shuffle, self.steps)
+            if self.group.on
+            else self.rows.epoch_batches(epoch, self.batch_size, self.shuffle)
+        )
+        for batch in batches:
+            if STOP.is_set():
+                raise Stopped(
+                    f"training stopped in epoch {epoch} by a termination signal; the next "
+                    "run with the same settings resumes from its last checkpoint"
+                )
+            if isinstance(share, CpuShare):
+                share.tick()
+            xb = batch.to(device, non_blocking=True)
+            with autocast(device, self.precision):
+                out = self.net(xb)
+                loss = model.trimmed_loss(xb, out, self.trim(epoch))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)  # skipped when the scaled gradients overflowed
+            scaler.update()
+            if self.per_step:
+                self.scheduler.step()
+            total += loss.detach().double() * len(xb)
+            seen += len(xb)
+        loss_sum, loss_rows = self.group.sum(float(total), seen)
+        train_loss = loss_sum / max(loss_rows, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch}; lower lr (now "
+                f"{cfg.lr:g}) or check the input for extreme values"
+            )
+        return train_loss, loss_rows
+
+    def trim(self, epoch: int) -> float:
+        """Robust training: after the warm-up, each batch's worst-reconstructed rows (likely
+        anomalies in contaminated data) are left out of the gradient and the validation loss."""
+        return self.cfg.trim_fraction if epoch > self.cfg.trim_warmup else 0.0
+
+    def val_loss(self, epoch: int, train_loss: float) -> float:
+        """The validation loss over every rank's validation rows (the training loss when
+        there are none)."""
+        if self.val is None:
+            return train_loss
+        val_sum, val_rows = self.group.sum(
+            *_loss_sum(
+                self.model,
+                self.val,
+                max(self.batch_size, 2048),
+                self.device,
+                self.precision,
+                self.trim(epoch),
+            )
+        )
+        return val_sum / max(val_rows, 1)
+
+    def end_epoch(self, epoch: int, logs: dict[str, float]) -> bool:
+        """Keep the epoch's record and the best weights, step an epoch-wise schedule, write
+        the checkpoint; whether early stopping ends the run here."""
+        cfg, result = self.cfg, self.result
+        val_loss = logs["val_loss"]
+        result.history.append(logs)
+        if val_loss < result.best_val_loss - cfg.min_delta:
+            result.best_val_loss, result.best_epoch, self.since_best = val_loss, epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.since_best += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_loss)
+        elif self.scheduler is not None and not self.per_step:
+            self.scheduler.step()
+        stop = bool(cfg.patience) and self.since_best >= cfg.patience
+        self.checkpoint(epoch, stop)
+        return stop
+
+    def checkpoint(self, epoch: int, stop: bool) -> None:
+        """Everything a resume needs, after ``epoch`` (rank 0 writes it, with every rank's
+        random state); nothing without a checkpoint folder."""
+        if self.ckpt_path is None:
+            return
+        rng_ranks = self.group.gather(torch.get_rng_state())
+        if self.group.rank != 0:
+            return
+        result = self.result
+        _save_checkpoint(
+            self.ckpt_path,
+            {
+                "fingerprint": self.fingerprint,
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                "scaler": self.scaler.state_dict(),
+                "best_state": self.best_state,
+                "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss,
+                "since_best": self.since_best,
+                "history": result.history,
+                "rng_shuffle": self.generator.get_state(),
+                "rng_torch": torch.get_rng_state(),
+                "rng_torch_ranks": rng_ranks,
+                "finished": stop or epoch == self.cfg.epochs,
+                "stopped_early": stop,
+            },
+        )
+
+
 def train(
     model: Autoencoder,
     x_train: np.ndarray | Tensor | Rows,
@@ -302,180 +519,28 @@ def train(
     interrupted. In a data-parallel group each rank passes its own shard.
     """
     cfg = config or TrainConfig()
-    generator = seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    group = ProcessGroup(device)
-    rows = as_rows(x_train, cfg.seed)
-    val = as_rows(x_val, cfg.seed) if x_val is not None and len_rows(x_val) else None
-    total, val_total = group.sum(rows.rows, val.rows if val is not None else 0)
-    total_rows = int(total)
-    if total_rows == 0:
-        raise ValueError("cannot train on 0 rows")
-    if val_total and val is None:  # this rank's shard of the validation rows is empty
-        val = InMemoryRows(torch.zeros((0, rows.width)))
-    # the input width decides bf16 on the CPU; a resident tensor of images (not rows x
-    # features) counts as wide, as it always has
-    flat = not isinstance(rows, InMemoryRows) or rows.x.ndim == 2
-    precision = resolve_precision(cfg.precision, device, width=rows.width if flat else None)
-    if device.type != "cpu":  # resident rows move to the device once
-        rows, val = _to_device(rows, device), _to_device(val, device)
-    model.to(device)
-    global_batch = cfg.rows_per_batch(total_rows)
-    batch_size = max(1, global_batch // group.world)  # rows per rank: the same global batch
-    steps = math.ceil(total_rows / global_batch)
-    streaming = not isinstance(rows, InMemoryRows)
-    # one process on resident rows: the shuffle's state is checkpointed (as it always was);
-    # streamed rows and ranks draw each epoch's order from (seed, epoch, rank) alone
-    shuffle = generator if group.world == 1 and not streaming else None
-    net = group.wrap(model, device)
-    opt = _make_optimizer(model, cfg, device)
-    scheduler = _make_scheduler(opt, cfg, steps)
-    # fp16's narrow exponent underflows small gradients: the loss is scaled up before
-    # backward and the gradients unscaled before clipping and the step (off for fp32, bf16)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    result = TrainResult(device=str(device), precision=precision, batch_size=global_batch)
-    best_state: dict[str, Tensor] | None = None
-    since_best, first_epoch = 0, 1
-
-    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    mode = ("stream" if streaming else "memory") + (f"-ddp{group.world}" if group.on else "")
-    fingerprint = run_fingerprint(model, cfg, total_rows, mode)
-    state = None
-    if ckpt_path and cfg.resume:  # rank 0 reads it, every rank resumes from it
-        mine = _load_checkpoint(ckpt_path, fingerprint) if group.rank == 0 else None
-        state = group.broadcast(mine)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        best_state = state["best_state"]
-        result.history = list(state["history"])
-        result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
-        since_best, first_epoch = state["since_best"], state["epoch"] + 1
-        result.resumed_from = state["epoch"]
-        generator.set_state(state["rng_shuffle"])
-        ranks = state.get("rng_torch_ranks") or [state["rng_torch"]]
-        torch.set_rng_state(ranks[group.rank] if len(ranks) == group.world else ranks[0])
-        log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"])
-        if state.get("finished"):
-            first_epoch = cfg.epochs + 1
-            result.stopped_early = state.get("stopped_early", False)
-
-    _call(
-        callbacks,
-        "on_train_begin",
-        {
-            "epochs": cfg.epochs,
-            "start_epoch": first_epoch,
-            "rows": total_rows,
-            "device": str(device),
-            "precision": precision,
-            "streaming": streaming,
-            "processes": group.world,
-        },
-    )
+    run = _Run(model, x_train, x_val, cfg)
+    run.resume()
+    result = run.result
+    _call(callbacks, "on_train_begin", run.begin_info())
     start = time.perf_counter()
-    per_step = scheduler is not None and cfg.lr_schedule == "onecycle"
     # on the CPU, this loop's share of the cores, rebalanced as other loops start and end
-    share = CpuShare() if device.type == "cpu" else contextlib.nullcontext()
+    share = CpuShare() if run.device.type == "cpu" else contextlib.nullcontext()
     with share:
-        for epoch in range(first_epoch, cfg.epochs + 1):
+        for epoch in range(run.first_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
-            net.train()
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            seen = 0
-            # robust training: after the warm-up, each batch's worst-reconstructed rows (likely
-            # anomalies in contaminated data) are left out of the gradient and the validation loss
-            trim = cfg.trim_fraction if epoch > cfg.trim_warmup else 0.0
-            batches = (
-                _rank_batches(rows, epoch, batch_size, shuffle, steps)
-                if group.on
-                else rows.epoch_batches(epoch, batch_size, shuffle)
-            )
-            for batch in batches:
-                if STOP.is_set():
-                    raise Stopped(
-                        f"training stopped in epoch {epoch} by a termination signal; the next "
-                        "run with the same settings resumes from its last checkpoint"
-                    )
-                if isinstance(share, CpuShare):
-                    share.tick()
-                xb = batch.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    out = net(xb)
-                    loss = model.trimmed_loss(xb, out, trim)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)  # skipped when the scaled gradients overflowed
-                scaler.update()
-                if per_step:
-                    scheduler.step()
-                total += loss.detach().double() * len(xb)
-                seen += len(xb)
-            loss_sum, loss_rows = group.sum(float(total), seen)
-            train_loss = loss_sum / max(loss_rows, 1)
+            train_loss, rows = run.fit_epoch(epoch, share)
             train_seconds = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"training loss became {train_loss} in epoch {epoch}; lower lr (now "
-                    f"{cfg.lr:g}) or check the input for extreme values"
-                )
-            val_loss = train_loss
-            if val is not None:
-                val_sum, val_rows = group.sum(
-                    *_loss_sum(model, val, max(batch_size, 2048), device, precision, trim)
-                )
-                val_loss = val_sum / max(val_rows, 1)
             logs = {
                 "epoch": epoch,
                 "train_loss": train_loss,
-                "val_loss": val_loss,
-                "lr": opt.param_groups[0]["lr"],
+                "val_loss": run.val_loss(epoch, train_loss),
+                "lr": run.opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
                 "train_seconds": train_seconds,
-                "rows": loss_rows,
+                "rows": rows,
             }
-            result.history.append(logs)
-            if val_loss < result.best_val_loss - cfg.min_delta:
-                result.best_val_loss, result.best_epoch, since_best = val_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_loss)
-            elif scheduler is not None and not per_step:
-                scheduler.step()
-            stop = bool(cfg.patience) and since_best >= cfg.patience
-            if ckpt_path is not None:
-                rng_ranks = group.gather(torch.get_rng_state())
-                if group.rank == 0:
-                    _save_checkpoint(
-                        ckpt_path,
-                        {
-                            "fingerprint": fingerprint,
-                            "epoch": epoch,
-                            "model": model.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                            "scaler": scaler.state_dict(),
-                            "best_state": best_state,
-                            "best_epoch": result.best_epoch,
-                            "best_val_loss": result.best_val_loss,
-                            "since_best": since_best,
-                            "history": result.history,
-                            "rng_shuffle": generator.get_state(),
-                            "rng_torch": torch.get_rng_state(),
-                            "rng_torch_ranks": rng_ranks,
-                            "finished": stop or epoch == cfg.epochs,
-                            "stopped_early": stop,
-                        },
-                    )
+            stop = run.end_epoch(epoch, logs)
             _call(callbacks, "on_epoch_end", epoch, logs)
             if stop:
                 result.stopped_early = True
@@ -486,8 +551,8 @@ def train(
                     result.best_val_loss,
                 )
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     model.eval()
     result.seconds = time.perf_counter() - start
     _call(callbacks, "on_train_end", result)
