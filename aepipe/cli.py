@@ -53,14 +53,39 @@ RUN_FLAGS: dict[str, str] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tasks.config_reference import describe
-    from tasks.registry import CHAMPION
-
+    """The ``aepipe`` command line: a builder a subcommand below."""
     parser = argparse.ArgumentParser(
         prog="aepipe", description="Learned feature reduction with autoencoders."
     )
     parser.add_argument("--version", action="version", version=f"aepipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _pipeline_commands(sub)
+    _features_command(sub)
+    drift = sub.add_parser("drift", help="print a data set's drift checks, one per scoring run")
+    drift.add_argument("dataset", help="data set name (its feature table's name)")
+    drift.add_argument("--limit", type=int, default=20, help="latest checks to print (default 20)")
+    drift.add_argument("--home", default=None, help="state folder")
+    _models_command(sub)
+    serve = sub.add_parser(
+        "serve",
+        help="serve prefect.yaml's deployments (schedules, drift trigger) from this process "
+        "on a running Prefect server: one machine, no work pool or worker",
+    )
+    serve.add_argument(
+        "config", nargs="?", help="YAML config for the deployments (default: prefect.yaml's)"
+    )
+    serve.add_argument("--file", default=None, help="prefect.yaml to serve (default: aepipe's)")
+    serve.add_argument("--home", default=None, help="state folder of the served runs")
+    ui = sub.add_parser("ui", help="print the commands that open the Prefect and MLflow UIs")
+    ui.add_argument("--home", default=None, help="state folder")
+    return parser
+
+
+def _pipeline_commands(sub: Any) -> None:
+    """``run``, ``score`` and ``downstream``: a config file, flags for its common keys and
+    ``--set`` for any key."""
+    from tasks.config_reference import describe
+    from tasks.registry import CHAMPION
 
     run = sub.add_parser("run", help="ingest, train, register and write the feature table")
     score = sub.add_parser(
@@ -73,7 +98,6 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument(
         "--model-version", default=CHAMPION, help=f"alias or version number (default {CHAMPION})"
     )
-
     for cmd, flags in ((run, RUN_FLAGS), (score, DATA_FLAGS), (down, DATA_FLAGS)):
         cmd.add_argument("config", nargs="?", help="YAML config file (flags override it)")
         for flag, key in flags.items():
@@ -95,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
             help="any config key, dotted (e.g. train.patience=5; every key: "
             "docs/configuration.md); repeatable",
         )
+
+
+def _features_command(sub: Any) -> None:
+    """``features``: print, list the files of, or maintain a feature table."""
+    from tasks.registry import CHAMPION
 
     feats = sub.add_parser("features", help="print rows of a feature table")
     feats.add_argument("table", help="feature table name (the data set name)")
@@ -142,11 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     feats.add_argument("--home", default=None, help="state folder")
 
-    drift = sub.add_parser("drift", help="print a data set's drift checks, one per scoring run")
-    drift.add_argument("dataset", help="data set name (its feature table's name)")
-    drift.add_argument("--limit", type=int, default=20, help="latest checks to print (default 20)")
-    drift.add_argument("--home", default=None, help="state folder")
 
+def _models_command(sub: Any) -> None:
+    """``models``: list, compare, promote and serve registered models."""
     models = sub.add_parser("models", help="list, compare and promote registered models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="registered models with their champion and challenger")
@@ -173,21 +200,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     for p in (mlist, mcompare, mpromote, mserve):
         p.add_argument("--home", default=None, help="state folder")
-
-    serve = sub.add_parser(
-        "serve",
-        help="serve prefect.yaml's deployments (schedules, drift trigger) from this process "
-        "on a running Prefect server: one machine, no work pool or worker",
-    )
-    serve.add_argument(
-        "config", nargs="?", help="YAML config for the deployments (default: prefect.yaml's)"
-    )
-    serve.add_argument("--file", default=None, help="prefect.yaml to serve (default: aepipe's)")
-    serve.add_argument("--home", default=None, help="state folder of the served runs")
-
-    ui = sub.add_parser("ui", help="print the commands that open the Prefect and MLflow UIs")
-    ui.add_argument("--home", default=None, help="state folder")
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

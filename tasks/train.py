@@ -335,6 +335,193 @@ def check_room(model: ae_models.Autoencoder, data: NormalizedData, stores: Store
     )
 
 
+@dataclass(frozen=True)
+class _Splits:
+    """The rows a training run uses: every split as a matrix (whole, or samples of at most
+    SAMPLE_ROWS when the rows stay in the file), what the loop trains on and validates on
+    (the matrices, or streamable sources), the rows the scorer is fitted on (None: those it
+    trained on) and the labels when there are any."""
+
+    parts: dict[str, np.ndarray]
+    x_train: Any
+    x_val: Any
+    score_on: np.ndarray | None
+    labels: dict[str, np.ndarray] | None
+
+    @property
+    def eval_split(self) -> str:
+        """Tiny data sets may have no test (or even validation) rows: measure on what there is."""
+        return next(s for s in (TEST, VAL, TRAIN) if len(self.parts[s]))
+
+
+def _splits(data: NormalizedData, cfg: PipelineConfig, streaming: bool) -> _Splits:
+    """The training rows of ``data``: in memory, or left in the file with samples here."""
+    if streaming or cfg.train.strategy == "ddp":  # the rows stay in the file: samples here
+        parts, labels = sample_splits(data, SAMPLE_ROWS, cfg.train.seed)
+        x_val = split_source(data, VAL) if data.split_rows.get(VAL) else None
+        score_on = np.vstack([parts[TRAIN], parts[VAL]])
+        return _Splits(parts, split_source(data, TRAIN), x_val, score_on, labels)
+    parts = load_split_matrices(data)
+    labels = load_split_labels(data) if data.has_label else None
+    return _Splits(parts, parts[TRAIN], parts[VAL], None, labels)
+
+
+def _train_settings(data: NormalizedData, cfg: PipelineConfig, stores: Stores) -> Any:
+    """``cfg.train`` with its checkpoint folder resolved: the data set's own, or the one
+    configured, relative to the models folder (check_stores refused any path outside)."""
+    folder = cfg.train.checkpoint_dir
+    where = checkpoint_dir(data, cfg, stores) if folder is None else stores.under_models(folder)
+    return dataclasses.replace(cfg.train, checkpoint_dir=str(where))
+
+
+def _measure(
+    model: ae_models.Autoencoder,
+    fit: Any,
+    splits: _Splits,
+    cfg: PipelineConfig,
+    device: str,
+) -> tuple[dict[str, float], Any, str]:
+    """The model's figures on its evaluation split (errors, the trivial baseline, and with
+    labels the codes' and scores' worth), the split's scored rows, and a note on the labels."""
+    result, scorer, ev = fit.result, fit.scorer, splits.eval_split
+    parts, labels = splits.parts, splits.labels
+    evaluated = score_rows(
+        model, parts[ev], scorer, device=device, precision=SCORING_PRECISION, mse=True, bce=True
+    )  # one pass: codes, scores and both plain errors of the evaluation split
+    metrics = {
+        "test_mse": float(evaluated.mse.mean()),
+        "test_bce": float(evaluated.bce.mean()),
+        "best_val_loss": float(result.best_val_loss),
+        "final_train_loss": float(result.history[-1]["train_loss"]),
+        "best_epoch": float(result.best_epoch),
+        "epochs_run": float(len(result.history)),
+        "batch_size": float(result.batch_size),
+        "train_seconds": float(result.seconds),
+        "threshold": scorer.threshold,
+    }
+    metrics.update(baseline_reconstruction(parts[TRAIN], parts[ev]))
+    loss = model.config.loss_name  # what the model was trained to lower: bce or mse
+    # below 1: reconstructs better than each column's training mean; 1 or more: learned nothing
+    metrics["recon_vs_baseline"] = metrics[f"test_{loss}"] / max(metrics[f"baseline_{loss}"], 1e-12)
+    label_note = ""
+    if labels is not None:
+        y_fit = np.concatenate([labels[TRAIN], labels[VAL]])
+        y_all = np.concatenate([y_fit, labels[ev]])
+        name = repr(cfg.source.label) if cfg.source.label else "the source's own"
+        kind, label_note = read_label(y_all, cfg.source.label_kind, name)
+        if kind == "class":
+            metrics.update(code_metrics(fit.fitted.codes, y_fit, evaluated.codes, labels[ev]))
+        if kind == "anomaly" and is_anomaly_label(labels[ev]):
+            metrics.update(anomaly_metrics(evaluated.scores, labels[ev]))
+    return metrics, evaluated, label_note
+
+
+def _save(
+    model: ae_models.Autoencoder,
+    fit: Any,
+    evaluated: Any,
+    metrics: dict[str, float],
+    splits: _Splits,
+    data: NormalizedData,
+    normalizer: Normalizer,
+    cfg: PipelineConfig,
+    stores: Stores,
+) -> tuple[Path, Path]:
+    """Write the model folder (weights, config, scorer, normalizer, drift reference) and its
+    pictures; their paths."""
+    scorer = fit.scorer
+    threshold = scorer.threshold
+    train_rows, ev = splits.parts[TRAIN], splits.eval_split
+    stamp = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    folder = stores.models_dir / cfg.dataset / stamp
+    reference = drift_reference(
+        normalizer,
+        train_rows,
+        fit.fitted.codes,
+        scorer.calibration.calibrate(evaluated.scores),
+        evaluated.scores > threshold,
+    )
+    extra = {
+        "threshold": threshold,
+        "contamination": cfg.contamination,
+        "score": scorer.to_dict(),
+        "features": data.features,
+        "metrics": metrics,
+        "train": cfg.train.to_dict(),
+        "drift": reference,
+    }
+    ae_models.save_model(model, folder, extra=extra)
+    scorer.save_files(folder)  # an ensemble scorer's training codes and isolation forest
+    (folder / NORMALIZER_FILE).write_bytes(Path(data.spec_path).read_bytes())
+    plots_dir = folder.with_name(f"{folder.name}-plots")
+    labels = splits.labels[ev] if splits.labels is not None else None
+    draw_pictures(
+        plots_dir,
+        fit.result.history,
+        model,
+        splits.parts[ev],
+        evaluated.codes,
+        evaluated.scores,
+        labels,
+        threshold,
+        normalizer,
+        train_rows.mean(axis=0),
+    )
+    return folder, plots_dir
+
+
+def _fit(
+    model: ae_models.Autoencoder,
+    splits: _Splits,
+    train_cfg: Any,
+    cfg: PipelineConfig,
+    stores: Stores,
+    run: tuple[Any, str],
+    streaming: bool,
+    data_kind: str,
+) -> Any:
+    """Train and fit the scorer, the losses going to the MLflow run; the run marked failed
+    when training fails, and a full disk named."""
+    client, run_id = run
+    try:
+        fit = fit_autoencoder(
+            model,
+            splits.x_train,
+            splits.x_val,
+            train_cfg,
+            score=cfg.score,
+            contamination=cfg.contamination,
+            callbacks=[
+                _Progress(cfg.train.epochs),
+                MlflowLogger(client, run_id),
+                _Publish(stores, Path(train_cfg.checkpoint_dir)),
+            ],
+            # scored the way the feature table will be (SCORING_PRECISION): the threshold fits
+            score_precision=SCORING_PRECISION,
+            score_on=splits.score_on,
+            streaming=streaming,
+            data=data_kind,
+        )
+    except BaseException as err:
+        client.set_terminated(run_id, status="FAILED")
+        if is_disk_full(err):  # the disk filled while checkpointing: say which store
+            raise StoreFull(
+                f"no room in the models store {stores.models_dir} for a training checkpoint "
+                f"({err}); free some space there or set AEPIPE_HOME to a larger disk"
+            ) from err
+        raise
+    tags = {
+        "aepipe.device": fit.result.device,
+        "aepipe.precision": fit.result.precision,
+        "aepipe.rows": "streamed" if streaming else "in memory",
+    }
+    if train_cfg.strategy == "ddp":
+        tags["aepipe.strategy"] = "ddp"
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return fit
+
+
 def train_autoencoder(
     data: NormalizedData, cfg: PipelineConfig, stores: Stores, request_id: str | None = None
 ) -> TrainedModel:
@@ -349,28 +536,11 @@ def train_autoencoder(
     if data.split_rows.get(TRAIN, 0) == 0:
         raise ConfigError("the training split is empty")
     streaming = streams(data, cfg)
-    labels: dict[str, np.ndarray] | None = None
-    if streaming or cfg.train.strategy == "ddp":  # the rows stay in the file: samples here
-        parts, labels = sample_splits(data, SAMPLE_ROWS, cfg.train.seed)
-        x_train: Any = split_source(data, TRAIN)
-        x_val: Any = split_source(data, VAL) if data.split_rows.get(VAL) else None
-        score_on: np.ndarray | None = np.vstack([parts[TRAIN], parts[VAL]])
-    else:
-        parts = load_split_matrices(data)
-        x_train, x_val, score_on = parts[TRAIN], parts[VAL], None
-        labels = load_split_labels(data) if data.has_label else None
+    splits = _splits(data, cfg, streaming)
     normalizer = Normalizer.load(data.spec_path)
     data_kind = "pixels" if normalizer.fixed_scale else "table"  # for score: auto
     model = build_model(cfg, len(data.features), normalizer.unit_range)
-    train_cfg = cfg.train
-    if train_cfg.checkpoint_dir is None:
-        train_cfg = dataclasses.replace(
-            train_cfg, checkpoint_dir=str(checkpoint_dir(data, cfg, stores))
-        )
-    else:  # relative to the models folder (check_stores refused any path outside the home)
-        train_cfg = dataclasses.replace(
-            train_cfg, checkpoint_dir=str(stores.under_models(train_cfg.checkpoint_dir))
-        )
+    train_cfg = _train_settings(data, cfg, stores)
     try:  # a score kind the model cannot give (elbo without a VAE): before any work
         resolve_score(cfg.score, model.config.output, model.model_name, data_kind)
     except ValueError as err:
@@ -387,128 +557,22 @@ def train_autoencoder(
         return pending
     check_room(model, data, stores)  # before the MLflow run: a full disk leaves no trace
     client, run_id = start_run(cfg, stores, request_id)
-    # tiny data sets may have no test (or even validation) rows: measure on what there is
-    eval_split = next(s for s in (TEST, VAL, TRAIN) if len(parts[s]))
-    try:
-        fit = fit_autoencoder(
-            model,
-            x_train,
-            x_val,
-            train_cfg,
-            score=cfg.score,
-            contamination=cfg.contamination,
-            callbacks=[
-                _Progress(cfg.train.epochs),
-                MlflowLogger(client, run_id),
-                _Publish(stores, Path(train_cfg.checkpoint_dir)),
-            ],
-            # scored the way the feature table will be (SCORING_PRECISION): the threshold fits
-            score_precision=SCORING_PRECISION,
-            score_on=score_on,
-            streaming=streaming,
-            data=data_kind,
-        )
-    except BaseException as err:
-        client.set_terminated(run_id, status="FAILED")
-        if is_disk_full(err):  # the disk filled while checkpointing: say which store
-            raise StoreFull(
-                f"no room in the models store {stores.models_dir} for a training checkpoint "
-                f"({err}); free some space there or set AEPIPE_HOME to a larger disk"
-            ) from err
-        raise
-    result, scorer = fit.result, fit.scorer
-    client.set_tag(run_id, "aepipe.device", result.device)
-    client.set_tag(run_id, "aepipe.precision", result.precision)
-    client.set_tag(run_id, "aepipe.rows", "streamed" if streaming else "in memory")
-    if train_cfg.strategy == "ddp":
-        client.set_tag(run_id, "aepipe.strategy", "ddp")
-    z_fit = fit.fitted.codes
-    evaluated = score_rows(
-        model,
-        parts[eval_split],
-        scorer,
-        device=train_cfg.device,
-        precision=SCORING_PRECISION,
-        mse=True,
-        bce=True,
-    )  # one pass: codes, scores and both plain errors of the evaluation split
-    z_test, test_scores = evaluated.codes, evaluated.scores
-    test_mse, test_bce = evaluated.mse, evaluated.bce
-    threshold = scorer.threshold
-    last = result.history[-1]
-    metrics = {
-        "test_mse": float(test_mse.mean()),
-        "test_bce": float(test_bce.mean()),
-        "best_val_loss": float(result.best_val_loss),
-        "final_train_loss": float(last["train_loss"]),
-        "best_epoch": float(result.best_epoch),
-        "epochs_run": float(len(result.history)),
-        "batch_size": float(result.batch_size),
-        "train_seconds": float(result.seconds),
-        "threshold": threshold,
-    }
-    metrics.update(baseline_reconstruction(parts[TRAIN], parts[eval_split]))
-    loss = model.config.loss_name  # what the model was trained to lower: bce or mse
-    # below 1: reconstructs better than each column's training mean; 1 or more: learned nothing
-    metrics["recon_vs_baseline"] = metrics[f"test_{loss}"] / max(metrics[f"baseline_{loss}"], 1e-12)
-    label_note = ""
-    if labels is not None:
-        y_fit = np.concatenate([labels[TRAIN], labels[VAL]])
-        y_all = np.concatenate([y_fit, labels[eval_split]])
-        name = repr(cfg.source.label) if cfg.source.label else "the source's own"
-        kind, label_note = read_label(y_all, cfg.source.label_kind, name)
-        if kind == "class":
-            metrics.update(code_metrics(z_fit, y_fit, z_test, labels[eval_split]))
-        if kind == "anomaly" and is_anomaly_label(labels[eval_split]):
-            metrics.update(anomaly_metrics(test_scores, labels[eval_split]))
-    stamp = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    folder = stores.models_dir / cfg.dataset / stamp
-    ae_models.save_model(
-        model,
-        folder,
-        extra={
-            "threshold": threshold,
-            "contamination": cfg.contamination,
-            "score": scorer.to_dict(),
-            "features": data.features,
-            "metrics": metrics,
-            "train": cfg.train.to_dict(),
-            "drift": drift_reference(
-                Normalizer.load(data.spec_path),
-                parts[TRAIN],
-                z_fit,
-                scorer.calibration.calibrate(test_scores),
-                test_scores > threshold,
-            ),
-        },
-    )
-    scorer.save_files(folder)  # an ensemble scorer's training codes and isolation forest
-    (folder / NORMALIZER_FILE).write_bytes(Path(data.spec_path).read_bytes())
-    plots_dir = folder.with_name(f"{folder.name}-plots")
-    draw_pictures(
-        plots_dir,
-        result.history,
-        model,
-        parts[eval_split],
-        z_test,
-        test_scores,
-        labels[eval_split] if labels is not None else None,
-        threshold,
-        Normalizer.load(data.spec_path),
-        parts[TRAIN].mean(axis=0),
-    )
+    fit = _fit(model, splits, train_cfg, cfg, stores, (client, run_id), streaming, data_kind)
+    metrics, evaluated, label_note = _measure(model, fit, splits, cfg, train_cfg.device)
+    folder, plots_dir = _save(model, fit, evaluated, metrics, splits, data, normalizer, cfg, stores)
+    result = fit.result
     trained = TrainedModel(
         str(folder),
         str(plots_dir),
         run_id,
         cfg.model.name,
         model.config.code_size,
-        threshold,
+        fit.scorer.threshold,
         metrics,
         result.history,
         result.device,
         result.precision,
-        loss,
+        model.config.loss_name,
         label_note,
     )
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,7 @@ A :class:`ScoreCalibration` is fitted on the training rows' scores and stored wi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -500,9 +501,8 @@ def fit_scorer(
     scores equal what scoring the rows again gives). ``data``: what the rows are (for
     ``auto``: :func:`resolve_score`)."""
     resolved = resolve_score(kind, model.config.output, model.model_name, data)
-    placeholder = ScoreCalibration(0.0, "", ())
     if resolved not in SCALED:
-        scorer = Scorer(resolved, placeholder)
+        scorer = Scorer(resolved, ScoreCalibration(0.0, "", ()))
         fitted = score_rows(
             model,
             x,
@@ -516,57 +516,121 @@ def fit_scorer(
         typical = tuple(float(v) for v in fitted.column_mean)
         fitted = fitted._replace(column_mean=None)
         return dataclasses.replace(scorer, calibration=calibration, column_typical=typical), fitted
-    residual_batches, latent_batches, input_batches = [], [], []
-    # a sigmoid head's rows are explained by its own divergence (kl), not the scaled residual
-    explain: ScoreKind | None = "kl" if model.config.output == "sigmoid" else None
-    explain_sum: Tensor | None = None
-    with torch.inference_mode():
-        for xb, out in forward_batches(model, x, batch_size, device, precision):
-            residual_batches.append((out.recon.float().flatten(1) - xb.float().flatten(1)).cpu())
-            latent_batches.append(out.latent.float().cpu())
-            if resolved == "ensemble":
-                input_batches.append(xb.float().flatten(1).cpu())
-            if explain is not None:
-                batch_sum = column_errors(xb, out, explain).double().sum(dim=0).cpu()
-                explain_sum = batch_sum if explain_sum is None else explain_sum + batch_sum
-    residuals = torch.cat(residual_batches).numpy()
-    latents = torch.cat(latent_batches)
-    scale = tuple(float(v) for v in residual_scale(residuals))
-    if explain_sum is not None:
-        column_typical = (explain_sum / max(len(residuals), 1)).numpy()
-    else:
-        column_typical = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=0)
-    typical = tuple(float(v) for v in column_typical)
-    scorer = Scorer(resolved, placeholder, scale, column_typical=typical, explain=explain)
+    passed = _TrainingPass.run(model, x, resolved, batch_size, device, precision)
+    scorer = passed.scaled_scorer(resolved)
     if resolved == "hybrid":
-        codes = latents.numpy().astype(np.float64)
+        scorer = passed.hybrid(scorer)
+    part_batches: list[Tensor] = []
+    if resolved == "ensemble":
+        scorer, part_batches = passed.ensemble(scorer, seed)
+    scale_t = scorer.scale_tensor()
+    scores = []
+    with torch.inference_mode():
+        for i, (residual, z) in enumerate(
+            zip(passed.residual_batches, passed.latent_batches, strict=True)
+        ):
+            score = (residual / scale_t).square().mean(dim=1)  # column_errors, row_scores
+            if resolved == "hybrid":
+                score = scorer.combine(score, z)
+            elif resolved == "ensemble":
+                score = scorer.ensemble(part_batches[i])  # the parts score_rows computes
+            scores.append(score)
+    fitted = RowScores(passed.latents.numpy(), torch.cat(scores).numpy())
+    calibration = ScoreCalibration.fit(fitted.scores, contamination)
+    return dataclasses.replace(scorer, calibration=calibration), fitted
+
+
+@dataclass
+class _TrainingPass:
+    """One forward pass over the training rows, batch by batch: residuals, codes, inputs
+    (ensemble only) and the sum of the explaining kind's per-column errors."""
+
+    residual_batches: list[Tensor]
+    latent_batches: list[Tensor]
+    input_batches: list[Tensor]
+    explain: ScoreKind | None
+    explain_sum: Tensor | None
+
+    @classmethod
+    def run(
+        cls, model: Any, x: Any, resolved: str, batch_size: int, device: str, precision: str
+    ) -> _TrainingPass:
+        """The pass over ``x``."""
+        passed = cls([], [], [], None, None)
+        # a sigmoid head's rows are explained by its own divergence (kl), not the scaled residual
+        passed.explain = "kl" if model.config.output == "sigmoid" else None
+        with torch.inference_mode():
+            for xb, out in forward_batches(model, x, batch_size, device, precision):
+                passed.residual_batches.append(
+                    (out.recon.float().flatten(1) - xb.float().flatten(1)).cpu()
+                )
+                passed.latent_batches.append(out.latent.float().cpu())
+                if resolved == "ensemble":
+                    passed.input_batches.append(xb.float().flatten(1).cpu())
+                if passed.explain is not None:
+                    batch_sum = column_errors(xb, out, passed.explain).double().sum(dim=0).cpu()
+                    total = passed.explain_sum
+                    passed.explain_sum = batch_sum if total is None else total + batch_sum
+        return passed
+
+    @functools.cached_property
+    def residuals(self) -> np.ndarray:
+        """Every row's residual (reconstruction minus input)."""
+        return torch.cat(self.residual_batches).numpy()
+
+    @functools.cached_property
+    def latents(self) -> Tensor:
+        """Every row's code."""
+        return torch.cat(self.latent_batches)
+
+    def scaled_scorer(self, resolved: str) -> Scorer:
+        """A scaled-residual scorer: the residuals' scale and each column's typical error
+        (of the explaining kind, else of the scaled residual); not yet calibrated."""
+        residuals = self.residuals
+        scale = tuple(float(v) for v in residual_scale(residuals))
+        if self.explain_sum is not None:
+            column_typical = (self.explain_sum / max(len(residuals), 1)).numpy()
+        else:
+            column_typical = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=0)
+        typical = tuple(float(v) for v in column_typical)
+        placeholder = ScoreCalibration(0.0, "", ())
+        return Scorer(resolved, placeholder, scale, column_typical=typical, explain=self.explain)
+
+    def hybrid(self, scorer: Scorer) -> Scorer:
+        """``scorer`` with the codes' mean and precision matrix and the two parts' log
+        centers and spreads: the hybrid score's statistics."""
+        codes = self.latents.numpy().astype(np.float64)
         mean = codes.mean(axis=0)
         centered = codes - mean
         cov = centered.T @ centered / max(len(codes) - 1, 1)
         cov += np.eye(len(mean)) * (1e-6 + 1e-6 * float(np.trace(cov)) / len(mean))
         precision_matrix = np.linalg.pinv(cov)
         distance = np.einsum("ij,jk,ik->i", centered, precision_matrix, centered)
-        recon = np.mean(np.square(residuals / np.asarray(scale, np.float32)), axis=1)
-        scorer = Scorer(
+        recon = np.mean(
+            np.square(self.residuals / np.asarray(scorer.feature_scale, np.float32)), axis=1
+        )
+        return Scorer(
             "hybrid",
-            placeholder,
-            scale,
+            scorer.calibration,
+            scorer.feature_scale,
             tuple(float(v) for v in mean),
             tuple(float(v) for v in precision_matrix.reshape(-1)),
             (*log_center_spread(recon), *log_center_spread(distance)),
-            typical,
-            explain=explain,
+            scorer.column_typical,
+            explain=self.explain,
         )
-    scale_t = scorer.scale_tensor()
-    part_batches: list[Tensor] = []
-    if resolved == "ensemble":
-        detectors = Detectors.fit(latents.numpy(), torch.cat(input_batches).numpy(), seed)
+
+    def ensemble(self, scorer: Scorer, seed: int) -> tuple[Scorer, list[Tensor]]:
+        """``scorer`` with the ensemble's detectors fitted and its parts' mix, and each
+        batch's parts (the same :meth:`Scorer.ensemble_parts` scoring computes)."""
+        detectors = Detectors.fit(self.latents.numpy(), torch.cat(self.input_batches).numpy(), seed)
         scorer = dataclasses.replace(scorer, kind="ensemble", detectors=detectors)
+        scale_t = scorer.scale_tensor()
         with torch.inference_mode():
             part_batches = [
                 scorer.ensemble_parts((residual / scale_t).square().mean(dim=1), z, inputs)
                 for residual, z, inputs in zip(
-                    residual_batches, latent_batches, input_batches, strict=True
+                    self.residual_batches, self.latent_batches, self.input_batches, strict=True
                 )
             ]
         parts = torch.cat(part_batches).numpy().astype(np.float64)
@@ -574,16 +638,4 @@ def fit_scorer(
         for column in (2, 3):
             center, spread = median_spread(parts[:, column])
             mix += [center, max(spread, 1e-6)]
-        scorer = dataclasses.replace(scorer, mix=tuple(mix), floor=ENSEMBLE_FLOOR)
-    scores = []
-    with torch.inference_mode():
-        for i, (residual, z) in enumerate(zip(residual_batches, latent_batches, strict=True)):
-            score = (residual / scale_t).square().mean(dim=1)  # column_errors, row_scores
-            if resolved == "hybrid":
-                score = scorer.combine(score, z)
-            elif resolved == "ensemble":
-                score = scorer.ensemble(part_batches[i])  # the parts score_rows computes
-            scores.append(score)
-    fitted = RowScores(latents.numpy(), torch.cat(scores).numpy())
-    calibration = ScoreCalibration.fit(fitted.scores, contamination)
-    return dataclasses.replace(scorer, calibration=calibration), fitted
+        return dataclasses.replace(scorer, mix=tuple(mix), floor=ENSEMBLE_FLOOR), part_batches
