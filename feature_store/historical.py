@@ -42,6 +42,26 @@ def _utc(values: pd.Series, what: str) -> pd.Series:
     return out.dt.as_unit("us")
 
 
+def _entities(entity_df: pd.DataFrame, entity_key: str, timestamp_column: str) -> pd.DataFrame:
+    """The left side of the join: each row's position, its key as text and its time (UTC);
+    a missing column or a missing key is an error naming it."""
+    for col in (entity_key, timestamp_column):
+        if col not in entity_df.columns:
+            raise FeatureStoreError(
+                f"entity_df has no column {col!r}; columns: {list(entity_df.columns)}"
+            )
+    keys = entity_df[entity_key].astype("string")
+    if keys.isna().any():
+        raise FeatureStoreError(f"entity_df column {entity_key!r} has missing values")
+    return pd.DataFrame(
+        {
+            "__row": np.arange(len(entity_df)),
+            ENTITY_KEY: keys.to_numpy(dtype=object),
+            "__at": _utc(entity_df[timestamp_column], f"entity_df column {timestamp_column!r}"),
+        }
+    )
+
+
 def get_historical_features(
     entity_df: pd.DataFrame,
     table: str,
@@ -65,22 +85,7 @@ def get_historical_features(
     missing values. Row order and all columns of ``entity_df`` are kept; entity keys are compared
     as text, the way the feature table stores them. Naive timestamps are read as UTC.
     """
-    for col in (entity_key, timestamp_column):
-        if col not in entity_df.columns:
-            raise FeatureStoreError(
-                f"entity_df has no column {col!r}; columns: {list(entity_df.columns)}"
-            )
-    keys = entity_df[entity_key].astype("string")
-    if keys.isna().any():
-        raise FeatureStoreError(f"entity_df column {entity_key!r} has missing values")
-    left = pd.DataFrame(
-        {
-            "__row": np.arange(len(entity_df)),
-            ENTITY_KEY: keys.to_numpy(dtype=object),
-            "__at": _utc(entity_df[timestamp_column], f"entity_df column {timestamp_column!r}"),
-        }
-    )
-
+    left = _entities(entity_df, entity_key, timestamp_column)
     from pyiceberg.expressions import In
 
     ids = pd.unique(left[ENTITY_KEY])

@@ -258,66 +258,88 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
             str(path), str(spec_path), ingested.rows, names, counts, ingested.has_label
         )
     source = pq.ParquetFile(ingested.path)
+    normalizer, counts, split_codes = _fit_normalizer(source, ingested, cfg)
+    rows = _check_train_rows(counts)
+    try:
+        _write_normalized(source, ingested, normalizer, counts, split_codes, path, cfg)
+    except SchemaError as err:
+        raise ConfigError(str(err)) from None
+    normalizer.save(spec_path)
+    names = normalizer.output_columns
+    return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
+
+
+def _fit_normalizer(
+    source: pq.ParquetFile, ingested: IngestResult, cfg: PipelineConfig
+) -> tuple[Normalizer, dict[str, int], list[np.ndarray] | None]:
+    """The normalizer, the rows per split and each batch's split codes (None: hashed again
+    while writing): fitted while ingesting, or from a first pass that assigns splits and
+    summarizes the training rows; pixels' fixed scale fits on nothing."""
     features = ingested.features
-    batch_rows = _normalize_batch_rows(len(features))
     fitted = None if ingested.pixel_scale else fitted_while_ingesting(source, cfg)
-    split_codes: list[np.ndarray] | None = None  # None: hashed again batch by batch
     if fitted is not None:
         normalizer, counts = fitted
-    else:
-        kinds = (
-            {} if ingested.pixel_scale else FitStats.kinds_of_arrow(source.schema_arrow, features)
-        )
-        summary = TrainingSummary(kinds, cfg)
-        columns = [ENTITY_KEY] + ([] if ingested.pixel_scale else features)
-        split_codes = []  # a byte a row, so the second pass need not hash again
-        for batch in read_ahead(source.iter_batches(batch_size=batch_rows, columns=columns)):
-            split_codes.append(summary.add(batch.column(ENTITY_KEY), batch))
-        counts = summary.counts
-        _check_train_rows(counts)
-        try:
-            if ingested.pixel_scale:  # fixed pixel scaling fits on nothing
-                normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
-            else:
-                normalizer = summary.normalizer()
-        except SchemaError as err:
-            raise ConfigError(str(err)) from None
-    rows = _check_train_rows(counts)
-    names = normalizer.output_columns
+        return normalizer, counts, None
+    kinds = {} if ingested.pixel_scale else FitStats.kinds_of_arrow(source.schema_arrow, features)
+    summary = TrainingSummary(kinds, cfg)
+    columns = [ENTITY_KEY] + ([] if ingested.pixel_scale else features)
+    split_codes = []  # a byte a row, so the second pass need not hash again
+    batch_rows = _normalize_batch_rows(len(features))
+    for batch in read_ahead(source.iter_batches(batch_size=batch_rows, columns=columns)):
+        split_codes.append(summary.add(batch.column(ENTITY_KEY), batch))
+    _check_train_rows(summary.counts)
+    try:
+        if ingested.pixel_scale:  # fixed pixel scaling fits on nothing
+            normalizer = Normalizer.fit_scaled(features, ingested.pixel_scale)
+        else:
+            normalizer = summary.normalizer()
+    except SchemaError as err:
+        raise ConfigError(str(err)) from None
+    return normalizer, summary.counts, split_codes
+
+
+def _write_normalized(
+    source: pq.ParquetFile,
+    ingested: IngestResult,
+    normalizer: Normalizer,
+    counts: dict[str, int],
+    split_codes: list[np.ndarray] | None,
+    path: Path,
+    cfg: PipelineConfig,
+) -> None:
+    """Transform every raw row and write it with its split to ``path``, batch by batch."""
+    features = ingested.features
     keep = [ENTITY_KEY, EVENT_TIMESTAMP] + ([LABEL] if ingested.has_label else [])
     raw_tensor = find_tensor(source.schema_arrow)
     if raw_tensor is not None and ingested.pixel_scale:  # bytes stay bytes, with their scale
         spec = TensorSpec("uint8", raw_tensor.width, float(ingested.pixel_scale))
     else:
-        spec = TensorSpec("float32", len(names))
+        spec = TensorSpec("float32", len(normalizer.output_columns))
     width = spec.width * (4 if spec.dtype == "float32" else 1) + 32  # with id, time, split
-    room = room_for(folder, sum(counts.values()) * width, "data", f"normalizing {ingested.path}")
-    try:
-        with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
-            codes_of = np.concatenate(split_codes) if split_codes is not None else None
-            # batches of about WRITE_BATCH_BYTES of features: what the sink holds (a batch
-            # encoding, two waiting) stays small however wide one-hot makes the rows
-            write_rows = min(
-                batch_rows, max(1024, WRITE_BATCH_BYTES // spec.field().type.byte_width)
-            )
-            done = 0
-            for batch in read_ahead(source.iter_batches(batch_size=write_rows)):
-                if codes_of is None:
-                    codes = split_codes_of(batch.column(ENTITY_KEY), cfg)
-                else:
-                    codes = codes_of[done : done + batch.num_rows]
-                done += batch.num_rows
-                if spec.dtype == "uint8":
-                    values = tensor_values(batch.column(FEATURES), raw_tensor)
-                else:  # row-major: each row's features are one value of the column
-                    values = normalizer.transform_arrow(batch.select(features))
-                arrays = {name: batch.column(name) for name in keep}
-                arrays[SPLIT] = SPLIT_NAMES.take(codes)
-                sink.write(with_tensor(arrays, values, spec))
-    except SchemaError as err:
-        raise ConfigError(str(err)) from None
-    normalizer.save(spec_path)
-    return NormalizedData(str(path), str(spec_path), rows, names, counts, ingested.has_label)
+    need = sum(counts.values()) * width
+    room = room_for(path.parent, need, "data", f"normalizing {ingested.path}")
+    with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
+        codes_of = np.concatenate(split_codes) if split_codes is not None else None
+        # batches of about WRITE_BATCH_BYTES of features: what the sink holds (a batch
+        # encoding, two waiting) stays small however wide one-hot makes the rows
+        write_rows = min(
+            _normalize_batch_rows(len(features)),
+            max(1024, WRITE_BATCH_BYTES // spec.field().type.byte_width),
+        )
+        done = 0
+        for batch in read_ahead(source.iter_batches(batch_size=write_rows)):
+            if codes_of is None:
+                codes = split_codes_of(batch.column(ENTITY_KEY), cfg)
+            else:
+                codes = codes_of[done : done + batch.num_rows]
+            done += batch.num_rows
+            if spec.dtype == "uint8":
+                values = tensor_values(batch.column(FEATURES), raw_tensor)
+            else:  # row-major: each row's features are one value of the column
+                values = normalizer.transform_arrow(batch.select(features))
+            arrays = {name: batch.column(name) for name in keep}
+            arrays[SPLIT] = SPLIT_NAMES.take(codes)
+            sink.write(with_tensor(arrays, values, spec))
 
 
 def normalize_cache_key(context: Any, parameters: dict[str, Any]) -> str:

@@ -205,14 +205,10 @@ def register_model(
     (:class:`~tasks.tracking.TrackingUnavailable`); the trained model stays, and the next run
     with the same settings registers it without training again."""
     with kept_when_tracking_goes(trained, stores):
-        import mlflow
-        from mlflow.models import infer_signature
-
         from tasks.pyfunc_model import AutoencoderPyfunc
 
         client = configure_mlflow(stores)
         rows = evaluation_rows(ingested, data)
-        example = rows.head(5)
         predictor = AutoencoderPyfunc().load_folder(trained.model_dir)
         challenger_eval = mean_score(lambda r: predictor.predict(None, r), rows)
         metric = cfg.promotion_metric
@@ -222,72 +218,107 @@ def register_model(
                 f"promotion_metric {metric!r} is not measured for this run; use one of "
                 f"{sorted(measured)}"
             )
-        challenger_value = float(measured[metric])
-        # the run was opened by the train stage, which logged params and per-epoch losses
-        with mlflow.start_run(run_id=trained.run_id) as run, warnings.catch_warnings():
-            # pixel columns are integers; MLflow hints that integers cannot hold missing values
-            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
-            run_id, experiment_id = run.info.run_id, run.info.experiment_id
-            mlflow.log_metrics({**trained.metrics, EVAL_METRIC: challenger_eval})
-            if Path(trained.plots_dir).is_dir():
-                mlflow.log_artifacts(trained.plots_dir, artifact_path="plots")
-            signature = infer_signature(example, predictor.predict(None, example))
-            signature.inputs = optional_columns(signature.inputs, (ENTITY_KEY,))
-            mlflow.log_input(training_dataset(cfg, ingested, signature.inputs), context="training")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_FILE),
-                artifacts={"model_dir": trained.model_dir},
-                # the served model's only code: the network and its preprocessing
-                code_paths=[str(Path(ae_models.__file__).parent)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=pip_requirements(),
-            )
+        run_id, experiment_id, model_uri = _finish_run(
+            trained, measured, predictor, rows.head(5), ingested, cfg
+        )
         # registering, comparing with the champion and promoting is a read-then-write: runs
         # sharing this home take turns, so two at once cannot both replace the champion
         with registry_lock(stores, cfg.model_name):
             check_model_binding(cfg.model_name, cfg.dataset, client)  # checked before work too
-            version = register_challenger(client, info.model_uri, cfg.model_name)
+            version = register_challenger(client, model_uri, cfg.model_name)
             client.set_registered_model_tag(cfg.model_name, DATASET_TAG, cfg.dataset)
-            current = version_by_alias(client, cfg.model_name, CHAMPION)
-            champion_value: float | None = None
-            reason_prefix = ""
-            if current is not None:
-                if metric == EVAL_METRIC:
-                    champ = _load_champion_or_fail(client, cfg.model_name, current, version)
-                    try:
-                        champion_value = mean_score(champ.predict, rows)
-                    except Exception as err:  # the champion cannot score today's data
-                        reason_prefix = f"champion cannot score the evaluation split ({err}); "
-                        champion_value = None
-                else:
-                    champion_value = client.get_run(current.run_id).data.metrics.get(metric)
-            promoted, reason = decide_promotion(
-                metric, challenger_value, champion_value, cfg.promotion_direction
-            )
-            if reason_prefix:
-                promoted, reason = True, reason_prefix + "challenger takes over"
-            learned_nothing = nothing_learned(trained)
-            if learned_nothing:  # never crowned, not even as the first version
-                promoted, reason = False, learned_nothing
-            if promoted:
-                make_champion(client, cfg.model_name, version)
-            record_decision(
-                client,
-                cfg.model_name,
-                version,
-                decision="promoted" if promoted else "refused",
-                metric=metric,
-                challenger_value=challenger_value,
-                champion_value=champion_value,
-                champion_version=str(current.version) if current is not None else None,
-                reason=reason,
+            promoted, reason = _promote(
+                client, trained, version, float(measured[metric]), rows, cfg
             )
         aliases = [CHAMPION] if promoted else [CHALLENGER]
         return RegisteredModel(
             run_id, experiment_id, cfg.model_name, version, aliases, promoted, reason
         )
+
+
+def _finish_run(
+    trained: TrainedModel,
+    measured: dict[str, float],
+    predictor: Any,
+    example: pd.DataFrame,
+    ingested: IngestResult,
+    cfg: PipelineConfig,
+) -> tuple[str, str, str]:
+    """Log the metrics, pictures, training data set and the pyfunc model on the run the
+    train stage opened (it logged params and per-epoch losses); the run's id, its
+    experiment's and the logged model's URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    with mlflow.start_run(run_id=trained.run_id) as run, warnings.catch_warnings():
+        # pixel columns are integers; MLflow hints that integers cannot hold missing values
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
+        mlflow.log_metrics(measured)
+        if Path(trained.plots_dir).is_dir():
+            mlflow.log_artifacts(trained.plots_dir, artifact_path="plots")
+        signature = infer_signature(example, predictor.predict(None, example))
+        signature.inputs = optional_columns(signature.inputs, (ENTITY_KEY,))
+        mlflow.log_input(training_dataset(cfg, ingested, signature.inputs), context="training")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"model_dir": trained.model_dir},
+            # the served model's only code: the network and its preprocessing
+            code_paths=[str(Path(ae_models.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+        return run.info.run_id, run.info.experiment_id, info.model_uri
+
+
+def _promote(
+    client: Any,
+    trained: TrainedModel,
+    version: str,
+    challenger_value: float,
+    rows: pd.DataFrame,
+    cfg: PipelineConfig,
+) -> tuple[bool, str]:
+    """Compare the new version with the champion on ``cfg.promotion_metric``, crown it when
+    it wins (never when it learned nothing) and record the decision; whether it was
+    promoted, and why. Called under the registry lock."""
+    metric = cfg.promotion_metric
+    current = version_by_alias(client, cfg.model_name, CHAMPION)
+    champion_value: float | None = None
+    reason_prefix = ""
+    if current is not None:
+        if metric == EVAL_METRIC:
+            champ = _load_champion_or_fail(client, cfg.model_name, current, version)
+            try:
+                champion_value = mean_score(champ.predict, rows)
+            except Exception as err:  # the champion cannot score today's data
+                reason_prefix = f"champion cannot score the evaluation split ({err}); "
+                champion_value = None
+        else:
+            champion_value = client.get_run(current.run_id).data.metrics.get(metric)
+    promoted, reason = decide_promotion(
+        metric, challenger_value, champion_value, cfg.promotion_direction
+    )
+    if reason_prefix:
+        promoted, reason = True, reason_prefix + "challenger takes over"
+    learned_nothing = nothing_learned(trained)
+    if learned_nothing:  # never crowned, not even as the first version
+        promoted, reason = False, learned_nothing
+    if promoted:
+        make_champion(client, cfg.model_name, version)
+    record_decision(
+        client,
+        cfg.model_name,
+        version,
+        decision="promoted" if promoted else "refused",
+        metric=metric,
+        challenger_value=challenger_value,
+        champion_value=champion_value,
+        champion_version=str(current.version) if current is not None else None,
+        reason=reason,
+    )
+    return promoted, reason
 
 
 CHAMPION_LOAD_ATTEMPTS = 3  # a transient MLflow or artifact error: tried again, 1 s then 2 s

@@ -26,7 +26,7 @@ FORBIDDEN = {
 }
 # tasks/pyfunc_model.py is the served model's own file: MLflow, pandas and ae_models only
 SERVED = {"tasks/pyfunc_model.py": {"aepipe", "stores", "flows", "tasks", "feature_store"}}
-MAX_LINES = 600
+MAX_FUNCTION_LINES = 80
 
 
 def _root(module: str) -> str:
@@ -178,11 +178,15 @@ def test_every_reader_is_registered_and_provides_the_protocol() -> None:
             assert type(reader).blocks is not SourceReader.blocks
 
 
-def test_no_module_is_over_600_lines() -> None:
+def test_no_function_is_over_80_lines() -> None:
+    """Issue 43.5: a function a reader can hold. Modules are sized by their idea, not by a
+    line cap (the 600-line cap this replaced shaped modules around it)."""
     long = {
-        str(p.relative_to(ROOT)): n
+        f"{p.relative_to(ROOT)}:{node.lineno} {node.name}": size
         for p in modules()
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (size := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES
     }
     assert long == {}
 

@@ -16,7 +16,7 @@ from feature_store import (
     read_features,
     table_history,
 )
-from tests.feature_store.test_store import data_files, make_batch, write
+from tests.feature_store.test_write import data_files, make_batch, write
 
 
 def test_expired_snapshots_and_their_files_go_reads_in_the_window_stay(tmp_stores) -> None:

@@ -93,7 +93,7 @@ def test_kill_9_during_training_resumes_to_the_same_result(tmp_path) -> None:
 WRITE_CHILD = """
 import sys, time
 sys.path.insert(0, "tests/feature_store")
-from test_store import make_batch, write
+from test_write import make_batch, write
 from stores import resolve_stores
 from feature_store import write as store
 
@@ -118,7 +118,7 @@ def test_kill_9_during_materialization_keeps_the_previous_snapshot(tmp_path) -> 
     from feature_store import load_table, read_features
 
     sys.path.insert(0, str(ROOT / "tests" / "feature_store"))
-    from test_store import make_batch, write
+    from test_write import make_batch, write
 
     from stores import resolve_stores
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from stores import resolve_stores
-from tests.feature_store.test_store import make_batch
+from tests.feature_store.test_write import make_batch
 from tests.services import create_database, free_port, postgres, start_moto, stop
 
 ROOT = Path(__file__).resolve().parents[2]
