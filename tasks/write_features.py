@@ -141,14 +141,15 @@ class PartitionScorer:
 
 
 def partition_rows(
-    job: ScoringJob, row_groups: list[int], columns: list[str]
+    job: ScoringJob,
+    source: pq.ParquetFile,
+    row_groups: list[int],
+    columns: list[str],
+    selected: np.ndarray | None,
 ) -> Iterator[pa.RecordBatch]:
-    """The partition's rows to score, in batches of about SCORE_BATCH rows: only the job's
-    selection (its few rows per source batch gathered first, so each batch is scored and
-    written once) and only rows after ``job.after``."""
-    # pre_buffer off: on wide files its read-ahead grows with the file (475 MB at 1M rows)
-    source = pq.ParquetFile(job.source, pre_buffer=False)
-    selected = selected_positions(job)
+    """The partition's rows to score, in batches of about SCORE_BATCH rows: only the
+    ``selected`` source positions (their few rows per source batch gathered first, so each
+    batch is scored and written once; None: every row) and only rows after ``job.after``."""
     after = pa.scalar(datetime.fromisoformat(job.after), TIMESTAMP) if job.after else None
     if selected is not None:  # a few rows of each group: read it whole, take them
         starts = row_group_starts(source.metadata)
@@ -188,18 +189,21 @@ def _taken(
     return rows.take(pa.array(selected[lo:hi] - starts[group]))
 
 
-def _expected_rows(job: ScoringJob, row_groups: list[int]) -> int:
+def _expected_rows(
+    meta: pq.FileMetaData, row_groups: list[int], selected: np.ndarray | None
+) -> int:
     """An upper bound of the rows a partition writes: its groups' rows, or the selection's."""
-    meta = pq.ParquetFile(job.source).metadata
     expected = sum(meta.row_group(g).num_rows for g in row_groups)
-    selected = selected_positions(job)
     return min(expected, len(selected)) if selected is not None else expected
 
 
 def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
     """Encode and score one partition's rows and stage them as feature-table data files."""
     job = files_here(job)
-    scorer = PartitionScorer(job, pq.read_schema(job.source))
+    # pre_buffer off: on wide files its read-ahead grows with the file (475 MB at 1M rows)
+    source = pq.ParquetFile(job.source, pre_buffer=False)
+    selected = selected_positions(job)  # read once: the rows and the bound both need it
+    scorer = PartitionScorer(job, source.schema_arrow)
     anomalies = 0
     drift: DriftCounts | None = None
 
@@ -207,7 +211,9 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         nonlocal anomalies, drift
         # the next batch decodes while this one scores; one ahead: a 65,536-row batch of
         # pixels is 51 MB, and more in flight only grew the memory of large runs
-        for batch in read_ahead(partition_rows(job, row_groups, scorer.columns), depth=1):
+        for batch in read_ahead(
+            partition_rows(job, source, row_groups, scorer.columns, selected), depth=1
+        ):
             scored = scorer.score(batch)
             anomalies += scored.anomalies
             yield scored.features
@@ -222,7 +228,7 @@ def score_row_groups(job: ScoringJob, row_groups: list[int]) -> StagedPart:
         model_name=job.model_name,
         model_version=job.model_version,
         stores=job.stores,
-        expected_rows=_expected_rows(job, row_groups),
+        expected_rows=_expected_rows(source.metadata, row_groups, selected),
     )
     return StagedPart(staged, anomalies, drift)
 
