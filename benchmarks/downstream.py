@@ -90,9 +90,9 @@ def table_run(
     the pipeline's defaults unless ``overrides`` (dotted keys) says otherwise."""
     from ae_models.preprocessing.normalizer import Normalizer
     from ae_models.training.fitting import fit_autoencoder
+    from flows.ingest import ingest_source
     from stores import resolve_stores
     from tasks.config import apply_overrides, build_config
-    from tasks.ingest import ingest_source
     from tasks.io.splits import load_split_labels, load_split_matrices
     from tasks.normalize import normalize_dataset
     from tasks.train import build_model

@@ -74,9 +74,9 @@ class Stream:
 def _pipeline(home: Path, dataset: str, source: Path, label: str | None, epochs: int):
     """Ingest and normalize ``source`` and train on it with aepipe's stages: the config and
     the trained model's folder."""
+    from flows.ingest import ingest_source
     from stores import resolve_stores
     from tasks.config import build_config
-    from tasks.ingest import ingest_source
     from tasks.normalize import normalize_dataset
     from tasks.train import train_autoencoder
 
@@ -98,9 +98,9 @@ def _ingested(home: Path, dataset: str, source: Path, label: str | None):
     """The ingested Parquet of ``source`` as a pyarrow Table (what a scoring run reads)."""
     import pyarrow.parquet as pq
 
+    from flows.ingest import ingest_source
     from stores import resolve_stores
     from tasks.config import build_config
-    from tasks.ingest import ingest_source
 
     cfg = build_config(
         {

@@ -102,8 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
 
+    from flows.ingest import ingest_source
     from stores import resolve_stores
-    from tasks.ingest import ingest_source
     from tasks.normalize import normalize_dataset
     from tasks.register import register_model
     from tasks.score import load_champion, score_new_rows

@@ -81,9 +81,9 @@ def best_of(repeat: int, kind: str, source: str, out: Path) -> dict:
 
 
 def worker_aepipe(source: str, out: str) -> dict:
+    from flows.ingest import ingest_source
     from stores import resolve_stores
     from tasks.config import build_config
-    from tasks.ingest import ingest_source
     from tasks.normalize import normalize_dataset
 
     extra = {"label": "Salary"} if source.endswith(".csv") else {}

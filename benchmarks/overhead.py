@@ -72,8 +72,8 @@ def _flags(home: str, epochs: str) -> list[str]:
 
 
 def worker_plain(home: str, epochs: str) -> dict:
+    from flows.ingest import ingest_source
     from stores import resolve_stores
-    from tasks.ingest import ingest_source
     from tasks.materialize import materialize_features
     from tasks.normalize import normalize_dataset
     from tasks.register import register_model

@@ -85,10 +85,10 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from feature_store import load_table
+    from flows.ingest import ingest_source
     from flows.partitions import run_partitioned
     from flows.reduce_features import reduce_features
     from stores import resolve_stores
-    from tasks.ingest import ingest_source
     from tasks.runners import worker_env
     from tasks.score import load_champion, scoring_job
 

@@ -74,8 +74,8 @@ def worker_setup(home: str, inputs: str) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from flows.ingest import ingest_source
     from stores import resolve_stores
-    from tasks.ingest import ingest_source
     from tasks.io.parquet import write_options
     from tasks.normalize import normalize_dataset
     from tasks.register import register_model
@@ -112,9 +112,9 @@ def worker_aepipe(home: str, source: str, rows: str, table: str, precision: str)
 
     import ae_models.outputs
     from stores import resolve_stores
-    from tasks.ingest import IngestResult
     from tasks.io.arrays import pixel_columns
     from tasks.score import load_champion, score_new_rows
+    from tasks.stages import IngestResult
 
     if precision != "auto":
         ae_models.outputs.SCORING_PRECISION = precision  # the one rule scoring reads

@@ -59,9 +59,9 @@ def worker_aepipe(uri: str, table: str, out: str) -> dict:
     imported first, as the peer imports it before its clock starts."""
     import adbc_driver_postgresql.dbapi  # noqa: F401
 
+    from flows.ingest import ingest_source
     from stores import resolve_stores
     from tasks.config import build_config
-    from tasks.ingest import ingest_source
 
     source = {"path": uri, "table": table, "entity_id": "customer_id", "timestamp": "updated_at"}
     cfg = build_config({"dataset": "bench", "source": source})
@@ -94,9 +94,9 @@ def worker_iceberg(catalog: str, since: str, out: str) -> dict:
     import pyiceberg.catalog.sql
     import pyiceberg.io.pyarrow  # noqa: F401
 
+    from flows.ingest import ingest_source
     from stores import resolve_stores
     from tasks.config import build_config
-    from tasks.ingest import ingest_source
 
     source = {"path": "bench.events", "format": "iceberg", "catalog": catalog}
     cfg = build_config({"dataset": "events", "source": {**source, "entity_id": "customer_id"}})

@@ -1,8 +1,13 @@
-"""Partitioned ingest as a subflow, so each run picks its task runner from its config."""
+"""The ingest wired: its partitions as a subflow (each run picks its task runner from its
+config) or, for tests and benchmarks, in this process; either way the normalize stage's
+work rides along the ingest's pass (:func:`tasks.normalize.while_reading`), and a failed
+ingest leaves no partition files behind."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +20,18 @@ from stores.space import room_for
 from stores.upkeep import take_lease
 from tasks.config import PipelineConfig
 from tasks.ingest import (
-    IngestedPart,
     IngestPlan,
-    IngestResult,
+    ingest_part,
     ingest_part_task,
+    merge_ingest,
     merge_ingest_task,
+    plan_ingest,
     plan_ingest_task,
 )
+from tasks.normalize import while_reading
 from tasks.results import result_storage
 from tasks.runners import map_with_progress, run_subflow
+from tasks.stages import IngestedPart, IngestResult
 
 
 def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
@@ -61,27 +69,51 @@ def ingest_partitions(
         needed, what = 0, "reading the cached ingest"
     else:
         needed, what = ingest_bytes(plan, cfg), f"ingesting {cfg.source.path!r}"
+    along = while_reading(cfg)
+    with room_for(stores.data_dir, needed, "data", what), _cleaned_on_failure(plan, stores):
+        parts = map_with_progress(
+            ingest_part_task.with_options(refresh_cache=refresh, result_storage=results),
+            (plan, plan.parts, unmapped(cfg), unmapped(along)),
+            key="ingest-progress",
+            description="Source partitions ingested",
+        )
+        done = [p for p in parts if isinstance(p, IngestedPart)]
+        if len(done) < len(parts):
+            raise failed_part(parts)
+        merge = merge_ingest_task.with_options(refresh_cache=refresh, result_storage=results)
+        # a result cached by another home names its files there: here, they are in plan's
+        # folder, and fetched when only the object store has them (a fresh worker)
+        ingested = merge(plan, done, cfg, along).moved_to(plan.folder)
+        data_store.need(stores, ingested)
+        return ingested
+
+
+@contextmanager
+def _cleaned_on_failure(plan: IngestPlan, stores: Stores) -> Iterator[None]:
+    """A partition or the merge failed: this run's partition files go, here and on an
+    object-store ``AEPIPE_DATA``."""
     try:
-        with room_for(stores.data_dir, needed, "data", what):
-            parts = map_with_progress(
-                ingest_part_task.with_options(refresh_cache=refresh, result_storage=results),
-                (plan, plan.parts, unmapped(cfg)),
-                key="ingest-progress",
-                description="Source partitions ingested",
-            )
-            done = [p for p in parts if isinstance(p, IngestedPart)]
-            if len(done) < len(parts):
-                raise failed_part(parts)
-            merge = merge_ingest_task.with_options(refresh_cache=refresh, result_storage=results)
-            # a result cached by another home names its files there: here, they are in plan's
-            # folder, and fetched when only the object store has them (a fresh worker)
-            ingested = merge(plan, done, cfg).moved_to(plan.folder)
-            data_store.need(stores, ingested)
-            return ingested
-    except BaseException:  # a partition or the merge failed: its files go
+        yield
+    except BaseException:
         shutil.rmtree(Path(plan.work), ignore_errors=True)
         data_store.drop(stores, plan.work)
         raise
+
+
+def ingest_source(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestResult:
+    """Read the source into raw Parquet with entity id, event time and label, in this process,
+    partition after partition, without Prefect (tests, benchmarks); with ``since``, only what
+    it gained after that marker. The same stages, the same work alongside and the same
+    cleanup as :func:`ingest_partitions`, with no cache.
+
+    Rows that cannot be read (an undecodable image, say) go to ``quarantine.parquet`` beside
+    it with their location and reason; rows in = rows written + rows quarantined.
+    """
+    plan = plan_ingest(cfg, stores, since)
+    along = while_reading(cfg)
+    with _cleaned_on_failure(plan, stores):
+        parts = [ingest_part(plan, part, cfg, along) for part in plan.parts]
+        return merge_ingest(plan, parts, cfg, along)
 
 
 def ingest(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestResult:

@@ -10,8 +10,9 @@ from feature_store import Maintained, list_tables, maintain_table
 from feature_store.catalog import store_exists
 from stores import Stores
 from stores.upkeep import Pruned, maintain_data
-from tasks.config import PipelineConfig, io_task
+from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
+from tasks.runners import io_task
 
 
 def maintain_one(table: str, cfg: PipelineConfig, stores: Stores) -> Maintained:

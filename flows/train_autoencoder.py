@@ -9,7 +9,7 @@ from prefect import flow
 from stores.data import arrive
 from tasks.config import PipelineConfig
 from tasks.credentials import run_stores
-from tasks.normalize import NormalizedData
+from tasks.stages import NormalizedData
 from tasks.train import TrainedModel, train
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import yaml
 from pydantic import (
@@ -18,47 +19,13 @@ from pydantic import (
 )
 
 from ae_models.training.config import TrainConfig
+from tasks.errors import ConfigError
 from tasks.io.readers import BUILTIN_SOURCES
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a whole data set name (fullmatch)
 MAX_NAME = 64  # characters: a folder, a table and a model name are made of it
 # MLflow's registered model names, kept to what is safe as a folder name too (fullmatch)
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-class ConfigError(ValueError):
-    """A configuration or input problem the user can fix; its message is one line."""
-
-
-def retry_unless_config_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry what may pass (I/O), never a ConfigError, which
-    only the user can fix, so a bad source fails at once instead of after the retries, nor a
-    MemoryError, which the same input meets again (and retrying holds the memory longer)."""
-    return not isinstance(getattr(state, "data", None), (ConfigError, MemoryError))
-
-
-def run_logger(fallback: logging.Logger) -> Any:
-    """The Prefect run's logger inside a flow or task run (its lines reach the UI and the
-    run's log), else ``fallback``."""
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except Exception:  # outside a Prefect run: plain logging
-        return fallback
-
-
-def io_task(name: str) -> Any:
-    """Decorator making a Prefect task of a stage that touches I/O (sources, MLflow, the
-    catalog): two retries after 1 s and 5 s, none for a ConfigError."""
-    from prefect import task
-
-    return task(
-        name=name,
-        retries=2,
-        retry_delay_seconds=[1, 5],
-        retry_condition_fn=retry_unless_config_error,
-    )
 
 
 class _Frozen(BaseModel):
@@ -407,13 +374,31 @@ def _one_line(err: ValidationError) -> str:
     return "invalid config: " + "; ".join(parts)
 
 
+def config_fields(model: type | None = None, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every leaf key of the config models in declaration order: its dotted name, its type
+    annotation and its field (pydantic's ``FieldInfo``, or a dataclass ``Field`` in the
+    training section). What the reference docs, the CLI's flags and ``did you mean`` walk."""
+    model = model or PipelineConfig
+    if dataclasses.is_dataclass(model):
+        hints = get_type_hints(model)
+        for f in dataclasses.fields(model):
+            yield prefix + f.name, hints[f.name], f
+        return
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and (
+            issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+        ):
+            yield from config_fields(annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, annotation, info
+
+
 def did_you_mean(key: str) -> str:
     """``" (did you mean 'train.epochs'?)"`` for a dotted key close to a real one, else ''."""
     import difflib
 
-    from tasks.config_reference import config_keys
-
-    keys = [k.key for k in config_keys()]
+    keys = [name for name, _, _ in config_fields()]
     sections = sorted({k.split(".")[0] for k in keys if "." in k})
     leaf = key.rsplit(".", 1)[-1]  # a right key in the wrong section: model.code_size
     close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:1]
@@ -482,9 +467,3 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             node = node[part]
         node[leaf] = value
     return out
-
-
-if __name__ == "__main__":  # the documented way to regenerate docs/configuration.md
-    from tasks.config_reference import reference_markdown
-
-    print(reference_markdown(), end="")

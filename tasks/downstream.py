@@ -28,8 +28,8 @@ from ae_models.vocabulary import (
 from feature_store import read_features
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.normalize import NormalizedData
 from tasks.registry import CHAMPION
+from tasks.stages import NormalizedData
 from tasks.tracking import configure_mlflow, ensure_experiment, experiment_name
 
 

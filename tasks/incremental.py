@@ -16,11 +16,12 @@ import logging
 
 from feature_store import FeatureStoreError, load_table
 from stores import Stores
-from tasks.config import PipelineConfig, run_logger
-from tasks.ingest import IngestResult
+from tasks.config import PipelineConfig
 from tasks.io.readers import reader_of
 from tasks.io.readers.base import IncrementalUnavailable
 from tasks.io.sources import json_digest
+from tasks.logs import run_logger
+from tasks.stages import IngestResult
 
 log = logging.getLogger(__name__)
 

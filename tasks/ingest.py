@@ -4,7 +4,9 @@ Parquet with its role columns, in partitions that Prefect tasks map over.
 A plan task fixes what every partition must agree on, one task per partition reads its
 slice, and a merge task joins the parts into ``raw.parquet`` beside ``quarantine.parquet``:
 rows in = rows written + rows quarantined. Readers, source inspection and the Parquet writer
-are library code in :mod:`tasks.io`.
+are library code in :mod:`tasks.io`. What a later stage does with the rows while they are
+read (normalize's summary, its scaled pixels) comes in as a :class:`~tasks.stages.ReadAlong`
+that the flow hands over (``flows/ingest.py`` wires the stages; this one imports no other).
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLITS
 from stores import Stores
 from stores import data as data_store
 from stores.data import rehome
-from tasks import normalize
-from tasks.config import ConfigError, PipelineConfig, SourceConfig, io_task, run_logger
+from tasks.config import ConfigError, PipelineConfig, SourceConfig
 from tasks.io import arrays
 from tasks.io.keys import KeyFile
 from tasks.io.parquet import Background, ParquetSink, with_features, with_tensor, write_table
-from tasks.io.parts import concat_parts, cross_part_duplicates, reason_kinds
+from tasks.io.parts import concat_parts, cross_part_duplicates
 from tasks.io.readers import reader_of
 from tasks.io.readers.base import IncrementalUnavailable, IngestPart
 from tasks.io.sources import (
@@ -43,53 +44,11 @@ from tasks.io.sources import (
     json_digest,
     source_fingerprint,
 )
+from tasks.logs import run_logger
+from tasks.runners import io_task
+from tasks.stages import QUARANTINE_FILE, RAW_FILE, IngestedPart, IngestResult, ReadAlong
 
 log = logging.getLogger(__name__)
-
-RAW_FILE, QUARANTINE_FILE = "raw.parquet", "quarantine.parquet"
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """Reference to the ingested raw Parquet file and its shape."""
-
-    path: str
-    rows: int
-    features: list[str]
-    has_label: bool
-    fingerprint: str
-    content_digest: str
-    pixel_scale: float | None = None
-    quarantined: int = 0
-    quarantine_path: str | None = None
-    # fixed-scale sources (images, IDX, digits) are normalized as they are read: rows per
-    # split of the normalized.parquet the ingest wrote beside raw.parquet; None otherwise
-    split_rows: dict[str, int] | None = None
-    roles: dict[str, str] = field(default_factory=dict)  # role column -> its role
-    left_out: dict[str, str] = field(default_factory=dict)  # source column -> why
-    # where the source stood when read (a snapshot, a watermark, a file time; None: its
-    # reader cannot say), and the marker this ingest read past (None: the whole source)
-    marker: str | None = None
-    since: str | None = None
-
-    def quarantine_note(self) -> str:
-        """`` (+N quarantined: 2 x duplicate entity id …; <path>)`` for a run's summary, the
-        commonest reasons first; '' when no row was set aside."""
-        if not self.quarantined:
-            return ""
-        kinds = reason_kinds(self.quarantine_path)
-        reasons = f": {kinds}" if kinds else ""
-        return f" (+{self.quarantined} quarantined{reasons}; {self.quarantine_path})"
-
-    def moved_to(self, folder: str | os.PathLike[str]) -> IngestResult:
-        """This result with its files named in ``folder`` (a home's copy of the data set's
-        folder; a cached result names the folder of the home that made it)."""
-        q = str(Path(folder) / QUARANTINE_FILE) if self.quarantine_path else None
-        return dataclasses.replace(self, path=str(Path(folder) / RAW_FILE), quarantine_path=q)
-
-    def files(self) -> tuple[str | None, ...]:
-        """The data-store files this result names (:mod:`stores.data`'s accessor)."""
-        return (self.path, self.quarantine_path)
 
 
 def _quarantine_table(rows: list[tuple[str, str]]) -> pa.Table:
@@ -121,24 +80,6 @@ class IngestPlan:
     def raw_path(self) -> Path:
         """Where the merged raw Parquet goes."""
         return Path(self.folder) / RAW_FILE
-
-
-@dataclass(frozen=True)
-class IngestedPart:
-    """What one partition wrote: its raw Parquet (None when no row was usable), its quarantined
-    rows, the rows it read, and a digest of what it read."""
-
-    index: int
-    path: str | None
-    rows_in: int
-    rows_out: int
-    quarantine: str | None
-    quarantined: int
-    digest: str
-    pixel_scale: float | None = None
-    normalized: str | None = None  # fixed-scale sources: the part's rows normalized
-    split_rows: dict[str, int] | None = None
-    keys: str | None = None  # the written rows' key hashes, on this machine (for the merge)
 
 
 @dataclass(frozen=True)
@@ -227,18 +168,21 @@ def _table_plan(plan: IngestPlan, src: SourceConfig) -> IngestPlan:
     return dataclasses.replace(plan, info=info, kinds=kinds, left_out=left_out)
 
 
-def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> IngestedPart:
+def ingest_part(
+    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, along: ReadAlong | None = None
+) -> IngestedPart:
     """Read one partition into ``part-NNNNN.parquet`` (entity id, event time, label, features)
-    in this run's work folder, its unusable rows into ``part-NNNNN.quarantine.parquet``.
+    in this run's work folder, its unusable rows into ``part-NNNNN.quarantine.parquet``;
+    ``along`` does its work on the rows in the same pass.
     On an object-store ``AEPIPE_DATA`` the files are written under this worker's home and
     uploaded, and the result names them by their object-store URIs (the merge fetches them)."""
     work = rehome(plan.work, plan.stores) if plan.stores else Path(plan.work)
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"part-{part.index:05d}.parquet"
     if plan.info.reader.kind == "array":
-        read = _ingest_array_part(plan, part, cfg, path)
+        read = _ingest_array_part(plan, part, cfg, path, along)
     else:
-        read = _ingest_table_part(plan, part, cfg, path)
+        read = _ingest_table_part(plan, part, cfg, path, along)
     qpath = None
     if read.quarantine:
         qpath = path.with_suffix(".quarantine.parquet")
@@ -264,7 +208,7 @@ def ingest_part(plan: IngestPlan, part: IngestPart, cfg: PipelineConfig) -> Inge
 
 
 def _ingest_table_part(
-    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
+    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path, along: ReadAlong | None
 ) -> _PartRead:
     """Stream a table partition (a CSV file, Parquet row groups, ...) into raw Parquet,
     batch by batch."""
@@ -275,15 +219,12 @@ def _ingest_table_part(
     reader = TableReader(src, info.columns, info.features, label, part, plan.kinds)
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     quarantine: list[tuple[str, str]] = []
-    # one partition (a CSV file, a small Parquet source) with rows to type: the normalizer's
-    # statistics are gathered in this same pass; normalize summarizes several partitions'
-    # merged file itself
+    # one partition (a CSV file, a small Parquet source) with rows to type: what reads
+    # along (the normalizer's statistics) takes them in this same pass; a source of several
+    # partitions is summarized from the merged file
     summary = None
-    if len(plan.parts) == 1 and all(col in plan.kinds for col in info.features):
-        kinds = {"num": "numeric", "bool": "boolean", "cat": "categorical"}
-        summary = normalize.TrainingSummary(
-            {col: kinds[plan.kinds[col]] for col in info.features}, cfg
-        )
+    if along and len(plan.parts) == 1 and all(col in plan.kinds for col in info.features):
+        summary = along.table({col: plan.kinds[col] for col in info.features})
     keys = path.with_suffix(".keys") if src.entity_id else None
     try:  # the file encodes a chunk, and the statistics and keys take it in, while the next parses
         # (a source whose text the workers parse keeps every core busy: no thread more)
@@ -317,22 +258,23 @@ def _ingest_table_part(
 
 
 def _ingest_array_part(
-    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path
+    plan: IngestPlan, part: IngestPart, cfg: PipelineConfig, path: Path, along: ReadAlong | None
 ) -> _PartRead:
-    """Decode images (or read an IDX / NPZ array) into raw Parquet, block by block. Pixels,
-    whose scale is fixed, are normalized here too, from the decoded rows, so no second pass
-    reads them back. Both files are encoded on background threads while the next block
-    decodes."""
-    norm_path = path.with_suffix(".normalized.parquet")
+    """Decode images (or read an IDX / NPZ array) into raw Parquet, block by block; what
+    reads along (normalize's scaled pixels, whose scale is fixed) takes each decoded block, so
+    no second pass reads them back. Files are encoded on background threads while the next
+    block decodes."""
     digest = ArrayDigest()
     quarantine: list[tuple[str, str]] = []
-    rows_in, scale, split_rows = 0, None, None
+    rows_in, scale = 0, None
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
     with contextlib.ExitStack() as stack:
         blocks = plan.info.reader.blocks(cfg.source, part, plan)
         blocks = stack.enter_context(contextlib.closing(blocks))
         raw = stack.enter_context(ParquetSink(path))
-        normalized: ParquetSink | None = None
+        scaled = None
+        if along is not None:
+            scaled = stack.enter_context(along.scaled(path.with_suffix(".normalized.parquet")))
         for data in blocks:
             rows_in += len(data.ids) + len(data.quarantine)
             quarantine += data.quarantine
@@ -352,28 +294,25 @@ def _ingest_array_part(
             else:  # an NPZ array of any numbers: a column each, as a table's
                 columns = np.ascontiguousarray(data.features.T)  # each a zero-copy slice
                 raw.write(with_features(roles, data.columns, columns))
-            if data.scale is not None:
-                if normalized is None:
-                    normalized = stack.enter_context(ParquetSink(norm_path))
-                    split_rows = dict.fromkeys(SPLITS, 0)
-                counts = normalize.write_scaled(data, pixels, roles, cfg, normalized)
-                split_rows = {k: split_rows[k] + counts[k] for k in split_rows}
+            if scaled is not None:
+                scaled.write(data, pixels, roles)
+    split_rows = scaled.split_rows if scaled is not None else None
+    normalized = str(scaled.path) if split_rows is not None else None
     return _PartRead(
-        raw.rows,
-        rows_in,
-        quarantine,
-        digest.hexdigest(),
-        scale,
-        str(norm_path) if split_rows is not None else None,
-        split_rows,
+        raw.rows, rows_in, quarantine, digest.hexdigest(), scale, normalized, split_rows
     )
 
 
-def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfig) -> IngestResult:
+def merge_ingest(
+    plan: IngestPlan,
+    parts: list[IngestedPart],
+    cfg: PipelineConfig,
+    along: ReadAlong | None = None,
+) -> IngestResult:
     """Join the partitions into ``raw.parquet`` and ``quarantine.parquet``: entity ids found
     in more than one partition are quarantined after their first; rows in = rows written +
     rows quarantined; the run fails when the quarantined share exceeds the configured limit.
-    One partition is renamed into place, not copied."""
+    One partition is renamed into place, not copied; ``along`` joins what it wrote."""
     folder, work = Path(plan.folder), Path(plan.work)
     parts = sorted((_fetched(p, plan.stores) for p in parts), key=lambda p: p.index)
     missing = [p.path for p in parts if p.path and not Path(p.path).exists()]
@@ -414,21 +353,14 @@ def merge_ingest(plan: IngestPlan, parts: list[IngestedPart], cfg: PipelineConfi
     if len(written) == 1 and not dups:
         os.replace(written[0].path, plan.raw_path)
     else:
-        # (a normalizer fitted in the ingest's pass counted the rows now dropped)
-        concat_parts(
-            [(p.index, p.path) for p in written], dups, plan.raw_path, (normalize.FIT_KEY,)
-        )
-    split_rows = _merge_normalized(plan, written) if not dups else None
+        # (what read along in a single pass counted the rows now dropped)
+        single_pass = along.metadata_keys if along else ()
+        concat_parts([(p.index, p.path) for p in written], dups, plan.raw_path, single_pass)
+    split_rows, made = _merge_scaled(plan, written, along) if not dups else (None, [])
     shutil.rmtree(work, ignore_errors=True)
     if plan.stores is not None:  # for every machine, before the result is cached
         data_store.drop(plan.stores, work)
-        normalized = [folder / normalize.NORMALIZED_FILE, folder / normalize.SPEC_FILE]
-        data_store.share(
-            plan.stores,
-            plan.raw_path,
-            where if quarantine else None,
-            *(normalized if split_rows else []),
-        )
+        data_store.share(plan.stores, plan.raw_path, where if quarantine else None, *made)
     reader = plan.info.reader
     digest = reader.merged_digest(cfg.source, [p.digest for p in parts])
     has_label = reader.has_label(cfg.source, plan.info.columns, plan.labelled)
@@ -479,45 +411,24 @@ def _fetched(part: IngestedPart, origin: Stores | None) -> IngestedPart:
     return dataclasses.replace(part, **files)
 
 
-def _merge_normalized(plan: IngestPlan, written: list[IngestedPart]) -> dict[str, int] | None:
-    """Join the partitions' normalized rows (fixed-scale sources) into ``normalized.parquet``
-    with its spec beside it; the rows per split, or None when the partitions have none."""
+def _merge_scaled(
+    plan: IngestPlan, written: list[IngestedPart], along: ReadAlong | None
+) -> tuple[dict[str, int] | None, list[Path]]:
+    """Join what read along wrote of each partition's fixed-scale rows: the rows per split
+    and the files made, or (None, []) when a partition has none (normalize then reads
+    raw.parquet instead)."""
     parts = [p.normalized for p in written]
-    if not written or not all(p and Path(p).exists() for p in parts):
-        return None  # normalize_dataset reads raw.parquet instead
-    folder = Path(plan.folder)
+    if along is None or not written or not all(p and Path(p).exists() for p in parts):
+        return None, []
     scale = written[0].pixel_scale
-    normalize.save_scaled_spec(_feature_columns(plan), scale, folder)
-    if len(parts) == 1:
-        os.replace(parts[0], folder / normalize.NORMALIZED_FILE)
-    else:
-        concat_parts(
-            [(p.index, p.normalized) for p in written], {}, folder / normalize.NORMALIZED_FILE
-        )
-    return {k: sum(p.split_rows[k] for p in written) for k in SPLITS}
+    made = along.merge_scaled(Path(plan.folder), _feature_columns(plan), scale, parts)
+    return {k: sum(p.split_rows[k] for p in written) for k in SPLITS}, made
 
 
 def _feature_columns(plan: IngestPlan) -> list[str]:
     if plan.layout is not None:
         return arrays.pixel_columns(plan.layout.shape)
     return plan.info.features
-
-
-def ingest_source(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestResult:
-    """Read the source into raw Parquet with entity id, event time and label, in this process,
-    partition after partition (the flows run the partitions as tasks instead); with
-    ``since``, only what it gained after that marker.
-
-    Rows that cannot be read (an undecodable image, say) go to ``quarantine.parquet`` beside
-    it with their location and reason; rows in = rows written + rows quarantined.
-    """
-    plan = plan_ingest(cfg, stores, since)
-    try:
-        parts = [ingest_part(plan, part, cfg) for part in plan.parts]
-    except BaseException:
-        shutil.rmtree(plan.work, ignore_errors=True)
-        raise
-    return merge_ingest(plan, parts, cfg)
 
 
 def _check_quarantine(

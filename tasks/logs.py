@@ -6,10 +6,22 @@ estimator in a notebook, a benchmark), where Prefect's handler would warn on eve
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prefect.logging.handlers import APILogHandler
 
 AEPIPE_LOGGERS = ("ae_models", "feature_store", "tasks", "flows", "stores")
+
+
+def run_logger(fallback: logging.Logger) -> Any:
+    """The Prefect run's logger inside a flow or task run (its lines reach the UI and the
+    run's log), else ``fallback``."""
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # outside a Prefect run: plain logging
+        return fallback
 
 
 class RunLogHandler(APILogHandler):

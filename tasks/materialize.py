@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from stores import Stores
 from tasks.config import PipelineConfig
-from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
 from tasks.scoring_job import Committed, ModelRef, ScoringJob, new_job
+from tasks.stages import NormalizedData
 from tasks.train import TrainedModel
 from tasks.write_features import write_in_process
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ae_models.scoring.drift import DriftCheck, drift_decision
 from feature_store import record_drift
-from tasks.config import io_task, run_logger
+from tasks.logs import run_logger
+from tasks.runners import io_task
 
 if TYPE_CHECKING:
     from tasks.scoring_job import Committed, ScoringJob, StagedPart

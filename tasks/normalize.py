@@ -1,104 +1,56 @@
 """Normalize: fit the normalizer on the training split and write model-ready features.
 
-The stage reads the ingested raw Parquet, assigns each row its split from a seeded hash of
-its entity id, fits the :class:`~ae_models.preprocessing.normalizer.Normalizer` on the training rows
-only and writes the normalized features with the normalizer's JSON spec beside them.
-Fixed-scale sources (image pixels, IDX, the built-in digits) need no fitting: the ingest
-partitions call :func:`write_scaled` on the rows they have just decoded, so the pixels are
-not read back a second time (one pass over the raw pixels fewer), and this stage then finds
-their file and reuses it.
+One path: :func:`normalize_dataset` takes the ingest's reference and returns the normalized
+file's. What it needs from the rows comes from one pass, the earliest that sees them:
+
+- a table ingested in one pass: the ingest's own (the flow hands it :func:`while_reading`,
+  whose summary of the training rows travels in ``raw.parquet``'s metadata); otherwise a
+  first pass over the raw file here;
+- fixed-scale sources (image pixels, IDX, the built-in digits): nothing to fit; the ingest
+  partitions wrote the scaled rows as they decoded them (:class:`ScaledRows`), so the
+  pixels are not read back, and this stage finds their file and reuses it.
+
+Splits come from :mod:`tasks.io.splits` (a seeded hash of the entity id), wherever rows
+are read. This stage never imports the ingest: both speak :mod:`tasks.stages`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
 from ae_models.preprocessing.column_stats import FitStats
-from ae_models.preprocessing.normalizer import (
-    NORMALIZER_FILE,
-    TRANSFORM_REVISION,
-    Normalizer,
-    SchemaError,
-)
+from ae_models.preprocessing.normalizer import TRANSFORM_REVISION, Normalizer, SchemaError
 from ae_models.preprocessing.tensor_column import FEATURES, TensorSpec, find_tensor, tensor_values
 from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, LABEL, SPLIT, SPLITS, TRAIN
 from stores import Stores
 from stores.space import room_for
 from tasks.config import ConfigError, PipelineConfig
 from tasks.io.parquet import ParquetSink, read_ahead, with_tensor
+from tasks.io.parts import concat_parts
 from tasks.io.sources import json_digest
+from tasks.io.splits import SPLIT_NAMES, split_codes, split_counts
+from tasks.stages import NORMALIZED_FILE, SPEC_FILE, IngestResult, NormalizedData
 
 if TYPE_CHECKING:
-    from tasks.ingest import IngestResult
     from tasks.io.arrays import ArrayData
 
 NORMALIZE_BATCH = 65_536  # rows per normalize batch, at most
 MIN_TRAIN_ROWS = 2  # fewer cannot be fitted meaningfully (nor batch-normalized)
 NORMALIZE_BATCH_CELLS = 8 << 20  # wide rows (pixels) come in fewer: buffers reused, cached
 WRITE_BATCH_BYTES = 8 << 20  # features per batch written (and row group), at most about
-NORMALIZED_FILE = "normalized.parquet"
-SPEC_FILE = NORMALIZER_FILE  # the spec is copied into the model folder under this name
-
-
-@dataclass(frozen=True)
-class NormalizedData:
-    """Reference to the normalized Parquet file, its normalizer spec and split sizes."""
-
-    path: str
-    spec_path: str
-    rows: int
-    features: list[str]
-    split_rows: dict[str, int]
-    has_label: bool
-
-    def files(self) -> tuple[str, ...]:
-        """The data-store files this result names (:mod:`stores.data`'s accessor)."""
-        return (self.path, self.spec_path)
-
-
-def assign_splits(
-    ids: pd.Series | pa.Array | pa.ChunkedArray,
-    test_fraction: float,
-    val_fraction: float,
-    seed: int,
-) -> np.ndarray:
-    """'train' / 'val' / 'test' per row from a seeded hash of the entity id: stable across runs.
-
-    The hash is pandas' ``hash_pandas_object`` of the ids as text (SipHash with the seed's
-    key), taken on the values directly: ids are unique, so pandas' factorizing first
-    (twice the time) buys nothing, and the values are the same."""
-    codes = _split_codes(ids, test_fraction, val_fraction, seed)
-    return np.array(SPLITS)[codes]
-
-
-def _split_codes(
-    ids: pd.Series | pa.Array | pa.ChunkedArray,
-    test_fraction: float,
-    val_fraction: float,
-    seed: int,
-) -> np.ndarray:
-    """:func:`assign_splits` as codes: 0 train, 1 val, 2 test (:data:`SPLIT_NAMES`)."""
-    key = f"aepipe{seed:010d}"[-16:]
-    if isinstance(ids, pa.ChunkedArray | pa.Array):
-        values = ids.cast(pa.string()).to_numpy(zero_copy_only=False)
-    else:
-        values = ids.astype(str).to_numpy(dtype=object)
-    h = pd.util.hash_array(values, hash_key=key, categorize=False)
-    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    codes = np.zeros(len(u), np.int8)
-    codes[u < test_fraction + val_fraction] = 1
-    codes[u < test_fraction] = 2
-    return codes
+FIT_KEY = "aepipe.fit"  # raw.parquet metadata: the normalizer fitted in the ingest's pass
+# (NormalizedData stays importable from here: earlier releases' cached results name it so)
 
 
 def _normalize_batch_rows(n_features: int) -> int:
@@ -117,54 +69,95 @@ def _check_train_rows(counts: dict[str, int]) -> int:
     return rows
 
 
-def save_scaled_spec(columns: list[str], scale: float, folder: Path) -> Path:
-    """Write the spec of a fixed-scale normalizer (pixels divided by ``scale``) into
-    ``folder``, beside the normalized file the ingest partitions wrote."""
-    return Normalizer.fit_scaled(columns, scale).save(folder / SPEC_FILE)
-
-
-def write_scaled(
-    data: ArrayData,
-    pixels: np.ndarray | None,
-    roles: dict[str, pa.Array],
-    cfg: PipelineConfig,
-    sink: ParquetSink,
-) -> dict[str, int]:
-    """Queue a block of fixed-scale rows that an ingest partition has just decoded,
-    normalized, with their splits; the rows per split. ``pixels``: the rows as bytes
-    (:func:`tasks.io.arrays.as_pixels`), stored as they are with their scale (exact: what
-    the fixed scaling computes, see
-    :func:`ae_models.preprocessing.tensor_column.tensor_floats`); None
-    when a byte cannot hold them, then float32 values are stored."""
-    codes = split_codes_of(roles[ENTITY_KEY], cfg)
-    if pixels is not None:
-        spec, values = TensorSpec("uint8", pixels.shape[1], float(data.scale)), pixels
-    else:
-        normalizer = Normalizer.fit_scaled(data.columns, data.scale)
-        spec = TensorSpec("float32", len(data.columns))
-        values = normalizer.scale_matrix(np.array(data.features, np.float32, order="C"))
-    step = _normalize_batch_rows(spec.width)  # row groups: what partitions and streams take
-    for start in range(0, len(values), step):
-        part = slice(start, start + step)
-        arrays = {name: column[part] for name, column in roles.items()}
-        arrays[SPLIT] = SPLIT_NAMES.take(codes[part])
-        sink.write(with_tensor(arrays, values[part], spec))
-    return split_counts(codes)
-
-
-SPLIT_NAMES = pa.array(SPLITS, pa.string())  # split codes 0, 1, 2
-FIT_KEY = "aepipe.fit"  # raw.parquet metadata: the normalizer fitted in the ingest's pass
-
-
 def split_codes_of(ids: pa.Array | pa.ChunkedArray, cfg: PipelineConfig) -> np.ndarray:
-    """Each row's split as a code (:data:`SPLIT_NAMES`), from its entity id."""
-    return _split_codes(ids, cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
+    """Each row's split code (:data:`~tasks.io.splits.SPLIT_NAMES`) under ``cfg``'s split
+    settings."""
+    return split_codes(ids, cfg.test_fraction, cfg.val_fraction, cfg.train.seed)
 
 
-def split_counts(codes: np.ndarray) -> dict[str, int]:
-    """Rows per split (every split named, 0 when it has none) of split codes."""
-    per_code = np.bincount(codes, minlength=len(SPLIT_NAMES)).tolist()
-    return dict(zip(SPLIT_NAMES.to_pylist(), per_code, strict=True))
+def _scaled_block(data: ArrayData, pixels: np.ndarray | None) -> tuple[TensorSpec, np.ndarray]:
+    """The tensor spec and values of a block of fixed-scale rows: bytes stored as they are,
+    with their scale (exact: what the fixed scaling computes, see
+    :func:`ae_models.preprocessing.tensor_column.tensor_floats`); float32 values when a byte
+    cannot hold them."""
+    if pixels is not None:
+        return TensorSpec("uint8", pixels.shape[1], float(data.scale)), pixels
+    normalizer = Normalizer.fit_scaled(data.columns, data.scale)
+    values = normalizer.scale_matrix(np.array(data.features, np.float32, order="C"))
+    return TensorSpec("float32", len(data.columns)), values
+
+
+class ScaledRows:
+    """Writes one ingest partition's fixed-scale rows normalized, with their splits, block
+    by block as it decodes them (:class:`~tasks.stages.ScaledAlong`); the file is opened
+    with the first block that has a scale."""
+
+    def __init__(self, path: Path, cfg: PipelineConfig) -> None:
+        self.path, self.cfg = path, cfg
+        self.split_rows: dict[str, int] | None = None
+        self._sink: ParquetSink | None = None
+
+    def __enter__(self) -> ScaledRows:
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._sink.__exit__(*exc) if self._sink is not None else None
+
+    def write(self, data: ArrayData, pixels: np.ndarray | None, roles: dict[str, Any]) -> None:
+        """Queue a decoded block (``pixels``: its rows as bytes, None when a byte cannot hold
+        them) with its role columns; blocks without a scale are not fixed-scale rows."""
+        if data.scale is None:
+            return
+        if self._sink is None:
+            self._sink = ParquetSink(self.path).__enter__()
+            self.split_rows = dict.fromkeys(SPLITS, 0)
+        codes = split_codes_of(roles[ENTITY_KEY], self.cfg)
+        spec, values = _scaled_block(data, pixels)
+        step = _normalize_batch_rows(spec.width)  # row groups: what partitions and streams take
+        for start in range(0, len(values), step):
+            part = slice(start, start + step)
+            arrays = {name: column[part] for name, column in roles.items()}
+            arrays[SPLIT] = SPLIT_NAMES.take(codes[part])
+            self._sink.write(with_tensor(arrays, values[part], spec))
+        for name, n in split_counts(codes).items():
+            self.split_rows[name] += n
+
+
+@dataclass(frozen=True)
+class WhileReading:
+    """Normalize's work on the rows while the ingest reads them
+    (:class:`~tasks.stages.ReadAlong`): a table's training summary in a single pass, and
+    fixed-scale rows written normalized. The flow hands it to the ingest."""
+
+    cfg: PipelineConfig
+    metadata_keys: tuple[str, ...] = (FIT_KEY,)
+
+    def table(self, kinds: dict[str, str]) -> TrainingSummary | None:
+        """A summary of a table's training rows (reader kinds ``num``/``bool``/``cat``)."""
+        names = {"num": "numeric", "bool": "boolean", "cat": "categorical"}
+        return TrainingSummary({c: names[k] for c, k in kinds.items()}, self.cfg)
+
+    def scaled(self, path: Path) -> ScaledRows:
+        """A writer of one partition's fixed-scale rows, normalized, to ``path``."""
+        return ScaledRows(path, self.cfg)
+
+    def merge_scaled(
+        self, folder: Path, columns: list[str], scale: float, parts: Sequence[str]
+    ) -> list[Path]:
+        """The partitions' normalized rows joined (in order) into ``normalized.parquet``,
+        with the fixed-scale normalizer's spec beside it; both paths."""
+        spec = Normalizer.fit_scaled(columns, scale).save(folder / SPEC_FILE)
+        path = folder / NORMALIZED_FILE
+        if len(parts) == 1:
+            os.replace(parts[0], path)
+        else:
+            concat_parts(list(enumerate(parts)), {}, path)
+        return [path, Path(spec)]
+
+
+def while_reading(cfg: PipelineConfig) -> WhileReading:
+    """What the flow hands the ingest, so normalize's work on the rows is done in its pass."""
+    return WhileReading(cfg)
 
 
 def _fit_settings(cfg: PipelineConfig) -> dict[str, Any]:
@@ -258,10 +251,10 @@ def normalize_dataset(ingested: IngestResult, cfg: PipelineConfig) -> Normalized
             str(path), str(spec_path), ingested.rows, names, counts, ingested.has_label
         )
     source = pq.ParquetFile(ingested.path)
-    normalizer, counts, split_codes = _fit_normalizer(source, ingested, cfg)
+    normalizer, counts, batch_codes = _fit_normalizer(source, ingested, cfg)
     rows = _check_train_rows(counts)
     try:
-        _write_normalized(source, ingested, normalizer, counts, split_codes, path, cfg)
+        _write_normalized(source, ingested, normalizer, counts, batch_codes, path, cfg)
     except SchemaError as err:
         raise ConfigError(str(err)) from None
     normalizer.save(spec_path)
@@ -283,10 +276,10 @@ def _fit_normalizer(
     kinds = {} if ingested.pixel_scale else FitStats.kinds_of_arrow(source.schema_arrow, features)
     summary = TrainingSummary(kinds, cfg)
     columns = [ENTITY_KEY] + ([] if ingested.pixel_scale else features)
-    split_codes = []  # a byte a row, so the second pass need not hash again
+    batch_codes = []  # a byte a row, so the second pass need not hash again
     batch_rows = _normalize_batch_rows(len(features))
     for batch in read_ahead(source.iter_batches(batch_size=batch_rows, columns=columns)):
-        split_codes.append(summary.add(batch.column(ENTITY_KEY), batch))
+        batch_codes.append(summary.add(batch.column(ENTITY_KEY), batch))
     _check_train_rows(summary.counts)
     try:
         if ingested.pixel_scale:  # fixed pixel scaling fits on nothing
@@ -295,7 +288,7 @@ def _fit_normalizer(
             normalizer = summary.normalizer()
     except SchemaError as err:
         raise ConfigError(str(err)) from None
-    return normalizer, summary.counts, split_codes
+    return normalizer, summary.counts, batch_codes
 
 
 def _write_normalized(
@@ -303,7 +296,7 @@ def _write_normalized(
     ingested: IngestResult,
     normalizer: Normalizer,
     counts: dict[str, int],
-    split_codes: list[np.ndarray] | None,
+    batch_codes: list[np.ndarray] | None,
     path: Path,
     cfg: PipelineConfig,
 ) -> None:
@@ -319,7 +312,7 @@ def _write_normalized(
     need = sum(counts.values()) * width
     room = room_for(path.parent, need, "data", f"normalizing {ingested.path}")
     with room, ParquetSink(path) as sink:  # encodes a batch while the next is transformed
-        codes_of = np.concatenate(split_codes) if split_codes is not None else None
+        codes_of = np.concatenate(batch_codes) if batch_codes is not None else None
         # batches of about WRITE_BATCH_BYTES of features: what the sink holds (a batch
         # encoding, two waiting) stays small however wide one-hot makes the rows
         write_rows = min(

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import BUILTIN_SOURCES, ConfigError, PipelineConfig
+from tasks.config import ConfigError, PipelineConfig
+from tasks.io.readers import BUILTIN_SOURCES
 
 ENV_PATHS = "AEPIPE_ALLOWED_PATHS"
 ENV_DASK = "AEPIPE_ALLOWED_DASK"

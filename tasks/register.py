@@ -38,8 +38,6 @@ from ae_models.vocabulary import (
 )
 from stores import Stores
 from tasks.config import ConfigError, PipelineConfig
-from tasks.ingest import IngestResult
-from tasks.normalize import NormalizedData
 from tasks.registry import (
     CHALLENGER,
     CHAMPION,
@@ -53,6 +51,7 @@ from tasks.registry import (
     registry_lock,
     version_by_alias,
 )
+from tasks.stages import IngestResult, NormalizedData
 from tasks.tracking import TrackingUnavailable, check_tracking, configure_mlflow
 from tasks.train import TrainedModel
 

@@ -10,11 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 from stores import Stores, console_script, python_command, redact_uri, resolve_stores
-from tasks.ingest import IngestResult
 from tasks.materialize import Materialized
 from tasks.monitor import artifact_key
-from tasks.normalize import NormalizedData
 from tasks.register import RegisteredModel
+from tasks.stages import IngestResult, NormalizedData
 from tasks.train import TrainedModel
 
 QUALITY_FIGURES = (

@@ -23,9 +23,18 @@ from stores.data import filesystem as _fs
 from stores.data import is_object_store, results_root
 
 log = logging.getLogger(__name__)
-# the only types a cached result of aepipe's holds (the references its cached tasks return)
+# the only types a cached result of aepipe's holds (the references its cached tasks return),
+# by their home and by the names records of earlier releases give them (still importable
+# there, so an upgrade reads its cache instead of ingesting again)
 RESULT_TYPES = frozenset(
-    {"tasks.ingest.IngestResult", "tasks.ingest.IngestedPart", "tasks.normalize.NormalizedData"}
+    {
+        "tasks.stages.IngestResult",
+        "tasks.stages.IngestedPart",
+        "tasks.stages.NormalizedData",
+        "tasks.ingest.IngestResult",
+        "tasks.ingest.IngestedPart",
+        "tasks.normalize.NormalizedData",
+    }
 )
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tasks.config import PipelineConfig
+from tasks.errors import ConfigError
 
 
 def map_with_progress(task: Any, args: tuple[Any, ...], *, key: str, description: str) -> list[Any]:
@@ -77,3 +78,23 @@ def run_subflow(subflow: Any, cfg: PipelineConfig, *args: Any) -> Any:
     without a heartbeat of its own (:func:`without_heartbeat`)."""
     with without_heartbeat():
         return subflow.with_options(task_runner=task_runner_for(cfg))(*args)
+
+
+def retry_unless_config_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry what may pass (I/O), never a ConfigError, which
+    only the user can fix, so a bad source fails at once instead of after the retries, nor a
+    MemoryError, which the same input meets again (and retrying holds the memory longer)."""
+    return not isinstance(getattr(state, "data", None), (ConfigError, MemoryError))
+
+
+def io_task(name: str) -> Any:
+    """Decorator making a Prefect task of a stage that touches I/O (sources, MLflow, the
+    catalog): two retries after 1 s and 5 s, none for a ConfigError."""
+    from prefect import task
+
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=[1, 5],
+        retry_condition_fn=retry_unless_config_error,
+    )

@@ -33,11 +33,13 @@ from feature_store.schema import TIMESTAMP
 from stores import Stores
 from stores import data as data_store
 from tasks import registry
-from tasks.config import ConfigError, PipelineConfig, io_task, run_logger
+from tasks.config import ConfigError, PipelineConfig
 from tasks.incremental import marker_properties
-from tasks.ingest import IngestResult
+from tasks.logs import run_logger
+from tasks.runners import io_task
 from tasks.scored import Scored
 from tasks.scoring_job import Committed, ModelRef, ScoringJob, new_job, save_row_positions
+from tasks.stages import IngestResult
 from tasks.write_features import write_in_process
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from stores import Stores
 from stores import data as data_store
 from stores.space import StoreFull, ensure_room, is_disk_full, local_folder
 from tasks import registry
-from tasks.config import ConfigError, PipelineConfig, run_logger
+from tasks.config import ConfigError, PipelineConfig
 from tasks.evaluation import plots
 from tasks.evaluation.metrics import (
     anomaly_metrics,
@@ -47,7 +47,8 @@ from tasks.io.splits import (
     sample_splits,
     split_source,
 )
-from tasks.normalize import NormalizedData
+from tasks.logs import run_logger
+from tasks.stages import NormalizedData
 from tasks.tracking import (
     MlflowLogger,
     configure_mlflow,

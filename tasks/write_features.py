@@ -33,10 +33,10 @@ from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP, IS_ANOMALY, SPLIT,
 from feature_store import commit_features, discard_features, load_table, stage_features
 from feature_store.schema import TIMESTAMP, feature_batch, feature_schema
 from tasks import registry
-from tasks.config import io_task
 from tasks.explain import column_groups, top_columns
 from tasks.io.parquet import read_ahead
 from tasks.monitor import monitor_write
+from tasks.runners import io_task
 from tasks.scoring_job import (
     Committed,
     ScoringJob,

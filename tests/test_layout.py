@@ -263,7 +263,7 @@ def test_configuration_reference_is_generated_from_the_config() -> None:
 
     on_disk = (ROOT / "docs" / "configuration.md").read_text()
     assert on_disk == reference_markdown(), (
-        "docs/configuration.md is stale: run `.venv/bin/python -m tasks.config > "
+        "docs/configuration.md is stale: run `.venv/bin/python -m tasks.config_reference > "
         "docs/configuration.md`"
     )
 
@@ -394,3 +394,68 @@ def test_the_architecture_page_names_only_what_exists() -> None:
     rooms = [p.parent for p in (ROOT / "ae_models").glob("*/__init__.py")]
     wanted = [f"{pkg}/" for pkg in PACKAGES] + [f"{r.relative_to(ROOT)}/" for r in rooms]
     assert [w for w in wanted if f"`{w}`" not in text] == []
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(path: Path, known: set[str]) -> set[str]:
+    """The modules of ``known`` that ``path`` imports when it runs, at any depth of the file
+    (an import inside a function included; one under ``if TYPE_CHECKING:``, for annotations
+    only, not)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+        for stmt in branch.body
+        for node in ast.walk(stmt)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found & known
+
+
+def test_no_module_imports_itself_back() -> None:
+    """Issue 43.2: the modules import one another without circles (ingest <-> normalize,
+    config <-> its reference <-> the readers were three), so each can be read, tested and
+    changed from its imports down."""
+    import graphlib
+
+    paths = {_module_name(p): p for p in modules()}
+    known = set(paths)
+    graph = {
+        name: {m for m in runtime_imports(p, known) if m != name and not name.startswith(m + ".")}
+        for name, p in paths.items()
+    }
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as err:
+        pytest.fail(f"an import circle: {' -> '.join(err.args[1])}")
+
+
+def test_the_ingest_and_normalize_stages_speak_through_the_stage_references() -> None:
+    """Issue 43.2: neither stage imports the other (the flow hands normalize's work to the
+    ingest), and ``tasks.io``, the library under the stages, imports no stage."""
+    known = {_module_name(p) for p in modules()}
+    ingest = runtime_imports(ROOT / "tasks" / "ingest.py", known)
+    normalize = runtime_imports(ROOT / "tasks" / "normalize.py", known)
+    assert "tasks.normalize" not in ingest and "tasks.ingest" not in normalize
+    floor = ("tasks.io", "tasks.config", "tasks.errors", "tasks.logs", "tasks.stages")
+    library = {
+        str(p.relative_to(ROOT)): sorted(
+            m
+            for m in runtime_imports(p, known)
+            if m.startswith("tasks.") and not any(m == f or m.startswith(f"{f}.") for f in floor)
+        )
+        for p in (ROOT / "tasks" / "io").rglob("*.py")
+    }
+    assert {k: v for k, v in library.items() if v} == {}

@@ -12,8 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import ae_models
+from flows.ingest import ingest_source
 from tasks.config import build_config
-from tasks.ingest import ingest_source
 from tasks.io.arrays import load_mnist
 from tasks.io.splits import load_split_matrices
 from tasks.normalize import normalize_dataset

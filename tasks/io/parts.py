@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ae_models.vocabulary import ENTITY_KEY, EVENT_TIMESTAMP
-from tasks.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.io.parquet import write_options
 
 

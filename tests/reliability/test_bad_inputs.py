@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ae_models.preprocessing.tensor_column import batch_matrix
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source
 from tasks.normalize import normalize_dataset
 
 

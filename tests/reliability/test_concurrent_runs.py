@@ -72,7 +72,7 @@ def test_scoring_runs_at_once_append_each_new_row_once(prefect_server, home, ord
 
     import pandas as pd
 
-    from tasks.ingest import ingest_source
+    from flows.ingest import ingest_source
     from tasks.score import load_champion, score_new_rows
 
     source = home.parent / "orders.csv"

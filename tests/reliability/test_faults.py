@@ -225,7 +225,7 @@ def test_a_memory_error_is_never_retried(prefect_server) -> None:
     memory longer to meet the same input again. A transient failure still is retried."""
     from prefect import flow
 
-    from tasks.config import io_task
+    from tasks.runners import io_task
 
     calls: dict[str, int] = {}
 

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ae_models.preprocessing.tensor_column import batch_matrix
+from flows.ingest import ingest_source
 from stores import resolve_stores
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source
 from tasks.normalize import normalize_dataset
 
 NUMBERS = st.one_of(

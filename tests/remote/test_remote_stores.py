@@ -476,7 +476,7 @@ def test_an_object_store_data_store_mirrors_each_home(
     assert not data_store.exists(three, three.models_dir / "m" / "v1")
 
     from tasks.config import build_config
-    from tasks.normalize import NormalizedData
+    from tasks.stages import NormalizedData
     from tasks.train import checkpoint_dir
 
     def key(stores):  # the checkpoint folder of one data set's training, relative to a home

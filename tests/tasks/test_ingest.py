@@ -20,10 +20,11 @@ from ae_models.preprocessing.tensor_column import (
     tensor_values,
     to_wide,
 )
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source
 from tasks.io.sources import inspect_source
-from tasks.normalize import assign_splits, normalize_dataset
+from tasks.io.splits import assign_splits
+from tasks.normalize import normalize_dataset
 from tasks.validate import validate_config
 
 

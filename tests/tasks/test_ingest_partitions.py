@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source, plan_ingest
+from tasks.ingest import plan_ingest
 
 
 def config(path, partition_rows: int, **source):

@@ -102,9 +102,9 @@ def test_pixels_of_another_shape_are_refused_before_scoring(tmp_path) -> None:
     from ae_models.preprocessing.normalizer import NORMALIZER_FILE, Normalizer
     from ae_models.preprocessing.tensor_column import TensorSpec
     from tasks.config import ConfigError
-    from tasks.ingest import IngestResult
     from tasks.io.parquet import with_tensor
     from tasks.score import Champion, check_source_shape
+    from tasks.stages import IngestResult
 
     names = [f"pixel_{i}" for i in range(16)]
     path = tmp_path / "raw.parquet"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.ingest import ingest_source
 from tasks.config import build_config
-from tasks.ingest import ingest_source
 from tasks.normalize import normalize_dataset
 from tasks.train import train_autoencoder
 

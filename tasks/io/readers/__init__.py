@@ -47,7 +47,7 @@ def get_reader(name: str) -> SourceReader:
 def detect_format(path: str) -> str:
     """The reader of ``path``: the first that claims its name, else, for a folder, the kind
     most of the data files in it (or its subfolders) are (the first listed, on a tie)."""
-    from tasks.config import ConfigError
+    from tasks.errors import ConfigError
 
     readers = [get_reader(name) for name in READERS]
     for reader in readers:

@@ -18,7 +18,7 @@ class ArrayReader(SourceReader):
 
     def check_settings(self, src: SourceConfig) -> None:
         """Role and column settings are for tables."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io.readers.base import is_remote
 
         if is_remote(src.path):

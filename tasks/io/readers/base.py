@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 
-from tasks.config import ConfigError
+from tasks.errors import ConfigError
 
 if TYPE_CHECKING:
     from tasks.config import SourceConfig
@@ -109,7 +109,7 @@ class SourceReader:
 
     def check_exists(self, src: SourceConfig) -> None:
         """A ConfigError when the source is not there."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         try:
             there = exists(src.path)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tasks.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.io.readers.base import IngestPart, Parsed, file_stats, open_bytes
 from tasks.io.readers.lines_base import LineFilesReader, check_first_line
 
@@ -87,7 +87,7 @@ def _say_delimiter(src: SourceConfig, path: str, delimiter: str) -> None:
     from prefect.context import FlowRunContext
     from prefect.runtime import flow_run
 
-    from tasks.config import run_logger
+    from tasks.logs import run_logger
 
     if FlowRunContext.get() is None:
         return  # no run's log to say it in (a check before the flow starts)

@@ -102,7 +102,7 @@ class IcebergReader(SourceReader):
         from pyiceberg.exceptions import NoSuchTableError
 
         from stores import redact_uri
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         if "." not in src.path:
             raise ConfigError(
@@ -121,14 +121,14 @@ class IcebergReader(SourceReader):
 
     def check_exists(self, src: SourceConfig) -> None:
         """The table loads and has a snapshot (a table never written has no rows)."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         if self.table(src).current_snapshot() is None:
             raise ConfigError(f"Iceberg table {src.path!r} has no rows (no snapshot yet)")
 
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """The table's column names; nested columns refused unless excluded."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         schema = self.table(src).schema().as_arrow()
         nested = [f.name for f in schema if pa.types.is_nested(f.type)]

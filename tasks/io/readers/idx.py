@@ -27,7 +27,7 @@ class IdxReader(ArrayReader):
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """Pixel (or ``x_i``) columns from the header, ``label`` when a labels file is there."""
         from ae_models.vocabulary import LABEL
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io import arrays
 
         path = Path(src.path)
@@ -40,7 +40,7 @@ class IdxReader(ArrayReader):
 
     def blocks(self, src: SourceConfig, part: IngestPart, plan: Any) -> Iterator[ArrayData]:
         """The whole array, one block."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io import arrays
 
         try:

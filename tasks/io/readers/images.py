@@ -37,7 +37,7 @@ class ImagesReader(ArrayReader):
         from PIL import Image
 
         from ae_models.vocabulary import LABEL
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io import arrays
 
         path = Path(src.path)

@@ -101,7 +101,7 @@ class JsonLinesReader(LineFilesReader):
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """The fields of the first file's first megabyte's objects, flattened, in the order
         first seen; fields holding lists refused unless excluded."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         path = self.first_file(src)
         names: dict[str, None] = {}

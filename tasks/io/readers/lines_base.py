@@ -200,7 +200,7 @@ def check_first_line(path: str, header: bool = True) -> None:
     bytes: no CSV header, and pandas would hold it whole to find out; or when a file with a
     ``header`` holds nothing after it (said here, before a Prefect server is started for a
     run that has nothing to read)."""
-    from tasks.config import ConfigError
+    from tasks.errors import ConfigError
 
     with open_bytes(path) as f:
         head = f.read(MAX_LINE_BYTES + 1)
@@ -268,7 +268,7 @@ class LineFilesReader(FileSetReader):
 
     def first_file(self, src: SourceConfig) -> str:
         """The file whose first lines name and type the columns."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         files = self.source_files(src)
         if not files:

@@ -25,7 +25,7 @@ class NpzReader(ArrayReader):
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """``x_0`` ... a column per value of a row of ``X``, ``label`` when ``y`` is there."""
         from ae_models.vocabulary import LABEL
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io import arrays
 
         try:
@@ -41,7 +41,7 @@ class NpzReader(ArrayReader):
 
     def blocks(self, src: SourceConfig, part: IngestPart, plan: Any) -> Iterator[ArrayData]:
         """The whole array, one block."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io import arrays
 
         try:

@@ -135,7 +135,7 @@ class ParquetReader(FileSetReader):
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """The first file's column names."""
 
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         try:
             files = parquet_files(src.path)

@@ -96,7 +96,7 @@ class SqlReader(SourceReader):
 
     def check_settings(self, src: SourceConfig) -> None:
         """One of table and query; no password in the URI; partitions need ids."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         if src.watermark_lookback and not src.watermark:
             raise ConfigError("source.watermark_lookback needs source.watermark")
@@ -122,7 +122,7 @@ class SqlReader(SourceReader):
         from adbc_driver_postgresql import dbapi
 
         from stores import redact_uri
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         try:
             return dbapi.connect(driver_uri(src.path))
@@ -136,7 +136,7 @@ class SqlReader(SourceReader):
         """A small query's result; a ConfigError with the database's own first line."""
         from adbc_driver_postgresql import dbapi
 
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         with self.connect(src) as conn, conn.cursor() as cur:
             try:
@@ -227,7 +227,7 @@ class SqlReader(SourceReader):
 
     def check_exists(self, src: SourceConfig) -> None:
         """The database answers and the table or query gives at least one row."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
 
         self.check_settings(src)
         if self._run(src, f"{source_query(src)} LIMIT 1").num_rows == 0:
@@ -237,7 +237,7 @@ class SqlReader(SourceReader):
     def columns(self, src: SourceConfig, listing: list[str] | None = None) -> list[str]:
         """The result's column names; columns of a type aepipe cannot encode (bytes, arrays,
         composite values) refused unless excluded."""
-        from tasks.config import ConfigError
+        from tasks.errors import ConfigError
         from tasks.io.tables import type_class
 
         schema = self._run(src, f"{source_query(src)} LIMIT 0").schema

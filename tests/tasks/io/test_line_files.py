@@ -11,8 +11,9 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source, plan_ingest
+from tasks.ingest import plan_ingest
 from tasks.io.readers import detect_format, get_reader
 from tasks.io.readers.base import IncrementalUnavailable
 

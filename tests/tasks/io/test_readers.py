@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source
 from tasks.io.readers import get_reader
 from tasks.io.sources import inspect_source
 from tasks.normalize import normalize_dataset

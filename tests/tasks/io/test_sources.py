@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from ae_models.preprocessing.tensor_column import batch_matrix
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source
 from tasks.io.arrays import SourceReadError, npz_x_shape, read_idx, read_npz
 from tasks.normalize import normalize_dataset
 

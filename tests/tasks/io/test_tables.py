@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ae_models.preprocessing.tensor_column import batch_matrix
+from flows.ingest import ingest_source
 from tasks.config import ConfigError, build_config
-from tasks.ingest import ingest_source
 from tasks.io import tables as tabular
 from tasks.io.readers import lines_base as csv_reader
 from tasks.normalize import normalize_dataset
