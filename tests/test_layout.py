@@ -459,3 +459,24 @@ def test_the_ingest_and_normalize_stages_speak_through_the_stage_references() ->
         for p in (ROOT / "tasks" / "io").rglob("*.py")
     }
     assert {k: v for k, v in library.items() if v} == {}
+
+
+def test_test_files_mirror_the_packages() -> None:
+    """Issue 43.8: a test of a package's module lives in the package's folder under tests/,
+    named after the module (``tests/ae_models/training/test_loop.py`` for
+    ``ae_models/training/loop.py``; a suffix may say which part, as in
+    ``test_ingest_partitions.py``), so a module's tests are found by its path."""
+    tests = ROOT / "tests"
+    stray = []
+    for pkg in ("ae_models", "tasks", "feature_store", "stores"):
+        for path in sorted((tests / pkg).rglob("test_*.py")):
+            source = ROOT / path.parent.relative_to(tests)
+            names = {p.stem for p in source.glob("*.py")} | {
+                p.name for p in source.iterdir() if p.is_dir()
+            }
+            subject = path.stem.removeprefix("test_")
+            if not source.is_dir() or not (
+                subject == source.name or any(subject.startswith(n) for n in names - {"__init__"})
+            ):
+                stray.append(str(path.relative_to(ROOT)))
+    assert stray == []
