@@ -31,6 +31,7 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 # order (most tests first) started the 5-minute deployment test last, one worker idle meanwhile.
 LONGEST_FIRST = [
     "tests/test_deployments.py",
+    "tests/test_deployment_triggers.py",
     "tests/reliability/test_services_go_away.py",
     "tests/flows/test_reduce_features.py",
     "tests/test_cli.py",
@@ -182,24 +183,36 @@ def aepipe_cli(prefect_server):
     return run
 
 
-@pytest.fixture
-def aepipe_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """The ``aepipe`` command run in this process (``main(argv)`` from ``cwd``), for checks of
-    what it prints and writes: a console-script subprocess costs 2-5 s of imports a call;
-    :func:`run_aepipe` stays for the cases about the script or a run's own process."""
+def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """The ``aepipe`` command run in this process (``main(argv)`` from ``cwd``, the test's
+    AEPIPE_ settings unset, ``env`` set), its output captured as a console script's would
+    be: a console-script subprocess costs 2-5 s of imports a call, so :func:`run_aepipe`
+    stays for the cases about the script or a run's own process. Usable from fixtures of
+    any scope (module-scoped trained runs)."""
+    import contextlib
+    import io
+
     from aepipe.cli import main
 
-    for var in [v for v in os.environ if v.startswith("AEPIPE_")]:
-        monkeypatch.delenv(var)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for var in [v for v in os.environ if v.startswith("AEPIPE_")]:
+            patch.delenv(var)
+        for var, value in (env or {}).items():
+            patch.setenv(var, value)
+        patch.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(list(args))
+            except SystemExit as exit_:  # argparse refusing a flag: status 2, as the script
+                status = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
 
-    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        status = main(list(args))
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), status, out.out, out.err)
 
-    return run
+@pytest.fixture
+def aepipe_main():
+    """:func:`run_main`, for a test's checks of what the command prints and writes."""
+    return run_main
 
 
 def orders_frame(n: int, start: int, seed: int, scale: float = 1.0):

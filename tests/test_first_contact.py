@@ -1,6 +1,7 @@
 """What a new user hits in the first hour (issue 17), on the real data sets where each was seen:
-the UCI Adult table through the console script, the MNIST PNG sample. Each test failed before
-its fix; they need ``../shared/datasets`` and skip with a reason without it."""
+the UCI Adult table through the command (its main() in this process), the MNIST PNG sample.
+Each test failed before its fix; they need ``../shared/datasets`` and skip with a reason
+without it."""
 
 from __future__ import annotations
 
@@ -12,25 +13,26 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_main
+
 pytestmark = pytest.mark.slow  # trains on Adult: left out of `make test-fast`
 
 
 @pytest.fixture(scope="module")
-def adult_run(request, tmp_path_factory, aepipe_cli) -> dict:
+def adult_run(request, tmp_path_factory, prefect_server) -> dict:
     """``aepipe run`` on Adult with the defaults a README reader uses (only the label named,
-    a short training), then ``aepipe score`` with only the flags that locate the data."""
+    a short training), then ``aepipe score`` with only the flags that locate the data (the
+    command's main() in this process: the console script itself is tests/test_cli.py's)."""
     shared = request.getfixturevalue("shared_datasets")
     cwd = tmp_path_factory.mktemp("adult-cli")
     home = cwd / "elsewhere"
     source = str(shared / "adult" / "adult.data")
-    run = aepipe_cli(
+    run = run_main(
         "run", "--source", source, "--label", "Salary", "--epochs", "12", "--home", str(home),
         cwd=cwd,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    score = aepipe_cli(
-        "score", "--source", source, "--label", "Salary", "--home", str(home), cwd=cwd
-    )
+    score = run_main("score", "--source", source, "--label", "Salary", "--home", str(home), cwd=cwd)
     from feature_store import read_features
 
     return {
@@ -66,7 +68,7 @@ def test_explicit_code_size_is_checked_against_the_input_width(shared_datasets) 
         build_model(too_wide, 100)
 
 
-def test_scoring_needs_only_what_locates_the_data(adult_run, tmp_path, aepipe_cli) -> None:
+def test_scoring_needs_only_what_locates_the_data(adult_run, tmp_path, aepipe_main) -> None:
     """17.2: ``aepipe score`` runs with the source and home alone, takes the model's settings
     from the champion, and offers no training flags."""
     score = adult_run["score"]
@@ -74,7 +76,7 @@ def test_scoring_needs_only_what_locates_the_data(adult_run, tmp_path, aepipe_cl
     assert "no new rows in the source (32561 rows" in score.stdout
     # issue 40.7: the report once (the flow no longer prints it into its log as well)
     assert (score.stdout + score.stderr).count("no new rows in the source") == 1
-    refused = aepipe_cli("score", "--code-size", "50", cwd=tmp_path)
+    refused = aepipe_main("score", "--code-size", "50", cwd=tmp_path)
     assert refused.returncode == 2 and "unrecognized arguments: --code-size" in refused.stderr
 
 
@@ -112,11 +114,11 @@ def test_summary_sets_each_figure_beside_its_trivial_baseline(adult_run) -> None
 
 
 @pytest.fixture(scope="module")
-def png_run(request, tmp_path_factory, aepipe_cli) -> dict:
+def png_run(request, tmp_path_factory, prefect_server) -> dict:
     """``aepipe run`` on the 500-image PNG sample with the defaults (conv, as a user tries)."""
     shared = request.getfixturevalue("shared_datasets")
     cwd = tmp_path_factory.mktemp("png-cli")
-    run = aepipe_cli(
+    run = run_main(
         "run", "--source", str(shared / "mnist-png-sample"), "--model", "conv", "--epochs", "15",
         cwd=cwd,
     )  # fmt: skip

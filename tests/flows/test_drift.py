@@ -40,7 +40,7 @@ def drift_events(expected: int, timeout: float = 90) -> list:
 
 
 def test_scoring_runs_check_drift_and_record_it(
-    aepipe_cli, home, tmp_path, orders, monkeypatch
+    aepipe_main, home, tmp_path, orders, monkeypatch
 ) -> None:
     # issue 40.7: pictures link to the MLflow UI where the user runs it, not a fixed port
     monkeypatch.setenv("AEPIPE_MLFLOW_UI", "http://127.0.0.1:5055")
@@ -111,7 +111,7 @@ def test_scoring_runs_check_drift_and_record_it(
     # the first write scores every row, but checks only those held out of training (val and
     # test, about 30 %): training rows score lower than any new rows would
     assert 700 < history["rows"].iloc[0] < 1100 and not history["drifted"].iloc[0]
-    shown = aepipe_cli("drift", "orders", "--home", str(home), cwd=tmp_path)
+    shown = aepipe_main("drift", "orders", "--home", str(home), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "(5 checks, 2 with drift)" in shown.stdout
 

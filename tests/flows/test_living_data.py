@@ -76,7 +76,7 @@ def table_versions(home, **kw) -> list[tuple[str, pd.Timestamp]]:
     return list(zip(got["entity_id"], got["event_timestamp"], strict=True))
 
 
-def test_ten_days_of_a_changing_customer_table(aepipe_cli, home, tmp_path) -> None:
+def test_ten_days_of_a_changing_customer_table(aepipe_main, home, tmp_path) -> None:
     source = tmp_path / "customers.csv"
     days = history()
     cfg = build_config(
@@ -120,7 +120,7 @@ def test_ten_days_of_a_changing_customer_table(aepipe_cli, home, tmp_path) -> No
     assert newest["entity_id"].is_unique and len(newest) == len(expected_newest)
     got_newest = newest.set_index("entity_id")["event_timestamp"].sort_index()
     assert (got_newest == expected_newest.sort_index()).all()
-    shown = aepipe_cli("features", "customers", "--latest", "--home", str(home), cwd=tmp_path)
+    shown = aepipe_main("features", "customers", "--latest", "--home", str(home), cwd=tmp_path)
     assert shown.returncode == 0 and f"({len(expected_newest)} rows)" in shown.stdout
     rng = np.random.default_rng(1)
     probes = pd.DataFrame(

@@ -42,9 +42,9 @@ def test_a_crafted_pickle_in_a_model_folder_is_refused_not_run(tmp_path, loader)
     assert not marker.exists()
 
 
-def test_a_config_cannot_write_outside_the_stores(aepipe_cli, tmp_path) -> None:
+def test_a_config_cannot_write_outside_the_stores(aepipe_main, tmp_path) -> None:
     outside = tmp_path / "elsewhere"
-    result = aepipe_cli(
+    result = aepipe_main(
         "run", "--source", "digits", "--set", f"train.checkpoint_dir={outside}", cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -54,11 +54,11 @@ def test_a_config_cannot_write_outside_the_stores(aepipe_cli, tmp_path) -> None:
         f"data store {home}; aepipe writes only inside its stores (set AEPIPE_HOME or "
         "AEPIPE_DATA to move them)"
     )
-    sneaky = aepipe_cli(
+    sneaky = aepipe_main(
         "run", "--source", "digits", "--set", "train.checkpoint_dir=../../x", cwd=tmp_path
     )
     assert sneaky.returncode == 2 and "outside the data store" in sneaky.stderr
-    named = aepipe_cli("run", "--source", "digits", "--set", "dataset=../evil", cwd=tmp_path)
+    named = aepipe_main("run", "--source", "digits", "--set", "dataset=../evil", cwd=tmp_path)
     assert named.returncode == 2 and "dataset" in named.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written, inside or outside
 
