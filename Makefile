@@ -37,13 +37,13 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
-# The pinned set on Python 3.13 in a second venv, and the smoke subset (CI runs it after
-# `make test`; aepipe supports 3.11 to 3.13).
 # The edit-run loop: the suite without its slow end-to-end and fault tests (`-m "not slow"`);
 # `make test` (what CI runs) runs them all.
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
+# The pinned set on Python 3.13 in a second venv, and the smoke subset (CI runs it after
+# `make test`; aepipe supports 3.11 to 3.13).
 test-py313:
 	@test -n "$(PYTHON313)" || { echo "python3.13 not found: set PYTHON313=/path/to/python3.13"; exit 2; }
 	@test -x $(VENV313)/bin/python || $(PYTHON313) -m venv $(VENV313)

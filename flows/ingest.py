@@ -5,12 +5,6 @@ ingest leaves no partition files behind."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
-
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
@@ -20,7 +14,7 @@ from stores.space import room_for
 from stores.upkeep import take_lease
 from tasks.config import PipelineConfig
 from tasks.ingest import (
-    IngestPlan,
+    cleaned_on_failure,
     ingest_part,
     ingest_part_task,
     merge_ingest,
@@ -30,26 +24,8 @@ from tasks.ingest import (
 )
 from tasks.normalize import while_reading
 from tasks.results import result_storage
-from tasks.runners import map_with_progress, run_subflow
+from tasks.runners import first_failure, map_with_progress, run_subflow
 from tasks.stages import IngestedPart, IngestResult
-
-
-def ingest_bytes(plan: IngestPlan, cfg: PipelineConfig) -> int:
-    """An upper bound of what ingesting ``plan`` writes to the data folder (its reader's)."""
-    return plan.info.reader.write_bound(cfg.source, plan)
-
-
-def failed_part(parts: list[Any]) -> BaseException:
-    """What a partitioned ingest raises when a part did not come back: the first part's
-    exception, or an error naming what came back instead (never a bare StopIteration)."""
-    failed = [p for p in parts if not isinstance(p, IngestedPart)]
-    for part in failed:
-        if isinstance(part, BaseException):
-            return part
-    return RuntimeError(
-        f"{len(failed)} ingest partition(s) returned no part (the first: "
-        f"{type(failed[0]).__name__}); run it again"
-    )
 
 
 @flow(name="ingest-partitions")
@@ -68,9 +44,9 @@ def ingest_partitions(
     if not refresh:  # an unchanged source: cache hits, nothing written
         needed, what = 0, "reading the cached ingest"
     else:
-        needed, what = ingest_bytes(plan, cfg), f"ingesting {cfg.source.path!r}"
+        needed, what = plan.write_bound(cfg), f"ingesting {cfg.source.path!r}"
     along = while_reading(cfg)
-    with room_for(stores.data_dir, needed, "data", what), _cleaned_on_failure(plan, stores):
+    with room_for(stores.data_dir, needed, "data", what), cleaned_on_failure(plan, stores):
         parts = map_with_progress(
             ingest_part_task.with_options(refresh_cache=refresh, result_storage=results),
             (plan, plan.parts, unmapped(cfg), unmapped(along)),
@@ -79,25 +55,13 @@ def ingest_partitions(
         )
         done = [p for p in parts if isinstance(p, IngestedPart)]
         if len(done) < len(parts):
-            raise failed_part(parts)
+            raise first_failure(parts, IngestedPart, "ingest partition")
         merge = merge_ingest_task.with_options(refresh_cache=refresh, result_storage=results)
         # a result cached by another home names its files there: here, they are in plan's
         # folder, and fetched when only the object store has them (a fresh worker)
         ingested = merge(plan, done, cfg, along).moved_to(plan.folder)
         data_store.need(stores, ingested)
         return ingested
-
-
-@contextmanager
-def _cleaned_on_failure(plan: IngestPlan, stores: Stores) -> Iterator[None]:
-    """A partition or the merge failed: this run's partition files go, here and on an
-    object-store ``AEPIPE_DATA``."""
-    try:
-        yield
-    except BaseException:
-        shutil.rmtree(Path(plan.work), ignore_errors=True)
-        data_store.drop(stores, plan.work)
-        raise
 
 
 def ingest_source(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestResult:
@@ -111,7 +75,7 @@ def ingest_source(cfg: PipelineConfig, stores: Stores, since: str | None = None)
     """
     plan = plan_ingest(cfg, stores, since)
     along = while_reading(cfg)
-    with _cleaned_on_failure(plan, stores):
+    with cleaned_on_failure(plan, stores):
         parts = [ingest_part(plan, part, cfg, along) for part in plan.parts]
         return merge_ingest(plan, parts, cfg, along)
 

@@ -6,7 +6,7 @@ from prefect import flow
 
 from tasks.config import PipelineConfig
 from tasks.monitor import monitor
-from tasks.runners import map_with_progress, run_subflow
+from tasks.runners import first_failure, map_with_progress, run_subflow
 from tasks.scoring_job import Committed, ScoringJob, StagedPart, plan_partitions
 from tasks.write_features import commit, discard_parts, score_partition
 
@@ -25,7 +25,7 @@ def write_partitions(job: ScoringJob) -> Committed:
     done = [r for r in results if isinstance(r, StagedPart)]
     if len(done) < len(results):
         discard_parts(job, done)
-        raise next(r for r in results if isinstance(r, BaseException))
+        raise first_failure(results, StagedPart, "scoring partition")
     return monitor(job, done, commit(job, done))
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +77,10 @@ class IngestPlan:
     since: str | None = None  # an incremental read: the marker it reads past
     marker: str | None = None  # where the source stood when planned (None: cannot say)
 
+    def write_bound(self, cfg: PipelineConfig) -> int:
+        """An upper bound of the bytes ingesting this plan writes to the data folder."""
+        return self.info.reader.write_bound(cfg.source, self)
+
     @property
     def raw_path(self) -> Path:
         """Where the merged raw Parquet goes."""
@@ -94,6 +99,18 @@ class _PartRead:
     normalized: str | None = None
     split_rows: dict[str, int] | None = None
     keys: str | None = None
+
+
+@contextlib.contextmanager
+def cleaned_on_failure(plan: IngestPlan, stores: Stores) -> Iterator[None]:
+    """A partition or the merge failed: this run's partition files go, here and on an
+    object-store ``AEPIPE_DATA``; the raw file of an earlier run stays."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(Path(plan.work), ignore_errors=True)
+        data_store.drop(stores, plan.work)
+        raise
 
 
 def plan_ingest(cfg: PipelineConfig, stores: Stores, since: str | None = None) -> IngestPlan:

@@ -25,6 +25,20 @@ def map_with_progress(task: Any, args: tuple[Any, ...], *, key: str, description
     return [f.result(raise_on_failure=False) for f in futures]
 
 
+def first_failure(results: list[Any], done: type, what: str) -> BaseException:
+    """What a mapped stage raises when some of ``results`` are not ``done``: the first
+    exception among them, or an error naming what came back instead (a task runner that
+    lost a worker may hand back no exception at all; never a bare StopIteration)."""
+    failed = [r for r in results if not isinstance(r, done)]
+    for result in failed:
+        if isinstance(result, BaseException):
+            return result
+    return RuntimeError(
+        f"{len(failed)} {what}(s) of {len(results)} returned no result (the first: "
+        f"{type(failed[0]).__name__ if failed else 'none'}); run it again"
+    )
+
+
 def task_runner_for(cfg: PipelineConfig) -> Any:
     """Threads by default (one per usable CPU); prefect-dask's DaskTaskRunner on a
     LocalCluster or at ``cfg.dask_address`` when ``cfg.task_runner`` is ``dask``."""

@@ -294,5 +294,5 @@ def test_a_partition_that_returns_no_part_is_named(prefect_server, tmp_path, mon
 
     monkeypatch.setattr(flows.ingest, "map_with_progress", lambda *a, **k: [None])
     cfg = build_config({"home": str(tmp_path / "home"), "source": {"path": "digits"}})
-    with pytest.raises(RuntimeError, match=r"1 ingest partition\(s\) returned no part"):
+    with pytest.raises(RuntimeError, match=r"1 ingest partition\(s\) of 1 returned no result"):
         flows.ingest.ingest_partitions(cfg, resolve_stores(cfg.home))
