@@ -68,8 +68,11 @@ def test_the_model_keeps_a_drift_reference(tmp_path, tmp_stores) -> None:
     "train",
     [
         {"streaming": "always"},
-        {"strategy": "ddp", "processes": 2},
-        {"strategy": "ddp", "processes": 2, "streaming": "always"},
+        # two gloo processes, each importing torch: the slow tier (make test runs them)
+        pytest.param({"strategy": "ddp", "processes": 2}, marks=pytest.mark.slow),
+        pytest.param(
+            {"strategy": "ddp", "processes": 2, "streaming": "always"}, marks=pytest.mark.slow
+        ),
     ],
     ids=["streaming", "ddp", "ddp-streaming"],
 )
