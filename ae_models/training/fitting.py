@@ -107,6 +107,12 @@ def fit_autoencoder(
     :func:`~ae_models.scoring.scorer.resolve_score`). A score kind the model cannot give raises
     ValueError.
     """
+    if model.starts_from_a_baseline:  # the dense variants' pca_start
+        rows = _sample(x_train, cfg)
+        if len(rows) > SCORER_ROWS:  # PCA's directions settle long before that many rows
+            pick = np.random.default_rng(cfg.seed).choice(len(rows), SCORER_ROWS, replace=False)
+            rows = rows[np.sort(pick)]
+        model.start_from_pca(rows, seed=cfg.seed)  # type: ignore[operator]
     if cfg.strategy == "ddp":
         from ae_models.training.distributed import train_ddp
 
@@ -117,8 +123,7 @@ def fit_autoencoder(
         )
     if score_on is None:
         if isinstance(x_train, ParquetSource | ArraySource):
-            reader = x_train.reader()
-            score_on = sample_rows(reader, sample_mask(rows_of(reader), SCORER_ROWS, cfg.seed))
+            score_on = _sample(x_train, cfg)
         elif x_val is None or len(x_val) == 0:  # type: ignore[arg-type]
             score_on = x_train
         else:
@@ -134,6 +139,15 @@ def fit_autoencoder(
         data=data,
     )
     return FittedAutoencoder(model, scorer, result, fitted)
+
+
+def _sample(x: np.ndarray | Source, cfg: TrainConfig) -> np.ndarray:
+    """The training rows as an array: all of an array, a seeded uniform sample of at most
+    :data:`SCORER_ROWS` rows of a source."""
+    if not isinstance(x, ParquetSource | ArraySource):
+        return x
+    reader = x.reader()
+    return sample_rows(reader, sample_mask(rows_of(reader), SCORER_ROWS, cfg.seed))
 
 
 def _rows(x: Any, cfg: TrainConfig, streaming: bool) -> Any:

@@ -429,6 +429,16 @@ class _Run:
             )
         return train_loss, loss_rows
 
+    def start_as_best(self) -> None:
+        """A model whose untrained weights are a baseline (PCA): their validation loss is the
+        one to beat (epoch 0), so the weights left in the model are never worse than the
+        baseline on the validation rows. Nothing on a resumed run or without validation rows."""
+        if not self.model.starts_from_a_baseline or self.first_epoch != 1 or self.val is None:
+            return
+        result = self.result
+        result.best_val_loss, result.best_epoch = self.val_loss(0, math.inf), 0
+        self.best_state = copy.deepcopy(self.model.state_dict())
+
     def trim(self, epoch: int) -> float:
         """Robust training: after the warm-up, each batch's worst-reconstructed rows (likely
         anomalies in contaminated data) are left out of the gradient and the validation loss."""
@@ -521,6 +531,7 @@ def train(
     cfg = config or TrainConfig()
     run = _Run(model, x_train, x_val, cfg)
     run.resume()
+    run.start_as_best()
     result = run.result
     _call(callbacks, "on_train_begin", run.begin_info())
     start = time.perf_counter()

@@ -98,6 +98,12 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
 
+    @property
+    def starts_from_a_baseline(self) -> bool:
+        """Whether the untrained weights are a baseline that training must beat on the
+        validation rows to be kept (a dense variant's ``pca_start``)."""
+        return False
+
     def encode(self, x: Tensor) -> Tensor:
         """Latent code of ``x``."""
         return self.encoder(x)

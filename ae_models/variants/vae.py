@@ -26,6 +26,11 @@ class VAEConfig(DeepConfig):
         super().__post_init__()
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.pca_start:
+            raise ValueError(
+                "pca_start is for the deep, denoising, sparse and contractive variants; the "
+                "VAE's code is a posterior sample, not a projection"
+            )
 
 
 @register_model("vae")

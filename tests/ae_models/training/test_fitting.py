@@ -102,3 +102,73 @@ def test_bce_scores_skip_the_matrix_and_match_it(kind: str) -> None:
             assert torch.allclose(row_means(target, out.logits), matrix, rtol=1e-4, atol=1e-5)
     scorer, fitted = fit_scorer(model, x, kind, 0.05, batch_size=100)
     assert np.array_equal(fitted.scores, score_rows(model, x, scorer, batch_size=100).scores)
+
+
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    """A real table that ships with scikit-learn, standardized on its training rows."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    train, val = train_test_split(load_breast_cancer().data, test_size=0.3, random_state=0)
+    scaler = StandardScaler().fit(train)
+    return scaler.transform(train).astype(np.float32), scaler.transform(val).astype(np.float32)
+
+
+def _val_mse(model, val: np.ndarray) -> float:
+    with torch.no_grad():
+        return float(((model(torch.as_tensor(val)).recon.numpy() - val) ** 2).mean())
+
+
+@pytest.mark.parametrize("kind", ["deep", "denoising", "contractive"])
+def test_a_pca_start_reconstructs_as_pca_before_training(kind: str) -> None:
+    from sklearn.decomposition import PCA
+
+    from ae_models.variants.registry import create_model
+
+    train, val = _breast_cancer()
+    model = create_model(kind, input_dim=30, code_size=4, output="linear", pca_start=True)
+    model.start_from_pca(train)
+    model.eval()
+    pca = PCA(4).fit(train)
+    with torch.no_grad():
+        codes = model.encode(torch.as_tensor(val)).numpy()
+        recon = model(torch.as_tensor(val)).recon.numpy()
+    np.testing.assert_allclose(np.abs(codes), np.abs(pca.transform(val)), atol=1e-4)
+    np.testing.assert_allclose(recon, pca.inverse_transform(pca.transform(val)), atol=1e-4)
+
+
+@pytest.mark.parametrize(("lr", "learns"), [(3e-3, True), (1.0, False)])
+def test_a_pca_start_never_loses_to_pca_on_the_validation_rows(lr: float, learns: bool) -> None:
+    """Trained well, the residual layers improve on PCA of the code's width; trained badly
+    (a step size that wrecks every epoch), the model keeps its PCA start (epoch 0)."""
+    from sklearn.decomposition import PCA
+
+    from ae_models.training.loop import TrainConfig
+    from ae_models.variants.registry import create_model
+
+    train, val = _breast_cancer()
+    pca = PCA(4).fit(train)
+    pca_mse = float(((pca.inverse_transform(pca.transform(val)) - val) ** 2).mean())
+    model = create_model("deep", input_dim=30, code_size=4, output="linear", pca_start=True)
+    fitted = fit_autoencoder(model, train, val, TrainConfig(epochs=12, lr=lr, patience=4))
+    mse = _val_mse(model, val)
+    assert mse <= pca_mse * (1 + 1e-5)
+    if learns:
+        assert fitted.result.best_epoch > 0 and mse < 0.95 * pca_mse
+    else:
+        assert fitted.result.best_epoch == 0 and mse == pytest.approx(pca_mse, rel=1e-4)
+
+
+def test_a_pca_start_survives_saving_and_the_vae_refuses_it(tmp_path) -> None:
+    from ae_models.variants.registry import create_model
+    from ae_models.variants.serialization import load_model, save_model
+
+    train, val = _breast_cancer()
+    model = create_model("sparse", input_dim=30, code_size=4, output="linear", pca_start=True)
+    model.start_from_pca(train)
+    model.eval()
+    loaded, _ = load_model(save_model(model, tmp_path / "model"))
+    assert _val_mse(loaded, val) == _val_mse(model, val)
+    with pytest.raises(ValueError, match="pca_start is for the deep"):
+        create_model("vae", input_dim=30, code_size=4, pca_start=True)
