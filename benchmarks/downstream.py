@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,10 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
 from benchmarks.common import SHARED, machine, target  # noqa: E402
+
+if TYPE_CHECKING:
+    from tasks.config import PipelineConfig
+    from tasks.stages import IngestResult
 
 MNIST_GOALS = {"test_mse": 0.0145, "logreg": 0.92, "knn": 0.965}
 
@@ -123,7 +128,7 @@ def table_run(
 
 
 def standardized_pca(
-    ingested, cfg, width: int, y_fit: np.ndarray, seed: int
+    ingested: IngestResult, cfg: PipelineConfig, width: int, y_fit: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The user's default peer on the rows as ingested, split as the pipeline splits them:
     numbers median-filled and standardized, text one-hot, PCA of ``width`` fitted on the
