@@ -108,11 +108,8 @@ def fit_autoencoder(
     ValueError.
     """
     if model.starts_from_a_baseline:  # the dense variants' pca_start
-        rows = _sample(x_train, cfg)
-        if len(rows) > SCORER_ROWS:  # PCA's directions settle long before that many rows
-            pick = np.random.default_rng(cfg.seed).choice(len(rows), SCORER_ROWS, replace=False)
-            rows = rows[np.sort(pick)]
-        model.start_from_pca(rows, seed=cfg.seed)  # type: ignore[operator]
+        # PCA's directions settle long before SCORER_ROWS rows
+        model.start_from_pca(_sample(x_train, cfg), seed=cfg.seed)  # type: ignore[operator]
     if cfg.strategy == "ddp":
         from ae_models.training.distributed import train_ddp
 
@@ -142,10 +139,10 @@ def fit_autoencoder(
 
 
 def _sample(x: np.ndarray | Source, cfg: TrainConfig) -> np.ndarray:
-    """The training rows as an array: all of an array, a seeded uniform sample of at most
-    :data:`SCORER_ROWS` rows of a source."""
+    """A seeded uniform sample of at most :data:`SCORER_ROWS` training rows, as an array,
+    from an array or read from a source in one pass."""
     if not isinstance(x, ParquetSource | ArraySource):
-        return x
+        return x[sample_mask(len(x), SCORER_ROWS, cfg.seed)]
     reader = x.reader()
     return sample_rows(reader, sample_mask(rows_of(reader), SCORER_ROWS, cfg.seed))
 

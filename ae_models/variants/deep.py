@@ -131,7 +131,8 @@ class DeepAutoencoder(Autoencoder):
             raise ValueError("start_from_pca needs a model built with pca_start=True")
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if self.config.output == "sigmoid":
-            x = np.log(np.clip(x, 0.01, 0.99) / (1 - np.clip(x, 0.01, 0.99)))
+            p = np.clip(x, 0.01, 0.99)
+            x = np.log(p / (1 - p))
         k = self.config.code_size
         pca = PCA(n_components=min(k, *x.shape), random_state=seed).fit(x)
         comps = np.zeros((k, x.shape[1]))
