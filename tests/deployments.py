@@ -10,38 +10,16 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.services import free_port, wait_http
+from tests.services import free_port, prefect_api, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def call(api: str, method: str, path: str, body: dict | None = None) -> dict | list:
-    """One request to the Prefect REST API, JSON in and out."""
-    request = urllib.request.Request(
-        f"{api}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-        method=method,
-    )
-    for attempt in range(5):
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            # the server answers 503 while its SQLite database is busy: a client retries
-            if err.code != 503 or attempt == 4:
-                raise
-            time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
 
 
 def logged(api: str, flow_run: str, text: str, timeout: float = 60) -> bool:
@@ -49,7 +27,8 @@ def logged(api: str, flow_run: str, text: str, timeout: float = 60) -> bool:
     the server a moment after its final state."""
     deadline = time.monotonic() + timeout
     while True:
-        logs = call(api, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run]}}})
+        query = {"logs": {"flow_run_id": {"any_": [flow_run]}}}
+        logs = prefect_api(api, "POST", "/logs/filter", query)
         got = "\n".join(entry["message"] for entry in logs)
         if text in got:
             return True
@@ -89,7 +68,7 @@ class Deployed:
         """The flow runs' records once each has ended (completed, failed or crashed)."""
         deadline = time.monotonic() + timeout
         while True:
-            states = [call(self.api, "GET", f"/flow_runs/{r}") for r in run_ids]
+            states = [prefect_api(self.api, "GET", f"/flow_runs/{r}") for r in run_ids]
             if all(s["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for s in states):
                 return states
             assert time.monotonic() < deadline, [s["state_name"] for s in states]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def prefect_api(api: str, method: str, path: str, body: dict | None = None) -> dict | list:
+    """One request to the Prefect REST API at ``api`` (its PREFECT_API_URL), JSON in and out."""
+    request = urllib.request.Request(
+        f"{api}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            # the server answers 503 while its SQLite database is busy: a client retries
+            if err.code != 503 or attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def wait_http(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:

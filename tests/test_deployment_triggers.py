@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from feature_store import read_drift
-from tests.deployments import Deployed, call, deployed, logged
+from tests.deployments import Deployed, deployed, logged
+from tests.services import prefect_api
 
 pytestmark = pytest.mark.slow
 
@@ -36,23 +37,23 @@ def drift_retrains_through_the_trigger(deployment: Deployed, home: Path, orders)
         deployment.run(f"{name}/{name}", config)
 
     run("reduce-features")
-    reducer = call(api, "GET", "/deployments/name/reduce-features/reduce-features")
+    reducer = prefect_api(api, "GET", "/deployments/name/reduce-features/reduce-features")
     by_deployment = {"deployments": {"id": {"any_": [reducer["id"]]}}}
-    before = {r["id"] for r in call(api, "POST", "/flow_runs/filter", by_deployment)}
+    before = {r["id"] for r in prefect_api(api, "POST", "/flow_runs/filter", by_deployment)}
     parts.append(orders(600, 3000, 2))  # like the training data
     run("score-features")
     parts.append(orders(600, 3600, 3, scale=1.6))  # bigger orders
     run("score-features")
     deadline = time.monotonic() + 300
     while True:
-        runs = [r for r in call(api, "POST", "/flow_runs/filter", by_deployment)]
+        runs = [r for r in prefect_api(api, "POST", "/flow_runs/filter", by_deployment)]
         new = [r for r in runs if r["id"] not in before]
         if new and all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for r in new):
             break
         assert time.monotonic() < deadline, [r["state_name"] for r in new] or "no run"
         time.sleep(2)
     # the drifted run's report (an artifact on its flow run) names who retrains (issue 40.5)
-    reports = call(api, "POST", "/artifacts/filter", {"artifacts": {"key": {"any_": [
+    reports = prefect_api(api, "POST", "/artifacts/filter", {"artifacts": {"key": {"any_": [
         "aepipe-score-orders"]}}})  # fmt: skip
     assert any("reduce-features/reduce-features will retrain it" in a["data"] for a in reports)
     (retrain,) = new  # the drifted batch's; the clean batch's run would be here by now
@@ -75,13 +76,13 @@ def a_place_not_allowed_is_refused(deployment: Deployed, home: Path) -> None:
     """Whoever can start a deployment's run cannot make it read a file outside the places
     the operator allowed (AEPIPE_ALLOWED_PATHS): the run fails before it reads anything."""
     api = deployment.api
-    scorer = call(api, "GET", "/deployments/name/score-features/score-features")
+    scorer = prefect_api(api, "GET", "/deployments/name/score-features/score-features")
     config = {
         "home": str(home),
         "dataset": "passwd",
         "source": {"path": "/etc/passwd", "format": "csv", "delimiter": ":", "header": False},
     }
-    run = call(
+    run = prefect_api(
         api, "POST", f"/deployments/{scorer['id']}/create_flow_run",
         {"parameters": {"config": config}},
     )  # fmt: skip

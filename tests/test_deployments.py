@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployments import Deployed, call, deployed
+from tests.deployments import Deployed, deployed
+from tests.services import prefect_api
 
 pytestmark = pytest.mark.slow
 
@@ -19,13 +20,13 @@ def two_training_runs_take_turns(deployment: Deployed) -> None:
     """Start two train-autoencoder runs at once: with the deployment's concurrency limit of 1
     (ENQUEUE) the second waits for the first, so their run times do not overlap."""
     api = deployment.api
-    trainer = call(api, "GET", "/deployments/name/train-autoencoder/train-autoencoder")
+    trainer = prefect_api(api, "GET", "/deployments/name/train-autoencoder/train-autoencoder")
     assert trainer["global_concurrency_limit"]["limit"] == 1
-    (earlier,) = call(
+    (earlier,) = prefect_api(
         api, "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [trainer["id"]]}}}
     )
     runs = [
-        call(
+        prefect_api(
             api,
             "POST",
             f"/deployments/{trainer['id']}/create_flow_run",

@@ -4,10 +4,8 @@ leaves behind."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,14 @@ from tasks.config import build_config
 from tasks.register import register_model
 from tasks.tracking import TrackingUnavailable
 from tests.conftest import AEPIPE
-from tests.services import free_port, prefect_env, start_mlflow, start_prefect, stop
+from tests.services import (
+    free_port,
+    prefect_api,
+    prefect_env,
+    start_mlflow,
+    start_prefect,
+    stop,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,18 +83,6 @@ def test_mlflow_stopped_before_registration_keeps_the_model_for_the_next_run(
         stop(server)
 
 
-def _api(env: dict[str, str], path: str, body: dict | None = None) -> list | dict:
-    """A POST (a GET without ``body``) to the Prefect REST API of ``env``."""
-    request = urllib.request.Request(
-        env["PREFECT_API_URL"] + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def test_the_prefect_server_restarted_during_a_run(tmp_path) -> None:
     """`aepipe run` against a Prefect server that is stopped while the run trains and started
     again on its database: the run goes on (Prefect's client retries a server it reached
@@ -111,7 +104,7 @@ def test_the_prefect_server_restarted_during_a_run(tmp_path) -> None:
         deadline = time.monotonic() + 180
         while not any(
             t["name"].startswith("train") and t["state_type"] == "RUNNING"
-            for t in _api(env, "/task_runs/filter", {})
+            for t in prefect_api(env["PREFECT_API_URL"], "POST", "/task_runs/filter", {})
         ):
             assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:]
             time.sleep(0.5)
@@ -121,11 +114,11 @@ def test_the_prefect_server_restarted_during_a_run(tmp_path) -> None:
         assert run.returncode == 0, out[-2000:] + err[-3000:]
         (flow_run,) = [
             r
-            for r in _api(env, "/flow_runs/filter", {})
+            for r in prefect_api(env["PREFECT_API_URL"], "POST", "/flow_runs/filter", {})
             if r["name"] and not r["parent_task_run_id"]
         ]
         assert flow_run["state_type"] == "COMPLETED"
-        tasks = _api(env, "/task_runs/filter", {})
+        tasks = prefect_api(env["PREFECT_API_URL"], "POST", "/task_runs/filter", {})
         assert tasks and {t["state_type"] for t in tasks} == {"COMPLETED"}, [
             (t["name"], t["state_type"]) for t in tasks
         ]
